@@ -1,0 +1,134 @@
+"""The one exception tree of bloxproxy, and the one place it becomes HTTP.
+
+::
+
+    BloxproxyError
+    ├── ConfigError            config or rule files are invalid (a list of file:line problems)
+    └── HTTPProblem            an answer to the client as RFC 9457 application/problem+json
+        ├── UpstreamError      Roblox could not be reached or answered nonsense (502/504)
+        └── UpstreamStatus     Roblox answered an error status on a clean route
+
+Handlers raise; the error middleware (:mod:`bloxproxy.middlewares`) calls
+:func:`problem_response`. Nothing else builds error responses, so every error a client
+sees has the same shape: ``type``, ``title``, ``status``, ``detail``, ``instance``,
+``request_id``, and where they exist ``upstream_status`` and Roblox's ``errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .yamlsrc import Where
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class BloxproxyError(Exception):
+    """Root of every error bloxproxy raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong in a config or rule file."""
+
+    where: Where
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+class ConfigError(BloxproxyError):
+    """Config or rules failed validation; ``problems`` lists every error found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class HTTPProblem(BloxproxyError):
+    """An error answered to the client as problem+json.
+
+    ``code`` is a stable machine-readable slug (``invalid_parameter``, ``unknown_service``…);
+    ``extra`` adds members to the body; ``headers`` are sent with it (e.g. ``Retry-After``).
+    """
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        code: str = "",
+        title: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.code = code or _default_code(status)
+        self.title = title or _reason(status)
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
+
+
+class UpstreamError(HTTPProblem):
+    """Roblox (or the configured upstream) failed: unreachable, timed out, or malformed."""
+
+
+class UpstreamStatus(HTTPProblem):
+    """Roblox answered an error status for a clean route; carries its ``errors`` list."""
+
+
+def bad_request(detail: str, *, invalid: Sequence[Mapping[str, str]] = ()) -> HTTPProblem:
+    """400 for a malformed path, query or body, listing each invalid parameter."""
+    extra = {"invalid_params": list(invalid)} if invalid else None
+    return HTTPProblem(400, detail, code="invalid_request", extra=extra)
+
+
+def not_found(detail: str, code: str = "not_found") -> HTTPProblem:
+    return HTTPProblem(404, detail, code=code)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _default_code(status: int) -> str:
+    return _reason(status).lower().replace(" ", "_").replace("-", "_")
+
+
+def problem_body(problem: HTTPProblem, *, instance: str, request_id: str) -> bytes:
+    """Serialize a problem; public so tests and the OpenAPI examples share it."""
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": instance,
+        "code": problem.code,
+        "request_id": request_id,
+    }
+    body.update(problem.extra)
+    return orjson.dumps(body)
+
+
+def problem_response(problem: HTTPProblem, *, instance: str, request_id: str) -> web.Response:
+    resp = web.Response(
+        status=problem.status,
+        body=problem_body(problem, instance=instance, request_id=request_id),
+        content_type=PROBLEM_JSON,
+    )
+    for name, value in problem.headers.items():
+        resp.headers[name] = value
+    return resp

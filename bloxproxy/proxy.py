@@ -1,0 +1,266 @@
+"""The service pipeline: one handler for both front doors.
+
+``/v<N>/...`` is the clean API (a rule from :mod:`bloxproxy.rules`); ``/{service}/...`` is
+passthrough to an allow-listed Roblox service (or ``Host: {service}.<host_suffix>``). Both
+turn the client request into an :class:`~bloxproxy.upstream.UpstreamRequest`, hand it to the
+fetcher (cache → coalescing → upstream) and answer: passthrough with Roblox's status, headers
+and body unchanged; clean routes with the normalized body or a problem+json error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote
+
+import orjson
+from aiohttp import web
+
+from . import normalize
+from .config import Config
+from .errors import HTTPProblem, UpstreamError, UpstreamStatus, bad_request, not_found
+from .fetch import Fetched, Fetcher, Policy
+from .params import ParamError
+from .rules import Route, RuleSet
+from .upstream import UpstreamRequest, forwardable_request_headers
+
+JSON = "application/json; charset=utf-8"
+_CLEAN_PREFIX = re.compile(r"^/v[0-9]+(/|$)")
+_SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
+# Response headers a client of passthrough relies on; everything else Roblox sends is kept
+# too (minus hop-by-hop), this list only decides what a *cached* answer keeps.
+CACHED_HEADERS = ("content-type", "x-ratelimit-limit", "x-ratelimit-remaining",
+                  "x-ratelimit-reset", "cache-control")
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What identifies the caller to Roblox; empty when anonymous."""
+
+    value: str
+
+    @classmethod
+    def of(cls, request: web.Request) -> Credential:
+        parts = []
+        cookie = request.cookies.get(".ROBLOSECURITY", "")
+        if cookie:  # an empty `.ROBLOSECURITY=` is anonymous (some clients always send it)
+            parts.append("cookie=" + cookie)
+        for name in _CREDENTIAL_HEADERS:
+            value = request.headers.get(name, "")
+            if value:
+                parts.append(f"{name}={value}")
+        return cls("\n".join(parts))
+
+
+class Proxy:
+    """Holds what the pipeline needs; ``rules`` is swapped whole on reload."""
+
+    def __init__(self, config: Config, rules: RuleSet, fetcher: Fetcher,
+                 request_id: Callable[[web.Request], str]) -> None:
+        self.config = config
+        self.rules = rules
+        self.fetcher = fetcher
+        self._request_id = request_id
+        self._allowed = frozenset(config.upstream.allowed_services)
+        self._suffix = ("." + config.server.host_suffix) if config.server.host_suffix else ""
+        self._max_body = config.server.max_body_size
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw_path = request.rel_url.raw_path
+        if self._suffix:
+            host = (request.host or "").split(":", 1)[0].lower()
+            if host.endswith(self._suffix):
+                service = host[: -len(self._suffix)]
+                return await self._passthrough(request, service, raw_path)
+        if _CLEAN_PREFIX.match(raw_path):
+            return await self._clean(request, raw_path)
+        service, _, rest = raw_path.lstrip("/").partition("/")
+        return await self._passthrough(request, service, "/" + rest)
+
+    # -- clean routes ------------------------------------------------------------------
+
+    async def _clean(self, request: web.Request, raw_path: str) -> web.StreamResponse:
+        try:
+            route, raw_params, exists = self.rules.router.match(request.method, raw_path)
+        except UnicodeDecodeError:
+            raise bad_request("the path is not valid UTF-8") from None
+        if route is None:
+            if exists:
+                allowed = ", ".join(self.rules.router.methods(raw_path))
+                raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: "
+                                  f"{allowed})", headers={"Allow": allowed})
+            raise not_found(f"no route matches {raw_path}", code="no_route")
+        values = self._params(route, raw_params, request)
+        ureq = self._upstream_request(route, values, request)
+        fetched = await self.fetcher.fetch(ureq, self.policy(route), request)
+        return self._clean_response(route, values, fetched, request)
+
+    def _params(self, route: Route, raw: dict[str, str], request: web.Request) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        invalid: list[dict[str, str]] = []
+        for p in route.path_params:
+            try:
+                values[p.name] = p.parse([raw[p.name]])
+            except ParamError as exc:
+                invalid.append({"name": exc.name, "in": "path", "reason": exc.reason})
+        query = request.rel_url.query
+        for p in route.query_params:
+            try:
+                values[p.name] = p.parse(query.getall(p.name, ()))
+            except ParamError as exc:
+                invalid.append({"name": exc.name, "in": "query", "reason": exc.reason})
+        if invalid:
+            detail = "; ".join(f"{i['name']} {i['reason']}" for i in invalid)
+            raise bad_request(f"invalid parameters: {detail}", invalid=invalid)
+        return values
+
+    def _upstream_request(self, route: Route, values: dict[str, Any],
+                          request: web.Request) -> UpstreamRequest:
+        b = route.backend
+        if route.order_param and values.get(route.order_param):
+            # The response is put back in the client's order (order_by), so the upstream
+            # request can use one canonical order: one cache entry for every permutation.
+            values = dict(values)
+            values[route.order_param] = tuple(sorted(values[route.order_param]))
+        headers = list(b.headers)
+        for name in b.forward_headers:
+            value = request.headers.get(name)
+            if value is not None:
+                headers.append((name, value))
+        if b.credentials == "forward":
+            for name in ("cookie", *_CREDENTIAL_HEADERS):
+                value = request.headers.get(name)
+                if value:
+                    headers.append((name, value))
+        body = None
+        if b.body is not None:
+            body = orjson.dumps(b.body(values))
+            headers.append(("Content-Type", "application/json"))
+        query = "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}"
+                         for k, v in b.query.render(values))
+        return UpstreamRequest(b.service, b.method, b.path.render(values), query,
+                               tuple(headers), body, b.safe_read)
+
+    def policy(self, route: Route) -> Policy:
+        return Policy.for_route(route, self.config)
+
+    def _clean_response(self, route: Route, values: dict[str, Any], fetched: Fetched,
+                        request: web.Request) -> web.StreamResponse:
+        resp = fetched.response
+        if resp.status >= 400 or resp.status < 200 or 300 <= resp.status < 400:
+            raise _upstream_problem(route, resp.status, resp.body, resp.headers)
+        requested = values.get(route.order_param) if route.order_param else None
+
+        def render() -> bytes:
+            try:
+                data = orjson.loads(resp.body)
+            except orjson.JSONDecodeError:
+                raise UpstreamError(502, f"{route.backend.service} answered with invalid JSON",
+                                    code="upstream_bad_response") from None
+            try:
+                result = normalize.apply(route.plan, data, requested)
+            except normalize.EmptyResult:
+                raise not_found("nothing found", code="not_found") from None
+            except normalize.ShapeError as exc:
+                raise UpstreamError(502, f"{route.backend.service} answered with an "
+                                    f"unexpected shape: {exc}",
+                                    code="upstream_bad_response") from None
+            return orjson.dumps(result)
+
+        body = fetched.render(route.id, requested, render)
+        out = web.Response(status=200, body=body, content_type="application/json",
+                           charset="utf-8")
+        fetched.decorate(out)
+        return out
+
+    # -- passthrough -------------------------------------------------------------------
+
+    async def _passthrough(self, request: web.Request, service: str,
+                           raw_path: str) -> web.StreamResponse:
+        if service not in self._allowed:
+            shown = service if len(service) <= 64 else service[:61] + "..."
+            raise not_found(f"unknown service {shown!r}; passthrough serves: "
+                            f"{', '.join(sorted(self._allowed))}", code="unknown_service")
+        path = canonical_path(raw_path)
+        body: bytes | None = None
+        if request.body_exists:
+            if request.content_length is not None and request.content_length > self._max_body:
+                raise HTTPProblem(413, f"request body exceeds {self._max_body} bytes")
+            body = await request.read()
+        method = request.method
+        ureq = UpstreamRequest(
+            service, method, path, request.rel_url.raw_query_string,
+            forwardable_request_headers(request.headers), body,
+            safe_read=method in ("GET", "HEAD"),
+        )
+        fetched = await self.fetcher.fetch(ureq, Policy.for_passthrough(ureq, self.config),
+                                           request)
+        resp = fetched.response
+        out = web.Response(status=resp.status, body=resp.body)
+        for name, value in resp.headers:
+            out.headers.add(name, value)
+        fetched.decorate(out)
+        return out
+
+
+def canonical_path(raw_path: str) -> str:
+    """Re-encode a client path segment by segment for the upstream URL.
+
+    ``//`` collapses (ro.py sends one); ``.`` and ``..`` segments, also percent-encoded, are
+    refused rather than resolved; each segment is percent-decoded and encoded again, so
+    backslashes, spaces and ``%2F`` stay *inside* their segment and every spelling of one
+    path gives one upstream URL and one cache key.
+    """
+    out = []
+    for raw in raw_path.split("/"):
+        if not raw:
+            continue
+        try:
+            segment = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            raise bad_request("the path is not valid UTF-8") from None
+        if segment in (".", ".."):
+            raise bad_request("'.' and '..' path segments are not allowed")
+        out.append(quote(segment, safe=_SEGMENT_SAFE))
+    return "/" + "/".join(out)
+
+
+def canonical_query(raw_query: str) -> str:
+    """Sorted ``name=value`` pairs: the cache key's view of a query string."""
+    pairs = parse_qsl(raw_query, keep_blank_values=True)
+    pairs.sort()
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in pairs)
+
+
+def _upstream_problem(route: Route, status: int, body: bytes,
+                      headers: tuple[tuple[str, str], ...]) -> UpstreamStatus:
+    """Roblox's error status as problem+json, with Roblox's ``errors`` list kept."""
+    errors: Any = None
+    detail = f"{route.backend.service} answered {status}"
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("errors"), list):
+        errors = parsed["errors"]
+        first = errors[0] if errors else None
+        if isinstance(first, dict) and isinstance(first.get("message"), str):
+            detail = f"{detail}: {first['message']}"
+    if 300 <= status < 400:
+        ours = 502
+        detail = f"{route.backend.service} answered a redirect ({status}), which is not followed"
+    elif status >= 500 and status not in (503, 504):
+        ours = 502
+    else:
+        ours = route.status_map.get(status, status)
+    extra: dict[str, Any] = {"upstream_status": status}
+    if errors is not None:
+        extra["errors"] = errors
+    keep = {}
+    for name, value in headers:
+        if name.lower() == "retry-after":
+            keep["Retry-After"] = value
+    return UpstreamStatus(ours, detail, code="upstream_error", extra=extra, headers=keep)
