@@ -160,6 +160,9 @@ class Proxy:
             except orjson.JSONDecodeError:
                 raise UpstreamError(502, f"{route.backend.service} answered with invalid JSON",
                                     code="upstream_bad_response") from None
+            for path in route.require:
+                if normalize.get_path(data, path) in (None, normalize.MISSING):
+                    raise not_found("nothing found", code="not_found")
             try:
                 result = normalize.apply(route.plan, data, requested)
             except normalize.EmptyResult:

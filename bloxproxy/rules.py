@@ -35,7 +35,7 @@ PARAM_KEYS = ("type", "description", "required", "default", "example", "enum", "
 BACKEND_KEYS = ("service", "method", "path", "query", "list_format", "body", "headers",
                 "forward_headers", "credentials", "safe_read")
 RESPONSE_KEYS = ("pick", "pagination", "allow", "deny", "rename", "case", "order_by", "empty",
-                 "shape", "status_map")
+                 "shape", "status_map", "require")
 PAGINATION_KEYS = ("items", "next", "previous")
 CACHE_KEYS = ("enabled", "ttl", "stale_while_revalidate", "stale_if_error", "not_found_ttl",
               "credentials", "when")
@@ -101,6 +101,7 @@ class Route:
     plan: normalize.Plan
     order_param: str | None
     status_map: Mapping[int, int]
+    require: tuple[normalize.Path, ...]
     cache: CachePolicy
     bucket: str
     summary: str
@@ -241,6 +242,14 @@ def _load_route(d: MarkedDict, file: str, file_service: str | None, file_tags: t
 
     backend = _load_backend(d, file_service, known, problems)
     plan, order_param, status_map = _load_response(d, query_params, problems)
+    require: tuple[normalize.Path, ...] = ()
+    response = d.get("response")
+    if isinstance(response, MarkedDict) and "require" in response:
+        texts = schema.read(response, "require", schema.string_list, problems, (), "response")
+        try:
+            require = tuple(normalize.parse_path(t) for t in texts)
+        except ValueError as exc:
+            problems.append(Problem(response.at("require"), f"response.require: {exc}"))
     cache = _load_cache(d, problems)
     limits = d.get("limits")
     bucket = backend.service if backend else ""
@@ -261,6 +270,7 @@ def _load_route(d: MarkedDict, file: str, file_service: str | None, file_tags: t
         plan=plan,
         order_param=order_param,
         status_map=status_map,
+        require=require,
         cache=cache,
         bucket=bucket,
         summary=schema.read(d, "summary", schema.string, problems, ""),
@@ -515,8 +525,12 @@ def _load_response(d: MarkedDict, query_params: list[Param], problems: list[Prob
                 status_map[int(k)] = v
     if len(problems) > before:
         return None, None, {}
-    plan = normalize.Plan(pick=pick, pagination=pagination, fields=fields, order_by=order_by,
-                          empty_is_404=empty == "not_found", shape=shape)
+    try:
+        plan = normalize.Plan(pick=pick, pagination=pagination, fields=fields,
+                              order_by=order_by, empty_is_404=empty == "not_found", shape=shape)
+    except ValueError as exc:
+        problems.append(Problem(r.where, f"response: {exc}"))
+        return None, None, {}
     return plan, order_param, status_map
 
 

@@ -1,0 +1,143 @@
+"""The shared L2 store on Redis.
+
+Keys are ``prefix + key``, values :meth:`Entry.to_bytes`, and every key carries its own
+expiry ``PX = ceil((hard_expiry - now) * 1000)``, so Redis drops entries nobody may use.
+Every Redis failure surfaces as :class:`StoreUnavailable`; degrading to L1 is the caller's
+decision. The client is injected (the app builds it on a ``BlockingConnectionPool``: a plain
+redis-py 8 ``ConnectionPool`` raises ``MaxConnectionsError`` when exhausted instead of
+waiting) and must not decode responses. ``close()`` leaves it open unless ``owns_client``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .entry import Entry
+from .store import StoreUnavailable
+
+__all__ = ["RedisStore", "escape_glob"]
+
+log = logging.getLogger(__name__)
+
+# TimeoutError is asyncio.TimeoutError since 3.11 and an OSError; listed for clarity.
+_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
+
+def escape_glob(text: str) -> str:
+    """Escape Redis glob metacharacters so ``text`` matches only itself in SCAN MATCH."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
+def _unavailable(op: str, exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}")
+
+
+class RedisStore:
+    """:class:`~bloxproxy.cache.store.Store` on a ``redis.asyncio.Redis`` client."""
+
+    __slots__ = ("_batch", "_client", "_clock", "_owns_client", "_prefix")
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = "bloxproxy:",
+        clock: Callable[[], float] = time.time,
+        *,
+        owns_client: bool = False,
+        batch_size: int = 500,
+    ) -> None:
+        if client.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("RedisStore needs a client with decode_responses=False")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self._client = client
+        self._prefix = prefix
+        self._clock = clock
+        self._owns_client = owns_client
+        self._batch = batch_size
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    async def get(self, key: str) -> Entry | None:
+        name = self._prefix + key
+        try:
+            data = await self._client.get(name)
+        except _ERRORS as exc:
+            raise _unavailable("GET", exc) from exc
+        if data is None:
+            return None
+        try:
+            entry = Entry.from_bytes(data)  # type: ignore[arg-type]  # str only if decoding
+        except ValueError as exc:
+            # Foreign, corrupt or other-version data: a miss. Deleting it may race with a
+            # concurrent SET of a good value, which then just costs one more miss.
+            log.warning("dropping unreadable cache value %r: %s", name, exc)
+            try:
+                await self._client.unlink(name)
+            except _ERRORS as del_exc:
+                log.debug("could not delete unreadable value %r: %s", name, del_exc)
+            return None
+        if self._clock() >= entry.hard_expiry():  # clock skew between replicas
+            return None
+        return entry
+
+    async def set(self, key: str, entry: Entry) -> None:
+        px = math.ceil((entry.hard_expiry() - self._clock()) * 1000)
+        if px <= 0:
+            # Already unusable: store nothing, but do not leave an older value behind.
+            await self.delete(key)
+            return
+        try:
+            await self._client.set(self._prefix + key, entry.to_bytes(), px=px)
+        except _ERRORS as exc:
+            raise _unavailable("SET", exc) from exc
+
+    async def delete(self, key: str) -> bool:
+        try:
+            return bool(await self._client.unlink(self._prefix + key))
+        except _ERRORS as exc:
+            raise _unavailable("UNLINK", exc) from exc
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """SCAN for ``prefix`` (taken literally) and UNLINK in batches; how many went.
+
+        Not atomic: keys written while the scan runs may survive. On Redis Cluster this
+        would need a SCAN per primary node.
+        """
+        client = self._client
+        pattern = escape_glob(self._prefix + prefix) + "*"
+        count = 0
+        batch: list[bytes] = []
+        try:
+            async for name in client.scan_iter(match=pattern, count=self._batch):
+                batch.append(name)
+                if len(batch) >= self._batch:
+                    # UNLINK counts only keys that existed: SCAN duplicates are not counted.
+                    count += await client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                count += await client.unlink(*batch)
+        except _ERRORS as exc:
+            raise _unavailable("SCAN/UNLINK", exc) from exc
+        return count
+
+    async def clear(self) -> int:
+        """Remove every key under this store's prefix (never FLUSHDB)."""
+        return await self.delete_prefix("")
+
+    async def close(self) -> None:
+        if self._owns_client:
+            try:
+                await self._client.aclose()
+            except _ERRORS as exc:
+                raise _unavailable("close", exc) from exc
