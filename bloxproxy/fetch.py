@@ -1,8 +1,9 @@
-"""Fetching an upstream answer: the step between a built request and a response.
+"""What the pipeline hands to the cache layer, and what it gets back.
 
-:class:`Fetcher` is where the cache, coalescing and the upstream client meet; handlers only
-call :meth:`Fetcher.fetch` and get a :class:`Fetched` back, whatever happened underneath.
-:class:`Policy` is the per-route caching decision input, computed once per route.
+:class:`Policy` is a route's caching decision input (computed once per route);
+:class:`Fetched` is an answer — fresh from upstream or from the cache — and knows how to
+become the client response with ``X-Cache``, ``Age``, ``Cache-Control``, ``Cache-Status``
+and ``ETag`` (304 on a matching ``If-None-Match``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ from typing import TYPE_CHECKING, Literal
 
 from aiohttp import web
 
-from .upstream import Upstream, UpstreamRequest, UpstreamResponse
+from .cache import decide
+from .cache.entry import Entry, make_etag
+from .cache.store import MemoryStore
 
 if TYPE_CHECKING:
     from .config import Config
     from .rules import CacheCondition, Route
+    from .upstream import UpstreamRequest
+
+# Headers varied on by passthrough GETs (Roblox localizes some answers; thumbnails and
+# avatar endpoints take a place id). Everything else a client sends does not split the cache.
+PASSTHROUGH_VARY = ("accept-language", "roblox-place-id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +36,15 @@ class Policy:
     stale_while_revalidate: float = 0.0
     stale_if_error: float = 0.0
     not_found_ttl: float = 0.0
+    negative_statuses: frozenset[int] = frozenset({404, 410})
     conditions: tuple[CacheCondition, ...] = ()
     credentials: Literal["bypass", "per_credential"] = "bypass"
+    vary: tuple[str, ...] = ()
     route_id: str = ""
+
+    @property
+    def cacheable(self) -> bool:
+        return self.ttl > 0 or self.not_found_ttl > 0
 
     @classmethod
     def for_route(cls, route: Route, config: Config) -> Policy:
@@ -38,41 +52,94 @@ class Policy:
         if not c.enabled or not config.cache.enabled:
             return cls(ttl=0.0, route_id=route.id)
         nf = c.not_found_ttl if c.not_found_ttl is not None else config.cache.negative_ttl
-        return cls(c.ttl, c.stale_while_revalidate, c.stale_if_error, nf, c.when,
-                   c.credentials, route.id)
+        # An upstream status the rule maps to 404 ("user does not exist" as a 400) is a
+        # negative answer too, and cached as one.
+        negative = frozenset({404, 410} | {s for s, ours in route.status_map.items()
+                                          if ours in (404, 410)})
+        return cls(c.ttl, c.stale_while_revalidate, c.stale_if_error, nf, negative, c.when,
+                   c.credentials, route.backend.forward_headers, route.id)
 
     @classmethod
     def for_passthrough(cls, req: UpstreamRequest, config: Config) -> Policy:
         if not config.cache.enabled or not req.safe_read:
             return cls(ttl=0.0)
-        return cls(config.cache.passthrough_ttl, not_found_ttl=config.cache.negative_ttl)
+        return cls(config.cache.passthrough_ttl, not_found_ttl=config.cache.negative_ttl,
+                   vary=PASSTHROUGH_VARY)
 
 
 class Fetched:
     """An upstream answer (fresh or cached) and what the cache did to get it."""
 
-    __slots__ = ("cache_status", "response")
+    __slots__ = ("clock", "detail", "entry", "key", "l1", "result", "shared", "stored")
 
-    def __init__(self, response: UpstreamResponse, cache_status: str = "BYPASS") -> None:
-        self.response = response
-        self.cache_status = cache_status
+    def __init__(self, entry: Entry, result: str, *, key: str = "", stored: bool = False,
+                 shared: bool = True, l1: MemoryStore | None = None,
+                 clock: Callable[[], float] | None = None, detail: str = "") -> None:
+        self.entry = entry
+        self.result = result  # HIT | MISS | STALE | BYPASS | COALESCED
+        self.key = key  # set when the entry is (or was just) in the cache
+        self.stored = stored
+        self.shared = shared
+        self.l1 = l1
+        self.clock = clock
+        self.detail = detail
+
+    @property
+    def response(self) -> Entry:
+        return self.entry
+
+    def coalesced(self) -> Fetched:
+        return Fetched(self.entry, "COALESCED", key=self.key, stored=self.stored,
+                       shared=self.shared, l1=self.l1, clock=self.clock, detail=self.detail)
 
     def render(self, route_id: str, requested: Sequence[object] | None,
-               fn: Callable[[], bytes]) -> bytes:
-        """The normalized body of a clean route (memoized per cache entry when cached)."""
-        return fn()
+               fn: Callable[[], bytes]) -> tuple[bytes, str]:
+        """The normalized body of a clean route and its ETag.
 
-    def decorate(self, resp: web.StreamResponse) -> None:
-        """Add the cache headers to the client response."""
-        resp.headers["X-Cache"] = self.cache_status
+        Memoized in L1 beside the entry it came from (same key prefix, so a purge of the
+        entry purges its renderings), so a hit does not parse and normalize again.
+        """
+        entry = self.entry
+        if not self.key or self.l1 is None or entry.ttl <= 0:
+            return fn(), ""
+        rkey = f"{self.key} |render={route_id}"
+        if requested:
+            rkey += "|" + ",".join(map(str, requested))
+        cached = self.l1.get_nowait(rkey)
+        if cached is not None and cached.stored_at == entry.stored_at:
+            return cached.body, cached.etag
+        body = fn()
+        etag = make_etag(body)
+        self.l1.set_nowait(rkey, Entry(200, (), body, entry.stored_at, entry.ttl,
+                                       entry.stale_while_revalidate, entry.stale_if_error,
+                                       etag))
+        return body, etag
 
-
-class Fetcher:
-    """Uncached fetching: every request goes upstream."""
-
-    def __init__(self, upstream: Upstream) -> None:
-        self.upstream = upstream
-
-    async def fetch(self, req: UpstreamRequest, policy: Policy,
-                    request: web.Request) -> Fetched:
-        return Fetched(await self.upstream.send(req, request.get("request_id", "")))
+    def respond(self, request: web.Request, status: int, body: bytes,
+                headers: Sequence[tuple[str, str]] = (), etag: str = "",
+                content_type: str | None = None) -> web.Response:
+        """The client response with cache headers; 304 when ``If-None-Match`` matches."""
+        now = self.clock() if self.clock is not None else self.entry.stored_at
+        cached = bool(self.key) and self.entry.ttl > 0
+        if cached and not etag and status == self.entry.status:
+            etag = self.entry.etag
+        inm = request.headers.get("If-None-Match")
+        if inm and etag and status == 200 and decide.etag_matches(inm, etag):
+            resp = web.Response(status=304)
+        else:
+            resp = web.Response(status=status, body=body)
+            for name, value in headers:
+                resp.headers.add(name, value)
+            if content_type is not None:
+                resp.headers["Content-Type"] = content_type
+        h = resp.headers
+        h["X-Cache"] = self.result
+        h["Cache-Control"] = decide.cache_control(self.entry if cached else None, now,
+                                                  self.shared)
+        h["Cache-Status"] = decide.cache_status(self.result, self.entry, now, self.stored,
+                                                self.detail)
+        if cached:
+            h["Age"] = str(int(self.entry.age(now)))
+            if etag:
+                h["ETag"] = etag
+        return resp

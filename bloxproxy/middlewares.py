@@ -19,6 +19,7 @@ from .errors import HTTPProblem, problem_response
 log = logging.getLogger("bloxproxy")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+REQUEST_ID = web.RequestKey("request_id", str)
 # Accepted from clients only when short and plain, so it is safe in logs and headers.
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
 
@@ -26,8 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def request_id_of(request: web.Request) -> str:
-    rid = request.get("request_id")
-    return rid if isinstance(rid, str) else ""
+    return request.get(REQUEST_ID, "")
 
 
 def _instance(request: web.Request) -> str:
@@ -41,7 +41,7 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     rid = request.headers.get(REQUEST_ID_HEADER, "")
     if not REQUEST_ID_RE.match(rid):
         rid = secrets.token_hex(8)
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     try:
         resp = await handler(request)
     except HTTPProblem as exc:

@@ -10,18 +10,20 @@ and body unchanged; clean routes with the normalized body or a problem+json erro
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import quote, unquote
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
 
 from . import normalize
 from .config import Config
 from .errors import HTTPProblem, UpstreamError, UpstreamStatus, bad_request, not_found
-from .fetch import Fetched, Fetcher, Policy
+from .cache import decide
+from .cache.layer import Fetcher
+from .fetch import Fetched, Policy
 from .params import ParamError
 from .rules import Route, RuleSet
 from .upstream import UpstreamRequest, forwardable_request_headers
@@ -29,10 +31,6 @@ from .upstream import UpstreamRequest, forwardable_request_headers
 JSON = "application/json; charset=utf-8"
 _CLEAN_PREFIX = re.compile(r"^/v[0-9]+(/|$)")
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
-# Response headers a client of passthrough relies on; everything else Roblox sends is kept
-# too (minus hop-by-hop), this list only decides what a *cached* answer keeps.
-CACHED_HEADERS = ("content-type", "x-ratelimit-limit", "x-ratelimit-remaining",
-                  "x-ratelimit-reset", "cache-control")
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 
 
@@ -45,7 +43,10 @@ class Credential:
     @classmethod
     def of(cls, request: web.Request) -> Credential:
         parts = []
-        cookie = request.cookies.get(".ROBLOSECURITY", "")
+        try:
+            cookie = request.cookies.get(".ROBLOSECURITY", "")
+        except (KeyError, ValueError):  # an unparsable Cookie header: treat it as opaque
+            cookie = request.headers.get("Cookie", "")
         if cookie:  # an empty `.ROBLOSECURITY=` is anonymous (some clients always send it)
             parts.append("cookie=" + cookie)
         for name in _CREDENTIAL_HEADERS:
@@ -58,15 +59,14 @@ class Credential:
 class Proxy:
     """Holds what the pipeline needs; ``rules`` is swapped whole on reload."""
 
-    def __init__(self, config: Config, rules: RuleSet, fetcher: Fetcher,
-                 request_id: Callable[[web.Request], str]) -> None:
+    def __init__(self, config: Config, rules: RuleSet, fetcher: Fetcher) -> None:
         self.config = config
         self.rules = rules
         self.fetcher = fetcher
-        self._request_id = request_id
         self._allowed = frozenset(config.upstream.allowed_services)
         self._suffix = ("." + config.server.host_suffix) if config.server.host_suffix else ""
         self._max_body = config.server.max_body_size
+        self._policies = {r.id: Policy.for_route(r, config) for r in rules.routes}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
@@ -93,12 +93,34 @@ class Proxy:
                 raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: "
                                   f"{allowed})", headers={"Allow": allowed})
             raise not_found(f"no route matches {raw_path}", code="no_route")
-        values = self._params(route, raw_params, request)
-        ureq = self._upstream_request(route, values, request)
-        fetched = await self.fetcher.fetch(ureq, self.policy(route), request)
+        values = self._params(route, raw_params, request.rel_url.query)
+        ureq = self._upstream_request(route, values, request.headers)
+        fetched = await self.fetcher.fetch(ureq, self._policies[route.id], request,
+                                           Credential.of(request).value)
         return self._clean_response(route, values, fetched, request)
 
-    def _params(self, route: Route, raw: dict[str, str], request: web.Request) -> dict[str, Any]:
+    def cache_key_for(self, raw_path: str, query: MultiMapping[str]) -> str | None:
+        """The cache key an anonymous GET of this URL uses (for purging one URL)."""
+        if _CLEAN_PREFIX.match(raw_path):
+            route, raw_params, _ = self.rules.router.match("GET", raw_path)
+            if route is None:
+                return None
+            values = self._params(route, raw_params, query)
+            return decide.cache_key(self._upstream_request(route, values, CIMultiDict()),
+                                    route.backend.forward_headers)
+        service, _, rest = raw_path.lstrip("/").partition("/")
+        if service not in self._allowed:
+            return None
+        qs = "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in query.items())
+        ureq = UpstreamRequest(service, "GET", canonical_path("/" + rest), qs)
+        return decide.cache_key(ureq)
+
+    def route_prefix(self, route: Route) -> str:
+        b = route.backend
+        return decide.route_prefix(b.method, b.service, b.path.text)
+
+    def _params(self, route: Route, raw: dict[str, str],
+                query: MultiMapping[str]) -> dict[str, Any]:
         values: dict[str, Any] = {}
         invalid: list[dict[str, str]] = []
         for p in route.path_params:
@@ -106,7 +128,6 @@ class Proxy:
                 values[p.name] = p.parse([raw[p.name]])
             except ParamError as exc:
                 invalid.append({"name": exc.name, "in": "path", "reason": exc.reason})
-        query = request.rel_url.query
         for p in route.query_params:
             try:
                 values[p.name] = p.parse(query.getall(p.name, ()))
@@ -118,7 +139,7 @@ class Proxy:
         return values
 
     def _upstream_request(self, route: Route, values: dict[str, Any],
-                          request: web.Request) -> UpstreamRequest:
+                          client_headers: MultiMapping[str]) -> UpstreamRequest:
         b = route.backend
         if route.order_param and values.get(route.order_param):
             # The response is put back in the client's order (order_by), so the upstream
@@ -127,12 +148,12 @@ class Proxy:
             values[route.order_param] = tuple(sorted(values[route.order_param]))
         headers = list(b.headers)
         for name in b.forward_headers:
-            value = request.headers.get(name)
+            value = client_headers.get(name)
             if value is not None:
                 headers.append((name, value))
         if b.credentials == "forward":
             for name in ("cookie", *_CREDENTIAL_HEADERS):
-                value = request.headers.get(name)
+                value = client_headers.get(name)
                 if value:
                     headers.append((name, value))
         body = None
@@ -143,9 +164,6 @@ class Proxy:
                          for k, v in b.query.render(values))
         return UpstreamRequest(b.service, b.method, b.path.render(values), query,
                                tuple(headers), body, b.safe_read)
-
-    def policy(self, route: Route) -> Policy:
-        return Policy.for_route(route, self.config)
 
     def _clean_response(self, route: Route, values: dict[str, Any], fetched: Fetched,
                         request: web.Request) -> web.StreamResponse:
@@ -173,11 +191,8 @@ class Proxy:
                                     code="upstream_bad_response") from None
             return orjson.dumps(result)
 
-        body = fetched.render(route.id, requested, render)
-        out = web.Response(status=200, body=body, content_type="application/json",
-                           charset="utf-8")
-        fetched.decorate(out)
-        return out
+        body, etag = fetched.render(route.id, requested, render)
+        return fetched.respond(request, 200, body, etag=etag, content_type=JSON)
 
     # -- passthrough -------------------------------------------------------------------
 
@@ -200,13 +215,9 @@ class Proxy:
             safe_read=method in ("GET", "HEAD"),
         )
         fetched = await self.fetcher.fetch(ureq, Policy.for_passthrough(ureq, self.config),
-                                           request)
+                                           request, Credential.of(request).value)
         resp = fetched.response
-        out = web.Response(status=resp.status, body=resp.body)
-        for name, value in resp.headers:
-            out.headers.add(name, value)
-        fetched.decorate(out)
-        return out
+        return fetched.respond(request, resp.status, resp.body, resp.headers)
 
 
 def canonical_path(raw_path: str) -> str:
@@ -229,13 +240,6 @@ def canonical_path(raw_path: str) -> str:
             raise bad_request("'.' and '..' path segments are not allowed")
         out.append(quote(segment, safe=_SEGMENT_SAFE))
     return "/" + "/".join(out)
-
-
-def canonical_query(raw_query: str) -> str:
-    """Sorted ``name=value`` pairs: the cache key's view of a query string."""
-    pairs = parse_qsl(raw_query, keep_blank_values=True)
-    pairs.sort()
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in pairs)
 
 
 def _upstream_problem(route: Route, status: int, body: bytes,

@@ -1,0 +1,159 @@
+"""Cache decisions as pure functions: keys, storability, TTLs, freshness, headers.
+
+Kept apart from storage and I/O (the hishel habit) so each is tested as a table. The
+orchestration that awaits stores and upstream lives in :mod:`bloxproxy.cache.layer`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from enum import Enum
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, quote
+
+import orjson
+
+from .entry import Entry
+
+if TYPE_CHECKING:
+    from ..fetch import Policy
+    from ..upstream import UpstreamRequest
+
+# Never cached, whatever the rule says: authentication and permission answers are about the
+# caller, 429 and 5xx are about the moment (RFC 9111 leaves these to us; DESIGN.md forbids).
+NEVER_STORE = frozenset({401, 403, 407, 429})
+
+
+class Freshness(Enum):
+    FRESH = "fresh"
+    STALE_WHILE_REVALIDATE = "swr"  # serve now, refresh in the background
+    STALE_IF_ERROR = "sie"  # serve only if the upstream fails
+    EXPIRED = "expired"
+
+
+def canonical_query(raw_query: str) -> str:
+    """Sorted ``name=value`` pairs, re-encoded: parameter order never splits the cache."""
+    if not raw_query:
+        return ""
+    pairs = parse_qsl(raw_query, keep_blank_values=True)
+    pairs.sort()
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in pairs)
+
+
+def credential_scope(secret: bytes, credential: str) -> str:
+    """The per-credential part of a key: an HMAC, never the credential itself."""
+    return hmac.new(secret, credential.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def cache_key(req: UpstreamRequest, vary: Iterable[str] = (), scope: str = "") -> str:
+    """``GET users/v1/users/1?a=1&b=2 [body=<hash>] [vary=...] [cred=<hmac>]``.
+
+    Keyed by the *upstream* request, so both front doors share entries. The path prefix
+    comes first so a route (or a service) can be purged by prefix.
+    """
+    key = f"{req.method} {req.service}{req.path}"
+    query = canonical_query(req.query)
+    if query:
+        key += "?" + query
+    if req.body:
+        key += " body=" + hashlib.blake2b(req.body, digest_size=16).hexdigest()
+    if vary:
+        wanted = {name.lower() for name in vary}
+        varied = sorted((k.lower(), v) for k, v in req.headers if k.lower() in wanted)
+        if varied:
+            key += " vary=" + quote("&".join(f"{k}={v}" for k, v in varied), safe="=&")
+    if scope:
+        key += " cred=" + scope
+    return key
+
+
+def route_prefix(method: str, service: str, path_template_text: str) -> str:
+    """Key prefix shared by every entry of a route: up to its first path parameter."""
+    fixed = path_template_text.split("{", 1)[0]
+    return f"{method} {service}{fixed}"
+
+
+def store_ttl(policy: Policy, status: int, body: bytes) -> float:
+    """How long an upstream answer may be stored (0: not at all)."""
+    if status in NEVER_STORE or status >= 500 or status < 200:
+        return 0.0
+    if status in policy.negative_statuses:
+        return policy.not_found_ttl
+    if not 200 <= status < 300 or status == 206:
+        return 0.0
+    ttl = policy.ttl
+    if policy.conditions:
+        from ..rules import match_condition
+
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return 0.0  # a 200 that is not JSON on a JSON route: do not keep it around
+        for cond in policy.conditions:
+            if match_condition(cond, data):
+                ttl = min(ttl, cond.ttl)
+    return ttl
+
+
+def freshness(entry: Entry, now: float) -> Freshness:
+    age = now - entry.stored_at
+    if age < entry.ttl:
+        return Freshness.FRESH
+    if age < entry.ttl + entry.stale_while_revalidate:
+        return Freshness.STALE_WHILE_REVALIDATE
+    if age < entry.ttl + entry.stale_if_error:
+        return Freshness.STALE_IF_ERROR
+    return Freshness.EXPIRED
+
+
+def usable_on_error(entry: Entry | None, now: float) -> bool:
+    """May ``entry`` stand in for a failed upstream call (stale-if-error, RFC 5861)?"""
+    return entry is not None and now - entry.stored_at < entry.ttl + max(
+        entry.stale_if_error, entry.stale_while_revalidate)
+
+
+def upstream_failed(status: int) -> bool:
+    """Statuses that count as an upstream failure for stale-if-error."""
+    return status >= 500 or status == 429
+
+
+def cache_control(entry: Entry | None, now: float, shared: bool) -> str:
+    """``Cache-Control`` telling clients how long the answer stays fresh."""
+    if entry is None or entry.ttl <= 0:
+        return "no-store"
+    remaining = max(0, int(entry.ttl - (now - entry.stored_at)))
+    parts = ["public" if shared else "private", f"max-age={remaining}"]
+    if entry.stale_while_revalidate:
+        parts.append(f"stale-while-revalidate={int(entry.stale_while_revalidate)}")
+    if entry.stale_if_error:
+        parts.append(f"stale-if-error={int(entry.stale_if_error)}")
+    return ", ".join(parts)
+
+
+def cache_status(result: str, entry: Entry | None, now: float, stored: bool = False,
+                 detail: str = "") -> str:
+    """RFC 9211 ``Cache-Status`` for our X-Cache result."""
+    value = "bloxproxy"
+    if result in ("HIT", "STALE") and entry is not None:
+        value += f"; hit; ttl={int(entry.ttl - (now - entry.stored_at))}"
+    elif result == "COALESCED":
+        value += "; fwd=miss; collapsed"
+    elif result == "MISS":
+        value += "; fwd=miss" + ("; stored" if stored else "")
+    else:
+        value += "; fwd=bypass"
+    if detail:
+        value += f'; detail="{detail}"'
+    return value
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 §13.1.2 weak comparison of ``If-None-Match`` against our ETag."""
+    if not etag:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    bare = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == bare for tag in if_none_match.split(","))

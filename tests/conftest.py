@@ -1,0 +1,86 @@
+"""Shared fixtures: the fake Roblox upstream, an injectable clock, the real proxy app.
+
+Everything runs for real on 127.0.0.1: the fake is an aiohttp server, the proxy is the app
+that `bloxproxy serve` runs, and Redis (tests/conftest_redis.py) is a real redis-server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bloxproxy import config as config_mod
+from bloxproxy.app import FETCHER, create_app
+from bloxproxy.cache.layer import Fetcher
+from bloxproxy.config import Config
+from bloxproxy.fake import FAKE_STATE, FakeRoblox, create_fake_app
+
+pytest_plugins = ["tests.conftest_redis"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FakeClock:
+    """Wall-clock stand-in: tests move time with :meth:`advance` instead of sleeping."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def fake_server(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> TestServer:
+    return await aiohttp_server(create_fake_app())
+
+
+@pytest.fixture
+def fake(fake_server: TestServer) -> FakeRoblox:
+    """The fake's state: request counters, the log, scripted faults, latency."""
+    return fake_server.app[FAKE_STATE]
+
+
+def proxy_config(fake_server: TestServer, **env: str) -> Config:
+    """The default config pointed at the fake, with ``BLOXPROXY_*`` overrides."""
+    base = {"BLOXPROXY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{fake_server.port}/{{service}}"}
+    return config_mod.load(None, env={**base, **env})
+
+
+ProxyFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+def make_proxy(
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+    fake_server: TestServer,
+    clock: FakeClock,
+) -> ProxyFactory:
+    """Start a proxy app against the fake: ``await make_proxy(BLOXPROXY_CACHE_ENABLED="false")``."""
+
+    async def make(**env: str) -> TestClient[web.Request, web.Application]:
+        return await aiohttp_client(create_app(proxy_config(fake_server, **env), clock=clock))
+
+    return make
+
+
+@pytest.fixture
+async def proxy(make_proxy: ProxyFactory) -> TestClient[web.Request, web.Application]:
+    """A proxy with the default config (L1 cache only) in front of the fake."""
+    return await make_proxy()
+
+
+def fetcher_of(client: TestClient[web.Request, web.Application]) -> Fetcher:
+    return client.server.app[FETCHER]
