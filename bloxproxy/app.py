@@ -16,6 +16,7 @@ from redis.backoff import NoBackoff
 
 from aiohttp import web
 
+from . import admin
 from .config import Config
 from .errors import not_found
 from .cache.layer import Fetcher, SharedCache
@@ -48,6 +49,7 @@ def create_app(config: Config, *, rules: RuleSet | None = None,
         app[CLOCK] = clock
     app.cleanup_ctx.append(_pipeline)
     app.router.add_get(RESERVED_PREFIX + "healthz", _healthz)
+    app.router.add_post(RESERVED_PREFIX + "admin/purge", admin.purge)
     app.router.add_route("*", RESERVED_PREFIX + "{tail:.*}", _reserved)
     app.router.add_route("*", "/{tail:.*}", _handle)
     return app

@@ -1,0 +1,81 @@
+"""Admin endpoints under ``/_bloxproxy/admin/`` (off unless ``server.admin_token`` is set).
+
+``POST /_bloxproxy/admin/purge`` with ``Authorization: Bearer <token>`` and one of:
+
+- ``{"url": "/v1/users/156"}`` — the entry an anonymous GET of that clean or passthrough URL
+  uses (one key, with its normalized renderings);
+- ``{"key": "GET users/v1/users/156"}`` — one raw cache key;
+- ``{"route": "users.get"}`` — every entry under the route's upstream path prefix (the path
+  up to its first parameter: neighbours under the same prefix go too, which only costs a
+  refetch);
+- ``{"prefix": "GET thumbnails/"}`` — every key with this prefix;
+- ``{"all": true}`` — everything.
+
+The purge runs on L1 and L2 and is published on the invalidation channel, so every replica
+drops it from its L1 at once. Answer: ``{"purged": N, "scope": ..., "target": ...}``.
+"""
+
+from __future__ import annotations
+
+import hmac
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from aiohttp import web
+from multidict import MultiDict
+
+from .errors import HTTPProblem, bad_request, not_found
+
+
+def _authorize(request: web.Request, token: str) -> None:
+    if not token:
+        raise not_found("admin endpoints are disabled (set server.admin_token)", code="no_route")
+    given = request.headers.get("Authorization", "")
+    scheme, _, value = given.partition(" ")
+    # Constant-time compare: the token must not leak through response timing.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+        raise HTTPProblem(401, "missing or wrong admin token", code="unauthorized",
+                          headers={"WWW-Authenticate": 'Bearer realm="bloxproxy-admin"'})
+
+
+async def purge(request: web.Request) -> web.Response:
+    from .app import CONFIG, FETCHER, PROXY
+
+    _authorize(request, request.app[CONFIG].server.admin_token)
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise bad_request("expected a JSON object like {\"url\": \"/v1/users/156\"}") from None
+    if not isinstance(body, dict) or len(body) != 1:
+        raise bad_request("expected exactly one of url, key, route, prefix, all")
+    (scope, target), = body.items()
+    fetcher, proxy = request.app[FETCHER], request.app[PROXY]
+    if scope == "all" and target is True:
+        n = await fetcher.purge_all()
+    elif scope in ("url", "key", "route", "prefix") and isinstance(target, str) and target:
+        if scope == "url":
+            parts = urlsplit(target)
+            if parts.scheme or parts.netloc or not parts.path.startswith("/"):
+                raise bad_request("url: expected a path like /v1/users/156?x=1")
+            query: MultiDict[str] = MultiDict()
+            for k, v in parse_qsl(parts.query, keep_blank_values=True):
+                query.add(k, v)
+            key = proxy.cache_key_for(parts.path, query)
+            if key is None:
+                raise not_found(f"no route or service matches {parts.path}", code="no_route")
+            n = await fetcher.purge_key(key)
+            target = key
+        elif scope == "key":
+            n = await fetcher.purge_key(target)
+        elif scope == "route":
+            route = proxy.rules.by_id(target)
+            if route is None:
+                raise not_found(f"no route with id {target!r}", code="no_route")
+            target = proxy.route_prefix(route)
+            n = await fetcher.purge_prefix(target)
+        else:
+            n = await fetcher.purge_prefix(target)
+    else:
+        raise bad_request(f"{scope}: expected a non-empty string (or all: true)")
+    return web.json_response({"purged": n, "scope": scope, "target": target},
+                             dumps=lambda v: orjson.dumps(v).decode())
