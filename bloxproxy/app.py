@@ -1,28 +1,35 @@
 """The app factory shared by ``bloxproxy serve`` and the tests.
 
-Resources are opened and closed in ``cleanup_ctx`` (one owner each): the upstream session,
-and the fetcher built on it. Routes: the reserved ``/_bloxproxy/`` prefix for the proxy's
-own endpoints, and one catch-all for the clean API and passthrough.
+Resources have one owner each: the Redis clients are made here and closed in
+``cleanup_ctx``, which also opens and closes the upstream session (with the retry/CSRF/guard
+client middlewares) and the fetcher built on it. Routes: the reserved ``/_bloxproxy/``
+prefix for the proxy's own endpoints, and one catch-all for the clean API and passthrough.
+Time is injectable: ``clock`` (wall, cache ages), ``monotonic`` (pauses, breakers, client
+buckets) and ``sleep`` (retry backoff), so tests move time instead of waiting.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from aiohttp import web
-
 from . import admin
-from .config import Config
-from .errors import not_found
 from .cache.layer import Fetcher, SharedCache
 from .cache.redis_store import RedisStore
+from .clients import client_middleware
+from .config import Config
+from .errors import not_found
+from .guard import Guard
 from .middlewares import problem_middleware
 from .proxy import Proxy
+from .ratelimit import RedisBuckets
 from .rules import RuleSet, load_rules
 from .upstream import Upstream, create_session
 
@@ -30,23 +37,46 @@ CONFIG = web.AppKey("config", Config)
 RULES = web.AppKey("rules", RuleSet)
 PROXY = web.AppKey("proxy", Proxy)
 FETCHER = web.AppKey("fetcher", Fetcher)
-# Tests inject a fake wall clock here (before startup) to move time without sleeping.
-Clock = Callable[[], float]
-CLOCK: web.AppKey[Clock] = web.AppKey("clock")
+GUARD = web.AppKey("guard", Guard)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What the app owns beside its config: clocks, sleep, and the Redis clients."""
+
+    clock: Callable[[], float]
+    monotonic: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+    redis: aioredis.Redis | None
+    listener: aioredis.Redis | None
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
 
 RESERVED_PREFIX = "/_bloxproxy/"
 
 
 def create_app(config: Config, *, rules: RuleSet | None = None,
-               clock: Callable[[], float] | None = None) -> web.Application:
-    """Build the proxy app; ``rules`` defaults to loading ``config``'s rule paths, and
-    ``clock`` (wall-clock seconds) to :func:`time.time`."""
-    app = web.Application(middlewares=[problem_middleware],
+               clock: Callable[[], float] = time.time,
+               monotonic: Callable[[], float] = time.monotonic,
+               sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> web.Application:
+    """Build the proxy app; ``rules`` defaults to loading ``config``'s rule paths."""
+    redis_cfg = config.cache.redis
+    client = listener = None
+    if redis_cfg.url:
+        client = _redis_client(redis_cfg.url, redis_cfg.max_connections, redis_cfg.timeout)
+        # Pub/sub blocks reading for long stretches: its own client, no read timeout.
+        listener = _redis_client(redis_cfg.url, 2, None)
+    middlewares = [problem_middleware]
+    client_buckets = RedisBuckets(client, redis_cfg.prefix + "rl:client:") if client else None
+    limit_clients = client_middleware(config, client_buckets, monotonic)
+    if limit_clients is not None:
+        middlewares.append(limit_clients)
+    app = web.Application(middlewares=middlewares,
                           client_max_size=config.server.max_body_size)
     app[CONFIG] = config
     app[RULES] = rules if rules is not None else load_rules(config.rule_paths())
-    if clock is not None:
-        app[CLOCK] = clock
+    app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
     app.cleanup_ctx.append(_pipeline)
     app.router.add_get(RESERVED_PREFIX + "healthz", _healthz)
     app.router.add_post(RESERVED_PREFIX + "admin/purge", admin.purge)
@@ -57,23 +87,24 @@ def create_app(config: Config, *, rules: RuleSet | None = None,
 
 async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    session = create_session(config)
-    upstream = Upstream(config, session)
-    clock = app.get(CLOCK, time.time)
+    rt = app[RUNTIME]
     redis_cfg = config.cache.redis
+    upstream_buckets = None
+    if rt.redis is not None and config.limits.upstream.shared:
+        upstream_buckets = RedisBuckets(rt.redis, redis_cfg.prefix + "rl:upstream:")
+    guard = Guard(config, clock=rt.monotonic, wall=rt.clock, sleep=rt.sleep,
+                  shared=upstream_buckets)
+    session = create_session(config, guard.middlewares())
+    upstream = Upstream(config, session)
+    fetcher = Fetcher(upstream, config, clock=rt.clock)
     shared = None
-    clients: list[aioredis.Redis] = []
-    fetcher = Fetcher(upstream, config, clock=clock)
-    if redis_cfg.url and config.cache.enabled:
-        client = _redis_client(redis_cfg.url, redis_cfg.max_connections, redis_cfg.timeout)
-        # Pub/sub blocks reading for long stretches: its own client, no read timeout.
-        listener = _redis_client(redis_cfg.url, 2, None)
-        clients = [client, listener]
-        shared = SharedCache(RedisStore(client, redis_cfg.prefix, clock), listener,
+    if rt.redis is not None and rt.listener is not None and config.cache.enabled:
+        shared = SharedCache(RedisStore(rt.redis, redis_cfg.prefix, rt.clock), rt.listener,
                              redis_cfg.prefix + "invalidate", fetcher.drop_l1,
                              fetcher.apply_event)
         fetcher.shared = shared
         shared.start()
+    app[GUARD] = guard
     app[FETCHER] = fetcher
     app[PROXY] = Proxy(config, app[RULES], fetcher)
     try:
@@ -82,8 +113,9 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         await fetcher.close()
         if shared is not None:
             await shared.stop()
-        for c in clients:
-            await c.aclose()
+        for c in (rt.redis, rt.listener):
+            if c is not None:
+                await c.aclose()
         await session.close()
 
 

@@ -61,7 +61,8 @@ def section(cls: type, doc: str) -> Any:
 
 def _base_url(value: object) -> str:
     text = schema.string(value)
-    if "{service}" not in text and not text.startswith(("http://", "https://")):
+    if "{service}" not in text:
+        # Without it every service would go to one URL: /users/v1/x and /games/v1/x alike.
         raise ValueError(f"expected an http(s) URL template with {{service}}, got {text!r}")
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"expected an http:// or https:// URL, got {text!r}")
@@ -178,29 +179,121 @@ class CacheConfig:
     redis: RedisConfig = section(RedisConfig, "Optional shared L2 cache.")
 
 
+def _rates(value: object) -> dict[str, float]:
+    rates = {k: schema.number(0.001)(x) for k, x in schema_map(value).items()}
+    for name in rates:
+        if not SERVICE_NAME_RE.match(name):
+            raise ValueError(f"{name!r} is not a service name (lower-case letters, digits, -)")
+    return rates
+
+
 @dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    default_rate: float = opt(
-        20.0, schema.number(0.001), "Upstream requests per second per service (default)."
+class UpstreamLimitsConfig:
+    rate: float = opt(
+        20.0, schema.number(0.001),
+        "Upstream requests per second per service, bursts up to the same number (the "
+        "default for services not in `rates`). Every attempt counts, retries included.",
     )
     rates: dict[str, float] = opt(
-        {}, lambda v: {k: schema.number(0.001)(x) for k, x in schema_map(v).items()},
-        "Per-service upstream request rates, e.g. `{thumbnails: 5, friends: 2}`.",
+        {}, _rates, "Per-service rates, e.g. `{thumbnails: 10, friends: 5}`."
     )
     max_wait: float = opt(
         "2s", schema.duration,
-        "A request that would wait longer than this for the upstream limiter gets 503.",
+        "A request that would wait longer than this for the limiter gets 503 with "
+        "`Retry-After` instead of queueing.",
     )
+    shared: bool = opt(
+        False, schema.boolean,
+        "With `cache.redis.url` set, all replicas share each service's rate through an "
+        "atomic Redis script (N replicas send `rate`/s together, not N × `rate`).",
+    )
+    pause_base: float = opt(
+        "1s", schema.duration,
+        "After a 429 without `Retry-After`, pause the whole service this long, doubling "
+        "with each consecutive 429.",
+    )
+    pause_max: float = opt("1m", schema.duration, "Cap of that pause.")
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerConfig:
+    failures: int = opt(
+        5, schema.integer(1, 1000),
+        "Consecutive failures (connection errors, timeouts, 5xx) that open a service's "
+        "circuit: while open, requests are answered from stale cache or 503.",
+    )
+    open_for: float = opt(
+        "30s", schema.duration, "How long the circuit stays open before one probe goes through."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimitsConfig:
+    rate: float = opt(
+        0.0, schema.number(0.0),
+        "Requests per second per client (per access key, or per IP when keys are off). "
+        "`0`: no client limit.",
+    )
+    burst: int = opt(0, schema.integer(0), "Bucket size. `0`: the rate rounded up.")
+    forwarded_for_hops: int = opt(
+        0, schema.integer(0, 10),
+        "Trusted reverse proxies in front of bloxproxy: the client IP is taken from "
+        "`X-Forwarded-For`, this many entries from the right. `0`: the peer address.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    upstream: UpstreamLimitsConfig = section(
+        UpstreamLimitsConfig, "Protecting Roblox: per-service upstream rate limits."
+    )
+    breaker: BreakerConfig = section(BreakerConfig, "Per-service circuit breaker.")
+    clients: ClientLimitsConfig = section(ClientLimitsConfig, "Protecting us: client limits.")
 
 
 @dataclass(frozen=True, slots=True)
 class RetriesConfig:
-    attempts: int = opt(3, schema.integer(1, 10), "Upstream attempts per request, first included.")
+    attempts: int = opt(
+        3, schema.integer(1, 10),
+        "Upstream attempts per request, the first included. Only safe reads are retried "
+        "(GET/HEAD, and POSTs a rule marks `safe_read`), on connection errors, timeouts, "
+        "429 and 502/503/504.",
+    )
     backoff_base: float = opt("100ms", schema.duration, "First backoff step (full jitter).")
     backoff_max: float = opt("2s", schema.duration, "Cap of one backoff step.")
+    deadline: float = opt(
+        "15s", schema.duration, "Total time for all attempts of one upstream call."
+    )
     budget: float = opt(
         0.2, schema.number(0.0, 1.0),
-        "Retries may add at most this share of upstream traffic.",
+        "Retries may add at most this share of upstream traffic, per service.",
+    )
+    budget_reserve: float = opt(
+        10.0, schema.number(0.0),
+        "Retries allowed on top of that share when traffic is low (the budget's bucket size).",
+    )
+
+
+def _header_name(value: object) -> str:
+    text = schema.string(value)
+    if not re.match(r"^[A-Za-z0-9-]+$", text):
+        raise ValueError(f"expected a header name, got {text!r}")
+    if text.lower() in ("authorization", "x-api-key", "cookie", "host"):
+        raise ValueError(f"{text} belongs to Roblox (it is forwarded); pick another name")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    keys: tuple[str, ...] = opt(
+        (), schema.string_list,
+        "Access keys clients must send (in `auth.header`). Empty: no key needed. "
+        "Set them with `BLOXPROXY_AUTH_KEYS=key1,key2` rather than in the file.",
+    )
+    header: str = opt(
+        "X-Bloxproxy-Key", _header_name,
+        "Header carrying the access key (never forwarded to Roblox; `Authorization` and "
+        "`x-api-key` are Roblox's and go through).",
     )
 
 
@@ -216,10 +309,11 @@ class LoggingConfig:
 @dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = section(ServerConfig, "Listening socket and front-door options.")
+    auth: AuthConfig = section(AuthConfig, "Optional access keys for clients of the proxy.")
     upstream: UpstreamConfig = section(UpstreamConfig, "Where Roblox (or a stand-in) is.")
     rules: RulesConfig = section(RulesConfig, "Which rule files define the clean API.")
     cache: CacheConfig = section(CacheConfig, "In-process L1 and optional Redis L2 cache.")
-    limits: LimitsConfig = section(LimitsConfig, "Upstream rate limits per Roblox service.")
+    limits: LimitsConfig = section(LimitsConfig, "Upstream and client rate limits.")
     retries: RetriesConfig = section(RetriesConfig, "Upstream retries with backoff.")
     logging: LoggingConfig = section(LoggingConfig, "Log level and format.")
     # Not keys: where the file was, to resolve relative rule paths.
@@ -274,7 +368,7 @@ def _materialize(cls: type, data: MarkedDict | None, problems: list[Problem], ct
             values[name] = _materialize(sub, child, problems, key_ctx)
             continue
         reader = f.metadata["reader"]
-        typed_default = f.default_factory()  # type: ignore[misc]
+        typed_default = f.default_factory()  # type: ignore[operator]
         if data is not None and name in data and data[name] is not None:
             values[name] = schema.read(data, name, reader, problems, typed_default, ctx)
         else:
@@ -318,7 +412,9 @@ def _apply_env(data: MarkedDict, env: Mapping[str, str], problems: list[Problem]
             problems.append(Problem(where, "unknown configuration variable"))
             continue
         value: object = raw
-        if _field_at(path).metadata["reader"] is not schema.string:
+        # String keys take the text verbatim, whatever their reader: YAML would turn a
+        # base URL template like "{service}.example" into a mapping.
+        if _field_at(path).type not in ("str", str):
             try:
                 value = yaml.safe_load(raw)
             except yaml.YAMLError:
@@ -356,9 +452,10 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
         data = MarkedDict()
         data.where, data.key_where = Where("<defaults>", 0), {}
     _apply_env(data, env, problems)
-    config = _materialize(Config, data, problems, "")
+    config: Config = _materialize(Config, data, problems, "")
     if problems:
-        raise ConfigError(problems)
+        # in file order (unknown keys are found before bad values); $VARIABLES first
+        raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))
     return dataclasses.replace(config, source=path or "")
 
 
@@ -373,21 +470,35 @@ def reference_markdown() -> str:
             path = (*prefix, name)
             sub = f.metadata.get("section")
             if sub is not None:
+                if lines[-1]:
+                    lines.append("")  # a nested section ends the table of its parent
                 lines.extend([f"## `{'.'.join(path)}`", "", f.metadata["doc"], "",
                               "| key | default | env | meaning |", "|---|---|---|---|"])
                 walk(sub, path)
-                lines.append("")
+                if lines[-1]:
+                    lines.append("")
             else:
-                default = f.metadata["default"]
-                shown = ", ".join(default) if isinstance(default, tuple) else default
-                if isinstance(default, tuple) and len(default) > 6:
-                    shown = f"{len(default)} Roblox services (see `DEFAULT_SERVICES`)"
                 env_name = ENV_PREFIX + "_".join(path).upper()
-                lines.append(f"| `{'.'.join(path)}` | `{shown!s}` | `{env_name}` | "
-                             f"{f.metadata['doc']} |")
+                lines.append(f"| `{'.'.join(path)}` | {_shown_default(f.metadata['default'])} "
+                             f"| `{env_name}` | {f.metadata['doc']} |")
 
     walk(Config, ())
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _shown_default(default: object) -> str:
+    """A default as written in YAML, in a Markdown code span."""
+    if isinstance(default, tuple) and len(default) > 6:
+        return f"{len(default)} Roblox services (see `DEFAULT_SERVICES`)"
+    if isinstance(default, bool):
+        text = "true" if default else "false"
+    elif isinstance(default, tuple):
+        text = "[" + ", ".join(default) + "]"
+    elif default == "":
+        text = '""'
+    else:
+        text = str(default)
+    return f"`{text}`"
 
 
 if __name__ == "__main__":

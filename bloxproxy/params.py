@@ -21,7 +21,9 @@ ParamType = Literal["int", "string", "bool", "int_list", "string_list"]
 PARAM_TYPES: tuple[str, ...] = ("int", "string", "bool", "int_list", "string_list")
 
 INT64_MAX = 2**63 - 1
-_INT_RE = re.compile(r"^-?[0-9]{1,19}$")
+INT64_MIN = -(2**63)
+# \Z, not $: "$" also matches before a trailing newline, which would let "12\n" through.
+_INT_RE = re.compile(r"^-?[0-9]{1,19}\Z")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 
@@ -98,7 +100,7 @@ class Param:
         if not _INT_RE.match(text):
             raise ParamError(self.name, f"expected an integer, got {_shown(text)}")
         value = int(text)
-        if abs(value) > INT64_MAX:
+        if not INT64_MIN <= value <= INT64_MAX:
             raise ParamError(self.name, f"is out of range, got {_shown(text)}")
         if self.min is not None and value < self.min:
             raise ParamError(self.name, f"must be at least {self.min}, got {value}")

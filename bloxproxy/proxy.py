@@ -66,6 +66,7 @@ class Proxy:
         self._allowed = frozenset(config.upstream.allowed_services)
         self._suffix = ("." + config.server.host_suffix) if config.server.host_suffix else ""
         self._max_body = config.server.max_body_size
+        self._drop = (config.auth.header,)  # our access key never goes to Roblox
         self._policies = {r.id: Policy.for_route(r, config) for r in rules.routes}
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -211,7 +212,7 @@ class Proxy:
         method = request.method
         ureq = UpstreamRequest(
             service, method, path, request.rel_url.raw_query_string,
-            forwardable_request_headers(request.headers), body,
+            forwardable_request_headers(request.headers, self._drop), body,
             safe_read=method in ("GET", "HEAD"),
         )
         fetched = await self.fetcher.fetch(ureq, Policy.for_passthrough(ureq, self.config),

@@ -57,9 +57,8 @@ class Router(Generic[T]):
 
     def match(self, method: str, raw_path: str) -> tuple[T | None, dict[str, str], bool]:
         """Return ``(route, params, path_exists)``; ``path_exists`` with no route means 405."""
-        segments = raw_path.strip("/").split("/") if raw_path != "/" else [""]
         params: dict[str, str] = {}
-        node = self._match(self._root, segments, 0, params)
+        node = self._match(self._root, _segments(raw_path), 0, params)
         if node is None:
             return None, {}, False
         route = node.handlers.get(method)
@@ -89,5 +88,11 @@ class Router(Generic[T]):
         return None
 
     def methods(self, raw_path: str) -> list[str]:
-        node = self._match(self._root, raw_path.strip("/").split("/"), 0, {})
+        node = self._match(self._root, _segments(raw_path), 0, {})
         return sorted(node.handlers) if node else []
+
+
+def _segments(raw_path: str) -> list[str]:
+    # Only the one leading "/" goes: stripping them all would let "//v1/users/1" and
+    # "/v1/users/1/" match, and the empty segment they leave must fail the match instead.
+    return (raw_path[1:] if raw_path.startswith("/") else raw_path).split("/")

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from . import normalize, schema
 from .config import SERVICE_NAME_RE
 from .errors import ConfigError, Problem
-from .params import PARAM_TYPES, Param
+from .params import PARAM_TYPES, Param, ParamError
 from .router import DuplicateRoute, Router
 from .templates import PathTemplate, QueryTemplate, Renderer, TemplateError, compile_body
 from .yamlsrc import MarkedDict, MarkedList, Where, load_file
@@ -56,7 +56,8 @@ _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 @dataclass(frozen=True, slots=True)
 class CacheCondition:
     """``when`` item: if the value at ``path`` (``[*]`` = any list item) is in ``values``,
-    the entry's TTL is ``ttl`` instead of the route's (``0s`` = do not store)."""
+    the entry is kept for at most ``ttl`` (the shortest of the route's TTL and every
+    matching condition's, as ``cache.decide.store_ttl`` applies it; ``0s`` = do not store)."""
 
     path: tuple[str | int, ...]
     values: tuple[Any, ...]
@@ -140,6 +141,7 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
     """Load and compile every rule file; raise one ConfigError listing every problem."""
     problems: list[Problem] = []
     routes: list[Route] = []
+    paths = list(paths)
     files = rule_files(paths)
     for path in files:
         try:
@@ -150,26 +152,41 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
         routes.extend(_load_file(data, _display(path), problems))
     router: Router[Route] = Router()
     seen_ids: dict[str, Route] = {}
+    added: list[Route] = []
     for route in routes:
-        if route.id in seen_ids:
+        # An id left out is "METHOD endpoint": its clash is reported as a duplicate route.
+        if route.id in seen_ids and route.id != f"{route.method} {route.endpoint}":
             first = seen_ids[route.id]
-            problems.append(Problem(route.where, f"id: {route.id!r} is already used at {first.where}"))
-        seen_ids[route.id] = route
+            problems.append(Problem(route.where,
+                                    f"id: {route.id!r} is already used at {first.where}"))
+        seen_ids.setdefault(route.id, route)
         try:
             router.add(route.method, route.endpoint, route)
         except DuplicateRoute as exc:
-            other = next(r for r in routes if r is not route and _same_shape(r, route))
-            problems.append(Problem(route.where, f"endpoint: {exc} (see {other.where})"))
+            other = next((r for r in added if _clashes(r, route)), None)
+            see = f" (see {other.where})" if other is not None else ""
+            problems.append(Problem(route.where, f"endpoint: {exc}{see}"))
+        else:
+            added.append(route)
     if not files:
-        problems.append(Problem(Where("rules", 0), "no rule files found"))
+        where = ", ".join(str(p) for p in paths) or "rules"
+        problems.append(Problem(Where(where, 0), "no rule files found"))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))
     return RuleSet(tuple(routes), router, tuple(str(f) for f in files))
 
 
-def _same_shape(a: Route, b: Route) -> bool:
-    shape = re.compile(r"\{[^}]*\}")
-    return shape.sub("{}", a.endpoint) == shape.sub("{}", b.endpoint)
+def _clashes(a: Route, b: Route) -> bool:
+    """Do ``a`` and ``b`` claim one path shape, or name a parameter differently at one
+    position of a shared prefix (the router keeps one name per position)?"""
+    sa, sb = a.endpoint.split("/"), b.endpoint.split("/")
+    for x, y in zip(sa, sb, strict=False):
+        if x.startswith("{") and y.startswith("{"):
+            if x != y:
+                return True
+        elif x != y:
+            return False
+    return len(sa) == len(sb) and a.method == b.method
 
 
 def _display(path: Path) -> str:
@@ -227,18 +244,20 @@ def _load_route(d: MarkedDict, file: str, file_service: str | None, file_tags: t
         problems.append(Problem(d.at("endpoint"), "endpoint: a parameter appears twice"))
     path_params = _load_params(d, "params", "path", problems)
     query_params = _load_params(d, "query", "query", problems)
-    declared = {p.name for p in path_params}
+    # Names as written, valid or not: a parameter with a bad field is reported once, not
+    # again as "not declared" by the endpoint and every template that uses it.
+    declared = _declared_names(d, "params")
+    query_names = _declared_names(d, "query")
     for name in path_names:
         if name not in declared:
             problems.append(Problem(d.at("endpoint"),
                                     f"endpoint: {{{name}}} is not declared under params"))
-    for p in path_params:
-        if p.name not in path_names:
-            problems.append(Problem(d.at("params"), f"params.{p.name}: not in the endpoint path"))
-    clash = declared & {p.name for p in query_params}
-    for name in sorted(clash):
+    for name in declared:
+        if name not in path_names:
+            problems.append(Problem(d.at("params"), f"params.{name}: not in the endpoint path"))
+    for name in sorted(set(declared) & set(query_names)):
         problems.append(Problem(d.at("query"), f"query.{name}: also a path parameter"))
-    known = frozenset(declared | {p.name for p in query_params})
+    known = frozenset(declared) | frozenset(query_names)
 
     backend = _load_backend(d, file_service, known, problems)
     plan, order_param, status_map = _load_response(d, query_params, problems)
@@ -288,6 +307,13 @@ def _route_id(value: object) -> str:
     if not _ID_RE.match(text):
         raise ValueError(f"expected an id like 'users.get', got {text!r}")
     return text
+
+
+def _declared_names(d: MarkedDict, key: str) -> list[str]:
+    raw = d.get(key)
+    if not isinstance(raw, MarkedDict):
+        return []
+    return [name for name in raw if not name.startswith("_") and _NAME_RE.match(name)]
 
 
 def _load_params(d: MarkedDict, key: str, location: Literal["path", "query"],
@@ -370,8 +396,8 @@ def _load_param(m: MarkedDict, name: str, location: Literal["path", "query"], ct
                 ("true" if raw else "false") if isinstance(raw, bool) else str(raw)]
             try:
                 value = param.parse(texts)
-            except ValueError as exc:
-                problems.append(Problem(m.at(key), f"{ctx}.{key}: {exc}"))
+            except ParamError as exc:
+                problems.append(Problem(m.at(key), f"{ctx}.{key}: {exc.reason}"))
                 return None
             if key == "default":
                 if location == "path":

@@ -69,7 +69,13 @@ def number(lo: float | None = None, hi: float | None = None) -> Callable[[object
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise ValueError(f"expected a number, got {show(value)}")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ValueError(f"expected a number between {lo} and {hi}, got {value}")
+            if hi is None:
+                bounds = f">= {lo}"
+            elif lo is None:
+                bounds = f"<= {hi}"
+            else:
+                bounds = f"between {lo} and {hi}"
+            raise ValueError(f"expected a number {bounds}, got {value}")
         return float(value)
 
     return read

@@ -76,7 +76,12 @@ class PathTemplate:
         for is_param, token in self.parts:
             if is_param:
                 # One segment, everything reserved encoded: values cannot add segments.
-                out.append(quote(_text(values[token]), safe=""))
+                text = quote(_text(values[token]), safe="")
+                if text in (".", ".."):
+                    # quote() keeps dots, and a bare "."/".." segment would be resolved
+                    # by the upstream (RFC 3986 §5.2.4), climbing out of the template.
+                    text = text.replace(".", "%2E")
+                out.append(text)
             else:
                 out.append(token)
         return "".join(out)

@@ -9,7 +9,7 @@ bounds the body it accepts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -18,6 +18,7 @@ from yarl import URL
 
 from .config import Config
 from .errors import UpstreamError
+from .guard import CURRENT
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus framing headers we recompute.
 HOP_BY_HOP = frozenset({
@@ -95,6 +96,7 @@ class Upstream:
         headers = list(req.headers)
         if request_id:
             headers.append(("X-Request-ID", request_id))
+        token = CURRENT.set(req)  # tells the client middlewares (guard.py) whose call this is
         try:
             async with self._session.request(
                 req.method, self.url(req), headers=headers, data=req.body,
@@ -113,6 +115,8 @@ class Upstream:
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(502, f"{req.service} could not be reached "
                                 f"({type(exc).__name__})", code="upstream_unreachable") from None
+        finally:
+            CURRENT.reset(token)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
         length = resp.content_length
@@ -133,14 +137,19 @@ class Upstream:
         return b"".join(chunks)
 
 
-def create_session(config: Config) -> aiohttp.ClientSession:
-    """The shared upstream session: bounded pool, no cookie jar, our User-Agent."""
+def create_session(config: Config, middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()
+                   ) -> aiohttp.ClientSession:
+    """The shared upstream session: bounded pool, no cookie jar, our User-Agent, and the
+    retry/CSRF/guard middlewares. ``total`` bounds all attempts of one call together
+    (``retries.deadline``); each attempt has ``upstream.timeout`` (in ``guard``)."""
     up = config.upstream
     connector = aiohttp.TCPConnector(limit=up.max_connections, limit_per_host=0,
                                      ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(total=up.timeout, sock_connect=up.connect_timeout),
+        timeout=aiohttp.ClientTimeout(total=config.retries.deadline,
+                                      sock_connect=up.connect_timeout, sock_read=up.timeout),
+        middlewares=tuple(middlewares),
         # One jar for every client would hand one caller's Set-Cookie to the next.
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": up.user_agent},

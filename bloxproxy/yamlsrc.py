@@ -72,12 +72,13 @@ class _Loader(yaml.SafeLoader):
     env: Mapping[str, str] = os.environ
     problems: list[Problem]
 
-    def construct_yaml_map(self, node: yaml.MappingNode) -> Any:  # type: ignore[override]
+    def construct_yaml_map(self, node: yaml.MappingNode) -> Any:
         data = MarkedDict()
         data.where = _where(node)
         data.key_where = {}
         yield data
         self.flatten_mapping(node)
+        key_lines: dict[str, int] = {}  # where each key was written (key_where: its value)
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, str):
@@ -85,20 +86,21 @@ class _Loader(yaml.SafeLoader):
             if key in data:
                 self.problems.append(
                     Problem(_where(key_node), f"{key}: duplicate key (first at line "
-                            f"{data.key_where[key].line})")
+                            f"{key_lines[key]})")
                 )
                 continue
             data[key] = self.construct_object(value_node, deep=True)
             data.key_where[key] = _where(value_node)
+            key_lines[key] = _where(key_node).line
 
-    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Any:  # type: ignore[override]
+    def construct_yaml_seq(self, node: yaml.SequenceNode) -> Any:
         data = MarkedList()
         data.where = _where(node)
         data.item_where = [_where(child) for child in node.value]
         yield data
         data.extend(self.construct_object(child, deep=True) for child in node.value)
 
-    def construct_yaml_str(self, node: yaml.ScalarNode) -> Any:  # type: ignore[override]
+    def construct_yaml_str(self, node: yaml.ScalarNode) -> Any:
         text = super().construct_yaml_str(node)
         if "${" not in text:
             return text
@@ -135,6 +137,13 @@ def load_stream(stream: IO[str], name: str, env: Mapping[str, str] | None = None
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
         reason = exc.problem or exc.context or "invalid YAML"
+        if exc.problem and exc.context:
+            # PyYAML splits one sentence in two ("expected a single document in the stream",
+            # "but found another document"); the context also says where an unclosed
+            # bracket or quote was opened, which is often far above the problem line.
+            at = exc.context_mark
+            opened = f" at line {at.line + 1}" if at is not None and at.line + 1 != line else ""
+            reason = f"{exc.context}{opened}, {exc.problem}"
         raise ConfigError([Problem(Where(name, line), f"invalid YAML: {reason}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(Where(name, 1), f"invalid YAML: {exc}")]) from None

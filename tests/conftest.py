@@ -6,6 +6,7 @@ that `bloxproxy serve` runs, and Redis (tests/conftest_redis.py) is a real redis
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -35,6 +36,11 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        """Stands in for asyncio.sleep in retry backoff: time passes, nobody waits."""
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -68,10 +74,14 @@ def make_proxy(
     fake_server: TestServer,
     clock: FakeClock,
 ) -> ProxyFactory:
-    """Start a proxy app against the fake: ``await make_proxy(BLOXPROXY_CACHE_ENABLED="false")``."""
+    """Start a proxy app against the fake: ``await make_proxy(BLOXPROXY_CACHE_ENABLED="false")``.
+
+    The app's wall clock, monotonic clock and retry sleep all run on ``clock``."""
 
     async def make(**env: str) -> TestClient[web.Request, web.Application]:
-        return await aiohttp_client(create_app(proxy_config(fake_server, **env), clock=clock))
+        app = create_app(proxy_config(fake_server, **env), clock=clock, monotonic=clock,
+                         sleep=clock.sleep)
+        return await aiohttp_client(app)
 
     return make
 

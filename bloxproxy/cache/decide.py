@@ -63,7 +63,9 @@ def cache_key(req: UpstreamRequest, vary: Iterable[str] = (), scope: str = "") -
         wanted = {name.lower() for name in vary}
         varied = sorted((k.lower(), v) for k, v in req.headers if k.lower() in wanted)
         if varied:
-            key += " vary=" + quote("&".join(f"{k}={v}" for k, v in varied), safe="=&")
+            # Each value quoted on its own: a value holding "&name=..." must not read as
+            # another varied header (one client could fill another's entry).
+            key += " vary=" + "&".join(f"{k}={quote(v, safe='')}" for k, v in varied)
     if scope:
         key += " cred=" + scope
     return key

@@ -144,18 +144,21 @@ class SharedCache:
 
     async def _listen(self) -> None:
         backoff = 0.2
-        connected_before = False
-        logged = False
+        missed = False
         while True:
             pubsub = self._listener_client.pubsub()
             try:
                 await pubsub.subscribe(self.channel)
-                if connected_before:
-                    # Events published while we were away are lost: whatever L1 holds may
+                if missed:
+                    # Events published while we were away are lost (also when Redis was
+                    # already away at start: L1 filled meanwhile): whatever L1 holds may
                     # have been purged elsewhere, so start over from L2 and upstream.
                     self._on_missed()
                     log.info("invalidation channel reconnected; L1 dropped")
-                connected_before, logged, backoff = True, False, 0.2
+                    # Redis is back: let L2 try at once rather than wait out its back-off
+                    # (healthy is left to the first L2 command that works).
+                    self._retry_at, self._backoff = 0.0, 0.5
+                missed, backoff = False, 0.2
                 self.listening.set()
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
@@ -165,9 +168,9 @@ class SharedCache:
                 raise
             except (RedisError, OSError) as exc:
                 self.listening.clear()
-                if not logged:
-                    log.warning("invalidation channel lost, retrying: %s", exc)
-                    logged = True
+                missed = True
+                if self.healthy:  # one incident with the store's failures: one warning
+                    self._failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:

@@ -1,0 +1,124 @@
+"""Protecting us from clients: optional access keys and per-client rate limits.
+
+Access keys (``auth.keys``) are checked in constant time against every configured key, in a
+header of our own (``auth.header``, default ``X-Bloxproxy-Key``) — ``x-api-key`` and
+``Authorization`` belong to Roblox and go through to it. The key header itself is never
+forwarded upstream.
+
+Client limits (``limits.clients``) are a token bucket per access key, or per client IP when
+keys are off (``X-Forwarded-For`` only when ``forwarded_for_hops`` says a trusted proxy put it
+there). With Redis configured the buckets live there (one atomic script call), so N replicas
+enforce one limit; without it, or while Redis is down, in memory. Every answer carries the
+IETF ``RateLimit``/``RateLimit-Policy`` headers and ``X-RateLimit-Limit/Remaining/Reset`` —
+except that a passthrough answer keeps Roblox's own ``x-ratelimit-*`` when it sent them.
+The proxy's own endpoints (``/_bloxproxy/…``) are exempt: probes and admin calls have their
+own rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .config import Config
+from .errors import HTTPProblem
+from .middlewares import Handler
+from .cache.store import StoreUnavailable
+from .ratelimit import Decision, MemoryBuckets, RedisBuckets
+
+log = logging.getLogger("bloxproxy.clients")
+
+RESERVED = "/_bloxproxy/"
+
+
+def client_ip(request: web.Request, hops: int) -> str:
+    """The client address: the peer, or the ``hops``-th ``X-Forwarded-For`` entry from the
+    right when that many trusted proxies stand in front of us."""
+    if hops > 0:
+        forwarded = [p.strip() for p in request.headers.get("X-Forwarded-For", "").split(",")
+                     if p.strip()]
+        if forwarded:
+            return forwarded[-hops] if len(forwarded) >= hops else forwarded[0]
+    return request.remote or "unknown"
+
+
+def rate_headers(d: Decision, window: float, keep_upstream: bool) -> dict[str, str]:
+    reset = max(0, math.ceil(d.reset))
+    headers = {
+        # draft-ietf-httpapi-ratelimit-headers (structured fields form)
+        "RateLimit-Policy": f'"clients";q={d.limit};w={max(1, math.ceil(window))}',
+        "RateLimit": f'"clients";r={d.remaining};t={reset}',
+    }
+    if not keep_upstream:
+        headers.update({"X-RateLimit-Limit": str(d.limit),
+                        "X-RateLimit-Remaining": str(d.remaining),
+                        "X-RateLimit-Reset": str(reset)})
+    return headers
+
+
+def client_middleware(config: Config, redis_buckets: RedisBuckets | None,
+                      clock: Callable[[], float] = time.monotonic) -> web.Middleware | None:
+    """The middleware, or None when neither access keys nor client limits are configured."""
+    keys = tuple(k.encode() for k in config.auth.keys)
+    header = config.auth.header
+    lim = config.limits.clients
+    if not keys and lim.rate <= 0:
+        return None
+    burst = lim.burst or max(1, math.ceil(lim.rate))
+    window = burst / lim.rate if lim.rate > 0 else 0.0
+    memory = MemoryBuckets(lim.rate, burst, clock) if lim.rate > 0 else None
+    hops = lim.forwarded_for_hops
+    state = {"redis_down_until": 0.0}
+
+    async def take(ident: str) -> Decision:
+        assert memory is not None
+        if redis_buckets is not None and clock() >= state["redis_down_until"]:
+            try:
+                return await redis_buckets.take(ident, lim.rate, burst)
+            except StoreUnavailable as exc:
+                if not state["redis_down_until"]:
+                    log.warning("client limits fall back to memory: %s", exc)
+                state["redis_down_until"] = clock() + 5.0
+        return memory.take(ident)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.rel_url.raw_path.startswith(RESERVED):
+            return await handler(request)
+        ident = ""
+        if keys:
+            given = request.headers.get(header, "").encode()
+            ok = False
+            for key in keys:  # compare with every key: timing says nothing about which
+                ok |= hmac.compare_digest(given, key)
+            if not ok:
+                raise HTTPProblem(401, f"missing or unknown access key (send it in {header})",
+                                  code="unauthorized")
+            ident = "key:" + hashlib.sha256(given).hexdigest()[:32]
+        if memory is None:
+            return await handler(request)
+        ident = ident or "ip:" + client_ip(request, hops)
+        decision = await take(ident)
+        if not decision.allowed:
+            retry = max(1, math.ceil(decision.retry_after))
+            headers = rate_headers(decision, window, False)
+            headers["Retry-After"] = str(retry)
+            raise HTTPProblem(429, f"rate limit of {lim.rate:g} requests/s (burst {burst}) "
+                              "exceeded", code="rate_limited", headers=headers,
+                              extra={"retry_after": retry})
+        try:
+            resp = await handler(request)
+        except HTTPProblem as exc:  # the proxy's own errors count and say so too
+            exc.headers.update(rate_headers(decision, window, False))
+            raise
+        keep = "X-RateLimit-Limit" in resp.headers
+        resp.headers.update(rate_headers(decision, window, keep))
+        return resp
+
+    return middleware

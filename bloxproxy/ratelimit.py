@@ -1,0 +1,105 @@
+"""Token buckets for client limits and shared upstream budgets, in memory or in Redis.
+
+Both implementations are GCRA (the "generic cell rate algorithm", a token bucket stored as
+one timestamp): ``rate`` tokens per second, up to ``burst`` at once. A bucket answers a
+:class:`Decision` — allowed or not, tokens left, when to retry, when it is full again —
+which is everything the ``RateLimit`` headers need. The Redis version runs as one Lua
+script, so N replicas consume one budget atomically (no read-modify-write from Python).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from cachetools import LRUCache
+from redis.exceptions import RedisError
+
+from .cache.store import StoreUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    limit: int  # the burst size
+    remaining: int  # whole tokens left after this request
+    retry_after: float  # seconds until one token is available (0 when allowed)
+    reset: float  # seconds until the bucket is full again
+
+
+def _decide(tat: float, now: float, rate: float, burst: int, cost: float
+            ) -> tuple[Decision, float | None]:
+    """GCRA step: the decision and the new theoretical arrival time (None: unchanged)."""
+    interval = 1.0 / rate
+    tat = max(tat, now)
+    new_tat = tat + cost * interval
+    allow_at = new_tat - burst * interval
+    if now < allow_at:  # would exceed the burst
+        remaining = max(0, math.floor((now - (tat - burst * interval)) / interval))
+        return Decision(False, burst, remaining, allow_at - now, tat - now), None
+    remaining = max(0, math.floor((now - (new_tat - burst * interval)) / interval))
+    return Decision(True, burst, remaining, 0.0, new_tat - now), new_tat
+
+
+class MemoryBuckets:
+    """Per-key GCRA buckets in process, the least recently used forgotten past ``max_keys``."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_tat")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 max_keys: int = 100_000) -> None:
+        self._rate, self._burst, self._clock = rate, burst, clock
+        self._tat: LRUCache[str, float] = LRUCache(maxsize=max_keys)
+
+    def take(self, key: str, cost: float = 1.0) -> Decision:
+        now = self._clock()
+        decision, new_tat = _decide(self._tat.get(key, now), now, self._rate, self._burst, cost)
+        if new_tat is not None:
+            self._tat[key] = new_tat
+        return decision
+
+
+# KEYS[1] bucket key; ARGV: rate/s, burst, cost. Time comes from Redis (TIME) so replicas
+# with skewed clocks agree. Returns {allowed, remaining, retry_after_ms, reset_ms}.
+_GCRA = """
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local interval = 1 / rate
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+local allow_at = new_tat - burst * interval
+if now < allow_at then
+  local remaining = math.max(0, math.floor((now - (tat - burst * interval)) / interval))
+  return {0, remaining, math.ceil((allow_at - now) * 1000), math.ceil((tat - now) * 1000)}
+end
+local ttl = math.ceil((new_tat - now) * 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', ttl)
+local remaining = math.max(0, math.floor((now - (new_tat - burst * interval)) / interval))
+return {1, remaining, 0, math.ceil((new_tat - now) * 1000)}
+"""
+
+
+class RedisBuckets:
+    """GCRA buckets in Redis, one atomic script call per decision."""
+
+    __slots__ = ("_client", "_prefix", "_script")
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._client, self._prefix = client, prefix
+        self._script = client.register_script(_GCRA)
+
+    async def take(self, key: str, rate: float, burst: int, cost: float = 1.0) -> Decision:
+        try:
+            allowed, remaining, retry_ms, reset_ms = await self._script(
+                keys=[self._prefix + key], args=[rate, burst, cost])
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis rate limit failed: {exc}") from exc
+        return Decision(bool(allowed), burst, int(remaining), int(retry_ms) / 1000,
+                        int(reset_ms) / 1000)
