@@ -28,6 +28,7 @@ from .config import Config
 from .errors import not_found
 from .guard import Guard
 from .middlewares import problem_middleware
+from .observe import AccessLog, Metrics, observe_middleware
 from .proxy import Proxy
 from .ratelimit import RedisBuckets
 from .rules import RuleSet, load_rules
@@ -38,6 +39,9 @@ RULES = web.AppKey("rules", RuleSet)
 PROXY = web.AppKey("proxy", Proxy)
 FETCHER = web.AppKey("fetcher", Fetcher)
 GUARD = web.AppKey("guard", Guard)
+UPSTREAM = web.AppKey("upstream", Upstream)
+METRICS = web.AppKey("metrics", Metrics)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +71,9 @@ def create_app(config: Config, *, rules: RuleSet | None = None,
         client = _redis_client(redis_cfg.url, redis_cfg.max_connections, redis_cfg.timeout)
         # Pub/sub blocks reading for long stretches: its own client, no read timeout.
         listener = _redis_client(redis_cfg.url, 2, None)
-    middlewares = [problem_middleware]
+    metrics = Metrics()
+    access = AccessLog(fmt=config.logging.format) if config.logging.access_log else None
+    middlewares = [observe_middleware(metrics, access), problem_middleware]
     client_buckets = RedisBuckets(client, redis_cfg.prefix + "rl:client:") if client else None
     limit_clients = client_middleware(config, client_buckets, monotonic)
     if limit_clients is not None:
@@ -77,8 +83,13 @@ def create_app(config: Config, *, rules: RuleSet | None = None,
     app[CONFIG] = config
     app[RULES] = rules if rules is not None else load_rules(config.rule_paths())
     app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
+    app[METRICS] = metrics
+    if access is not None:
+        app[ACCESS_LOG] = access
     app.cleanup_ctx.append(_pipeline)
     app.router.add_get(RESERVED_PREFIX + "healthz", _healthz)
+    app.router.add_get(RESERVED_PREFIX + "readyz", _readyz)
+    app.router.add_get(RESERVED_PREFIX + "metrics", _metrics)
     app.router.add_post(RESERVED_PREFIX + "admin/purge", admin.purge)
     app.router.add_route("*", RESERVED_PREFIX + "{tail:.*}", _reserved)
     app.router.add_route("*", "/{tail:.*}", _handle)
@@ -92,8 +103,9 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     upstream_buckets = None
     if rt.redis is not None and config.limits.upstream.shared:
         upstream_buckets = RedisBuckets(rt.redis, redis_cfg.prefix + "rl:upstream:")
+    metrics = app[METRICS]
     guard = Guard(config, clock=rt.monotonic, wall=rt.clock, sleep=rt.sleep,
-                  shared=upstream_buckets)
+                  shared=upstream_buckets, metrics=metrics)
     session = create_session(config, guard.middlewares())
     upstream = Upstream(config, session)
     fetcher = Fetcher(upstream, config, clock=rt.clock)
@@ -107,9 +119,16 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     app[GUARD] = guard
     app[FETCHER] = fetcher
     app[PROXY] = Proxy(config, app[RULES], fetcher)
+    app[UPSTREAM] = upstream
+    metrics.bind_l1(lambda: len(fetcher.l1), lambda: fetcher.l1.bytes_used)
+    access = app.get(ACCESS_LOG)
+    if access is not None:
+        access.start()
     try:
         yield
     finally:
+        if access is not None:
+            await access.stop()
         await fetcher.close()
         if shared is not None:
             await shared.stop()
@@ -133,8 +152,48 @@ async def _handle(request: web.Request) -> web.StreamResponse:
     return await request.app[PROXY].handle(request)
 
 
+def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
+    """Swap in a validated config and rule set (see :mod:`bloxproxy.serve`).
+
+    ``app[CONFIG]`` stays the config the app started with; the live one is
+    ``app[PROXY].config``."""
+    app[PROXY].swap(config, rules)
+    app[GUARD].reload(config)
+    app[UPSTREAM].reload(config)
+
+
 async def _healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers."""
     return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready: config and rules loaded; Redis reachable when configured. Without Redis the
+    proxy still serves (L1 and upstream), so that is "degraded" (200), not "down"."""
+    app = request.app
+    checks: dict[str, str] = {"config": "ok",
+                              "rules": f"{len(app[PROXY].rules.routes)} routes"}
+    status = "ok"
+    redis = app[RUNTIME].redis
+    if redis is not None:
+        try:
+            async with asyncio.timeout(1.0):
+                await redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # any failure here means "not reachable right now"
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+            status = "degraded"
+    return web.json_response({"status": status, "checks": checks})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus text format."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    body = generate_latest(request.app[METRICS].registry)
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
 
 
 async def _reserved(request: web.Request) -> web.StreamResponse:

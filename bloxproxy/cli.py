@@ -5,21 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
-import signal
-import socket
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
-from . import config as config_mod
-from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
-from .rules import RuleSet, load_rules
+from .rules import RuleSet
+from .serve import Overrides, load_all, run_single, supervise
 
 log = logging.getLogger("bloxproxy")
 
@@ -46,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fake-upstream", action="store_true",
                        help="start the bundled fake Roblox in-process and send every upstream "
                             "request to it (works with no network)")
+    serve.add_argument("--workers", type=int, metavar="N",
+                       help="run N processes sharing the port (overrides server.workers)")
+    serve.add_argument("--watch", action="store_true",
+                       help="reload config and rules when their files change (SIGHUP "
+                            "always reloads)")
 
     check = sub.add_parser("check", help="validate config and rules",
                            description="Validate the config and every rule file; print each "
@@ -67,27 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_all(path: str | None) -> tuple[Config, RuleSet]:
-    """Config and rules together, every problem of both in one ConfigError."""
-    problems = []
-    config: Config | None = None
-    try:
-        config = config_mod.load(path)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    rules: RuleSet | None = None
-    try:
-        rules = load_rules((config or Config()).rule_paths())
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    if problems or config is None or rules is None:
-        raise ConfigError(problems)
-    return config, rules
-
-
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        config, rules = load_all(args.config)
+        _config, rules = load_all(args.config)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -133,48 +114,6 @@ def cmd_routes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-async def _serve(config: Config, rules: RuleSet, fake_upstream: bool) -> None:
-    from .app import create_app
-
-    runners: list[web.AppRunner] = []
-    if fake_upstream:
-        from .fake import create_fake_app
-
-        fake_port = _free_port("127.0.0.1")
-        fake_runner = web.AppRunner(create_fake_app(), access_log=None)
-        await fake_runner.setup()
-        await web.TCPSite(fake_runner, "127.0.0.1", fake_port).start()
-        runners.append(fake_runner)
-        config = dataclasses.replace(config, upstream=dataclasses.replace(
-            config.upstream, base_url=f"http://127.0.0.1:{fake_port}/{{service}}", services={}))
-        log.info("fake Roblox upstream on http://127.0.0.1:%d", fake_port)
-    app = create_app(config, rules=rules)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    runners.insert(0, runner)
-    site = web.TCPSite(runner, config.server.host, config.server.port)
-    await site.start()
-    log.info("bloxproxy listening on http://%s:%d (%d clean routes)",
-             config.server.host, config.server.port, len(rules.routes))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        log.info("shutting down")
-        for r in runners:
-            await r.cleanup()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         config, rules = load_all(args.config)
@@ -182,18 +121,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    server = config.server
-    if args.host:
-        server = dataclasses.replace(server, host=args.host)
-    if args.port is not None:
-        server = dataclasses.replace(server, port=args.port)
-    config = dataclasses.replace(config, server=server)
+    overrides = Overrides(host=args.host, port=args.port)
+    config = overrides.apply(config)
     setup_logging(config.logging)
+    workers = args.workers or config.server.workers
     try:
-        asyncio.run(_serve(config, rules, args.fake_upstream))
+        if workers > 1:
+            return supervise(config, path=args.config, overrides=overrides, workers=workers,
+                             fake_upstream=args.fake_upstream, watch_files=args.watch)
+        run_single(config, rules, path=args.config, overrides=overrides,
+                   fake_upstream=args.fake_upstream, reuse_port=False,
+                   watch_files=args.watch)
     except OSError as exc:
-        print(f"bloxproxy: cannot listen on {server.host}:{server.port}: {exc.strerror}",
-              file=sys.stderr)
+        print(f"bloxproxy: cannot listen on {config.server.host}:{config.server.port}: "
+              f"{exc.strerror}", file=sys.stderr)
         return 1
     return 0
 

@@ -104,6 +104,15 @@ class ServerConfig:
         "`Host: users.roblox.proxy.internal` is passthrough to service `users`. Empty: off.",
     )
     max_body_size: int = opt("1MiB", schema.size, "Largest request body accepted (413 above).")
+    workers: int = opt(
+        1, schema.integer(1, 64),
+        "Processes sharing the port (SO_REUSEPORT), each with its own L1 cache; they share "
+        "Redis when configured. `serve --workers N` overrides it.",
+    )
+    shutdown_grace: float = opt(
+        "10s", schema.duration,
+        "On SIGTERM: stop accepting, then give in-flight requests this long to finish.",
+    )
     admin_token: str = opt(
         "", schema.string,
         "Bearer token for the `/_bloxproxy/admin/*` endpoints. Empty: admin endpoints are off. "

@@ -47,6 +47,7 @@ from .errors import UpstreamError
 
 if TYPE_CHECKING:
     from .config import Config
+    from .observe import Metrics
     from .ratelimit import RedisBuckets
     from .upstream import UpstreamRequest
 
@@ -197,8 +198,9 @@ class Guard:
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time, sleep: Sleep = asyncio.sleep,
                  rand: Callable[[], float] = random.random,
-                 shared: RedisBuckets | None = None) -> None:
+                 shared: RedisBuckets | None = None, metrics: Metrics | None = None) -> None:
         self._config = config
+        self.metrics = metrics
         self._clock, self._wall, self._sleep, self._rand = clock, wall, sleep, rand
         self.shared = shared
         self._shared_retry_at = 0.0
@@ -207,6 +209,14 @@ class Guard:
         self._secret = secret.encode() if secret else os.urandom(32)
         self.csrf_tokens: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=CSRF_TTL,
                                                         timer=clock)
+
+    def reload(self, config: Config) -> None:
+        """New limits and retry settings. When they changed, per-service state (limiters,
+        breakers, pauses, budgets) starts over with the new numbers."""
+        old, self._config = self._config, config
+        if (old.limits.upstream != config.limits.upstream
+                or old.limits.breaker != config.limits.breaker or old.retries != config.retries):
+            self.services.clear()
 
     def middlewares(self) -> tuple[aiohttp.ClientMiddlewareType, ...]:
         return (self.retry, self.csrf, self.guard)

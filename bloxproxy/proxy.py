@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 import orjson
 from aiohttp import web
@@ -69,6 +69,12 @@ class Proxy:
         self._drop = (config.auth.header,)  # our access key never goes to Roblox
         self._policies = {r.id: Policy.for_route(r, config) for r in rules.routes}
 
+    def swap(self, config: Config, rules: RuleSet) -> None:
+        """Take a validated config and rule set (hot reload). Routing, parameter parsing and
+        request building run without an await in between, so a request in flight keeps the
+        route it matched, and nothing here is ever half-swapped from its point of view."""
+        self.__init__(config, rules, self.fetcher)  # type: ignore[misc]
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw_path = request.rel_url.raw_path
         if self._suffix:
@@ -94,11 +100,25 @@ class Proxy:
                 raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: "
                                   f"{allowed})", headers={"Allow": allowed})
             raise not_found(f"no route matches {raw_path}", code="no_route")
+        raw_query = request.rel_url.raw_query_string
+        try:
+            # aiohttp decodes invalid UTF-8 in the query to U+FFFD, which would silently
+            # send a different value upstream: refuse it like an invalid path.
+            unquote_to_bytes(raw_query).decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("the query string is not valid UTF-8") from None
         values = self._params(route, raw_params, request.rel_url.query)
         ureq = self._upstream_request(route, values, request.headers)
         fetched = await self.fetcher.fetch(ureq, self._policies[route.id], request,
                                            Credential.of(request).value)
-        return self._clean_response(route, values, fetched, request)
+        try:
+            return self._clean_response(route, values, fetched, request)
+        except UpstreamError:
+            # A 200 we cannot use (not JSON, unexpected shape) must not stay in the cache
+            # for the route's whole TTL: drop it, so the next request asks Roblox again.
+            if fetched.key and fetched.entry.ttl > 0:
+                await self.fetcher.purge_key(fetched.key)
+            raise
 
     def cache_key_for(self, raw_path: str, query: MultiMapping[str]) -> str | None:
         """The cache key an anonymous GET of this URL uses (for purging one URL)."""
@@ -174,6 +194,11 @@ class Proxy:
         requested = values.get(route.order_param) if route.order_param else None
 
         def render() -> bytes:
+            ctype = _header(resp.headers, "content-type")
+            if ctype is not None and not _is_json_type(ctype):
+                shown = ctype if len(ctype) <= 64 else ctype[:61] + "..."
+                raise UpstreamError(502, f"{route.backend.service} answered {shown!r}, "
+                                    "not JSON", code="upstream_bad_response")
             try:
                 data = orjson.loads(resp.body)
             except orjson.JSONDecodeError:
@@ -241,6 +266,20 @@ def canonical_path(raw_path: str) -> str:
             raise bad_request("'.' and '..' path segments are not allowed")
         out.append(quote(segment, safe=_SEGMENT_SAFE))
     return "/" + "/".join(out)
+
+
+def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _is_json_type(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` type (RFC 6839), parameters ignored."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return mime == "application/json" or (mime.startswith("application/")
+                                          and mime.endswith("+json"))
 
 
 def _upstream_problem(route: Route, status: int, body: bytes,

@@ -30,59 +30,69 @@ class Decision:
     reset: float  # seconds until the bucket is full again
 
 
-def _decide(tat: float, now: float, rate: float, burst: int, cost: float
-            ) -> tuple[Decision, float | None]:
-    """GCRA step: the decision and the new theoretical arrival time (None: unchanged)."""
-    interval = 1.0 / rate
+_US = 1_000_000  # buckets count in whole microseconds
+
+
+def _interval_us(rate: float) -> int:
+    return max(1, math.floor(_US / rate + 0.5))  # as the Lua script rounds
+
+
+def _decide(tat: int, now: int, interval: int, burst: int, cost: float
+            ) -> tuple[Decision, int | None]:
+    """GCRA step in integer microseconds: the decision and the new theoretical arrival time
+    (None: unchanged). Integers, because float seconds near 1.7e9 (epoch clocks, Redis
+    TIME) carry ~1e-7 s of rounding per step, enough to lose the last token of a burst."""
     tat = max(tat, now)
-    new_tat = tat + cost * interval
+    new_tat = tat + math.floor(cost * interval + 0.5)
     allow_at = new_tat - burst * interval
     if now < allow_at:  # would exceed the burst
-        remaining = max(0, math.floor((now - (tat - burst * interval)) / interval))
-        return Decision(False, burst, remaining, allow_at - now, tat - now), None
-    remaining = max(0, math.floor((now - (new_tat - burst * interval)) / interval))
-    return Decision(True, burst, remaining, 0.0, new_tat - now), new_tat
+        remaining = max(0, (now - (tat - burst * interval)) // interval)
+        return Decision(False, burst, remaining, (allow_at - now) / _US, (tat - now) / _US), None
+    remaining = max(0, (now - allow_at) // interval)
+    return Decision(True, burst, remaining, 0.0, (new_tat - now) / _US), new_tat
 
 
 class MemoryBuckets:
     """Per-key GCRA buckets in process, the least recently used forgotten past ``max_keys``."""
 
-    __slots__ = ("_burst", "_clock", "_rate", "_tat")
+    __slots__ = ("_burst", "_clock", "_interval", "_tat")
 
     def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
                  max_keys: int = 100_000) -> None:
-        self._rate, self._burst, self._clock = rate, burst, clock
-        self._tat: LRUCache[str, float] = LRUCache(maxsize=max_keys)
+        self._interval, self._burst, self._clock = _interval_us(rate), burst, clock
+        self._tat: LRUCache[str, int] = LRUCache(maxsize=max_keys)
 
     def take(self, key: str, cost: float = 1.0) -> Decision:
-        now = self._clock()
-        decision, new_tat = _decide(self._tat.get(key, now), now, self._rate, self._burst, cost)
+        now = round(self._clock() * _US)
+        decision, new_tat = _decide(self._tat.get(key, now), now, self._interval, self._burst,
+                                    cost)
         if new_tat is not None:
             self._tat[key] = new_tat
         return decision
 
 
 # KEYS[1] bucket key; ARGV: rate/s, burst, cost. Time comes from Redis (TIME) so replicas
-# with skewed clocks agree. Returns {allowed, remaining, retry_after_ms, reset_ms}.
+# with skewed clocks agree; like _decide, it counts in whole microseconds (exact in a Lua
+# double up to 2^53). Returns {allowed, remaining, retry_after_us, reset_us}.
 _GCRA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local interval = 1 / rate
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = math.max(1, math.floor(1000000 / rate + 0.5))
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local new_tat = tat + cost * interval
+local new_tat = tat + math.floor(cost * interval + 0.5)
 local allow_at = new_tat - burst * interval
 if now < allow_at then
   local remaining = math.max(0, math.floor((now - (tat - burst * interval)) / interval))
-  return {0, remaining, math.ceil((allow_at - now) * 1000), math.ceil((tat - now) * 1000)}
+  return {0, remaining, allow_at - now, tat - now}
 end
-local ttl = math.ceil((new_tat - now) * 1000) + 1000
-redis.call('SET', KEYS[1], string.format('%.6f', new_tat), 'PX', ttl)
-local remaining = math.max(0, math.floor((now - (new_tat - burst * interval)) / interval))
-return {1, remaining, 0, math.ceil((new_tat - now) * 1000)}
+local ttl = math.ceil((new_tat - now) / 1000) + 1000
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', ttl)
+local remaining = math.max(0, math.floor((now - allow_at) / interval))
+return {1, remaining, 0, new_tat - now}
 """
 
 
@@ -97,9 +107,9 @@ class RedisBuckets:
 
     async def take(self, key: str, rate: float, burst: int, cost: float = 1.0) -> Decision:
         try:
-            allowed, remaining, retry_ms, reset_ms = await self._script(
+            allowed, remaining, retry_us, reset_us = await self._script(
                 keys=[self._prefix + key], args=[rate, burst, cost])
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis rate limit failed: {exc}") from exc
-        return Decision(bool(allowed), burst, int(remaining), int(retry_ms) / 1000,
-                        int(reset_ms) / 1000)
+        return Decision(bool(allowed), burst, int(remaining), int(retry_us) / _US,
+                        int(reset_us) / _US)

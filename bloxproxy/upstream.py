@@ -83,6 +83,12 @@ class Upstream:
         self._max = config.upstream.max_response_size
         self._bases: dict[str, str] = {}
 
+    def reload(self, config: Config) -> None:
+        """New base URLs and limits apply to the next call."""
+        self._config = config
+        self._max = config.upstream.max_response_size
+        self._bases = {}
+
     def url(self, req: UpstreamRequest) -> URL:
         base = self._bases.get(req.service)
         if base is None:
@@ -124,8 +130,10 @@ class Upstream:
             resp.release()
             raise UpstreamError(502, f"upstream body of {length} bytes exceeds the "
                                 f"{self._max}-byte limit", code="upstream_too_large")
-        if length is not None:
+        if length is not None and not resp.headers.get("Content-Encoding"):
             return await resp.read()
+        # No length, or a compressed body whose length says nothing about what it inflates
+        # to (auto_decompress): count the decoded bytes as they come.
         chunks: list[bytes] = []
         size = 0
         async for chunk in resp.content.iter_chunked(65536):

@@ -129,6 +129,8 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
         "roblox.proxy.internal",
     ),
     (("server", "max_body_size"), "2KiB", "2KiB", 2048),
+    (("server", "workers"), "2", "2", 2),
+    (("server", "shutdown_grace"), "30s", "30s", 30.0),
     (("server", "admin_token"), "'s3cret: 1'", "s3cret: 1", "s3cret: 1"),
     (
         ("upstream", "base_url"),
@@ -357,7 +359,7 @@ URL_TEMPLATE = "expected an http(s) URL template with {service}"
 NOT_SERVICE = "is not a service name (lower-case letters, digits, -)"
 SIZE = "expected a size like '64MiB', '512KiB' or a byte count"
 UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, retries, rules, server, upstream"
-UNKNOWN_ALLOWED_SERVER = "admin_token, host, host_suffix, max_body_size, port"
+UNKNOWN_ALLOWED_SERVER = "admin_token, host, host_suffix, max_body_size, port, shutdown_grace, workers"
 UNKNOWN_ALLOWED_REDIS = "max_connections, prefix, timeout, url"
 
 FILE_ERRORS = [

@@ -1,0 +1,289 @@
+"""The OpenAPI 3.1 description of the clean API, generated from the rules.
+
+:func:`build_openapi` is pure: the same rule set (and options) always gives the same
+document. One path item per clean route, with typed parameters (JSON Schema types, enums,
+limits, defaults, examples), a 200 body schema decided from the route's normalization plan,
+a 304 for ``If-None-Match``, and every problem+json error the proxy can answer, all
+referencing one ``Problem`` schema (RFC 9457 plus our members). Passthrough is described as
+one operation per method on ``/{service}/{path}`` tagged ``passthrough`` (no body schemas:
+it answers whatever Roblox answers), and the proxy's own endpoints under ``proxy``.
+Extensions carry what the docs page shows beside the schema: ``x-bloxproxy-upstream`` (the
+request a route becomes) and ``x-bloxproxy-cache`` (its TTLs, in seconds).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from importlib import metadata
+from typing import Any
+
+import orjson
+
+from .config import Config
+from .normalize import Plan
+from .params import INT64_MAX, INT64_MIN, Param
+from .rules import Route, RuleSet
+
+JSON = dict[str, Any]
+PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
+_ENVELOPE_REF = {"$ref": "#/components/schemas/ListPage"}
+PASSTHROUGH_TAG = "passthrough"
+PROXY_TAG = "proxy"
+_LIST_NOTE = ("Comma-separated (`{name}=1,2`); repeated keys (`{name}=1&{name}=2`) and mixes "
+              "work too. Duplicates are dropped, keeping the first.")
+
+
+def version() -> str:
+    """The installed package version (``0.0.0`` when running from an uninstalled tree)."""
+    try:
+        return metadata.version("bloxproxy")
+    except metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def build_openapi(rules: RuleSet, *, server_url: str | None = None,
+                  access_key_header: str | None = None,
+                  passthrough_services: Sequence[str] = ()) -> JSON:
+    """The OpenAPI 3.1.0 document of ``rules`` as plain JSON data.
+
+    ``access_key_header`` (the config's ``auth.header`` when ``auth.keys`` is set) adds an
+    API-key security scheme and the 401 answers; ``passthrough_services`` lists the services
+    ``/{service}/{path}`` reaches (an enum on ``service``).
+    """
+    keyed = access_key_header is not None
+    paths: JSON = {}
+    for route in sorted(rules.routes, key=lambda r: (r.endpoint, r.method)):
+        paths.setdefault(route.endpoint, {})[route.method.lower()] = _operation(route, keyed)
+    paths["/{service}/{path}"] = _passthrough(passthrough_services, keyed)
+    paths.update(proxy_paths(keyed))
+    tag_names = dict.fromkeys(t for r in rules.routes for t in r.tags)
+    tags = [{"name": t} for t in sorted(tag_names)]
+    tags.append({"name": PASSTHROUGH_TAG, "description": "Roblox services at "
+                 "`/{service}/{path}`, answered as Roblox answers (not part of the clean "
+                 "API's contract)."})
+    tags.append({"name": PROXY_TAG, "description": "The proxy's own endpoints."})
+    doc: JSON = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "bloxproxy",
+            "version": version(),
+            "summary": "A caching reverse proxy and protocol adapter for the Roblox web APIs.",
+            "description": _INFO,
+            "license": {"name": "MIT", "identifier": "MIT"},
+        },
+        "tags": tags,
+        "paths": paths,
+        "components": components(access_key_header),
+    }
+    if server_url is not None:
+        doc["servers"] = [{"url": server_url}]
+    if keyed:
+        doc["security"] = [{"accessKey": []}]
+    return doc
+
+
+def openapi_for(config: Config, rules: RuleSet, *, server_url: str | None = None) -> JSON:
+    """:func:`build_openapi` with the options a config implies (what ``/openapi.json``,
+    the docs page and ``bloxproxy openapi`` all describe)."""
+    return build_openapi(
+        rules, server_url=server_url,
+        access_key_header=config.auth.header if config.auth.keys else None,
+        passthrough_services=config.upstream.allowed_services,
+    )
+
+
+def dumps(doc: JSON) -> bytes:
+    """The canonical serialization: sorted keys, indent 2, trailing newline."""
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+_INFO = """\
+The clean API of bloxproxy: stable paths defined by rule files, each one adapted to a
+Roblox web API request. Answers are normalized: snake_case keys, lists as
+`{data, next_cursor, previous_cursor}`, and every error as `application/problem+json`
+(RFC 9457) with a stable `code` and the `request_id` also sent as `X-Request-ID`.
+
+Successful answers carry `X-Cache` (HIT, MISS, STALE, BYPASS, COALESCED), `Cache-Status`
+(RFC 9211), `Cache-Control`, and when cached `Age` and an `ETag` (send it back in
+`If-None-Match` for a 304).
+
+Passthrough (`/{service}/{path}`, tag `passthrough`) forwards to allow-listed Roblox
+services and answers exactly what Roblox answered.
+"""
+
+
+# -- clean routes ---------------------------------------------------------------------
+
+
+def _operation(route: Route, keyed: bool) -> JSON:
+    b = route.backend
+    upstream = f"{b.method} {b.service} {b.path.text}"
+    query = "&".join(f"{k}={v}" for k, v in b.query.items)
+    if query:
+        upstream += "?" + query
+    description = route.description.strip()
+    description = (description + "\n\n" if description else "") + f"Upstream: `{upstream}`."
+    op: JSON = {
+        "operationId": route.id,
+        "summary": route.summary or f"{route.method} {route.endpoint}",
+        "description": description,
+        "tags": list(route.tags) or ["clean"],
+        "parameters": [_parameter(p) for p in (*route.path_params, *route.query_params)],
+        "responses": responses_for(_body_schema(route.plan), _plain(route.example), keyed),
+        "x-bloxproxy-upstream": _upstream(route),
+        "x-bloxproxy-cache": _cache(route),
+    }
+    if route.deprecated:
+        op["deprecated"] = True
+    return op
+
+
+def _parameter(p: Param) -> JSON:
+    schema = _scalar_schema(p)
+    description = p.description
+    if p.is_list:
+        schema = {"type": "array", "items": schema, "minItems": p.min_items,
+                  "maxItems": p.max_items}
+        note = _LIST_NOTE.format(name=p.name)
+        description = f"{description} {note}".strip()
+    if p.default is not None:
+        schema["default"] = _plain(p.default)
+    out: JSON = {"name": p.name, "in": p.location, "required": p.required, "schema": schema}
+    if description:
+        out["description"] = description
+    if p.is_list:
+        out["style"], out["explode"] = "form", False
+    if p.example is not None:
+        out["example"] = _plain(p.example)
+    return out
+
+
+def _scalar_schema(p: Param) -> JSON:
+    s: JSON
+    if p.type in ("int", "int_list"):
+        # The parser refuses anything outside int64 even without min/max (params.py).
+        s = {"type": "integer", "format": "int64",
+             "minimum": INT64_MIN if p.min is None else p.min,
+             "maximum": INT64_MAX if p.max is None else p.max}
+    elif p.type == "bool":
+        s = {"type": "boolean"}
+    else:
+        s = {"type": "string", "maxLength": p.max_length}
+        if p.min_length:
+            s["minLength"] = p.min_length
+        if p.pattern is not None:
+            # Rule patterns must match the whole value (re.fullmatch).
+            s["pattern"] = f"^(?:{p.pattern.pattern})$"
+        elif p.type == "string_list":
+            s["pattern"] = "^[^,]*$"  # items are split on commas
+    if p.enum:
+        s["enum"] = list(p.enum)
+    return s
+
+
+
+
+def _body_schema(plan: Plan) -> JSON:
+    """The 200 body a plan can produce (normalize.apply, step 5).
+
+    Paginated and ``shape: list`` plans always give the list envelope; ``shape: object``,
+    no ``pick`` (the whole body) or a ``pick`` ending in an index give an object; a ``pick``
+    of a key (``data``, ``roles``) is taken to select Roblox's list. Without
+    ``empty: not_found`` a picked part that is missing is answered as JSON ``null``.
+    """
+    if plan.pagination is not None or plan.shape == "list":
+        return dict(_ENVELOPE_REF)
+    listy = plan.shape == "auto" and (
+        plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str)))
+    schema: JSON = dict(_ENVELOPE_REF) if listy else {"type": "object"}
+    if plan.pick is not None and not plan.empty_is_404:
+        return {"anyOf": [schema, {"type": "null"}]}
+    return schema
+
+
+def _upstream(route: Route) -> JSON:
+    b = route.backend
+    out: JSON = {"service": b.service, "method": b.method, "path": b.path.text,
+                 "query": dict(b.query.items), "safe_read": b.safe_read,
+                 "credentials": b.credentials, "bucket": route.bucket}
+    if b.body is not None:
+        # Rendering with "{name}" for every value gives the template back as written.
+        names = {p.name: "{" + p.name + "}" for p in (*route.path_params, *route.query_params)}
+        out["body"] = _plain(b.body(names))
+    if b.headers:
+        out["headers"] = dict(b.headers)
+    if b.forward_headers:
+        out["forward_headers"] = list(b.forward_headers)
+    return out
+
+
+def _cache(route: Route) -> JSON:
+    c = route.cache
+    if not c.enabled:
+        return {"enabled": False}
+    return {
+        "enabled": True,
+        "ttl": c.ttl,
+        "stale_while_revalidate": c.stale_while_revalidate,
+        "stale_if_error": c.stale_if_error,
+        "not_found_ttl": c.not_found_ttl,
+        "credentials": c.credentials,
+        "when": [{"path": w.text, "in": _plain(list(w.values)), "ttl": w.ttl} for w in c.when],
+    }
+
+
+def _plain(value: Any) -> Any:
+    """Rule values as plain JSON data (YAML may hold timestamps; tuples become lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    return str(value)
+
+
+# -- passthrough ----------------------------------------------------------------------
+
+
+def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
+    service: JSON = {"type": "string", "pattern": "^[a-z0-9-]+$"}
+    if services:
+        service["enum"] = sorted(services)
+    params = [
+        {"name": "service", "in": "path", "required": True, "schema": service,
+         "description": "An allow-listed Roblox service: `users` stands for "
+                        "`https://users.roblox.com`."},
+        {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
+         "description": "The rest of the Roblox URL. **May contain slashes** "
+                        "(`/users/v1/users/1`); `.` and `..` segments are refused (400)."},
+    ]
+    item: JSON = {"parameters": params}
+    any_body = {"content": {"*/*": {"schema": {}}}, "required": False,
+                "description": "Sent to Roblox as is."}
+    for method in ("get", "head", "post", "put", "patch", "delete"):
+        op: JSON = {
+            "operationId": f"passthrough.{method}",
+            "summary": f"Passthrough {method.upper()} to a Roblox service",
+            "description": "Drop-in base URL: `/{service}/{path}` is "
+                           "`https://{service}.roblox.com/{path}`. Status, the headers that "
+                           "matter and the body come back as Roblox sent them, so no schema "
+                           "is given. GETs are cached briefly (config `cache.passthrough_ttl`).",
+            "tags": [PASSTHROUGH_TAG],
+            "x-bloxproxy-passthrough": True,
+            "responses": {
+                "default": {"description": "Whatever Roblox answered.",
+                            "content": {"*/*": {"schema": {}}}},
+                "400": {"$ref": "#/components/responses/BadRequest"},
+                "404": {"description": "Unknown service (`code: unknown_service`).",
+                        "content": {"application/problem+json": {"schema": PROBLEM_REF}}},
+                **({"401": {"$ref": "#/components/responses/Unauthorized"}} if keyed else {}),
+            },
+        }
+        if method in ("post", "put", "patch"):
+            op["requestBody"] = any_body
+        item[method] = op
+    return item
