@@ -20,7 +20,7 @@ from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import admin
+from . import admin, docs_page
 from .cache.layer import Fetcher, SharedCache
 from .cache.redis_store import RedisStore
 from .clients import client_middleware
@@ -91,8 +91,9 @@ def create_app(config: Config, *, rules: RuleSet | None = None,
     app.router.add_get(RESERVED_PREFIX + "readyz", _readyz)
     app.router.add_get(RESERVED_PREFIX + "metrics", _metrics)
     app.router.add_post(RESERVED_PREFIX + "admin/purge", admin.purge)
-    app.router.add_route("*", RESERVED_PREFIX + "{tail:.*}", _reserved)
-    app.router.add_route("*", "/{tail:.*}", _handle)
+    docs_page.add_routes(app)  # /openapi.json, /docs (and under /_bloxproxy/)
+    app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", _reserved)
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", _handle)
     return app
 
 

@@ -173,7 +173,8 @@ def observe_middleware(metrics: Metrics | None, access: AccessLog | None) -> web
         if metrics is not None:
             metrics.observe_request(info.route, resp.status, info.cache, total)
         if access is not None:
-            access.write(request.get(REQUEST_ID, ""), request.method, request.path,
+            path = request.rel_url.raw_path  # percent-encoded: no raw control characters
+            access.write(request.get(REQUEST_ID, ""), request.method, path[:512],
                          info.route, resp.status, info.cache, info.upstream, total)
         return resp
 

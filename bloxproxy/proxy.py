@@ -19,10 +19,10 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from . import normalize
-from .config import Config
-from .errors import HTTPProblem, UpstreamError, UpstreamStatus, bad_request, not_found
 from .cache import decide
 from .cache.layer import Fetcher
+from .config import Config
+from .errors import HTTPProblem, UpstreamError, UpstreamStatus, bad_request, not_found
 from .fetch import Fetched, Policy
 from .params import ParamError
 from .rules import Route, RuleSet
@@ -96,7 +96,10 @@ class Proxy:
             raise bad_request("the path is not valid UTF-8") from None
         if route is None:
             if exists:
-                allowed = ", ".join(self.rules.router.methods(raw_path))
+                methods = self.rules.router.methods(raw_path)
+                if "GET" in methods and "HEAD" not in methods:
+                    methods = [*methods, "HEAD"]  # the router answers HEAD with GET
+                allowed = ", ".join(methods)
                 raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: "
                                   f"{allowed})", headers={"Allow": allowed})
             raise not_found(f"no route matches {raw_path}", code="no_route")
