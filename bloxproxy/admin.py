@@ -77,5 +77,9 @@ async def purge(request: web.Request) -> web.Response:
             n = await fetcher.purge_prefix(target)
     else:
         raise bad_request(f"{scope}: expected a non-empty string (or all: true)")
-    return web.json_response({"purged": n, "scope": scope, "target": target},
+    body = {"purged": n, "scope": scope, "target": target}
+    if fetcher.shared is not None and not fetcher.shared.healthy:
+        # L1 was purged; Redis and the other replicas could not be told.
+        body["warning"] = "redis unavailable: purged this replica's L1 only"
+    return web.json_response(body,
                              dumps=lambda v: orjson.dumps(v).decode())

@@ -11,9 +11,11 @@ buckets) and ``sleep`` (retry backoff), so tests move time instead of waiting.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -114,7 +116,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     if rt.redis is not None and rt.listener is not None and config.cache.enabled:
         shared = SharedCache(RedisStore(rt.redis, redis_cfg.prefix, rt.clock), rt.listener,
                              redis_cfg.prefix + "invalidate", fetcher.drop_l1,
-                             fetcher.apply_event)
+                             fetcher.apply_event, publisher=rt.redis)
         fetcher.shared = shared
         shared.start()
     app[GUARD] = guard
@@ -140,10 +142,17 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
 
 
 def _redis_client(url: str, max_connections: int, timeout: float | None) -> aioredis.Redis:
+    extra: dict[str, Any] = {}
+    with contextlib.suppress(ImportError):  # redis-py >= 7
+        from redis.maint_notifications import MaintNotificationsConfig
+
+        # "auto" (the default) turns off the pool's dead-connection check, so the first
+        # command after a Redis restart would fail on a stale pooled connection.
+        extra["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout or 5.0,
         socket_timeout=timeout, socket_connect_timeout=timeout or 2.0,
-        health_check_interval=10 if timeout is None else 0,
+        health_check_interval=10 if timeout is None else 0, **extra,
     )
     # No client-side retries: a request must not stall on a dead Redis, it degrades to L1.
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))

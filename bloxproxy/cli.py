@@ -1,4 +1,4 @@
-"""Command line: ``bloxproxy serve | check | routes | fake-roblox``."""
+"""Command line: ``bloxproxy serve | check | routes | openapi | fake-roblox``."""
 
 from __future__ import annotations
 
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Print the clean routes, the upstream request each "
                                         "becomes, and their cache TTLs.")
     _config_arg(routes)
+
+    spec = sub.add_parser("openapi", help="print the OpenAPI document",
+                          description="Print the OpenAPI 3.1 document of the clean API "
+                                      "(what GET /openapi.json serves).")
+    _config_arg(spec)
+    spec.add_argument("--output", "-o", metavar="FILE", help="write it to FILE instead")
 
     fake = sub.add_parser("fake-roblox", help="run the bundled fake Roblox upstream",
                           description="Serve the fake Roblox upstream (/{service}/{path}) for "
@@ -139,6 +145,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from .openapi import dumps, openapi_for
+
+    try:
+        config, rules = load_all(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    data = dumps(openapi_for(config, rules))
+    if args.output:
+        with open(args.output, "wb") as f:
+            f.write(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    return 0
+
+
 def cmd_fake(args: argparse.Namespace) -> int:
     from .fake import run_fake
 
@@ -153,7 +178,7 @@ def cmd_fake(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"serve": cmd_serve, "check": cmd_check, "routes": cmd_routes,
-                "fake-roblox": cmd_fake}
+                "fake-roblox": cmd_fake, "openapi": cmd_openapi}
     return commands[args.command](args)
 
 

@@ -25,11 +25,12 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
+from .cache.store import StoreUnavailable
 from .config import Config
 from .errors import HTTPProblem
 from .middlewares import Handler
-from .cache.store import StoreUnavailable
 from .ratelimit import Decision, MemoryBuckets, RedisBuckets
 
 log = logging.getLogger("bloxproxy.clients")
@@ -63,7 +64,7 @@ def rate_headers(d: Decision, window: float, keep_upstream: bool) -> dict[str, s
 
 
 def client_middleware(config: Config, redis_buckets: RedisBuckets | None,
-                      clock: Callable[[], float] = time.monotonic) -> web.Middleware | None:
+                      clock: Callable[[], float] = time.monotonic) -> Middleware | None:
     """The middleware, or None when neither access keys nor client limits are configured."""
     keys = tuple(k.encode() for k in config.auth.keys)
     header = config.auth.header
@@ -93,11 +94,12 @@ def client_middleware(config: Config, redis_buckets: RedisBuckets | None,
             return await handler(request)
         ident = ""
         if keys:
-            given = request.headers.get(header, "").encode()
+            # surrogateescape: aiohttp decodes raw header bytes that way (b"\xff" → "\udcff")
+            given = request.headers.get(header, "").encode("utf-8", "surrogateescape")
             ok = False
             for key in keys:  # compare with every key: timing says nothing about which
                 ok |= hmac.compare_digest(given, key)
-            if not ok:
+            if not (ok and given):  # a missing header never matches an empty key in the list
                 raise HTTPProblem(401, f"missing or unknown access key (send it in {header})",
                                   code="unauthorized")
             ident = "key:" + hashlib.sha256(given).hexdigest()[:32]
@@ -117,7 +119,9 @@ def client_middleware(config: Config, redis_buckets: RedisBuckets | None,
         except HTTPProblem as exc:  # the proxy's own errors count and say so too
             exc.headers.update(rate_headers(decision, window, False))
             raise
-        keep = "X-RateLimit-Limit" in resp.headers
+        # Roblox's own counters (Open Cloud sends x-ratelimit-limit/remaining/reset, maybe
+        # only some): ours must not overwrite any of them.
+        keep = any(name.lower().startswith("x-ratelimit-") for name in resp.headers)
         resp.headers.update(rate_headers(decision, window, keep))
         return resp
 

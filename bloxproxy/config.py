@@ -350,7 +350,7 @@ def shipped_rules_dir() -> Path:
     """The rules shipped with bloxproxy: ``rules/`` beside the package in a checkout,
     or the copy installed inside the package."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "rules", here / "shipped_rules"):
+    for candidate in (here / "shipped_rules", here.parent / "rules"):
         if candidate.is_dir():
             return candidate
     return here.parent / "rules"

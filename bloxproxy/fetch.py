@@ -56,8 +56,9 @@ class Policy:
         # negative answer too, and cached as one.
         negative = frozenset({404, 410} | {s for s, ours in route.status_map.items()
                                           if ours in (404, 410)})
-        return cls(c.ttl, c.stale_while_revalidate, c.stale_if_error, nf, negative, c.when,
-                   c.credentials, route.backend.forward_headers, route.id)
+        return cls(c.ttl, c.stale_while_revalidate, c.stale_if_error, nf, negative,
+                   c.when + _not_found_conditions(route, nf), c.credentials,
+                   route.backend.forward_headers, route.id)
 
     @classmethod
     def for_passthrough(cls, req: UpstreamRequest, config: Config) -> Policy:
@@ -65,6 +66,21 @@ class Policy:
             return cls(ttl=0.0)
         return cls(config.cache.passthrough_ttl, not_found_ttl=config.cache.negative_ttl,
                    vary=PASSTHROUGH_VARY)
+
+
+def _not_found_conditions(route: Route, ttl: float) -> tuple[CacheCondition, ...]:
+    """A 200 that the route turns into 404 (``require``, ``empty: not_found``) is a
+    negative answer and is kept for the not-found TTL, not the route's TTL."""
+    from .rules import CacheCondition
+
+    out = [CacheCondition(path, (None,), ttl, "require") for path in route.require]
+    pick = route.plan.pick
+    if route.plan.empty_is_404 and pick is not None and route.plan.pagination is None:
+        if pick and isinstance(pick[-1], int):  # data[0]: empty when the list is empty
+            out.append(CacheCondition(pick[:-1], ([],), ttl, "empty"))
+        else:
+            out.append(CacheCondition(pick, (None, [], {}), ttl, "empty"))
+    return tuple(out)
 
 
 class Fetched:
@@ -89,7 +105,9 @@ class Fetched:
         return self.entry
 
     def coalesced(self) -> Fetched:
-        return Fetched(self.entry, "COALESCED", key=self.key, stored=self.stored,
+        # A waiter handed the stale-if-error stand-in got stale content: it must say so.
+        result = "STALE" if self.result == "STALE" else "COALESCED"
+        return Fetched(self.entry, result, key=self.key, stored=self.stored,
                        shared=self.shared, l1=self.l1, clock=self.clock, detail=self.detail)
 
     def render(self, route_id: str, requested: Sequence[object] | None,

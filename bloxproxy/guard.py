@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime
 import email.utils
 import hashlib
 import hmac
@@ -35,7 +36,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
@@ -79,18 +80,20 @@ def parse_retry_after(value: str | None, now_wall: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit() alone also takes "²" and "٣"
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are GMT, not local time
+        when = when.replace(tzinfo=datetime.UTC)
     return max(0.0, when.timestamp() - now_wall)
 
 
 def full_jitter(attempt: int, base: float, cap: float, rand: Callable[[], float]) -> float:
     """AWS "full jitter": uniform in [0, min(cap, base * 2**(attempt-1))]."""
-    return rand() * min(cap, base * (2 ** (attempt - 1)))
+    return rand() * min(cap, base * 2.0 ** (attempt - 1))
 
 
 @dataclass(slots=True)
@@ -163,7 +166,8 @@ class Pause:
 
 @dataclass(slots=True)
 class RetryBudget:
-    """Each first attempt earns ``ratio`` of a retry; a retry spends one; at most ``reserve``."""
+    """Each first attempt earns ``ratio`` of a retry; a retry spends one; at most ``reserve``
+    (or one: a reserve below one retry must not switch the ``ratio`` share off)."""
 
     ratio: float
     reserve: float
@@ -173,7 +177,7 @@ class RetryBudget:
         self.tokens = self.reserve
 
     def earn(self) -> None:
-        self.tokens = min(self.reserve, self.tokens + self.ratio)
+        self.tokens = min(max(self.reserve, 1.0), self.tokens + self.ratio)
 
     def spend(self) -> bool:
         if self.tokens >= 1.0:
@@ -190,6 +194,22 @@ class ServiceState:
     budget: RetryBudget
     retries: int = 0  # counters, read by metrics and tests
     rejected: int = 0
+
+
+class ConnectionLost(aiohttp.ClientConnectionError):
+    """The connection dropped and the retry middleware is done with the request."""
+
+
+def _give_up(exc: BaseException) -> NoReturn:
+    """Re-raise the last attempt's error. aiohttp itself resends an idempotent request (PUT
+    and DELETE included) once when the connection drops (``ClientOSError``,
+    ``ServerDisconnectedError``), around all middlewares: that would retry a mutation and
+    add attempts past ``retries.attempts``, the budget and the deadline. Under another type
+    it does not."""
+    lost = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError)
+    if lost and not isinstance(exc, aiohttp.ClientConnectorError):  # (that one it never resends)
+        raise ConnectionLost(str(exc) or type(exc).__name__) from exc
+    raise exc
 
 
 class Guard:
@@ -252,12 +272,12 @@ class Guard:
         while True:
             try:
                 resp = await handler(req)
-            except (aiohttp.ClientError, TimeoutError):
+            except (aiohttp.ClientError, TimeoutError) as exc:
                 if not (retryable and attempt < r.attempts):
-                    raise
+                    _give_up(exc)
                 delay = full_jitter(attempt, r.backoff_base, r.backoff_max, self._rand)
                 if not self._may_retry(st, start, delay):
-                    raise
+                    _give_up(exc)
             else:
                 if not (retryable and resp.status in RETRY_STATUSES and attempt < r.attempts):
                     return resp
@@ -361,7 +381,7 @@ class Guard:
         except TimeoutError:
             st.rejected += 1
             raise Unavailable(f"too many requests queued for {service}", "upstream_busy",
-                              max(1.0, 1.0 / max(st.limiter.max_rate, 1e-9))) from None
+                              st.limiter.time_period / st.limiter.max_rate) from None  # one slot
 
     async def _acquire_shared(self, service: str, max_wait: float, st: ServiceState) -> None:
         assert self.shared is not None

@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-from .config import Config
+from .config import SERVICE_NAME_RE, Config
+from .errors import PROBLEM_JSON, HTTPProblem, problem_body
 from .normalize import Plan
 from .params import INT64_MAX, INT64_MIN, Param
 from .rules import Route, RuleSet
@@ -30,8 +31,10 @@ PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _ENVELOPE_REF = {"$ref": "#/components/schemas/ListPage"}
 PASSTHROUGH_TAG = "passthrough"
 PROXY_TAG = "proxy"
-_LIST_NOTE = ("Comma-separated (`{name}=1,2`); repeated keys (`{name}=1&{name}=2`) and mixes "
-              "work too. Duplicates are dropped, keeping the first.")
+_LIST_NOTE = (
+    "Comma-separated (`{name}=1,2`); repeated keys (`{name}=1&{name}=2`) and mixes "
+    "work too. Duplicates are dropped, keeping the first."
+)
 
 
 def version() -> str:
@@ -42,9 +45,13 @@ def version() -> str:
         return "0.0.0"
 
 
-def build_openapi(rules: RuleSet, *, server_url: str | None = None,
-                  access_key_header: str | None = None,
-                  passthrough_services: Sequence[str] = ()) -> JSON:
+def build_openapi(
+    rules: RuleSet,
+    *,
+    server_url: str | None = None,
+    access_key_header: str | None = None,
+    passthrough_services: Sequence[str] = (),
+) -> JSON:
     """The OpenAPI 3.1.0 document of ``rules`` as plain JSON data.
 
     ``access_key_header`` (the config's ``auth.header`` when ``auth.keys`` is set) adds an
@@ -56,12 +63,17 @@ def build_openapi(rules: RuleSet, *, server_url: str | None = None,
     for route in sorted(rules.routes, key=lambda r: (r.endpoint, r.method)):
         paths.setdefault(route.endpoint, {})[route.method.lower()] = _operation(route, keyed)
     paths["/{service}/{path}"] = _passthrough(passthrough_services, keyed)
-    paths.update(proxy_paths(keyed))
+    paths.update(_proxy_paths(keyed))
     tag_names = dict.fromkeys(t for r in rules.routes for t in r.tags)
     tags = [{"name": t} for t in sorted(tag_names)]
-    tags.append({"name": PASSTHROUGH_TAG, "description": "Roblox services at "
-                 "`/{service}/{path}`, answered as Roblox answers (not part of the clean "
-                 "API's contract)."})
+    tags.append(
+        {
+            "name": PASSTHROUGH_TAG,
+            "description": "Roblox services at "
+            "`/{service}/{path}`, answered as Roblox answers (not part of the clean "
+            "API's contract).",
+        }
+    )
     tags.append({"name": PROXY_TAG, "description": "The proxy's own endpoints."})
     doc: JSON = {
         "openapi": "3.1.0",
@@ -74,7 +86,7 @@ def build_openapi(rules: RuleSet, *, server_url: str | None = None,
         },
         "tags": tags,
         "paths": paths,
-        "components": components(access_key_header),
+        "components": _components(access_key_header),
     }
     if server_url is not None:
         doc["servers"] = [{"url": server_url}]
@@ -87,7 +99,8 @@ def openapi_for(config: Config, rules: RuleSet, *, server_url: str | None = None
     """:func:`build_openapi` with the options a config implies (what ``/openapi.json``,
     the docs page and ``bloxproxy openapi`` all describe)."""
     return build_openapi(
-        rules, server_url=server_url,
+        rules,
+        server_url=server_url,
         access_key_header=config.auth.header if config.auth.keys else None,
         passthrough_services=config.upstream.allowed_services,
     )
@@ -130,7 +143,7 @@ def _operation(route: Route, keyed: bool) -> JSON:
         "description": description,
         "tags": list(route.tags) or ["clean"],
         "parameters": [_parameter(p) for p in (*route.path_params, *route.query_params)],
-        "responses": responses_for(_body_schema(route.plan), _plain(route.example), keyed),
+        "responses": _responses(body_schema(route.plan), _plain(route.example), keyed),
         "x-bloxproxy-upstream": _upstream(route),
         "x-bloxproxy-cache": _cache(route),
     }
@@ -143,8 +156,12 @@ def _parameter(p: Param) -> JSON:
     schema = _scalar_schema(p)
     description = p.description
     if p.is_list:
-        schema = {"type": "array", "items": schema, "minItems": p.min_items,
-                  "maxItems": p.max_items}
+        schema = {
+            "type": "array",
+            "items": schema,
+            "minItems": p.min_items,
+            "maxItems": p.max_items,
+        }
         note = _LIST_NOTE.format(name=p.name)
         description = f"{description} {note}".strip()
     if p.default is not None:
@@ -163,9 +180,12 @@ def _scalar_schema(p: Param) -> JSON:
     s: JSON
     if p.type in ("int", "int_list"):
         # The parser refuses anything outside int64 even without min/max (params.py).
-        s = {"type": "integer", "format": "int64",
-             "minimum": INT64_MIN if p.min is None else p.min,
-             "maximum": INT64_MAX if p.max is None else p.max}
+        s = {
+            "type": "integer",
+            "format": "int64",
+            "minimum": INT64_MIN if p.min is None else p.min,
+            "maximum": INT64_MAX if p.max is None else p.max,
+        }
     elif p.type == "bool":
         s = {"type": "boolean"}
     else:
@@ -182,9 +202,7 @@ def _scalar_schema(p: Param) -> JSON:
     return s
 
 
-
-
-def _body_schema(plan: Plan) -> JSON:
+def body_schema(plan: Plan) -> JSON:
     """The 200 body a plan can produce (normalize.apply, step 5).
 
     Paginated and ``shape: list`` plans always give the list envelope; ``shape: object``,
@@ -195,7 +213,8 @@ def _body_schema(plan: Plan) -> JSON:
     if plan.pagination is not None or plan.shape == "list":
         return dict(_ENVELOPE_REF)
     listy = plan.shape == "auto" and (
-        plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str)))
+        plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str))
+    )
     schema: JSON = dict(_ENVELOPE_REF) if listy else {"type": "object"}
     if plan.pick is not None and not plan.empty_is_404:
         return {"anyOf": [schema, {"type": "null"}]}
@@ -204,9 +223,15 @@ def _body_schema(plan: Plan) -> JSON:
 
 def _upstream(route: Route) -> JSON:
     b = route.backend
-    out: JSON = {"service": b.service, "method": b.method, "path": b.path.text,
-                 "query": dict(b.query.items), "safe_read": b.safe_read,
-                 "credentials": b.credentials, "bucket": route.bucket}
+    out: JSON = {
+        "service": b.service,
+        "method": b.method,
+        "path": b.path.text,
+        "query": dict(b.query.items),
+        "safe_read": b.safe_read,
+        "credentials": b.credentials,
+        "bucket": route.bucket,
+    }
     if b.body is not None:
         # Rendering with "{name}" for every value gives the template back as written.
         names = {p.name: "{" + p.name + "}" for p in (*route.path_params, *route.query_params)}
@@ -250,36 +275,53 @@ def _plain(value: Any) -> Any:
 
 
 def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
-    service: JSON = {"type": "string", "pattern": "^[a-z0-9-]+$"}
+    service: JSON = {"type": "string", "pattern": SERVICE_NAME_RE.pattern}
     if services:
         service["enum"] = sorted(services)
     params = [
-        {"name": "service", "in": "path", "required": True, "schema": service,
-         "description": "An allow-listed Roblox service: `users` stands for "
-                        "`https://users.roblox.com`."},
-        {"name": "path", "in": "path", "required": True, "schema": {"type": "string"},
-         "description": "The rest of the Roblox URL. **May contain slashes** "
-                        "(`/users/v1/users/1`); `.` and `..` segments are refused (400)."},
+        {
+            "name": "service",
+            "in": "path",
+            "required": True,
+            "schema": service,
+            "description": "An allow-listed Roblox service: `users` stands for "
+            "`https://users.roblox.com`.",
+        },
+        {
+            "name": "path",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string"},
+            "description": "The rest of the Roblox URL. **May contain slashes** "
+            "(`/users/v1/users/1`); `.` and `..` segments are refused (400).",
+        },
     ]
     item: JSON = {"parameters": params}
-    any_body = {"content": {"*/*": {"schema": {}}}, "required": False,
-                "description": "Sent to Roblox as is."}
+    any_body = {
+        "content": {"*/*": {"schema": {}}},
+        "required": False,
+        "description": "Sent to Roblox as is.",
+    }
     for method in ("get", "head", "post", "put", "patch", "delete"):
         op: JSON = {
             "operationId": f"passthrough.{method}",
             "summary": f"Passthrough {method.upper()} to a Roblox service",
             "description": "Drop-in base URL: `/{service}/{path}` is "
-                           "`https://{service}.roblox.com/{path}`. Status, the headers that "
-                           "matter and the body come back as Roblox sent them, so no schema "
-                           "is given. GETs are cached briefly (config `cache.passthrough_ttl`).",
+            "`https://{service}.roblox.com/{path}`. Status, the headers that "
+            "matter and the body come back as Roblox sent them, so no schema "
+            "is given. GETs are cached briefly (config `cache.passthrough_ttl`).",
             "tags": [PASSTHROUGH_TAG],
             "x-bloxproxy-passthrough": True,
             "responses": {
-                "default": {"description": "Whatever Roblox answered.",
-                            "content": {"*/*": {"schema": {}}}},
+                "default": {
+                    "description": "Whatever Roblox answered.",
+                    "content": {"*/*": {"schema": {}}},
+                },
                 "400": {"$ref": "#/components/responses/BadRequest"},
-                "404": {"description": "Unknown service (`code: unknown_service`).",
-                        "content": {"application/problem+json": {"schema": PROBLEM_REF}}},
+                "404": {
+                    "description": "Unknown service (`code: unknown_service`).",
+                    "content": {"application/problem+json": {"schema": PROBLEM_REF}},
+                },
                 **({"401": {"$ref": "#/components/responses/Unauthorized"}} if keyed else {}),
             },
         }
@@ -287,3 +329,216 @@ def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
             op["requestBody"] = any_body
         item[method] = op
     return item
+
+
+# -- responses and components ---------------------------------------------------------
+
+
+def _ref(kind: str, name: str) -> JSON:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+# name, description, always sent; every value is a string except where _HEADER_SCHEMAS says
+_HEADER_TABLE = (
+    ("X-Cache", "What the cache did.", True),
+    ("Cache-Status", "RFC 9211 cache status.", True),
+    ("Cache-Control", "How long clients and shared caches may keep the answer.", True),
+    ("Age", "Seconds since the answer was fetched (cached answers only).", False),
+    ("ETag", "Body validator (cached answers only); send it in `If-None-Match`.", False),
+    ("X-Request-ID", "The request id, also in problem bodies and the access log.", True),
+    ("RateLimit", "Client limit state (when `limits.clients` is set).", False),
+    ("RateLimit-Policy", "Client limit policy (when `limits.clients` is set).", False),
+    ("Retry-After", "Seconds to wait before trying again.", False),
+    ("Allow", "The methods this path answers.", True),
+)
+_HEADER_SCHEMAS: dict[str, JSON] = {
+    "X-Cache": {"type": "string", "enum": ["HIT", "MISS", "STALE", "BYPASS", "COALESCED"]},
+    "Age": {"type": "integer", "minimum": 0},
+}
+_HEADERS: JSON = {
+    name: {"description": text, "required": always,
+           "schema": _HEADER_SCHEMAS.get(name, {"type": "string"})}
+    for name, text, always in _HEADER_TABLE
+}  # fmt: skip
+_CACHE_HEADERS = tuple(name for name, *_ in _HEADER_TABLE[:8])
+
+# status, component, description, codes (the first is the example's), extra headers
+_PROBLEMS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
+    ("400", "BadRequest", "Invalid parameters (`invalid_params` lists each), or Roblox's 400.",
+     "invalid_request, upstream_error", ()),
+    ("401", "Unauthorized", "Missing or unknown access key.", "unauthorized", ()),
+    ("404", "NotFound", "No such route, nothing found, or Roblox said it does not exist.",
+     "not_found, no_route, upstream_error", ()),
+    ("405", "MethodNotAllowed", "Another method than the path answers.", "method_not_allowed",
+     ("Allow",)),
+    ("429", "TooManyRequests", "The client limit is used up, or Roblox's 429 (passed on).",
+     "rate_limited, upstream_error", ("Retry-After",)),
+    ("4XX", "UpstreamClientError", "Another client error of Roblox's, passed on "
+     "(`upstream_status`, Roblox's `errors`).", "upstream_error", ("Retry-After",)),
+    ("502", "BadGateway", "Roblox failed, could not be reached, or answered something "
+     "unusable.", "upstream_bad_response, upstream_error, upstream_unreachable, "
+     "upstream_too_large", ()),
+    ("503", "ServiceUnavailable", "Roblox is unavailable, or the proxy holds calls to it back "
+     "(paused after a 429, circuit open, queue full).",
+     "circuit_open, upstream_paused, upstream_busy, upstream_error", ("Retry-After",)),
+    ("504", "GatewayTimeout", "Roblox did not answer in time.",
+     "upstream_timeout, upstream_error", ()),
+)  # fmt: skip
+_INVALID = {"name": "user_id", "in": "path", "reason": "must be at least 1, got 0"}
+_EXAMPLE_DETAIL: dict[str, tuple[str, JSON]] = {
+    "400": ("invalid parameters: user_id must be at least 1, got 0",
+            {"invalid_params": [_INVALID]}),
+    "404": ("nothing found", {}),
+    "4XX": ("users answered 403: Token Validation Failed", {"upstream_status": 403,
+            "errors": [{"code": 0, "message": "Token Validation Failed"}]}),
+    "502": ("users answered with invalid JSON", {}),
+    "503": ("users is failing; circuit open", {"retry_after": 30}),
+}  # fmt: skip
+
+
+def _responses(body: JSON, example: Any, keyed: bool) -> JSON:
+    media: JSON = {"schema": body}
+    if example is not None:
+        media["example"] = example
+    out: JSON = {
+        "200": {
+            "description": "The normalized answer.",
+            "headers": {h: _ref("headers", h) for h in _CACHE_HEADERS},
+            "content": {"application/json": media},
+        },
+        "304": _ref("responses", "NotModified"),
+    }
+    for status, name, *_ in _PROBLEMS:
+        if status != "401" or keyed:
+            out[status] = _ref("responses", name)
+    return out
+
+
+def _problem_response(status: str, description: str, codes: str, headers: tuple[str, ...]) -> JSON:
+    detail, extra = _EXAMPLE_DETAIL.get(status, (description, {}))
+    example = HTTPProblem(
+        403 if status == "4XX" else int(status), detail, code=codes.split(", ")[0], extra=extra
+    )
+    return {
+        "description": f"{description} `code`: {codes}.",
+        "headers": {h: _ref("headers", h) for h in ("X-Request-ID", *headers)},
+        "content": {
+            PROBLEM_JSON: {
+                "schema": PROBLEM_REF,
+                "example": orjson.loads(
+                    problem_body(example, instance="/v1/users/0", request_id="5f0c3e1a9b7d2c41")
+                ),
+            }
+        },
+    }
+
+
+def _components(access_key_header: str | None) -> JSON:
+    responses: JSON = {
+        name: _problem_response(status, description, codes, headers)
+        for status, name, description, codes, headers in _PROBLEMS
+    }
+    responses["NotModified"] = {
+        "description": "The `If-None-Match` ETag still matches; no body.",
+        "headers": {h: _ref("headers", h) for h in _CACHE_HEADERS},
+    }
+    out: JSON = {"schemas": _SCHEMAS, "responses": responses, "headers": _HEADERS}
+    if access_key_header is not None:
+        out["securitySchemes"] = {
+            "accessKey": {
+                "type": "apiKey",
+                "in": "header",
+                "name": access_key_header,
+                "description": "The access key the proxy was configured with (`auth.keys`).",
+            }
+        }
+    return out
+
+
+_PROBLEM_MEMBERS = (  # name, JSON type, description
+    ("type", "string", "Always `about:blank`."),
+    ("title", "string", "The HTTP reason phrase."),
+    ("status", "integer", "The HTTP status."),
+    ("detail", "string", "What went wrong, for a person."),
+    ("instance", "string", "The request path."),
+    ("code", "string", "A stable machine-readable slug (listed per response)."),
+    ("request_id", "string", "Also sent as `X-Request-ID`."),
+    ("invalid_params", "array", "Each invalid parameter: `name`, `in`, `reason`."),
+    ("upstream_status", "integer", "The status Roblox answered."),
+    ("errors", "array", "Roblox's `errors` list, as Roblox sent it."),
+    ("retry_after", "integer", "Seconds, as in `Retry-After`."),
+)
+_PROBLEM_ITEMS: dict[str, JSON] = {
+    "invalid_params": {"type": "object", "required": ["name", "in", "reason"], "properties": {
+        "name": {"type": "string"}, "in": {"enum": ["path", "query"]},
+        "reason": {"type": "string"}}},
+    # Only described: Roblox's items are objects like this, but they are passed on as sent.
+    "errors": {"properties": {"code": {"type": "integer"}, "message": {"type": "string"},
+                              "userFacingMessage": {"type": "string"}}},
+}  # fmt: skip
+_SCHEMAS: JSON = {
+    "ListPage": {
+        "type": "object",
+        "description": "Every list the clean API answers: items and Roblox's cursors. Pass "
+        "`next_cursor` as `cursor` for the next page; null ends the walk.",
+        "required": ["data", "next_cursor", "previous_cursor"],
+        "additionalProperties": False,
+        "properties": {
+            "data": {"type": "array", "items": {}},
+            "next_cursor": {"type": ["string", "null"]},
+            "previous_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "Problem": {
+        "type": "object",
+        "description": "RFC 9457 problem details, with bloxproxy's members.",
+        "required": [name for name, *_ in _PROBLEM_MEMBERS[:7]],
+        "properties": {
+            name: {"type": kind, "description": text}
+            | ({"items": _PROBLEM_ITEMS[name]} if name in _PROBLEM_ITEMS else {})
+            for name, kind, text in _PROBLEM_MEMBERS
+        },
+    },
+}
+
+
+_OK: JSON = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+_READY: JSON = {
+    "type": "object",
+    "required": ["status", "checks"],
+    "properties": {"status": {"enum": ["ok", "degraded"]}, "checks": {"type": "object"}},
+}
+_STRING: JSON = {"type": "string"}
+# path, operationId, summary, media type, schema; /_bloxproxy/ is exempt from access keys
+_PROXY_ENDPOINTS = (
+    ("/_bloxproxy/healthz", "proxy.healthz", "Liveness: the process answers", "json", _OK),
+    ("/_bloxproxy/readyz", "proxy.readyz", "Readiness: config, rules, Redis", "json", _READY),
+    ("/_bloxproxy/metrics", "proxy.metrics", "Prometheus metrics", "text/plain", _STRING),
+    ("/openapi.json", "proxy.openapi", "This OpenAPI document", "json", {"type": "object"}),
+    ("/_bloxproxy/openapi.json", "proxy.openapi.reserved", "This OpenAPI document", "json",
+     {"type": "object"}),
+    ("/docs", "proxy.docs", "The API docs page", "text/html", _STRING),
+    ("/_bloxproxy/docs", "proxy.docs.reserved", "The API docs page", "text/html", _STRING),
+)  # fmt: skip
+
+
+def _proxy_paths(keyed: bool) -> JSON:
+    out: JSON = {}
+    for path, op_id, summary, media, schema in _PROXY_ENDPOINTS:
+        ok = {
+            "description": "OK",
+            "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
+            "content": {"application/json" if media == "json" else media: {"schema": schema}},
+        }
+        op: JSON = {
+            "operationId": op_id,
+            "summary": summary,
+            "tags": [PROXY_TAG],
+            "responses": {"200": ok},
+        }
+        if keyed and path.startswith("/_bloxproxy/"):
+            op["security"] = []
+        elif keyed:
+            op["responses"]["401"] = _ref("responses", "Unauthorized")
+        out[path] = {"get": op}
+    return out

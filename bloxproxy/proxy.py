@@ -30,6 +30,7 @@ from .upstream import UpstreamRequest, forwardable_request_headers
 
 JSON = "application/json; charset=utf-8"
 _CLEAN_PREFIX = re.compile(r"^/v[0-9]+(/|$)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 
@@ -67,6 +68,8 @@ class Proxy:
         self._suffix = ("." + config.server.host_suffix) if config.server.host_suffix else ""
         self._max_body = config.server.max_body_size
         self._drop = (config.auth.header,)  # our access key never goes to Roblox
+        self._drop_cacheable = (*self._drop, "if-none-match", "if-modified-since", "if-match",
+                                "if-unmodified-since", "if-range", "range")
         self._policies = {r.id: Policy.for_route(r, config) for r in rules.routes}
 
     def swap(self, config: Config, rules: RuleSet) -> None:
@@ -238,10 +241,13 @@ class Proxy:
                 raise HTTPProblem(413, f"request body exceeds {self._max_body} bytes")
             body = await request.read()
         method = request.method
+        safe = method in ("GET", "HEAD")
+        # Conditional and range headers are answered by the proxy (ETag/304) on cacheable
+        # reads; sent upstream they would make Roblox's 304/206 the shared answer.
+        drop = self._drop_cacheable if safe and self.config.cache.enabled else self._drop
         ureq = UpstreamRequest(
             service, method, path, request.rel_url.raw_query_string,
-            forwardable_request_headers(request.headers, self._drop), body,
-            safe_read=method in ("GET", "HEAD"),
+            forwardable_request_headers(request.headers, drop), body, safe_read=safe,
         )
         fetched = await self.fetcher.fetch(ureq, Policy.for_passthrough(ureq, self.config),
                                            request, Credential.of(request).value)
@@ -267,6 +273,8 @@ def canonical_path(raw_path: str) -> str:
             raise bad_request("the path is not valid UTF-8") from None
         if segment in (".", ".."):
             raise bad_request("'.' and '..' path segments are not allowed")
+        if _CONTROL.search(segment):
+            raise bad_request("control characters are not allowed in the path")
         out.append(quote(segment, safe=_SEGMENT_SAFE))
     return "/" + "/".join(out)
 

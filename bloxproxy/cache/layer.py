@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -60,9 +61,13 @@ class SharedCache:
 
     def __init__(self, store: RedisStore, listener_client: aioredis.Redis, channel: str,
                  on_missed_events: Callable[[], None], apply_event: Callable[[dict[str, Any]],
-                                                                              None]) -> None:
+                                                                              None],
+                 publisher: aioredis.Redis | None = None) -> None:
         self.store = store
         self._listener_client = listener_client
+        # Publishing goes through the client with a command timeout: a hung Redis must not
+        # hang the purge request (the listener's client has no read timeout).
+        self._publisher = publisher or listener_client
         self.channel = channel
         self.origin = uuid.uuid4().hex
         self._on_missed = on_missed_events
@@ -121,7 +126,7 @@ class SharedCache:
 
     async def publish(self, op: str, arg: str) -> None:
         message = orjson.dumps({"op": op, "arg": arg, "origin": self.origin})
-        client = self._listener_client
+        client = self._publisher
 
         async def send() -> None:
             try:
@@ -296,7 +301,11 @@ class Fetcher:
         self.l1.set_nowait(key, entry)
         if self.shared is not None:
             self._spawn(self.shared.set(key, entry))
-        return self._fetched(entry, "MISS", key, shared, stored=True)
+        # The callers of this very call get Roblox's headers (x-ratelimit-*, …) as sent,
+        # except cookies, which were set for one anonymous call and are not shared.
+        live = dataclasses.replace(entry, headers=tuple(
+            (k, v) for k, v in resp.headers if k.lower() != "set-cookie"))
+        return self._fetched(live, "MISS", key, shared, stored=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.create_task(coro)

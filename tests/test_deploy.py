@@ -1,0 +1,933 @@
+"""The container and deployment files, tested without a Docker engine and without network.
+
+(a) ``Dockerfile`` and ``.dockerignore`` are parsed: every ``COPY`` source exists and is in
+    the build context, the stages, the non-root ``USER``, ``EXPOSE``, ``ENV``, the entrypoint
+    and the ``HEALTHCHECK`` agree with the code (the default port, the real health route, the
+    console script).
+
+(b) The entrypoint runs in a fresh virtual environment built the way the Dockerfile builds
+    the image, offline. The Dockerfile runs ``pip wheel .`` (which downloads setuptools for
+    the isolated build and the dependency wheels from PyPI), then installs ``bloxproxy`` from
+    those wheels alone (``--no-index``) into a pip-less venv. Here, once per session:
+
+    1. the build context is laid out from the builder stage's ``COPY`` lines, filtered by
+       ``.dockerignore``, in a temporary directory (a file the image needs but the Dockerfile
+       does not copy makes the build fail here too);
+    2. bloxproxy's wheel is built from it with ``pip wheel --no-deps --no-build-isolation
+       --no-index``, by the setuptools of the environment running the tests (the isolated
+       build would download one). pyproject.toml needs setuptools >= 77 (its ``license`` is
+       an SPDX string): with an older one the test is skipped, saying so;
+    3. the dependency wheels cannot be downloaded, and pip cannot turn installed packages
+       back into wheels, so each distribution the built wheel's ``Requires-Dist`` needs
+       (followed transitively, markers evaluated) is re-packed from its installed files
+       (its RECORD) into a wheel with the same name, version and tag. The dependency set comes
+       from the new wheel's metadata, never from the test environment, so a runtime import
+       that pyproject.toml does not declare fails here as it would in the image;
+    4. ``python -m venv --without-pip`` makes the venv, with no system site-packages, and
+       ``pip --python VENV/bin/python install --no-index --find-links WHEELS bloxproxy``
+       installs into it exactly as the Dockerfile does; only the declared runtime
+       distributions end up in it (no dev extras, no pip, no setuptools).
+
+    The Dockerfile's ``ENV`` is then applied (with ``/opt/bloxproxy`` and ``/etc/bloxproxy``
+    mapped to temporary directories, the latter filled from the runtime stage's ``COPY``
+    lines) and the ``ENTRYPOINT`` runs from an empty working directory: ``check`` passes on
+    the packaged rules (not the repository's ``rules/``), the rules mount point replaces
+    them when ``BLOXPROXY_RULES_PATHS`` names it, and ``serve`` answers the health route, a
+    clean route (``--fake-upstream``), the ``HEALTHCHECK`` command, and stops cleanly on
+    SIGTERM. The whole module takes a few seconds.
+
+(c) ``docker-compose.yml``, ``deploy/nginx.conf`` and ``deploy/kubernetes/*.yaml`` parse;
+    every ``BLOXPROXY_*`` variable they set is a real config key; ports, probes, mounts and
+    the front's upstream agree with the defaults and the Dockerfile; and ``bloxproxy check``
+    passes with the environment (and, for Kubernetes, the ConfigMap's config and the rules
+    mount) each of them gives the container. ``check`` only validates: Redis is not contacted.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email.parser import HeaderParser
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+from bloxproxy import cli
+from bloxproxy import config as config_mod
+from bloxproxy.app import RESERVED_PREFIX, create_app
+from bloxproxy.config import Config
+from bloxproxy.rules import load_rules, rule_files
+from bloxproxy.schema import duration
+
+ROOT = Path(__file__).resolve().parent.parent
+HEALTH_PATH = RESERVED_PREFIX + "healthz"
+IMAGE_VENV = "/opt/bloxproxy"  # where the Dockerfile puts the venv
+IMAGE_ETC = "/etc/bloxproxy"  # the documented config and rules mount points
+# BLOXPROXY_* variables the code reads that are not config keys.
+NOT_KEYS = {"BLOXPROXY_CONFIG"}
+DEFAULTS = Config()
+ACCESS_KEY = "deploy-test-key"
+
+
+# --- parsing the Dockerfile -----------------------------------------------------------------
+
+
+@dataclass
+class Instruction:
+    keyword: str
+    args: str
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[Instruction] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[Instruction]:
+        return [i for i in self.instructions if i.keyword == keyword]
+
+    def last(self, keyword: str) -> Instruction:
+        found = self.all(keyword)
+        assert found, f"no {keyword} in stage {self.name or self.base}"
+        return found[-1]
+
+
+def parse_dockerfile(text: str) -> list[Stage]:
+    """Instructions per stage; comment lines (also inside continuations) are dropped."""
+    logical: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if line.strip().startswith("#") or (not line.strip() and not pending):
+            continue
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a line continuation"
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, args = line.strip().partition(" ")
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "FROM":
+            words = args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            stages.append(Stage(words[0], name))
+        elif keyword != "ARG" or stages:
+            assert stages, f"{keyword} before FROM"
+            stages[-1].instructions.append(Instruction(keyword, args))
+    return stages
+
+
+def split_flags(args: str) -> tuple[dict[str, str], list[str]]:
+    """``--from=builder --chown=x a b c`` -> flags, arguments (JSON or shell words)."""
+    words = shlex.split(args)
+    flags: dict[str, str] = {}
+    while words and words[0].startswith("--"):
+        name, _, value = words.pop(0)[2:].partition("=")
+        flags[name] = value
+    rest = " ".join(words)
+    if rest.startswith("["):
+        return flags, list(json.loads(args[args.index("[") :]))
+    return flags, words
+
+
+def exec_form(args: str) -> list[str]:
+    assert args.startswith("["), f"use the exec (JSON) form: {args}"
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return value
+
+
+def env_of(stage: Stage, base_path: str = "/usr/local/bin:/usr/bin:/bin") -> dict[str, str]:
+    """The stage's ENV, in order, with ``$VAR``/``${VAR}`` expanded."""
+    env = {"PATH": base_path}
+
+    def expand(value: str) -> str:
+        return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: env.get(m[1], ""), value)
+
+    for instr in stage.all("ENV"):
+        words = shlex.split(instr.args)
+        if "=" not in words[0]:  # legacy form: ENV KEY value with spaces
+            env[words[0]] = expand(" ".join(words[1:]))
+            continue
+        for word in words:
+            key, _, value = word.partition("=")
+            env[key] = expand(value)
+    return env
+
+
+@pytest.fixture(scope="module")
+def stages() -> list[Stage]:
+    return parse_dockerfile((ROOT / "Dockerfile").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def final(stages: list[Stage]) -> Stage:
+    return stages[-1]
+
+
+@pytest.fixture(scope="module")
+def image_env(final: Stage) -> dict[str, str]:
+    return env_of(final)
+
+
+def healthcheck_argv(final: Stage) -> list[str]:
+    instr = final.last("HEALTHCHECK")
+    options, _, command = instr.args.partition("CMD")
+    assert command, "HEALTHCHECK without CMD"
+    for option in options.split():
+        assert re.fullmatch(
+            r"--(interval|timeout|start-period|start-interval|retries)=\S+", option
+        ), option
+    return exec_form(command.strip())
+
+
+def image_uid(final: Stage) -> int:
+    user = final.last("USER").args.split(":")[0]
+    assert user.isdigit(), "USER should be numeric (Kubernetes runAsNonRoot can verify it)"
+    return int(user)
+
+
+# --- the build context (.dockerignore) ------------------------------------------------------
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keep = line.startswith("!")
+        pattern = line.lstrip("!").strip("/")
+        rx = ""
+        i = 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                rx, i = rx + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                rx, i = rx + ".*", i + 2
+            elif pattern[i] == "*":
+                rx, i = rx + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                rx, i = rx + "[^/]", i + 1
+            else:
+                rx, i = rx + re.escape(pattern[i]), i + 1
+        rules.append((keep, re.compile(rx)))
+    return rules
+
+
+def in_context(rel: str, rules: list[tuple[bool, re.Pattern[str]]]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = PurePosixPath(rel).parts
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    included = True
+    for keep, rx in rules:
+        if any(rx.fullmatch(p) for p in prefixes):
+            included = keep
+    return included
+
+
+def copy_into(src: Path, dest: Path, rules: list[tuple[bool, re.Pattern[str]]]) -> int:
+    """Copy ``src`` (a repo file or directory) to ``dest`` as ``COPY`` would; file count."""
+    count = 0
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    for f in files:
+        rel = f.relative_to(ROOT).as_posix()
+        if not in_context(rel, rules):
+            continue
+        target = dest if src.is_file() else dest / f.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+        count += 1
+    return count
+
+
+def replicate_copies(stage: Stage, fs_root: Path) -> Path:
+    """Apply the stage's ``COPY`` lines (not the ``--from`` ones) from the repository to a
+    directory standing in for the stage's file system; the stage's final WORKDIR there."""
+    rules = dockerignore_rules()
+    cwd = PurePosixPath("/")
+    for instr in stage.instructions:
+        if instr.keyword == "WORKDIR":
+            cwd = cwd / instr.args
+        if instr.keyword != "COPY":
+            continue
+        flags, words = split_flags(instr.args)
+        if "from" in flags:
+            continue
+        *sources, dest = words
+        for source in sources:
+            src = ROOT / source
+            target = fs_root / str(cwd / dest).lstrip("/")
+            if dest.endswith("/") and src.is_file():
+                target = target / src.name
+            assert copy_into(src, target, rules), f"COPY {source}: nothing in the build context"
+    return fs_root / str(cwd).lstrip("/")
+
+
+# --- (a) the Dockerfile ---------------------------------------------------------------------
+
+
+def test_dockerfile_stages_user_and_entrypoint(stages: list[Stage], final: Stage) -> None:
+    assert len(stages) >= 2, "multi-stage: a builder and a runtime stage"
+    builder = stages[0]
+    assert builder.name, "the builder stage is named (the runtime stage takes files from it)"
+    for stage in stages:
+        assert re.fullmatch(r"python:3\.11-slim(@sha256:[0-9a-f]+)?", stage.base), stage.base
+    run_text = " ".join(i.args for i in final.all("RUN"))
+    assert not re.search(r"\b(gcc|g\+\+|build-essential|make)\b", run_text), "no compilers"
+    assert "[dev]" not in (ROOT / "Dockerfile").read_text(encoding="utf-8"), "no dev extras"
+    assert "pip wheel" in " ".join(i.args for i in builder.all("RUN"))
+    # the runtime stage installs from the builder's wheels only, into /opt/bloxproxy
+    assert "--no-index" in run_text and IMAGE_VENV in run_text
+    for instr in final.all("RUN"):
+        flags, _ = split_flags(instr.args)
+        if "mount" in flags:
+            mount = dict(kv.partition("=")[::2] for kv in flags["mount"].split(","))
+            assert mount.get("from") in {s.name for s in stages[:-1]}, mount
+
+    assert image_uid(final) != 0, "the image runs as a non-root user"
+    assert "useradd" in run_text and f"--uid {image_uid(final)}" in run_text
+    assert final.all("WORKDIR"), "WORKDIR is set"
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    entrypoint = exec_form(final.last("ENTRYPOINT").args)
+    assert entrypoint == ["bloxproxy"]
+    assert entrypoint[0] in pyproject["project"]["scripts"]
+    cmd = exec_form(final.last("CMD").args)
+    assert cmd == ["serve"]
+    cli.build_parser().parse_args([*entrypoint[1:], *cmd])  # a valid command line
+
+
+def test_dockerfile_expose_env_and_config(final: Stage, image_env: dict[str, str]) -> None:
+    exposed = [int(p.split("/")[0]) for i in final.all("EXPOSE") for p in i.args.split()]
+    assert exposed == [DEFAULTS.server.port]
+    assert image_env["BLOXPROXY_SERVER_HOST"] == "0.0.0.0", "listen on all interfaces"
+    assert "BLOXPROXY_SERVER_PORT" not in image_env, "the default port is the config's"
+    assert image_env["PATH"].split(":")[0] == f"{IMAGE_VENV}/bin"
+    known = set(config_mod._env_paths())
+    for name in image_env:
+        if name.startswith("BLOXPROXY_"):
+            assert name in known | NOT_KEYS, f"ENV {name} is not a config key"
+    # BLOXPROXY_CONFIG names the file the runtime stage copies config.yaml to
+    copies = [split_flags(i.args)[1] for i in final.all("COPY")]
+    assert ["config.yaml", image_env["BLOXPROXY_CONFIG"]] in copies
+    assert PurePosixPath(image_env["BLOXPROXY_CONFIG"]).parent == PurePosixPath(IMAGE_ETC)
+
+
+def test_dockerfile_copy_sources_are_in_the_build_context(stages: list[Stage]) -> None:
+    rules = dockerignore_rules()
+    names: set[str] = set()
+    for stage in stages:
+        for instr in stage.all("COPY") + stage.all("ADD"):
+            assert instr.keyword == "COPY", "ADD fetches URLs and unpacks archives: use COPY"
+            flags, words = split_flags(instr.args)
+            assert len(words) >= 2, instr.args
+            if "from" in flags:
+                assert flags["from"] in names, f"COPY --from={flags['from']}: no such stage"
+                continue
+            for source in words[:-1]:
+                src = ROOT / source
+                assert src.exists(), f"COPY {source}: not in the repository"
+                assert in_context(source, rules), f"COPY {source}: excluded by .dockerignore"
+        if stage.name:
+            names.add(stage.name)
+    # the context leaves out what must not be in an image
+    for rel in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/test_deploy.py",
+        "bloxproxy/__pycache__/cli.cpython-311.pyc",
+        "bloxproxy.egg-info/PKG-INFO",
+    ):
+        assert not in_context(rel, rules), rel
+    assert in_context("bloxproxy/fake/app.py", rules)
+    assert in_context("rules/users.yaml", rules)
+
+
+def test_dockerfile_healthcheck_asks_the_health_route(final: Stage) -> None:
+    argv = healthcheck_argv(final)
+    assert argv[:2] == ["python", "-c"], "no curl in a slim image: the venv's Python"
+    code = argv[2]
+    assert f"/{HEALTH_PATH.lstrip('/')}'" in code
+    assert "http://127.0.0.1:" in code and "BLOXPROXY_SERVER_PORT" in code
+    assert f"'{DEFAULTS.server.port}'" in code, "the fallback port is the default port"
+    compile(code, "<HEALTHCHECK>", "exec")
+    app = create_app(DEFAULTS, rules=load_rules(DEFAULTS.rule_paths()))
+    assert HEALTH_PATH in {r.canonical for r in app.router.resources()}
+
+
+# --- (b) the entrypoint in a fresh venv built like the image --------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """An environment without this venv, pip's configuration or the developer's BLOXPROXY_*."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PIP_", "PYTHON", "BLOXPROXY_")) and k != "VIRTUAL_ENV"
+    }
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    kwargs.setdefault("env", clean_env())
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False, **kwargs)
+    assert done.returncode == 0, f"{shlex.join(argv)}\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def runtime_closure(requires: list[str]) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions ``requires`` needs, transitively, markers evaluated."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    todo = [(Requirement(r), "") for r in requires]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": extra}):
+            continue
+        key = canonicalize_name(req.name)
+        try:
+            dist = importlib.metadata.distribution(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            pytest.fail(f"runtime dependency {req} is not installed here (scripts/bootstrap)")
+        assert req.specifier.contains(dist.version, prereleases=True), (req, dist.version)
+        if key in found:
+            continue
+        found[key] = dist
+        for extra_name in ("", *req.extras):
+            todo.extend((Requirement(r), extra_name) for r in dist.requires or [])
+    return found
+
+
+def repack(dist: importlib.metadata.Distribution, out: Path) -> Path:
+    """Re-pack an installed distribution into a wheel from the files its RECORD lists."""
+    files = dist.files
+    assert files, f"{dist.metadata['Name']}: no RECORD"
+    wheel_meta = dist.read_text("WHEEL") or ""
+    tags = [
+        line.split(":", 1)[1].strip() for line in wheel_meta.splitlines() if line.startswith("Tag:")
+    ]
+    assert tags, f"{dist.metadata['Name']}: no wheel tag"
+    info_dir = next(f.parts[0] for f in files if f.name == "METADATA")
+    name = re.sub(r"[-_.]+", "_", dist.metadata["Name"]).lower()
+    path = out / f"{name}-{dist.version}-{tags[0]}.whl"
+    record: list[str] = []
+    skip = {f"{info_dir}/{n}" for n in ("RECORD", "INSTALLER", "REQUESTED", "direct_url.json")}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as whl:
+        for f in files:
+            rel = f.as_posix()
+            if ".." in f.parts or "__pycache__" in f.parts or rel in skip:
+                continue
+            data = Path(str(dist.locate_file(f))).read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{rel},sha256={digest.decode()},{len(data)}")
+            whl.writestr(rel, data)
+        record.append(f"{info_dir}/RECORD,,")
+        whl.writestr(f"{info_dir}/RECORD", "\n".join(record) + "\n")
+    return path
+
+
+@dataclass
+class Image:
+    """A fresh venv standing in for /opt/bloxproxy and a directory for /etc/bloxproxy."""
+
+    venv: Path
+    etc: Path
+    wheel: Path
+    runtime_dists: set[str]
+    env: dict[str, str]
+    entrypoint: list[str]
+    cmd: list[str]
+    healthcheck: list[str]
+
+    def host_path(self, value: str) -> str:
+        return value.replace(IMAGE_VENV, str(self.venv)).replace(IMAGE_ETC, str(self.etc))
+
+    def environ(self, **overrides: str) -> dict[str, str]:
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(self.etc), "LANG": "C.UTF-8"}
+        env.update({k: self.host_path(v) for k, v in self.env.items()})
+        env.update(overrides)
+        return env
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Image:
+    try:
+        setuptools_version = Version(importlib.metadata.version("setuptools"))
+    except importlib.metadata.PackageNotFoundError:
+        setuptools_version = Version("0")
+    if setuptools_version < Version("77"):
+        pytest.skip(
+            f"building the wheel offline needs setuptools>=77 in this environment "
+            f"(pyproject.toml's SPDX license), found {setuptools_version}"
+        )
+    tmp = tmp_path_factory.mktemp("image")
+    stages = parse_dockerfile((ROOT / "Dockerfile").read_text(encoding="utf-8"))
+    builder, final = stages[0], stages[-1]
+
+    wheels = tmp / "wheels"
+    wheels.mkdir()
+    context = replicate_copies(builder, tmp / "builder")  # WORKDIR, where `pip wheel .` runs
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--isolated",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--wheel-dir",
+            str(wheels),
+            str(context),
+        ],
+        cwd=tmp,
+    )
+    (wheel,) = wheels.glob("bloxproxy-*.whl")
+    with zipfile.ZipFile(wheel) as whl:
+        meta_name = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = HeaderParser().parsestr(whl.read(meta_name).decode())
+    closure = runtime_closure(metadata.get_all("Requires-Dist") or [])  # extras left out
+    for dist in closure.values():
+        repack(dist, wheels)
+
+    venv = tmp / "opt-bloxproxy"
+    run([sys.executable, "-m", "venv", "--without-pip", str(venv)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(venv / "bin" / "python"),
+            "install",
+            "--isolated",
+            "--no-index",
+            "--no-cache-dir",
+            "--find-links",
+            str(wheels),
+            "bloxproxy",
+        ]
+    )
+
+    replicate_copies(final, tmp / "runtime")
+    etc = tmp / "runtime" / IMAGE_ETC.lstrip("/")
+    (etc / "rules").mkdir(exist_ok=True)  # the image's empty mount point (RUN mkdir)
+    return Image(
+        venv=venv,
+        etc=etc,
+        wheel=wheel,
+        runtime_dists=set(closure),
+        env=env_of(final),
+        entrypoint=exec_form(final.last("ENTRYPOINT").args),
+        cmd=exec_form(final.last("CMD").args),
+        healthcheck=healthcheck_argv(final),
+    )
+
+
+def test_wheel_ships_the_rules_and_nothing_else(image: Image) -> None:
+    with zipfile.ZipFile(image.wheel) as whl:
+        names = set(whl.namelist())
+    for rule in rule_files([ROOT / "rules"]):
+        assert f"bloxproxy/shipped_rules/{rule.name}" in names, f"{rule.name} not in the wheel"
+    assert "bloxproxy/py.typed" in names
+    assert {n.split("/")[0] for n in names} == {"bloxproxy", wheel_info_dir(names)}
+
+
+def wheel_info_dir(names: set[str]) -> str:
+    return next(n.split("/")[0] for n in names if n.endswith(".dist-info/METADATA"))
+
+
+def test_fresh_venv_holds_only_the_runtime_dependencies(image: Image) -> None:
+    site = next((image.venv / "lib").glob("python3.*/site-packages"))
+    installed = {canonicalize_name(p.name.split("-")[0]) for p in site.glob("*.dist-info")}
+    assert installed == image.runtime_dists | {"bloxproxy"}
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    dev = {
+        canonicalize_name(Requirement(r).name)
+        for r in pyproject["project"]["optional-dependencies"]["dev"]
+    }
+    assert not installed & (dev | {"pip", "setuptools", "wheel"})
+    assert "include-system-site-packages = false" in (image.venv / "pyvenv.cfg").read_text()
+    assert (image.venv / "bin" / image.entrypoint[0]).is_file()
+
+
+def test_check_in_the_image_uses_the_packaged_rules(image: Image, tmp_path: Path) -> None:
+    env = image.environ()
+    done = run([*image.entrypoint, "check"], env=env, cwd=tmp_path)
+    shipped = load_rules([ROOT / "rules"])
+    config_path = env["BLOXPROXY_CONFIG"]
+    assert Path(config_path) == image.etc / "config.yaml"
+    assert done.stdout == (
+        f"ok: config {config_path}, {len(shipped.routes)} routes from "
+        f"{len(shipped.files)} rule file(s)\n"
+    )
+    where = run(
+        ["python", "-c", "from bloxproxy.config import load; print(*load(None).rule_paths())"],
+        env=env,
+        cwd=tmp_path,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(image.venv), "not the repository's rules/"
+    assert Path(where).name == "shipped_rules"
+
+
+def test_rules_mount_point_replaces_the_packaged_rules(image: Image, tmp_path: Path) -> None:
+    mount = image.etc / "rules"  # the image's /etc/bloxproxy/rules
+    env = image.environ(BLOXPROXY_RULES_PATHS=image.host_path(f"{IMAGE_ETC}/rules"))
+    assert Path(env["BLOXPROXY_RULES_PATHS"]) == mount and mount.is_dir()
+    empty = subprocess.run(
+        [*image.entrypoint, "check"],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert empty.returncode == 1 and "no rule files found" in empty.stderr
+    shutil.copy(ROOT / "rules" / "presence.yaml", mount)
+    try:
+        done = run([*image.entrypoint, "check"], env=env, cwd=tmp_path)
+    finally:
+        (mount / "presence.yaml").unlink()
+    one = load_rules([ROOT / "rules" / "presence.yaml"])
+    assert f", {len(one.routes)} routes from 1 rule file(s)" in done.stdout
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=5
+        ) as resp:
+            return int(resp.status), bytes(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture
+def served(image: Image, tmp_path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """The image's command (plus --fake-upstream: no network) on a free loopback port, with
+    an access key required, as in the Kubernetes example (probes need none)."""
+    port = free_port()
+    # 127.0.0.1 rather than the image's 0.0.0.0: nothing here listens beyond loopback.
+    env = image.environ(
+        BLOXPROXY_SERVER_HOST="127.0.0.1",
+        BLOXPROXY_SERVER_PORT=str(port),
+        BLOXPROXY_AUTH_KEYS=ACCESS_KEY,
+    )
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*image.entrypoint, *image.cmd, "--fake-upstream"],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"serve exited: {log.read_text()}"
+            try:
+                if get(f"http://127.0.0.1:{port}{HEALTH_PATH}")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, f"no health answer: {log.read_text()}"
+            time.sleep(0.1)
+        yield port, env
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_answers_and_healthcheck_passes(
+    image: Image, served: tuple[int, dict[str, str]], tmp_path: Path
+) -> None:
+    port, env = served
+    status, body = get(f"http://127.0.0.1:{port}{HEALTH_PATH}")
+    assert status == 200 and json.loads(body)["status"] == "ok"
+    users = f"http://127.0.0.1:{port}/v1/users/156"
+    assert get(users)[0] == 401, "the access key is required"
+    status, body = get(users, {DEFAULTS.auth.header: ACCESS_KEY})
+    assert status == 200, body
+    assert json.loads(body)["name"] == "builderman"
+    # the HEALTHCHECK command, run as Docker runs it (exec form, the image's environment)
+    assert subprocess.run(image.healthcheck, env=env, cwd=tmp_path, timeout=30).returncode == 0
+    dead = {**env, "BLOXPROXY_SERVER_PORT": str(free_port())}
+    unhealthy = subprocess.run(
+        image.healthcheck, env=dead, cwd=tmp_path, timeout=30, capture_output=True
+    )
+    assert unhealthy.returncode == 1, "1 is unhealthy to Docker (2 is reserved)"
+
+
+# --- (c) docker-compose.yml and Kubernetes --------------------------------------------------
+
+
+def interpolate(value: str) -> str:
+    """Compose's ``${VAR:-default}``/``${VAR-default}`` give the default here; ``${VAR}`` and
+    ``${VAR:?message}`` a stand-in value."""
+
+    def one(m: re.Match[str]) -> str:
+        name, op, arg = m[1], m[2] or "", m[3] or ""
+        return arg if op.endswith("-") else f"test-{name.lower()}"
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}", one, value).replace(
+        "$$", "$"
+    )
+
+
+def compose_env(service: dict[str, Any]) -> dict[str, str]:
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.partition("=")[::2] for item in raw)
+    return {str(k): interpolate(str(v)) for k, v in raw.items()}
+
+
+def assert_known_env(names: list[str], where: str) -> None:
+    known = set(config_mod._env_paths())
+    for name in names:
+        if name.startswith("BLOXPROXY_"):
+            assert name in known | NOT_KEYS, f"{where}: {name} is not a config key"
+
+
+def effective_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], env: dict[str, str]
+) -> Config:
+    """Run ``bloxproxy check`` in-process with exactly these BLOXPROXY_* variables."""
+    for name in list(os.environ):
+        if name.startswith("BLOXPROXY_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("BLOXPROXY_"):
+            monkeypatch.setenv(name, value)
+    code = cli.main(["check"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("ok: config ")
+    return config_mod.load(env.get("BLOXPROXY_CONFIG"))
+
+
+@pytest.fixture
+def etc_dir(tmp_path: Path, final: Stage) -> Path:
+    """/etc/bloxproxy as the image has it, under tmp_path."""
+    replicate_copies(final, tmp_path / "root")
+    etc = tmp_path / "root" / IMAGE_ETC.lstrip("/")
+    (etc / "rules").mkdir(exist_ok=True)
+    return etc
+
+
+def mapped(env: dict[str, str], etc: Path) -> dict[str, str]:
+    return {k: v.replace(IMAGE_ETC, str(etc)) for k, v in env.items()}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def published(service: dict[str, Any]) -> list[tuple[int, int]]:
+    out = []
+    for port in service.get("ports") or []:
+        host, _, container = str(port).rpartition(":")
+        out.append((int(host.rpartition(":")[2]), int(container.split("/")[0])))
+    return out
+
+
+def test_compose_two_replicas_one_redis_one_port(
+    compose: dict[str, Any],
+    image_env: dict[str, str],
+    etc_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    services: dict[str, dict[str, Any]] = compose["services"]
+    built = [n for n, s in services.items() if s.get("build")]
+    assert len(built) == 1, "one bloxproxy service, built from this repository"
+    name = built[0]
+    proxy = services[name]
+    assert proxy["build"] in (".", {"context": "."})
+    assert proxy["deploy"]["replicas"] == 2
+    assert not proxy.get("ports"), "replicas cannot share a published port: the front has it"
+    for dep in proxy.get("depends_on") or {}:
+        assert dep in services
+    redis = [s for s in services.values() if str(s.get("image", "")).startswith("redis:")]
+    assert len(redis) == 1 and redis[0]["image"] == "redis:7-alpine"
+    assert redis[0].get("healthcheck"), "bloxproxy waits for a healthy Redis"
+
+    env = compose_env(proxy)
+    assert_known_env(list(env), "docker-compose.yml")
+    config = effective_check(monkeypatch, capsys, mapped({**image_env, **env}, etc_dir))
+    assert config.server.host == "0.0.0.0" and config.server.port == DEFAULTS.server.port
+    redis_name = next(n for n, s in services.items() if s is redis[0])
+    assert re.fullmatch(rf"redis://{redis_name}:6379/\d+", config.cache.redis.url)
+    assert config.limits.upstream.shared, "the replicas share the upstream rate"
+    assert duration(proxy["stop_grace_period"]) > config.server.shutdown_grace
+
+    # one published port, on the front, which round-robins over the replicas
+    fronts = [(n, s) for n, s in services.items() if published(s)]
+    assert len(fronts) == 1 and len(published(fronts[0][1])) == 1
+    front_name, front = fronts[0]
+    host_port, container_port = published(front)[0]
+    assert host_port == DEFAULTS.server.port
+    mounts = [str(v).split(":") for v in front.get("volumes") or []]
+    conf_src = next(src for src, dst, *_ in mounts if dst == "/etc/nginx/nginx.conf")
+    conf = (ROOT / conf_src).read_text(encoding="utf-8")
+    assert re.search(rf"^\s*listen {container_port};", conf, re.MULTILINE)
+    servers = re.findall(r"^\s*server (\S+?):(\d+)\b(.*);", conf, re.MULTILINE)
+    assert [(h, int(p)) for h, p, _ in servers] == [(name, config.server.port)]
+    assert "resolve" in servers[0][2], "re-resolved: every replica, restarts and --scale"
+    assert re.search(r"^\s*resolver 127\.0\.0\.11\b", conf, re.MULTILINE), "Docker's DNS"
+    assert "X-Forwarded-For $proxy_add_x_forwarded_for" in conf
+    assert config.limits.clients.forwarded_for_hops == 1, "one proxy (the front) in front"
+    assert name in front.get("depends_on", {}), front_name
+
+
+@pytest.fixture(scope="module")
+def kube_docs() -> list[tuple[Path, dict[str, Any]]]:
+    docs = []
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
+            if doc is not None:
+                assert isinstance(doc, dict) and {"apiVersion", "kind", "metadata"} <= set(doc)
+                docs.append((path, doc))
+    assert docs
+    return docs
+
+
+def quantity(text: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
+    m = re.fullmatch(r"(\d+)([KMG]i?)?", str(text))
+    assert m, text
+    return int(m[1]) * units.get(m[2] or "", 1)
+
+
+def test_kubernetes_sidecar(
+    kube_docs: list[tuple[Path, dict[str, Any]]],
+    final: Stage,
+    image_env: dict[str, str],
+    etc_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for _, doc in kube_docs:
+        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    texts = "\n".join(p.read_text(encoding="utf-8") for p in {p for p, _ in kube_docs})
+    (deployment,) = by_kind["Deployment"].values()
+    pod = deployment["spec"]["template"]["spec"]
+    containers = [*pod.get("initContainers", []), *pod["containers"]]
+    (sidecar,) = [c for c in containers if str(c["image"]).startswith("bloxproxy")]
+    if sidecar in pod.get("initContainers", []):
+        assert sidecar.get("restartPolicy") == "Always", "a native sidecar keeps running"
+    apps = [c for c in pod["containers"] if c is not sidecar]
+    assert apps, "an app container beside the sidecar"
+    cli.build_parser().parse_args(sidecar.get("args") or exec_form(final.last("CMD").args))
+
+    # environment: real keys; secrets from the Secret; the loopback address
+    env: dict[str, str] = {}
+    secret_refs = set()
+    for item in sidecar["env"]:
+        ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            secret = by_kind["Secret"][ref["name"]]
+            values = {
+                **secret.get("stringData", {}),
+                **{k: base64.b64decode(v).decode() for k, v in secret.get("data", {}).items()},
+            }
+            env[item["name"]] = values[ref["key"]]
+            secret_refs.add(item["name"])
+        else:
+            env[item["name"]] = str(item["value"])
+    assert_known_env(list(env), "sidecar.yaml")
+    assert {"BLOXPROXY_SERVER_ADMIN_TOKEN", "BLOXPROXY_AUTH_KEYS"} <= secret_refs
+    assert env["BLOXPROXY_SERVER_HOST"] == "127.0.0.1"
+
+    # mounts: the ConfigMap's config.yaml at $BLOXPROXY_CONFIG, the rules at the mount point
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in sidecar["volumeMounts"]}
+    config_path = env.get("BLOXPROXY_CONFIG", image_env["BLOXPROXY_CONFIG"])
+    config_mount = mounts[config_path]
+    config_map = by_kind["ConfigMap"][volumes[config_mount["name"]]["configMap"]["name"]]
+    config_text = config_map["data"][config_mount["subPath"]]
+    rules_path = env["BLOXPROXY_RULES_PATHS"]
+    assert rules_path == f"{IMAGE_ETC}/rules"
+    rules_cm = volumes[mounts[rules_path]["name"]]["configMap"]["name"]
+    assert rules_cm in by_kind.get("ConfigMap", {}) or re.search(
+        rf"kubectl create configmap {rules_cm} --from-file=rules/", texts
+    ), f"ConfigMap {rules_cm}: neither defined nor created from rules/ in the instructions"
+    for volume in volumes.values():
+        if "configMap" in volume and volume["configMap"]["name"] != rules_cm:
+            assert volume["configMap"]["name"] in by_kind["ConfigMap"]
+    for mount in sidecar["volumeMounts"]:
+        assert mount["name"] in volumes
+
+    # `bloxproxy check` with that config file, that environment and the rules mounted
+    (etc_dir / "config.yaml").write_text(config_text, encoding="utf-8")
+    for rule in rule_files([ROOT / "rules"]):  # kubectl create configmap --from-file=rules/
+        shutil.copy(rule, etc_dir / "rules" / rule.name)
+    config = effective_check(monkeypatch, capsys, mapped({**image_env, **env}, etc_dir))
+    assert config.server.host == "127.0.0.1"
+    port = config.server.port
+    assert port == DEFAULTS.server.port
+    for app in apps:
+        app_env = [str(e.get("value", "")) for e in app.get("env", [])]
+        assert f"http://127.0.0.1:{port}" in app_env, "the app calls the sidecar on loopback"
+        assert config.auth.header in " ".join(app.get("args", [])), "the app sends its key"
+
+    # probes: the image's HEALTHCHECK, run in the container (httpGet would go to the pod IP)
+    health = healthcheck_argv(final)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert sidecar[probe]["exec"]["command"] == health, probe
+        assert sidecar[probe].get("timeoutSeconds", 1) >= 5, "Python starts in the probe"
+
+    # resources and security
+    resources = sidecar["resources"]
+    assert resources["requests"]["cpu"] and resources["requests"]["memory"]
+    assert quantity(resources["limits"]["memory"]) > 2 * config.cache.max_bytes
+    uid = image_uid(final)
+    for c in containers:
+        ctx = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
+        assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser") == uid
+        assert ctx.get("readOnlyRootFilesystem") is True, c["name"]
+        assert ctx.get("allowPrivilegeEscalation") is False, c["name"]
+        assert c.get("resources", {}).get("limits", {}).get("memory"), c["name"]
+    assert pod.get("terminationGracePeriodSeconds", 30) > config.server.shutdown_grace
