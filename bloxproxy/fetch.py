@@ -86,7 +86,8 @@ def _not_found_conditions(route: Route, ttl: float) -> tuple[CacheCondition, ...
 class Fetched:
     """An upstream answer (fresh or cached) and what the cache did to get it."""
 
-    __slots__ = ("clock", "detail", "entry", "key", "l1", "result", "shared", "stored")
+    __slots__ = ("clock", "detail", "entry", "key", "l1", "result", "shared", "stored",
+                 "upstream")
 
     def __init__(self, entry: Entry, result: str, *, key: str = "", stored: bool = False,
                  shared: bool = True, l1: MemoryStore | None = None,
@@ -99,6 +100,7 @@ class Fetched:
         self.l1 = l1
         self.clock = clock
         self.detail = detail
+        self.upstream = 0.0  # seconds the upstream call behind this answer took (0: none)
 
     @property
     def response(self) -> Entry:
@@ -107,8 +109,10 @@ class Fetched:
     def coalesced(self) -> Fetched:
         # A waiter handed the stale-if-error stand-in got stale content: it must say so.
         result = "STALE" if self.result == "STALE" else "COALESCED"
-        return Fetched(self.entry, result, key=self.key, stored=self.stored,
-                       shared=self.shared, l1=self.l1, clock=self.clock, detail=self.detail)
+        out = Fetched(self.entry, result, key=self.key, stored=self.stored,
+                      shared=self.shared, l1=self.l1, clock=self.clock, detail=self.detail)
+        out.upstream = self.upstream
+        return out
 
     def render(self, route_id: str, requested: Sequence[object] | None,
                fn: Callable[[], bytes]) -> tuple[bytes, str]:

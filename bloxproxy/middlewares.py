@@ -27,7 +27,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def request_id_of(request: web.Request) -> str:
-    return request.get(REQUEST_ID, "")
+    rid: str = request.get(REQUEST_ID, "")
+    return rid
 
 
 def _instance(request: web.Request) -> str:

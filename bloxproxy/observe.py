@@ -21,7 +21,14 @@ from typing import IO, Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from aiohttp.typedefs import Middleware
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 
 from .middlewares import REQUEST_ID, Handler
 
@@ -48,6 +55,7 @@ class Metrics:
     """The proxy's Prometheus metrics, on a registry of its own (one per app)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # the *_created series only add noise to every scrape
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
         self.requests = Counter("bloxproxy_requests_total", "Client requests answered.",
                                 ["route", "status"], registry=r)
@@ -155,7 +163,7 @@ class AccessLog:
         self.flush()
 
 
-def observe_middleware(metrics: Metrics | None, access: AccessLog | None) -> web.Middleware:
+def observe_middleware(metrics: Metrics | None, access: AccessLog | None) -> Middleware:
     perf = time.perf_counter
 
     @web.middleware

@@ -24,6 +24,7 @@ from .cache.layer import Fetcher
 from .config import Config
 from .errors import HTTPProblem, UpstreamError, UpstreamStatus, bad_request, not_found
 from .fetch import Fetched, Policy
+from .observe import INFO
 from .params import ParamError
 from .rules import Route, RuleSet
 from .upstream import UpstreamRequest, forwardable_request_headers
@@ -113,10 +114,15 @@ class Proxy:
             unquote_to_bytes(raw_query).decode("utf-8")
         except UnicodeDecodeError:
             raise bad_request("the query string is not valid UTF-8") from None
+        info = request.get(INFO)
+        if info is not None:
+            info.route = route.id
         values = self._params(route, raw_params, request.rel_url.query)
         ureq = self._upstream_request(route, values, request.headers)
         fetched = await self.fetcher.fetch(ureq, self._policies[route.id], request,
                                            Credential.of(request).value)
+        if info is not None:
+            info.cache, info.upstream = fetched.result, fetched.upstream
         try:
             return self._clean_response(route, values, fetched, request)
         except UpstreamError:
@@ -249,8 +255,13 @@ class Proxy:
             service, method, path, request.rel_url.raw_query_string,
             forwardable_request_headers(request.headers, drop), body, safe_read=safe,
         )
+        info = request.get(INFO)
+        if info is not None:
+            info.route = "passthrough:" + service
         fetched = await self.fetcher.fetch(ureq, Policy.for_passthrough(ureq, self.config),
                                            request, Credential.of(request).value)
+        if info is not None:
+            info.cache, info.upstream = fetched.result, fetched.upstream
         resp = fetched.response
         return fetched.respond(request, resp.status, resp.body, resp.headers)
 

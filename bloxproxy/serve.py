@@ -128,7 +128,7 @@ def watched_files(config: Config, path: str | None) -> list[Path]:
     return files
 
 
-def _mtimes(files: Sequence[Path]) -> dict[Path, float]:
+def _mtimes(files: Sequence[Path]) -> dict[Path, int]:
     out = {}
     for f in files:
         with contextlib.suppress(OSError):

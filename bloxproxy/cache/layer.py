@@ -254,13 +254,16 @@ class Fetcher:
                        clock=self.clock, detail=detail)
 
     async def _direct(self, req: UpstreamRequest, rid: str, detail: str = "") -> Fetched:
+        start = time.perf_counter()
         resp = await self.upstream.send(req, rid)
         entry = Entry(resp.status, resp.headers, resp.body, self.clock(), 0.0)
-        return Fetched(entry, "BYPASS", clock=self.clock, detail=detail)
+        fetched = Fetched(entry, "BYPASS", clock=self.clock, detail=detail)
+        fetched.upstream = time.perf_counter() - start
+        return fetched
 
     def _start(self, key: str, req: UpstreamRequest, policy: Policy, rid: str,
                stale: Entry | None, shared: bool) -> asyncio.Task[Fetched]:
-        task = asyncio.create_task(self._miss(key, req, policy, rid, stale, shared))
+        task = asyncio.create_task(self._timed_miss(key, req, policy, rid, stale, shared))
         self._inflight[key] = task
 
         def done(t: asyncio.Task[Fetched]) -> None:
@@ -271,6 +274,13 @@ class Fetcher:
 
         task.add_done_callback(done)
         return task
+
+    async def _timed_miss(self, key: str, req: UpstreamRequest, policy: Policy, rid: str,
+                          stale: Entry | None, shared: bool) -> Fetched:
+        start = time.perf_counter()
+        fetched = await self._miss(key, req, policy, rid, stale, shared)
+        fetched.upstream = time.perf_counter() - start
+        return fetched
 
     async def _miss(self, key: str, req: UpstreamRequest, policy: Policy, rid: str,
                     stale: Entry | None, shared: bool) -> Fetched:
