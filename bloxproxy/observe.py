@@ -55,7 +55,7 @@ class Metrics:
     """The proxy's Prometheus metrics, on a registry of its own (one per app)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        disable_created_metrics()  # the *_created series only add noise to every scrape
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: scrape noise
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
         self.requests = Counter("bloxproxy_requests_total", "Client requests answered.",
                                 ["route", "status"], registry=r)
