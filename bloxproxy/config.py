@@ -221,7 +221,9 @@ class UpstreamLimitsConfig:
         "After a 429 without `Retry-After`, pause the whole service this long, doubling "
         "with each consecutive 429.",
     )
-    pause_max: float = opt("1m", schema.duration, "Cap of that pause.")
+    pause_max: float = opt(
+        "1m", schema.duration, "Cap of a 429 pause, the one a `Retry-After` asks for included."
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,8 +77,9 @@ def _constraints(schema: JSON) -> list[str]:
         out.append(f"≥ {schema['minimum']}")
     if schema.get("maximum", 2**63 - 1) != 2**63 - 1:
         out.append(f"≤ {schema['maximum']}")
-    if "minLength" in schema or "maxLength" in schema:
-        out.append(f"length {schema.get('minLength', 0)} to {schema.get('maxLength', '∞')}")
+    if "enum" not in schema and ("minLength" in schema or "maxLength" in schema):
+        low, high = schema.get("minLength", 0), schema.get("maxLength", "∞")
+        out.append(f"{low} to {high} characters" if low else f"at most {high} characters")
     if "pattern" in schema:
         out.append(f"pattern {schema['pattern']}")
     if "minItems" in schema or "maxItems" in schema:
@@ -135,13 +136,14 @@ def _upstream(up: JSON) -> str:
 def _cache(c: JSON) -> str:
     if not c.get("enabled"):
         return "<h4>Cache</h4><p>Not cached.</p>"
-    parts = [
-        f"TTL {_duration(c['ttl'])}",
-        f"stale-while-revalidate {_duration(c['stale_while_revalidate'])}",
-        f"stale-if-error {_duration(c['stale_if_error'])}",
-        f"404s {_duration(c['not_found_ttl'])}",
-        f"credentials: {c['credentials']}",
-    ]
+    parts = [f"TTL {_duration(c['ttl'])}"]
+    for key, label in (
+        ("stale_while_revalidate", "stale-while-revalidate"),
+        ("stale_if_error", "stale-if-error"),
+    ):
+        if c.get(key):
+            parts.append(f"{label} {_duration(c[key])}")
+    parts += [f"404s {_duration(c['not_found_ttl'])}", f"credentials: {c['credentials']}"]
     parts += [
         f"{w['path']} in {json.dumps(w['in'])}: at most {_duration(w['ttl'])}"
         for w in c.get("when", [])
@@ -149,27 +151,43 @@ def _cache(c: JSON) -> str:
     return "<h4>Cache</h4><p>" + escape(" · ".join(parts)) + "</p>"
 
 
+_PROBLEM_SCHEMA = {"$ref": "#/components/schemas/Problem"}
+
+
+def _is_problem(spec: JSON, response: JSON) -> bool:
+    content = _resolve(spec, response).get("content", {})
+    return bool(content) and all(m.get("schema") == _PROBLEM_SCHEMA for m in content.values())
+
+
+def _body_kind(schema: JSON) -> str:
+    text = json.dumps(schema)
+    kind = "list envelope" if "ListPage" in text else _type(schema)
+    return kind + (" or null" if '"null"' in text else "")
+
+
 def _responses(spec: JSON, responses: JSON) -> str:
-    rows, examples = [], []
+    """Success rows with their examples; problem statuses on one line (see Errors)."""
+    rows, examples, problems = [], [], []
     for status, raw in responses.items():
+        if _is_problem(spec, raw):
+            problems.append(status)
+            continue
         r = _resolve(spec, raw)
-        kinds = []
-        for media, m in r.get("content", {}).items():
-            schema = m.get("schema", {})
-            ref = json.dumps(schema)
-            shape = (
-                "list envelope"
-                if "ListPage" in ref
-                else "problem"
-                if "Problem" in ref
-                else _type(schema)
-            )
-            kinds.append(f"{media}: {shape}" + (" or null" if '"null"' in ref else ""))
-            if "example" in m and status.startswith("2"):
-                examples.append(f"<p>Example {escape(status)}:</p><pre>{_json(m['example'])}</pre>")
+        content = r.get("content", {})
+        kinds = [f"{media}: {_body_kind(m.get('schema', {}))}" for media, m in content.items()]
+        examples += [
+            f"<p>Example {escape(status)}:</p><pre>{_json(m['example'])}</pre>"
+            for m in content.values()
+            if "example" in m
+        ]
         rows.append(
             f"<tr><td>{escape(status)}</td><td>{_text(r.get('description', ''))}</td>"
             f"<td>{escape('; '.join(kinds))}</td></tr>"
+        )
+    if problems:
+        rows.append(
+            f"<tr><td>{escape(', '.join(problems))}</td><td>Errors, as "
+            '<a href="#errors">problem+json</a></td><td>application/problem+json</td></tr>'
         )
     return (
         "<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>body</th></tr>"
@@ -191,6 +209,16 @@ def _operations(spec: JSON) -> Iterator[tuple[str, list[str], str, JSON]]:
             yield (op.get("tags") or ["other"])[0], [method], path, op
 
 
+def _description(op: JSON) -> str:
+    """The description, less its closing "Upstream: ..." paragraph when the upstream
+    section shows the same request."""
+    text = str(op.get("description", ""))
+    head, sep, last = text.rpartition("\n\n")
+    if "x-bloxproxy-upstream" in op and (last if sep else text).startswith("Upstream: `"):
+        return head
+    return text
+
+
 def _article(spec: JSON, methods: list[str], path: str, op: JSON) -> str:
     badges = "".join(f'<span class="m {m}">{m.upper()}</span>' for m in methods)
     anchor = _anchor("op-", op.get("operationId", path))
@@ -201,7 +229,7 @@ def _article(spec: JSON, methods: list[str], path: str, op: JSON) -> str:
         f"<h3>{badges} <code>{escape(path)}</code>{deprecated}</h3>",
         f'<p class="sum">{_text(op.get("summary", ""))} '
         f"<small>{escape(op.get('operationId', ''))}</small></p>",
-        _paras(op.get("description", "")),
+        _paras(_description(op)),
         _params_table(op.get("parameters", [])),
     ]
     if "x-bloxproxy-upstream" in op:
@@ -213,20 +241,30 @@ def _article(spec: JSON, methods: list[str], path: str, op: JSON) -> str:
 
 
 def _errors(spec: JSON) -> str:
+    """The problem format once: its members, each error status and an example."""
     problem = spec["components"]["schemas"]["Problem"]
     required = set(problem.get("required", []))
-    rows = "".join(
+    members = "".join(
         f"<tr><td><code>{escape(name)}</code>{' <em>always</em>' if name in required else ''}"
         f"</td><td>{escape(_type(s))}</td><td>{_text(s.get('description', ''))}</td></tr>"
         for name, s in problem["properties"].items()
     )
-    bad = spec["components"]["responses"]["BadRequest"]["content"]
-    example = next(iter(bad.values()))["example"]
+    statuses: dict[str, str] = {}
+    for _, _, _, op in _operations(spec):
+        for status, raw in op.get("responses", {}).items():
+            if "$ref" in raw and _is_problem(spec, raw):
+                statuses.setdefault(status, _resolve(spec, raw).get("description", ""))
+    codes = "".join(
+        f"<tr><td>{escape(status)}</td><td>{_text(text)}</td></tr>"
+        for status, text in sorted(statuses.items())
+    )
+    media = next(iter(spec["components"]["responses"]["BadRequest"]["content"].values()))
     return (
         f'<section id="errors"><h2>Errors</h2>{_paras(problem.get("description", ""))}'
         "<p>Every error is <code>application/problem+json</code>:</p><table><tr>"
-        f"<th>member</th><th>type</th><th>meaning</th></tr>{rows}</table>"
-        f"<p>Example:</p><pre>{_json(example)}</pre></section>"
+        f"<th>member</th><th>type</th><th>meaning</th></tr>{members}</table>"
+        f"<h4>Statuses</h4><table><tr><th>status</th><th>when</th></tr>{codes}</table>"
+        f"<p>Example:</p><pre>{_json(media['example'])}</pre></section>"
     )
 
 

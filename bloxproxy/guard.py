@@ -57,6 +57,7 @@ log = logging.getLogger("bloxproxy.upstream")
 CURRENT: contextvars.ContextVar[UpstreamRequest | None] = contextvars.ContextVar(
     "bloxproxy_upstream_request", default=None)
 
+_BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 MUTATIONS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSRF_TTL = 1800.0  # Roblox tokens last about 30 minutes (noblox.js caches them 1800 s)
@@ -155,8 +156,10 @@ class Pause:
 
     def on_429(self, now: float, retry_after: float | None) -> float:
         self.strikes += 1
-        wait = retry_after if retry_after is not None else min(
-            self.cap, self.base * 2 ** (self.strikes - 1))
+        # Retry-After is honoured up to the cap too: a wild value must not stop a service
+        # for a day.
+        wait = min(self.cap, retry_after if retry_after is not None
+                   else self.base * 2 ** (self.strikes - 1))
         self.until = max(self.until, now + wait)
         return wait
 
@@ -292,6 +295,8 @@ class Guard:
                 resp.release()  # the discarded answer gives its connection back
             attempt += 1
             st.retries += 1
+            if self.metrics is not None:
+                self.metrics.retries.labels(ureq.service).inc()
             await self._sleep(delay)
 
     def _may_retry(self, st: ServiceState, start: float, delay: float) -> bool:
@@ -334,22 +339,44 @@ class Guard:
             return await handler(req)
         service = ureq.service
         st = self.state(service)
+        m = self.metrics
         st.pause.check(self._clock(), service)
-        st.breaker.before(self._clock(), service)
+        try:
+            st.breaker.before(self._clock(), service)
+        finally:
+            if m is not None:
+                m.breaker_state.labels(service).set(_BREAKER_CODES[st.breaker.state])
+        started = time.perf_counter()
         try:
             await self._acquire(service, st)
         except BaseException:
             st.breaker.neutral()
             raise
+        sent = time.perf_counter()
+        if m is not None:
+            m.limiter_waits.labels(service).observe(sent - started)
         try:
             async with asyncio.timeout(self._config.upstream.timeout):
                 resp = await handler(req)
         except (aiohttp.ClientError, TimeoutError):
             st.breaker.failure(self._clock(), service)
+            if m is not None:
+                m.upstream.labels(service, "error").inc()
+                m.breaker_state.labels(service).set(_BREAKER_CODES[st.breaker.state])
             raise
         except BaseException:
             st.breaker.neutral()
             raise
+        if m is not None:
+            m.upstream.labels(service, str(resp.status)).inc()
+            m.upstream_latency.labels(service).observe(time.perf_counter() - sent)
+        self._outcome(service, st, resp)
+        if m is not None:
+            m.breaker_state.labels(service).set(_BREAKER_CODES[st.breaker.state])
+        return resp
+
+    def _outcome(self, service: str, st: ServiceState, resp: ClientResponse) -> None:
+        """Feed one answer to the service's pause (429) and breaker (5xx)."""
         if resp.status == 429:
             after = parse_retry_after(resp.headers.get("Retry-After"), self._wall())
             wait = st.pause.on_429(self._clock(), after)
@@ -361,7 +388,11 @@ class Guard:
         else:
             st.pause.on_success()
             st.breaker.success()
-        return resp
+
+    def _rejected(self, service: str, st: ServiceState) -> None:
+        st.rejected += 1
+        if self.metrics is not None:
+            self.metrics.limiter_rejections.labels(service).inc()
 
     async def _acquire(self, service: str, st: ServiceState) -> None:
         max_wait = self._config.limits.upstream.max_wait
@@ -379,7 +410,7 @@ class Guard:
             async with asyncio.timeout(max_wait):
                 await st.limiter.acquire()
         except TimeoutError:
-            st.rejected += 1
+            self._rejected(service, st)
             raise Unavailable(f"too many requests queued for {service}", "upstream_busy",
                               st.limiter.time_period / st.limiter.max_rate) from None  # one slot
 
@@ -394,7 +425,7 @@ class Guard:
                 self._shared_retry_at = 0.0
                 return
             if self._clock() + decision.retry_after > deadline:
-                st.rejected += 1
+                self._rejected(service, st)
                 raise Unavailable(f"the shared upstream budget for {service} is used up",
                                   "upstream_busy", decision.retry_after)
             await self._sleep(decision.retry_after)
