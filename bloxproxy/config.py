@@ -470,6 +470,20 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
     return dataclasses.replace(config, source=path or "")
 
 
+def salvage_rule_paths(path: str | None, env: Mapping[str, str] | None = None) -> Config:
+    """The defaults plus whatever valid ``rules.paths`` an invalid config file names, so that
+    ``check`` can still validate the rules the user meant alongside the config's errors."""
+    config = Config(source=path or "")
+    if path is None:
+        return config
+    try:
+        raw = load_file(path, env=os.environ if env is None else env)
+        paths = schema.string_list(raw["rules"]["paths"])
+    except (ConfigError, KeyError, TypeError, ValueError):
+        return config
+    return dataclasses.replace(config, rules=RulesConfig(paths=paths))
+
+
 def reference_markdown() -> str:
     """The config reference, generated from the field docs."""
     lines = ["# Configuration reference", "",

@@ -56,7 +56,7 @@ def load_all(path: str | None, env: dict[str, str] | None = None) -> tuple[Confi
         problems.extend(exc.problems)
     rules: RuleSet | None = None
     try:
-        rules = load_rules((config or Config()).rule_paths())
+        rules = load_rules((config or config_mod.salvage_rule_paths(path, env)).rule_paths())
     except ConfigError as exc:
         problems.extend(exc.problems)
     if problems or config is None or rules is None:

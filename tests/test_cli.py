@@ -126,11 +126,6 @@ def test_check_broken_config_and_rules(
     assert problems[-1].endswith("problem(s) found")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.load_all falls back to the shipped rules when the config is invalid, so the "
-    "configured rule paths are not checked in the same run",
-)
 def test_check_reports_configured_rules_even_when_the_config_is_broken(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
