@@ -214,7 +214,7 @@ class UpstreamLimitsConfig:
     shared: bool = opt(
         False, schema.boolean,
         "With `cache.redis.url` set, all replicas share each service's rate through an "
-        "atomic Redis script (N replicas send `rate`/s together, not N × `rate`).",
+        "atomic Redis script (N replicas send `rate`/s together, not N x `rate`).",
     )
     pause_base: float = opt(
         "1s", schema.duration,
@@ -387,7 +387,8 @@ def _materialize(cls: type, data: MarkedDict | None, problems: list[Problem], ct
     return cls(**values)
 
 
-def _env_paths(cls: type = None, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:  # type: ignore[assignment]
+def _env_paths(cls: type | None = None, prefix: tuple[str, ...] = ()
+               ) -> dict[str, tuple[str, ...]]:
     """Every ``BLOXPROXY_...`` name and the key path it sets."""
     cls = cls or Config
     out: dict[str, tuple[str, ...]] = {}

@@ -545,8 +545,9 @@ def _load_response(d: MarkedDict, query_params: list[Param], problems: list[Prob
         for k, v in (sm or {}).items():
             if not (k.isdigit() and 400 <= int(k) <= 599 and isinstance(v, int)
                     and 400 <= v <= 599):
-                problems.append(Problem(sm.at(k) if sm else r.where, "response.status_map: "
-                                        f"expected upstream status: our status (4xx/5xx), got {k}: {v!r}"))
+                problems.append(Problem(
+                    sm.at(k) if sm else r.where, "response.status_map: expected upstream "
+                    f"status: our status (4xx/5xx), got {k}: {v!r}"))
             else:
                 status_map[int(k)] = v
     if len(problems) > before:

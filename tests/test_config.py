@@ -359,7 +359,9 @@ URL_TEMPLATE = "expected an http(s) URL template with {service}"
 NOT_SERVICE = "is not a service name (lower-case letters, digits, -)"
 SIZE = "expected a size like '64MiB', '512KiB' or a byte count"
 UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, retries, rules, server, upstream"
-UNKNOWN_ALLOWED_SERVER = "admin_token, host, host_suffix, max_body_size, port, shutdown_grace, workers"
+UNKNOWN_ALLOWED_SERVER = (
+    "admin_token, host, host_suffix, max_body_size, port, shutdown_grace, workers"
+)
 UNKNOWN_ALLOWED_REDIS = "max_connections, prefix, timeout, url"
 
 FILE_ERRORS = [
