@@ -35,15 +35,21 @@ from aiohttp import web
 from . import config as config_mod
 from .config import Config
 from .errors import ConfigError, Problem
+from .middlewares import use_problem_errors
 from .rules import RuleSet, load_rules, rule_files
 
 log = logging.getLogger("bloxproxy")
 
-# Settings read once at start: a reload reports a change here instead of applying it.
+# Settings read once at start: a reload reports a change here and keeps the running value
+# (some are also read live, e.g. auth.header by the proxy: applying half of one would split
+# the behaviour — a new access-key header dropped while the old one is checked and leaks).
 RESTART_ONLY = ("server.host", "server.port", "server.workers", "server.max_body_size",
+                "server.shutdown_grace", "server.admin_token",
                 "cache.redis", "cache.max_bytes", "cache.max_entries", "cache.enabled",
+                "cache.coalesce_timeout", "cache.credential_secret",
                 "upstream.max_connections", "upstream.timeout", "upstream.connect_timeout",
-                "retries.deadline", "limits.clients", "auth", "logging")
+                "upstream.user_agent", "retries.deadline", "limits.upstream.shared",
+                "limits.clients", "auth", "logging")
 
 
 def load_all(path: str | None, env: dict[str, str] | None = None) -> tuple[Config, RuleSet]:
@@ -73,6 +79,20 @@ def _get(config: Config, dotted: str) -> Any:
 
 def restart_needed(old: Config, new: Config) -> list[str]:
     return [key for key in RESTART_ONLY if _get(old, key) != _get(new, key)]
+
+
+def _replace(obj: Any, dotted: str, value: Any) -> Any:
+    name, _, rest = dotted.partition(".")
+    if rest:
+        value = _replace(getattr(obj, name), rest, value)
+    return dataclasses.replace(obj, **{name: value})
+
+
+def keep_restart_only(old: Config, new: Config) -> Config:
+    """``new`` with every restart-only setting as it is in ``old`` (the running values)."""
+    for key in RESTART_ONLY:
+        new = _replace(new, key, _get(old, key))
+    return new
 
 
 @dataclasses.dataclass
@@ -110,9 +130,11 @@ def reload_app(app: web.Application, path: str | None, overrides: Overrides) -> 
             metrics.reloads.labels("error").inc()
         return False
     config = overrides.apply(config)
-    pending = restart_needed(app[PROXY].config, config)
+    running = app[PROXY].config
+    pending = restart_needed(running, config)
     if pending:
         log.warning("reload: these settings change only on restart: %s", ", ".join(pending))
+        config = keep_restart_only(running, config)
     apply_reload(app, config, rules)
     if metrics is not None:
         metrics.reloads.labels("ok").inc()
@@ -176,9 +198,13 @@ async def serve(config: Config, rules: RuleSet, *, path: str | None, overrides: 
         config = overrides.apply(config)
         log.info("fake Roblox upstream on http://127.0.0.1:%d", fake_port)
     app = create_app(config, rules=rules)
+    # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
+    # fit; beyond, the client gets a 400 problem (use_problem_errors), never plain text.
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=config.server.shutdown_grace)
+                           shutdown_timeout=config.server.shutdown_grace,
+                           max_line_size=16384, max_field_size=16384)
     await runner.setup()
+    use_problem_errors(runner)
     runners.insert(0, runner)
     site = web.TCPSite(runner, config.server.host, config.server.port,
                        reuse_port=reuse_port or None, backlog=1024)
