@@ -27,7 +27,7 @@ from .cache.layer import Fetcher, SharedCache
 from .cache.redis_store import RedisStore
 from .clients import client_middleware
 from .config import Config
-from .errors import not_found
+from .errors import HTTPProblem, not_found
 from .guard import Guard
 from .middlewares import problem_middleware
 from .observe import AccessLog, Metrics, observe_middleware
@@ -206,5 +206,15 @@ async def _metrics(request: web.Request) -> web.Response:
     return resp
 
 
+_RESERVED_METHODS = {RESERVED_PREFIX + "healthz": "GET, HEAD",
+                     RESERVED_PREFIX + "readyz": "GET, HEAD",
+                     RESERVED_PREFIX + "metrics": "GET, HEAD",
+                     RESERVED_PREFIX + "admin/purge": "POST"}
+
+
 async def _reserved(request: web.Request) -> web.StreamResponse:
+    allowed = _RESERVED_METHODS.get(request.rel_url.raw_path)
+    if allowed is not None:
+        raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: {allowed})",
+                          headers={"Allow": allowed})
     raise not_found(f"no proxy endpoint at {request.rel_url.raw_path}", code="no_route")

@@ -13,6 +13,7 @@ request a route becomes) and ``x-bloxproxy-cache`` (its TTLs, in seconds).
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 from collections.abc import Sequence
 from importlib import metadata
@@ -442,7 +443,12 @@ def _components(access_key_header: str | None) -> JSON:
         "description": "The `If-None-Match` ETag still matches; no body.",
         "headers": {h: _ref("headers", h) for h in _CACHE_HEADERS},
     }
-    out: JSON = {"schemas": _SCHEMAS, "responses": responses, "headers": _HEADERS}
+    # Copies: a caller may edit the document it gets without touching these tables.
+    out: JSON = {
+        "schemas": copy.deepcopy(_SCHEMAS),
+        "responses": responses,
+        "headers": copy.deepcopy(_HEADERS),
+    }
     if access_key_header is not None:
         out["securitySchemes"] = {
             "accessKey": {

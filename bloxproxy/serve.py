@@ -9,7 +9,7 @@
   logged with the same ``file:line`` messages as ``bloxproxy check``, counted in
   ``bloxproxy_reloads_total{result="error"}``, and the old rules keep serving. Settings that
   only take effect at start (listening address, workers, Redis URL, pool and cache sizes) are
-  reported as needing a restart.
+  reported as needing a restart and keep their running values.
 - **Workers** (``--workers N``): the supervisor starts N processes that bind the same port
   with ``SO_REUSEPORT``; each has its own L1 and they share Redis when configured. Signals
   are forwarded; a worker that dies is restarted.
@@ -198,13 +198,7 @@ async def serve(config: Config, rules: RuleSet, *, path: str | None, overrides: 
         config = overrides.apply(config)
         log.info("fake Roblox upstream on http://127.0.0.1:%d", fake_port)
     app = create_app(config, rules=rules)
-    # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
-    # fit; beyond, the client gets a 400 problem (use_problem_errors), never plain text.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=config.server.shutdown_grace,
-                           max_line_size=16384, max_field_size=16384)
-    await runner.setup()
-    use_problem_errors(runner)
+    runner = await start_runner(app, config)
     runners.insert(0, runner)
     site = web.TCPSite(runner, config.server.host, config.server.port,
                        reuse_port=reuse_port or None, backlog=1024)
@@ -227,6 +221,21 @@ async def serve(config: Config, rules: RuleSet, *, path: str | None, overrides: 
         for r in runners:
             await r.cleanup()
         log.info("stopped")
+
+
+MAX_LINE = 16384
+
+
+async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The runner every server of ours uses (``serve`` and the live tests)."""
+    # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
+    # fit; beyond, the client gets a 400 problem (use_problem_errors), never plain text.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=config.server.shutdown_grace,
+                           max_line_size=MAX_LINE, max_field_size=MAX_LINE)
+    await runner.setup()
+    use_problem_errors(runner)
+    return runner
 
 
 def run_single(config: Config, rules: RuleSet, *, path: str | None, overrides: Overrides,
