@@ -166,24 +166,33 @@ class AccessLog:
 def observe_middleware(metrics: Metrics | None, access: AccessLog | None) -> Middleware:
     perf = time.perf_counter
 
+    def record(request: web.Request, info: RequestInfo, status: int, total: float) -> None:
+        if metrics is not None:
+            metrics.observe_request(info.route, status, info.cache, total)
+        if access is not None:
+            path = request.rel_url.raw_path  # percent-encoded: no raw control characters
+            access.write(request.get(REQUEST_ID, ""), request.method, path[:512],
+                         info.route, status, info.cache, info.upstream, total)
+
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = perf()
         info = RequestInfo()
         request[INFO] = info
-        resp = await handler(request)
+        try:
+            resp = await handler(request)
+        except asyncio.CancelledError:
+            # Cut off with no answer sent (the shutdown grace ran out): still one line and
+            # one count, as 499 (nginx's "client closed request").
+            record(request, info, 499, perf() - start)
+            raise
         total = perf() - start
         if info.upstream:
             resp.headers["Server-Timing"] = (f"upstream;dur={info.upstream * 1000:.1f}, "
                                              f"total;dur={total * 1000:.1f}")
         else:
             resp.headers["Server-Timing"] = f"total;dur={total * 1000:.1f}"
-        if metrics is not None:
-            metrics.observe_request(info.route, resp.status, info.cache, total)
-        if access is not None:
-            path = request.rel_url.raw_path  # percent-encoded: no raw control characters
-            access.write(request.get(REQUEST_ID, ""), request.method, path[:512],
-                         info.route, resp.status, info.cache, info.upstream, total)
+        record(request, info, resp.status, total)
         return resp
 
     return observe

@@ -129,6 +129,14 @@ def reload_app(app: web.Application, path: str | None, overrides: Overrides) -> 
         if metrics is not None:
             metrics.reloads.labels("error").inc()
         return False
+    except Exception:
+        # A loader failure that is not a ConfigError must not escape into the loop's signal
+        # callback or end the --watch task: the old rules keep serving all the same.
+        log.exception("reload rejected: the config or rules could not be loaded",
+                      extra={"event": "reload_rejected"})
+        if metrics is not None:
+            metrics.reloads.labels("error").inc()
+        return False
     config = overrides.apply(config)
     running = app[PROXY].config
     pending = restart_needed(running, config)
@@ -226,12 +234,21 @@ async def serve(config: Config, rules: RuleSet, *, path: str | None, overrides: 
 MAX_LINE = 16384
 
 
+def shutdown_timeout(grace: float) -> float:
+    """aiohttp's ``shutdown_timeout`` that bounds an in-flight request at ``grace``.
+
+    aiohttp 3.14 (``RequestHandler.shutdown``) waits ``shutdown_timeout`` for a handler,
+    then - its "cancel" only fails body reads - waits that long again before cancelling it,
+    and takes 0 as "no limit": so half the grace, never 0."""
+    return max(grace / 2, 0.001)
+
+
 async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
     """The runner every server of ours uses (``serve`` and the live tests)."""
     # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
     # fit; beyond, the client gets a 400 problem (use_problem_errors), never plain text.
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=config.server.shutdown_grace,
+                           shutdown_timeout=shutdown_timeout(config.server.shutdown_grace),
                            max_line_size=MAX_LINE, max_field_size=MAX_LINE)
     await runner.setup()
     use_problem_errors(runner)
@@ -266,6 +283,10 @@ def _worker(path: str | None, overrides: Overrides, watch_files: bool) -> None:
                reuse_port=True, watch_files=watch_files)
 
 
+WORKER_START_WINDOW = 5.0  # seconds: a worker dying sooner after its start "failed to start"
+WORKER_START_FAILURES = 3
+
+
 def supervise(config: Config, *, path: str | None, overrides: Overrides, workers: int,
               fake_upstream: bool, watch_files: bool) -> int:
     """Start ``workers`` processes on one port; forward signals; restart the dead."""
@@ -285,7 +306,10 @@ def supervise(config: Config, *, path: str | None, overrides: Overrides, workers
         return p
 
     procs = [start_one() for _ in range(workers)]
+    started = [time.monotonic()] * workers
+    quick_deaths = [0] * workers
     stopping = False
+    code = 0
 
     def forward(signum: int, _frame: object) -> None:
         nonlocal stopping
@@ -302,8 +326,19 @@ def supervise(config: Config, *, path: str | None, overrides: Overrides, workers
         time.sleep(0.2)
         for i, p in enumerate(procs):
             if not p.is_alive() and not stopping:
+                # A worker that cannot even start (port taken, bad file) would be restarted
+                # forever: after a few deaths in a row right after start, give up.
+                quick = time.monotonic() - started[i] < WORKER_START_WINDOW
+                quick_deaths[i] = quick_deaths[i] + 1 if quick else 0
+                if quick_deaths[i] >= WORKER_START_FAILURES:
+                    log.error("worker exited with %s within %gs of starting, %d times in a row;"
+                              " stopping", p.exitcode, WORKER_START_WINDOW, quick_deaths[i])
+                    code = 1
+                    forward(signal.SIGTERM, None)
+                    break
                 log.warning("worker pid %s exited with %s; restarting", p.pid, p.exitcode)
                 procs[i] = start_one()
+                started[i] = time.monotonic()
     deadline = time.monotonic() + config.server.shutdown_grace + 5
     for p in procs:
         p.join(max(0.0, deadline - time.monotonic()))
@@ -311,7 +346,7 @@ def supervise(config: Config, *, path: str | None, overrides: Overrides, workers
             p.kill()
     if fake_proc is not None:
         fake_proc.kill()
-    return 0
+    return code
 
 
 def _run_fake_process(port: int) -> None:
