@@ -25,6 +25,16 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bloxproxy",
@@ -40,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--fake-upstream", action="store_true",
                        help="start the bundled fake Roblox in-process and send every upstream "
                             "request to it (works with no network)")
-    serve.add_argument("--workers", type=int, metavar="N",
+    serve.add_argument("--workers", type=_positive, metavar="N",
                        help="run N processes sharing the port (overrides server.workers)")
     serve.add_argument("--watch", action="store_true",
                        help="reload config and rules when their files change (SIGHUP "

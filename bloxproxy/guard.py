@@ -340,9 +340,13 @@ class Guard:
         service = ureq.service
         st = self.state(service)
         m = self.metrics
-        st.pause.check(self._clock(), service)
         try:
+            st.pause.check(self._clock(), service)
             st.breaker.before(self._clock(), service)
+        except Unavailable as exc:
+            if m is not None:  # refused without a call: counted, under its reason
+                m.upstream.labels(service, exc.code).inc()
+            raise
         finally:
             if m is not None:
                 m.breaker_state.labels(service).set(_BREAKER_CODES[st.breaker.state])

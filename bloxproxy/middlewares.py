@@ -23,7 +23,7 @@ log = logging.getLogger("bloxproxy")
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID = web.RequestKey("request_id", str)
 # Accepted from clients only when short and plain, so it is safe in logs and headers.
-REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:@+=-]{1,128}$")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,7 +42,7 @@ def _instance(request: web.Request) -> str:
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Assign the request id, and turn every error into problem+json."""
     rid = request.headers.get(REQUEST_ID_HEADER, "")
-    if not REQUEST_ID_RE.match(rid):
+    if not REQUEST_ID_RE.fullmatch(rid):
         rid = secrets.token_hex(8)
     request[REQUEST_ID] = rid
     try:

@@ -34,6 +34,7 @@ _CLEAN_PREFIX = re.compile(r"^/v[0-9]+(/|$)")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,18 +45,40 @@ class Credential:
 
     @classmethod
     def of(cls, request: web.Request) -> Credential:
-        parts = []
-        try:
-            cookie = request.cookies.get(".ROBLOSECURITY", "")
-        except (KeyError, ValueError):  # an unparsable Cookie header: treat it as opaque
-            cookie = request.headers.get("Cookie", "")
-        if cookie:  # an empty `.ROBLOSECURITY=` is anonymous (some clients always send it)
-            parts.append("cookie=" + cookie)
+        # Every occurrence counts: passthrough forwards repeated headers as they are, and
+        # the upstream may read any of them (a second `Cookie` header, a later duplicate
+        # `.ROBLOSECURITY`, `Authorization: ` then `Authorization: Bearer …`). Looking at
+        # the first one only would take a credentialed request for an anonymous one and
+        # put its answer in the shared cache.
+        parts = [f"cookie={value}" for value in _roblosecurity_values(request.headers)]
         for name in _CREDENTIAL_HEADERS:
-            value = request.headers.get(name, "")
-            if value:
-                parts.append(f"{name}={value}")
-        return cls("\n".join(parts))
+            for value in request.headers.getall(name, ()):
+                if value.strip():
+                    parts.append(f"{name}={value}")
+        value = "\n".join(parts)
+        if _SURROGATE.search(value):
+            # aiohttp decodes header bytes that are not UTF-8 with surrogateescape; such a
+            # value cannot be encoded for the per-credential HMAC. NUL never survives the
+            # HTTP parser, so this spelling cannot collide with a real header value.
+            value = "\x00raw:" + value.encode("utf-8", "surrogateescape").hex()
+        return cls(value)
+
+
+def _roblosecurity_values(headers: MultiMapping[str]) -> list[str]:
+    """Non-empty ``.ROBLOSECURITY`` values in every ``Cookie`` header, the name matched
+    case-insensitively (some servers do), cookies split on ``;`` and also found after a
+    ``,`` (old-style lists). A value is kept whole up to its ``;``, so two cookies that
+    differ after a comma never share a per-credential entry. An empty ``.ROBLOSECURITY=``
+    is anonymous (some clients always send one)."""
+    out = []
+    for header in headers.getall("Cookie", ()):
+        for part in header.split(";"):
+            for piece in (part, *part.split(",")[1:]):
+                name, eq, value = piece.partition("=")
+                value = value.strip().strip('"').strip()
+                if eq and value and name.strip().lower() == ".roblosecurity":
+                    out.append(value)
+    return out
 
 
 class Proxy:

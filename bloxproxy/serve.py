@@ -305,9 +305,7 @@ def supervise(config: Config, *, path: str | None, overrides: Overrides, workers
         p.start()
         return p
 
-    procs = [start_one() for _ in range(workers)]
-    started = [time.monotonic()] * workers
-    quick_deaths = [0] * workers
+    procs: list[Any] = []
     stopping = False
     code = 0
 
@@ -319,8 +317,14 @@ def supervise(config: Config, *, path: str | None, overrides: Overrides, workers
             if p.pid is not None and p.is_alive():
                 os.kill(p.pid, signal.SIGTERM if signum == signal.SIGINT else signum)
 
+    # Handlers first: a SIGTERM while workers start must still reach every worker.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    for _ in range(workers):
+        if not stopping:
+            procs.append(start_one())
+    started = [time.monotonic()] * len(procs)
+    quick_deaths = [0] * len(procs)
     log.info("supervising %d workers on port %d", workers, config.server.port)
     while not stopping:
         time.sleep(0.2)
