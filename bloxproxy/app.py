@@ -25,12 +25,12 @@ from redis.backoff import NoBackoff
 from . import admin, docs_page
 from .cache.layer import Fetcher, SharedCache
 from .cache.redis_store import RedisStore
-from .clients import client_middleware
+from .clients import ClientGate
 from .config import Config
 from .errors import HTTPProblem, not_found
 from .guard import Guard
-from .middlewares import problem_middleware
-from .observe import AccessLog, Metrics, observe_middleware
+from .front import Front
+from .observe import AccessLog, Metrics
 from .proxy import Proxy
 from .ratelimit import RedisBuckets
 from .rules import RuleSet, load_rules
@@ -43,6 +43,7 @@ FETCHER = web.AppKey("fetcher", Fetcher)
 GUARD = web.AppKey("guard", Guard)
 UPSTREAM = web.AppKey("upstream", Upstream)
 METRICS = web.AppKey("metrics", Metrics)
+FRONT = web.AppKey("front", Front)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 
 
@@ -75,27 +76,28 @@ def create_app(config: Config, *, rules: RuleSet | None = None,
         listener = _redis_client(redis_cfg.url, 2, None)
     metrics = Metrics()
     access = AccessLog(fmt=config.logging.format) if config.logging.access_log else None
-    middlewares = [observe_middleware(metrics, access), problem_middleware]
     client_buckets = RedisBuckets(client, redis_cfg.prefix + "rl:client:") if client else None
-    limit_clients = client_middleware(config, client_buckets, monotonic)
-    if limit_clients is not None:
-        middlewares.append(limit_clients)
-    app = web.Application(middlewares=middlewares,
-                          client_max_size=config.server.max_body_size)
+    # No aiohttp middlewares: the Front handler does their work (see front.py for why).
+    front = Front(metrics=metrics, access=access,
+                  gate=ClientGate.build(config, client_buckets, monotonic), clock=clock,
+                  host_routing=bool(config.server.host_suffix))
+    app = web.Application(client_max_size=config.server.max_body_size)
     app[CONFIG] = config
     app[RULES] = rules if rules is not None else load_rules(config.rule_paths())
     app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
     app[METRICS] = metrics
+    app[FRONT] = front
     if access is not None:
         app[ACCESS_LOG] = access
     app.cleanup_ctx.append(_pipeline)
-    app.router.add_get(RESERVED_PREFIX + "healthz", _healthz)
-    app.router.add_get(RESERVED_PREFIX + "readyz", _readyz)
-    app.router.add_get(RESERVED_PREFIX + "metrics", _metrics)
-    app.router.add_post(RESERVED_PREFIX + "admin/purge", admin.purge)
-    docs_page.add_routes(app)  # /openapi.json, /docs (and under /_bloxproxy/)
-    app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", _reserved)
-    app.router.add_route("*", "/{tail:[\\s\\S]*}", _handle)
+    own = front.wrap  # the proxy's own endpoints: no access key, no client limit
+    app.router.add_get(RESERVED_PREFIX + "healthz", own(_healthz, gated=False))
+    app.router.add_get(RESERVED_PREFIX + "readyz", own(_readyz, gated=False))
+    app.router.add_get(RESERVED_PREFIX + "metrics", own(_metrics, gated=False))
+    app.router.add_post(RESERVED_PREFIX + "admin/purge", own(admin.purge, gated=False))
+    docs_page.add_routes(app, own)  # /openapi.json, /docs (and under /_bloxproxy/)
+    app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", own(_reserved, gated=False))
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle)
     return app
 
 
@@ -121,7 +123,9 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         shared.start()
     app[GUARD] = guard
     app[FETCHER] = fetcher
-    app[PROXY] = Proxy(config, app[RULES], fetcher)
+    proxy = app[PROXY] = Proxy(config, app[RULES], fetcher)
+    front = app[FRONT]
+    front.l1, front.inner = fetcher.l1, proxy.handle
     app[UPSTREAM] = upstream
     metrics.bind_l1(lambda: len(fetcher.l1), lambda: fetcher.l1.bytes_used)
     access = app.get(ACCESS_LOG)
@@ -138,6 +142,8 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         for c in (rt.redis, rt.listener):
             if c is not None:
                 await c.aclose()
+                # The pool was handed to the client, which therefore does not own it.
+                await c.connection_pool.disconnect()
         await session.close()
 
 
@@ -158,16 +164,13 @@ def _redis_client(url: str, max_connections: int, timeout: float | None) -> aior
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
-async def _handle(request: web.Request) -> web.StreamResponse:
-    return await request.app[PROXY].handle(request)
-
-
 def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
     """Swap in a validated config and rule set (see :mod:`bloxproxy.serve`).
 
     ``app[CONFIG]`` stays the config the app started with; the live one is
     ``app[PROXY].config``."""
     app[PROXY].swap(config, rules)
+    app[FRONT].forget_all()  # remembered answers were rendered by the old rules
     app[GUARD].reload(config)
     app[UPSTREAM].reload(config)
 

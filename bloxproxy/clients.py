@@ -25,12 +25,10 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from .cache.store import StoreUnavailable
 from .config import Config
 from .errors import HTTPProblem
-from .middlewares import Handler
 from .ratelimit import Decision, MemoryBuckets, RedisBuckets
 
 log = logging.getLogger("bloxproxy.clients")
@@ -63,66 +61,71 @@ def rate_headers(d: Decision, window: float, keep_upstream: bool) -> dict[str, s
     return headers
 
 
-def client_middleware(config: Config, redis_buckets: RedisBuckets | None,
-                      clock: Callable[[], float] = time.monotonic) -> Middleware | None:
-    """The middleware, or None when neither access keys nor client limits are configured."""
-    keys = tuple(k.encode() for k in config.auth.keys)
-    header = config.auth.header
-    lim = config.limits.clients
-    if not keys and lim.rate <= 0:
-        return None
-    burst = lim.burst or max(1, math.ceil(lim.rate))
-    window = burst / lim.rate if lim.rate > 0 else 0.0
-    memory = MemoryBuckets(lim.rate, burst, clock) if lim.rate > 0 else None
-    hops = lim.forwarded_for_hops
-    state = {"redis_down_until": 0.0}
+class ClientGate:
+    """Checks one request against the access keys and the client's bucket.
 
-    async def take(ident: str) -> Decision:
-        assert memory is not None
-        if redis_buckets is not None and clock() >= state["redis_down_until"]:
+    :meth:`check` raises a 401/429 problem or returns the headers the answer must carry;
+    :meth:`decorate` adds them to a response (keeping Roblox's own ``x-ratelimit-*``).
+    """
+
+    def __init__(self, config: Config, redis_buckets: RedisBuckets | None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._keys = tuple(k.encode() for k in config.auth.keys)
+        self._header = config.auth.header
+        lim = self._lim = config.limits.clients
+        self._burst = lim.burst or max(1, math.ceil(lim.rate))
+        self._window = self._burst / lim.rate if lim.rate > 0 else 0.0
+        self._memory = MemoryBuckets(lim.rate, self._burst, clock) if lim.rate > 0 else None
+        self._redis = redis_buckets
+        self._clock = clock
+        self._redis_down_until = 0.0
+
+    @classmethod
+    def build(cls, config: Config, redis_buckets: RedisBuckets | None,
+              clock: Callable[[], float] = time.monotonic) -> ClientGate | None:
+        """The gate, or None when neither access keys nor client limits are configured."""
+        if not config.auth.keys and config.limits.clients.rate <= 0:
+            return None
+        return cls(config, redis_buckets, clock)
+
+    async def _take(self, ident: str) -> Decision:
+        assert self._memory is not None
+        if self._redis is not None and self._clock() >= self._redis_down_until:
             try:
-                return await redis_buckets.take(ident, lim.rate, burst)
+                return await self._redis.take(ident, self._lim.rate, self._burst)
             except StoreUnavailable as exc:
-                if not state["redis_down_until"]:
+                if not self._redis_down_until:
                     log.warning("client limits fall back to memory: %s", exc)
-                state["redis_down_until"] = clock() + 5.0
-        return memory.take(ident)
+                self._redis_down_until = self._clock() + 5.0
+        return self._memory.take(ident)
 
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.rel_url.raw_path.startswith(RESERVED):
-            return await handler(request)
+    async def check(self, request: web.Request) -> Decision | None:
         ident = ""
-        if keys:
+        if self._keys:
             # surrogateescape: aiohttp decodes raw header bytes that way (b"\xff" → "\udcff")
-            given = request.headers.get(header, "").encode("utf-8", "surrogateescape")
+            given = request.headers.get(self._header, "").encode("utf-8", "surrogateescape")
             ok = False
-            for key in keys:  # compare with every key: timing says nothing about which
+            for key in self._keys:  # compare with every key: timing says nothing about which
                 ok |= hmac.compare_digest(given, key)
             if not (ok and given):  # a missing header never matches an empty key in the list
-                raise HTTPProblem(401, f"missing or unknown access key (send it in {header})",
-                                  code="unauthorized")
+                raise HTTPProblem(401, "missing or unknown access key (send it in "
+                                  f"{self._header})", code="unauthorized")
             ident = "key:" + hashlib.sha256(given).hexdigest()[:32]
-        if memory is None:
-            return await handler(request)
-        ident = ident or "ip:" + client_ip(request, hops)
-        decision = await take(ident)
+        if self._memory is None:
+            return None
+        ident = ident or "ip:" + client_ip(request, self._lim.forwarded_for_hops)
+        decision = await self._take(ident)
         if not decision.allowed:
             retry = max(1, math.ceil(decision.retry_after))
-            headers = rate_headers(decision, window, False)
+            headers = rate_headers(decision, self._window, False)
             headers["Retry-After"] = str(retry)
-            raise HTTPProblem(429, f"rate limit of {lim.rate:g} requests/s (burst {burst}) "
-                              "exceeded", code="rate_limited", headers=headers,
-                              extra={"retry_after": retry})
-        try:
-            resp = await handler(request)
-        except HTTPProblem as exc:  # the proxy's own errors count and say so too
-            exc.headers.update(rate_headers(decision, window, False))
-            raise
+            raise HTTPProblem(429, f"rate limit of {self._lim.rate:g} requests/s (burst "
+                              f"{self._burst}) exceeded", code="rate_limited",
+                              headers=headers, extra={"retry_after": retry})
+        return decision
+
+    def decorate(self, resp: web.StreamResponse, decision: Decision) -> None:
         # Roblox's own counters (Open Cloud sends x-ratelimit-limit/remaining/reset, maybe
         # only some): ours must not overwrite any of them.
         keep = any(name.lower().startswith("x-ratelimit-") for name in resp.headers)
-        resp.headers.update(rate_headers(decision, window, keep))
-        return resp
-
-    return middleware
+        resp.headers.update(rate_headers(decision, self._window, keep))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from html import escape
 from typing import Any
 
@@ -360,7 +360,10 @@ class _Described:
         return self
 
 
-def add_routes(app: web.Application) -> None:
+Wrap = Callable[..., Callable[[web.Request], Awaitable[web.StreamResponse]]]
+
+
+def add_routes(app: web.Application, wrap: Wrap) -> None:
     """Serve ``/openapi.json`` and ``/docs``, also under ``/_bloxproxy/``; other methods
     get a 405 problem (not the catch-all's passthrough or 404)."""
     described = _Described()
@@ -383,8 +386,9 @@ def add_routes(app: web.Application) -> None:
         )
 
     for prefix in ("/", "/_bloxproxy/"):
-        app.router.add_route("*", prefix + "openapi.json", spec)
-        app.router.add_route("*", prefix + "docs", docs)
+        gated = prefix == "/"  # the top-level copies need the access key, like the API
+        app.router.add_route("*", prefix + "openapi.json", wrap(spec, gated=gated))
+        app.router.add_route("*", prefix + "docs", wrap(docs, gated=gated))
 
 
 def _only_get(request: web.Request) -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # Headers varied on by passthrough GETs (Roblox localizes some answers; thumbnails and
 # avatar endpoints take a place id). Everything else a client sends does not split the cache.
 PASSTHROUGH_VARY = ("accept-language", "roblox-place-id")
+_FAST_SAFE_VARY = frozenset(PASSTHROUGH_VARY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,12 @@ class Policy:
     @property
     def cacheable(self) -> bool:
         return self.ttl > 0 or self.not_found_ttl > 0
+
+    @property
+    def fast_ok(self) -> bool:
+        """Answers may be remembered by the front door: every header they vary on is one
+        that sends a request to the full pipeline (front._NOT_FAST)."""
+        return all(name.lower() in _FAST_SAFE_VARY for name in self.vary)
 
     @classmethod
     def for_route(cls, route: Route, config: Config) -> Policy:
@@ -86,8 +93,8 @@ def _not_found_conditions(route: Route, ttl: float) -> tuple[CacheCondition, ...
 class Fetched:
     """An upstream answer (fresh or cached) and what the cache did to get it."""
 
-    __slots__ = ("clock", "detail", "entry", "key", "l1", "result", "shared", "stored",
-                 "upstream")
+    __slots__ = ("cache_time", "clock", "detail", "entry", "fast_ok", "key", "l1", "result",
+                 "shared", "stored", "upstream")
 
     def __init__(self, entry: Entry, result: str, *, key: str = "", stored: bool = False,
                  shared: bool = True, l1: MemoryStore | None = None,
@@ -101,6 +108,8 @@ class Fetched:
         self.clock = clock
         self.detail = detail
         self.upstream = 0.0  # seconds the upstream call behind this answer took (0: none)
+        self.fast_ok = False  # may the front door remember this answer (front.FastEntry)?
+        self.cache_time = 0.0  # seconds the L1/L2 lookup took
 
     @property
     def response(self) -> Entry:
@@ -112,6 +121,7 @@ class Fetched:
         out = Fetched(self.entry, result, key=self.key, stored=self.stored,
                       shared=self.shared, l1=self.l1, clock=self.clock, detail=self.detail)
         out.upstream = self.upstream
+        out.cache_time = self.cache_time
         return out
 
     def render(self, route_id: str, requested: Sequence[object] | None,
@@ -164,4 +174,24 @@ class Fetched:
             h["Age"] = str(int(self.entry.age(now)))
             if etag:
                 h["ETag"] = etag
+            if self.fast_ok and resp.status == 200 and self.result != "STALE":
+                self._offer_fast(request, resp, body, etag)
         return resp
+
+    def _offer_fast(self, request: web.Request, resp: web.Response, body: bytes,
+                    etag: str) -> None:
+        """Leave a ready answer for the front door's fast path (see :mod:`.front`)."""
+        from .front import FastEntry
+        from .observe import INFO
+
+        info = request.get(INFO)
+        if info is None or not self.shared:
+            return
+        e = self.entry
+        static = [(k, v) for k, v in resp.headers.items()
+                  if k.lower() in ("content-type", "content-language")]
+        if etag:
+            static.append(("ETag", etag))
+        info.fast = FastEntry(self.key, e.stored_at, e.ttl, e.stale_while_revalidate,
+                              e.stale_if_error, resp.status, body, tuple(static), etag,
+                              info.route, self.shared)

@@ -17,7 +17,7 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -32,6 +32,9 @@ from prometheus_client import (
 
 from .middlewares import REQUEST_ID, Handler
 
+if TYPE_CHECKING:
+    from .front import FastEntry
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 CACHE_RESULTS = ("HIT", "MISS", "STALE", "BYPASS", "COALESCED")
@@ -40,12 +43,14 @@ CACHE_RESULTS = ("HIT", "MISS", "STALE", "BYPASS", "COALESCED")
 class RequestInfo:
     """What the pipeline learned about one request, for metrics and the access log."""
 
-    __slots__ = ("cache", "route", "upstream")
+    __slots__ = ("cache", "cache_time", "fast", "route", "upstream")
 
     def __init__(self) -> None:
         self.route = "none"  # route id, "passthrough:<service>", or "none"
         self.cache = ""  # X-Cache result when the pipeline got that far
+        self.cache_time = 0.0  # seconds spent looking in L1/L2
         self.upstream = 0.0  # seconds spent on the upstream call(s) this answer needed
+        self.fast: FastEntry | None = None  # a ready answer the front door may remember
 
 
 INFO = web.RequestKey("bloxproxy_info", RequestInfo)

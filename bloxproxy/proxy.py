@@ -146,6 +146,7 @@ class Proxy:
                                            Credential.of(request).value)
         if info is not None:
             info.cache, info.upstream = fetched.result, fetched.upstream
+            info.cache_time = fetched.cache_time
         try:
             return self._clean_response(route, values, fetched, request)
         except UpstreamError:
@@ -285,6 +286,7 @@ class Proxy:
                                            request, Credential.of(request).value)
         if info is not None:
             info.cache, info.upstream = fetched.result, fetched.upstream
+            info.cache_time = fetched.cache_time
         resp = fetched.response
         return fetched.respond(request, resp.status, resp.body, resp.headers)
 

@@ -557,8 +557,10 @@ async def test_request_id_with_control_characters_over_the_wire(
 
 # -- Server-Timing ---------------------------------------------------------------------------
 
-TIMING_TOTAL = re.compile(r"total;dur=\d+\.\d")
-TIMING_BOTH = re.compile(r"upstream;dur=(\d+\.\d), total;dur=(\d+\.\d)")
+TIMING_TOTAL = re.compile(r"(cache;desc=HIT;dur=\d+\.\d\d, )?total;dur=\d+\.\d")
+TIMING_BOTH = re.compile(
+    r"cache;desc=MISS;dur=\d+\.\d\d, upstream;dur=(\d+\.\d), total;dur=(\d+\.\d)"
+)
 
 
 async def test_server_timing_total_always_upstream_on_a_miss(proxy: Client) -> None:

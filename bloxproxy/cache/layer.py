@@ -223,19 +223,25 @@ class Fetcher:
             scope = decide.credential_scope(self._secret, credential)
         key = decide.cache_key(req, policy.vary, scope)
         shared = not scope
+        looked = time.perf_counter()
         entry = self.l1.get_nowait(key)
         if entry is None and self.shared is not None:
             entry = await self.shared.get(key)
             if entry is not None:
                 self.l1.set_nowait(key, entry)
+        looked = time.perf_counter() - looked
         if entry is not None:
             state = decide.freshness(entry, self.clock())
             if state is decide.Freshness.FRESH:
-                return self._fetched(entry, "HIT", key, shared)
+                hit = self._fetched(entry, "HIT", key, shared)
+                hit.fast_ok, hit.cache_time = policy.fast_ok, looked
+                return hit
             if state is decide.Freshness.STALE_WHILE_REVALIDATE:
                 if key not in self._inflight:
                     self._start(key, req, policy, rid, entry, shared)
-                return self._fetched(entry, "STALE", key, shared, detail="revalidating")
+                stale = self._fetched(entry, "STALE", key, shared, detail="revalidating")
+                stale.cache_time = looked
+                return stale
         task = self._inflight.get(key)
         coalesced = task is not None
         if task is None:
@@ -246,7 +252,9 @@ class Fetcher:
             raise UpstreamError(504, f"no answer from {req.service} within "
                                 f"{self._timeout:g}s (waited for an identical request)",
                                 code="upstream_timeout") from None
-        return fetched.coalesced() if coalesced else fetched
+        out = fetched.coalesced() if coalesced else fetched
+        out.fast_ok, out.cache_time = policy.fast_ok, looked
+        return out
 
     def _fetched(self, entry: Entry, result: str, key: str, shared: bool, *,
                  stored: bool = False, detail: str = "") -> Fetched:

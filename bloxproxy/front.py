@@ -1,0 +1,258 @@
+"""The front door: one handler in front of the pipeline, and the fast hit path.
+
+Every request is handled by :class:`Front` — there are no aiohttp middlewares, since each
+layer costs a coroutine frame and a wrapper on a path where a whole cache hit is meant to
+cost a few microseconds more than a bare handler (PERF-NOTES). ``Front`` does what the
+middlewares did: the request id, access keys and client limits (:mod:`bloxproxy.clients`),
+errors → problem+json (:mod:`bloxproxy.middlewares`), ``Server-Timing``, metrics and the
+access line (:mod:`bloxproxy.observe`).
+
+**The fast path.** A fresh cache hit for an anonymous GET repeats the same work each time:
+route, parse, build the upstream request, derive the key, render, format headers. When the
+pipeline answers such a request from a stored entry, it leaves a :class:`FastEntry` keyed by
+the raw request target (and host, with host routing). The next identical request is served
+from it after three checks: no credential, conditional or varied header in the request; the
+entry still fresh; and the same entry version still in L1 (so a purge, an eviction or a
+refresh sends it back to the full pipeline). Anything else — stale, missing, credentialed —
+takes the full pipeline, which decides exactly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from .errors import HTTPProblem, problem_response
+from .middlewares import REQUEST_ID, REQUEST_ID_HEADER, REQUEST_ID_RE
+from .observe import INFO, AccessLog, Metrics, RequestInfo
+
+if TYPE_CHECKING:
+    from .cache.store import MemoryStore
+    from .clients import ClientGate
+    from .ratelimit import Decision
+
+log = logging.getLogger("bloxproxy")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+FAST_MAX = 8192  # targets remembered; bodies are shared with L1, so this bounds the extra
+# Headers that change what an answer may be (credentials, conditionals, varied headers):
+# a request carrying any of them takes the full pipeline.
+_NOT_FAST = ("Cookie", "Authorization", "X-Api-Key", "If-None-Match", "Range",
+             "Accept-Language", "Roblox-Place-Id")
+
+
+class FastEntry:
+    """A ready answer for one request target, valid while its L1 entry is unchanged."""
+
+    __slots__ = ("body", "etag", "key", "memo", "memo_age", "route", "shared", "static",
+                 "status", "stored_at", "swr", "sie", "ttl")
+
+    def __init__(self, key: str, stored_at: float, ttl: float, swr: float, sie: float,
+                 status: int, body: bytes, static: tuple[tuple[str, str], ...], etag: str,
+                 route: str, shared: bool) -> None:
+        self.key = key
+        self.stored_at = stored_at
+        self.ttl, self.swr, self.sie = ttl, swr, sie
+        self.status = status
+        self.body = body
+        self.static = static  # Content-Type, ETag, kept upstream headers
+        self.etag = etag
+        self.route = route
+        self.shared = shared
+        self.memo_age = (-1, -1)
+        self.memo: CIMultiDict[str] = CIMultiDict()
+
+    def headers(self, age: float) -> CIMultiDict[str]:
+        """The headers for an answer ``age`` seconds old (rebuilt about once a second)."""
+        memo_key = (int(age), int(self.ttl - age))
+        if memo_key != self.memo_age:
+            h: CIMultiDict[str] = CIMultiDict(self.static)
+            whole, left = memo_key
+            cc = f"{'public' if self.shared else 'private'}, max-age={max(0, left)}"
+            if self.swr:
+                cc += f", stale-while-revalidate={int(self.swr)}"
+            if self.sie:
+                cc += f", stale-if-error={int(self.sie)}"
+            h["X-Cache"] = "HIT"
+            h["Cache-Control"] = cc
+            h["Cache-Status"] = f"bloxproxy; hit; ttl={left}"
+            h["Age"] = str(whole)
+            self.memo, self.memo_age = h, memo_key
+        return self.memo
+
+
+class Front:
+    """The one request handler (see the module docstring)."""
+
+    def __init__(self, *, metrics: Metrics | None, access: AccessLog | None,
+                 gate: ClientGate | None, clock: Callable[[], float],
+                 host_routing: bool) -> None:
+        self.metrics = metrics
+        self.access = access
+        self.gate = gate
+        self.clock = clock
+        self.l1: MemoryStore | None = None  # set once the pipeline is up
+        self.inner: Handler | None = None
+        self.fast: dict[str, FastEntry] = {}
+        self.generation = 0  # bumped by forget_all() on reload
+        self._host_routing = host_routing
+        self._rid_prefix = secrets.token_hex(4)
+        self._rid_count = 0
+
+    # -- request ids -------------------------------------------------------------------
+
+    def request_id(self, request: web.Request) -> str:
+        rid = request.headers.get(REQUEST_ID_HEADER)
+        if rid is not None and REQUEST_ID_RE.fullmatch(rid):
+            return rid
+        # Unique without a syscall per request: a random per-process prefix and a counter.
+        self._rid_count += 1
+        return f"{self._rid_prefix}{self._rid_count:08x}"
+
+    # -- the handlers ------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The catch-all: clean routes and passthrough."""
+        assert self.inner is not None
+        start = time.perf_counter()
+        if self.gate is None and request.method == "GET":
+            resp = self._fast(request, start)
+            if resp is not None:
+                return resp
+        return await self._run(request, self.inner, start, gated=True)
+
+    def wrap(self, handler: Handler, *, gated: bool) -> Handler:
+        """The same treatment for the proxy's own endpoints (``gated``: keys and limits)."""
+
+        async def wrapped(request: web.Request) -> web.StreamResponse:
+            return await self._run(request, handler, time.perf_counter(), gated=gated)
+
+        return wrapped
+
+    async def _run(self, request: web.Request, handler: Handler, start: float, *,
+                   gated: bool) -> web.StreamResponse:
+        generation = self.generation
+        rid = self.request_id(request)
+        request[REQUEST_ID] = rid
+        info = RequestInfo()
+        request[INFO] = info
+        decision: Decision | None = None
+        try:
+            if gated and self.gate is not None:
+                decision = await self.gate.check(request)
+            resp = await handler(request)
+        except asyncio.CancelledError:
+            # Cut off with no answer sent (the shutdown grace ran out): still one line and
+            # one count, as 499 (nginx's "client closed request").
+            self._record(request, rid, info, 499, time.perf_counter() - start)
+            raise
+        except HTTPProblem as exc:
+            resp = problem_response(exc, instance=_instance(request), request_id=rid)
+        except web.HTTPException as exc:
+            # aiohttp's own errors (e.g. 413 from client_max_size) get our shape too.
+            if exc.status < 400:
+                raise
+            resp = problem_response(HTTPProblem(exc.status, exc.text or exc.reason),
+                                    instance=_instance(request), request_id=rid)
+        except Exception:
+            log.exception("unhandled error", extra={"request_id": rid})
+            problem = HTTPProblem(500, "the proxy failed to handle this request; it was "
+                                  f"logged under request id {rid}", code="internal_error")
+            resp = problem_response(problem, instance=_instance(request), request_id=rid)
+        if decision is not None and self.gate is not None:
+            self.gate.decorate(resp, decision)
+        total = time.perf_counter() - start
+        h = resp.headers
+        h[REQUEST_ID_HEADER] = rid
+        timing = f"total;dur={total * 1000:.1f}"
+        if info.upstream:
+            timing = f"upstream;dur={info.upstream * 1000:.1f}, {timing}"
+        if info.cache:
+            timing = f"cache;desc={info.cache};dur={info.cache_time * 1000:.2f}, {timing}"
+        h["Server-Timing"] = timing
+        if info.fast is not None and generation == self.generation:
+            self._remember(request, info.fast)  # unless the rules changed meanwhile
+        self._record(request, rid, info, resp.status, total)
+        return resp
+
+    def _record(self, request: web.Request, rid: str, info: RequestInfo, status: int,
+                total: float) -> None:
+        if self.metrics is not None:
+            self.metrics.observe_request(info.route, status, info.cache, total)
+        if self.access is not None:
+            path = request.rel_url.raw_path  # percent-encoded: no raw control characters
+            self.access.write(rid, request.method, path[:512], info.route, status,
+                              info.cache, info.upstream, total)
+
+    # -- the fast path ------------------------------------------------------------------
+
+    def forget_all(self) -> None:
+        """Drop every remembered answer, including those of requests still in flight."""
+        self.fast.clear()
+        self.generation += 1
+
+    def _target(self, request: web.Request) -> str:
+        raw = request.raw_path
+        if self._host_routing:
+            return f"{request.host}\x00{raw}"
+        return raw
+
+    def _fast(self, request: web.Request, start: float) -> web.StreamResponse | None:
+        fe = self.fast.get(self._target(request))
+        if fe is None:
+            return None
+        headers = request.headers
+        for name in _NOT_FAST:
+            if name in headers:
+                return None
+        age = self.clock() - fe.stored_at
+        if age >= fe.ttl:
+            return None  # stale: the pipeline decides (revalidate, serve stale, refetch)
+        assert self.l1 is not None
+        entry = self.l1.get_nowait(fe.key)  # also keeps the entry hot in the LRU
+        if entry is None or entry.stored_at != fe.stored_at:
+            return None  # purged, evicted or refreshed since
+        rid = self.request_id(request)
+        resp = web.Response(status=fe.status, body=fe.body, headers=fe.headers(age))
+        total = time.perf_counter() - start
+        h = resp.headers
+        h[REQUEST_ID_HEADER] = rid
+        h["Server-Timing"] = (f"cache;desc=HIT;dur={total * 1000:.2f}, "
+                              f"total;dur={total * 1000:.1f}")
+        if self.metrics is not None:
+            self.metrics.observe_request(fe.route, fe.status, "HIT", total)
+        if self.access is not None:
+            self.access.write(rid, "GET", request.rel_url.raw_path[:512], fe.route,
+                              fe.status, "HIT", 0.0, total)
+        return resp
+
+    def _remember(self, request: web.Request, fe: FastEntry) -> None:
+        if request.method != "GET":
+            return
+        headers = request.headers
+        for name in _NOT_FAST:
+            if name in headers:
+                return
+        fast = self.fast
+        if len(fast) >= FAST_MAX:
+            # Forget the oldest eighth (dicts keep insertion order): cheap, and hot targets
+            # come straight back on their next hit.
+            for key in list(fast)[: FAST_MAX // 8]:
+                del fast[key]
+        fast[self._target(request)] = fe
+
+
+def _instance(request: web.Request) -> str:
+    path = request.rel_url.raw_path
+    return path if len(path) <= 512 else path[:509] + "..."
+
+
+__all__ = ["FastEntry", "Front"]
