@@ -16,7 +16,8 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
@@ -29,6 +30,8 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from .middlewares import REQUEST_ID, Handler
 
@@ -62,13 +65,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: scrape noise
         r = self.registry = registry or CollectorRegistry(auto_describe=True)
-        self.requests = Counter("bloxproxy_requests_total", "Client requests answered.",
-                                ["route", "status"], registry=r)
-        self.cache = Counter("bloxproxy_cache_results_total", "Cache results by route.",
-                             ["route", "result"], registry=r)
-        self.latency = Histogram("bloxproxy_request_duration_seconds",
-                                 "Client-facing latency.", ["route"], registry=r,
-                                 buckets=LATENCY_BUCKETS)
+        # Client requests are counted in plain dicts and turned into metric families at
+        # scrape time (RequestCollector): ~0.3 µs a request instead of ~2 µs for three
+        # prometheus_client children.
+        self._requests: dict[tuple[str, int, str], list[float]] = {}
+        r.register(RequestCollector(self._requests))
         self.upstream = Counter("bloxproxy_upstream_requests_total",
                                 "Upstream attempts by service and status (or 'error').",
                                 ["service", "status"], registry=r)
@@ -95,22 +96,61 @@ class Metrics:
         self._children: dict[tuple[str, int, str], tuple[Any, Any, Any]] = {}
 
     def observe_request(self, route: str, status: int, cache: str, seconds: float) -> None:
-        key = (route, status, cache)
-        children = self._children.get(key)
-        if children is None:
-            children = (self.requests.labels(route, str(status)),
-                        self.cache.labels(route, cache) if cache else None,
-                        self.latency.labels(route))
-            self._children[key] = children
-        children[0].inc()
-        if children[1] is not None:
-            children[1].inc()
-        children[2].observe(seconds)
+        # [count, sum of seconds, count per latency bucket...]
+        row = self._requests.get((route, status, cache))
+        if row is None:
+            row = self._requests[(route, status, cache)] = [0.0] * (2 + len(_BOUNDS) + 1)
+        row[0] += 1
+        row[1] += seconds
+        row[2 + bisect_left(_BOUNDS, seconds)] += 1
 
     def bind_l1(self, entries: Callable[[], float], nbytes: Callable[[], float]) -> None:
         """Read L1 size at scrape time (no per-request cost)."""
         self.l1_entries.set_function(entries)
         self.l1_bytes.set_function(nbytes)
+
+
+_BOUNDS = LATENCY_BUCKETS
+
+
+class RequestCollector(Collector):
+    """``bloxproxy_requests_total{route,status}``, ``bloxproxy_cache_results_total{route,
+    result}`` and ``bloxproxy_request_duration_seconds{route}``, from the plain counts."""
+
+    def __init__(self, rows: dict[tuple[str, int, str], list[float]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("bloxproxy_requests", "Client requests answered.",
+                                       labels=["route", "status"])
+        cache = CounterMetricFamily("bloxproxy_cache_results", "Cache results by route.",
+                                    labels=["route", "result"])
+        latency = HistogramMetricFamily("bloxproxy_request_duration_seconds",
+                                        "Client-facing latency.", labels=["route"])
+        by_status: dict[tuple[str, str], float] = {}
+        by_cache: dict[tuple[str, str], float] = {}
+        by_route: dict[str, list[float]] = {}
+        for (route, status, result), row in list(self._rows.items()):
+            key = (route, str(status))
+            by_status[key] = by_status.get(key, 0.0) + row[0]
+            if result:
+                by_cache[(route, result)] = by_cache.get((route, result), 0.0) + row[0]
+            acc = by_route.setdefault(route, [0.0] * len(row))
+            for i, value in enumerate(row):
+                acc[i] += value
+        for labels, value in sorted(by_status.items()):
+            requests.add_metric(list(labels), value)
+        for labels, value in sorted(by_cache.items()):
+            cache.add_metric(list(labels), value)
+        for route, acc in sorted(by_route.items()):
+            cumulative, buckets = 0.0, []
+            for bound, n in zip((*_BOUNDS, float("inf")), acc[2:], strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([route], buckets, sum_value=acc[1])
+        yield requests
+        yield cache
+        yield latency
 
 
 class AccessLog:
@@ -120,6 +160,8 @@ class AccessLog:
                  interval: float = 0.2, max_buffer: int = 1 << 16) -> None:
         self._stream = stream if stream is not None else sys.stderr.buffer
         self._json = fmt == "json"
+        self._second = -1
+        self._stamp = ""
         self._buf: list[bytes] = []
         self._size = 0
         self._interval = interval
@@ -128,15 +170,22 @@ class AccessLog:
 
     def write(self, rid: str, method: str, path: str, route: str, status: int, cache: str,
               upstream: float, total: float) -> None:
+        now = time.time()
+        if int(now) != self._second:  # the date part changes once a second
+            self._second = int(now)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+        stamp = f"{self._stamp}.{int(now * 1000) % 1000:03d}Z"
         if self._json:
-            line = orjson.dumps({
-                "time": round(time.time(), 3), "type": "access", "request_id": rid,
-                "method": method, "path": path, "route": route, "status": status,
-                "cache": cache, "upstream_ms": round(upstream * 1000, 2),
-                "total_ms": round(total * 1000, 2),
-            }) + b"\n"
+            # Formatted by hand (same JSON as orjson would write, same keys as the app's
+            # log lines): only the path can hold characters that need escaping. The id,
+            # route, method and cache result come from closed character sets.
+            line = (f'{{"time":"{stamp}","type":"access","request_id":"{rid}",'
+                    f'"method":"{method}","path":').encode() + orjson.dumps(path) + (
+                    f',"route":"{route}","status":{status},"cache":"{cache}",'
+                    f'"upstream_ms":{upstream * 1000:.2f},"total_ms":{total * 1000:.2f}}}\n'
+                    ).encode()
         else:
-            line = (f"{rid} {method} {path} {route} {status} {cache or '-'} "
+            line = (f"{stamp} {rid} {method} {path} {route} {status} {cache or '-'} "
                     f"{upstream * 1000:.1f}ms {total * 1000:.1f}ms\n").encode()
         self._buf.append(line)
         self._size += len(line)

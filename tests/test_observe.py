@@ -311,12 +311,15 @@ async def test_access_log_text_format(
     missing = await call(proxy, "/v1/nope")
     lines = [line.decode() for line in access_lines(proxy, capsysbinary)]
     assert len(lines) == 2
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
     rid = re.escape(miss.headers["X-Request-ID"])
     assert re.fullmatch(
-        rf"{rid} GET /v1/users/1 users\.get 200 MISS \d+\.\dms \d+\.\dms", lines[0]
+        rf"{stamp} {rid} GET /v1/users/1 users\.get 200 MISS \d+\.\dms \d+\.\dms", lines[0]
     ), lines[0]
     rid = re.escape(missing.headers["X-Request-ID"])
-    assert re.fullmatch(rf"{rid} GET /v1/nope none 404 - 0\.0ms \d+\.\dms", lines[1]), lines[1]
+    assert re.fullmatch(
+        rf"{stamp} {rid} GET /v1/nope none 404 - 0\.0ms \d+\.\dms", lines[1]
+    ), lines[1]
 
 
 async def test_access_log_off_writes_nothing(
