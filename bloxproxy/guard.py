@@ -306,7 +306,9 @@ class Guard:
     # -- csrf ---------------------------------------------------------------------------
 
     def _csrf_key(self, cookie: str) -> str:
-        return hmac.new(self._secret, cookie.encode(), hashlib.sha256).hexdigest()
+        # surrogateescape: aiohttp decodes raw header bytes that way; any value is a key.
+        return hmac.new(self._secret, cookie.encode("utf-8", "surrogateescape"),
+                        hashlib.sha256).hexdigest()
 
     async def csrf(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if req.method not in MUTATIONS:

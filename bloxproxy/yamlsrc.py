@@ -126,7 +126,14 @@ _Loader.add_constructor("tag:yaml.org,2002:str", _Loader.construct_yaml_str)
 
 def load_stream(stream: IO[str], name: str, env: Mapping[str, str] | None = None) -> Any:
     """Load one YAML document, raising :class:`ConfigError` with ``file:line`` messages."""
-    loader = _Loader(stream)
+    text = stream.read()
+    try:
+        # The reader checks the first chunk already here: a control character near the
+        # start of the file is a ReaderError from the constructor.
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([Problem(Where(name, _reader_line(text, exc)),
+                                   f"invalid YAML: {_reader_reason(exc)}")]) from None
     loader.name = name  # marks carry the file name
     loader.problems = []
     if env is not None:
@@ -145,6 +152,9 @@ def load_stream(stream: IO[str], name: str, env: Mapping[str, str] | None = None
             opened = f" at line {at.line + 1}" if at is not None and at.line + 1 != line else ""
             reason = f"{exc.context}{opened}, {exc.problem}"
         raise ConfigError([Problem(Where(name, line), f"invalid YAML: {reason}")]) from None
+    except yaml.reader.ReaderError as exc:
+        raise ConfigError([Problem(Where(name, _reader_line(text, exc)),
+                                   f"invalid YAML: {_reader_reason(exc)}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(Where(name, 1), f"invalid YAML: {exc}")]) from None
     finally:
@@ -152,6 +162,17 @@ def load_stream(stream: IO[str], name: str, env: Mapping[str, str] | None = None
     if loader.problems:
         raise ConfigError(loader.problems)
     return data
+
+
+def _reader_line(text: str, exc: yaml.reader.ReaderError) -> int:
+    """The line of a ReaderError, which carries a character position, not a mark."""
+    return text.count("\n", 0, max(0, exc.position)) + 1
+
+
+def _reader_reason(exc: yaml.reader.ReaderError) -> str:
+    char = exc.character
+    shown = f"#x{char:04x}" if isinstance(char, int) else repr(char)
+    return f"unacceptable character {shown}: {exc.reason}"
 
 
 def load_file(path: str, display_name: str | None = None,

@@ -84,9 +84,14 @@ class SharedCache:
     def _failed(self, exc: BaseException) -> None:
         if self.healthy:
             log.warning("redis unavailable, serving from L1 and upstream: %s", exc)
+        now = time.monotonic()
+        # Only a failed *retry* doubles the back-off: the many requests that failed
+        # together at the start of one incident count once.
+        if self.healthy or now >= self._retry_at:
+            self._retry_at = now + self._backoff
+            if not self.healthy:
+                self._backoff = min(self._backoff * 2, 30.0)
         self.healthy = False
-        self._retry_at = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, 30.0)
 
     def _worked(self) -> None:
         if not self.healthy:
