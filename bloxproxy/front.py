@@ -29,8 +29,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from multidict import CIMultiDict
 
-from .errors import HTTPProblem, problem_response
-from .middlewares import REQUEST_ID, REQUEST_ID_HEADER, REQUEST_ID_RE
+from .middlewares import REQUEST_ID, REQUEST_ID_HEADER, REQUEST_ID_RE, error_response
 from .observe import INFO, AccessLog, Metrics, RequestInfo
 
 if TYPE_CHECKING:
@@ -52,8 +51,21 @@ _NOT_FAST = ("Cookie", "Authorization", "X-Api-Key", "If-None-Match", "Range",
 class FastEntry:
     """A ready answer for one request target, valid while its L1 entry is unchanged."""
 
-    __slots__ = ("body", "etag", "key", "memo", "memo_age", "route", "shared", "static",
-                 "status", "stored_at", "swr", "sie", "ttl")
+    __slots__ = (
+        "body",
+        "etag",
+        "key",
+        "memo",
+        "memo_age",
+        "route",
+        "shared",
+        "sie",
+        "static",
+        "status",
+        "stored_at",
+        "swr",
+        "ttl",
+    )
 
     def __init__(self, key: str, stored_at: float, ttl: float, swr: float, sie: float,
                  status: int, body: bytes, static: tuple[tuple[str, str], ...], etag: str,
@@ -154,19 +166,12 @@ class Front:
             # one count, as 499 (nginx's "client closed request").
             self._record(request, rid, info, 499, time.perf_counter() - start)
             raise
-        except HTTPProblem as exc:
-            resp = problem_response(exc, instance=_instance(request), request_id=rid)
         except web.HTTPException as exc:
-            # aiohttp's own errors (e.g. 413 from client_max_size) get our shape too.
             if exc.status < 400:
-                raise
-            resp = problem_response(HTTPProblem(exc.status, exc.text or exc.reason),
-                                    instance=_instance(request), request_id=rid)
-        except Exception:
-            log.exception("unhandled error", extra={"request_id": rid})
-            problem = HTTPProblem(500, "the proxy failed to handle this request; it was "
-                                  f"logged under request id {rid}", code="internal_error")
-            resp = problem_response(problem, instance=_instance(request), request_id=rid)
+                raise  # a redirect or a 304 raised on purpose is an answer, not an error
+            resp = error_response(exc, request, rid)
+        except Exception as exc:
+            resp = error_response(exc, request, rid)
         if decision is not None and self.gate is not None:
             self.gate.decorate(resp, decision)
         total = time.perf_counter() - start
@@ -248,11 +253,6 @@ class Front:
             for key in list(fast)[: FAST_MAX // 8]:
                 del fast[key]
         fast[self._target(request)] = fe
-
-
-def _instance(request: web.Request) -> str:
-    path = request.rel_url.raw_path
-    return path if len(path) <= 512 else path[:509] + "..."
 
 
 __all__ = ["FastEntry", "Front"]

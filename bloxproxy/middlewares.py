@@ -1,7 +1,9 @@
-"""Server middlewares: request ids, and every error answered as problem+json.
+"""Request ids, and every error answered as problem+json.
 
-This is the one place the exception tree of :mod:`bloxproxy.errors` becomes HTTP; an
-unexpected exception is logged with its traceback and answered as a bare 500 problem —
+This is the one place the exception tree of :mod:`bloxproxy.errors` becomes HTTP: for
+errors raised while handling a request (:func:`error_response`, called by the front
+handler) and for requests too malformed to reach a handler (:class:`ProblemRequestHandler`).
+An unexpected exception is logged with its traceback and answered as a bare 500 problem —
 a client never sees a stack trace.
 """
 
@@ -38,30 +40,22 @@ def _instance(request: web.Request) -> str:
     return path if len(path) <= 512 else path[:509] + "..."
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Assign the request id, and turn every error into problem+json."""
-    rid = request.headers.get(REQUEST_ID_HEADER, "")
-    if not REQUEST_ID_RE.fullmatch(rid):
-        rid = secrets.token_hex(8)
-    request[REQUEST_ID] = rid
-    try:
-        resp = await handler(request)
-    except HTTPProblem as exc:
-        resp = problem_response(exc, instance=_instance(request), request_id=rid)
-    except web.HTTPException as exc:
-        # aiohttp's own errors (e.g. 413 from client_max_size) get our shape too.
-        if exc.status < 400:
-            raise
+def error_response(exc: Exception, request: web.Request, rid: str) -> web.Response:
+    """The problem+json answer for an exception raised while handling ``request``.
+
+    Our :class:`HTTPProblem`\\ s as they are; aiohttp's own HTTP errors (413 from
+    ``client_max_size``…) in our shape; anything else logged with its traceback and
+    answered as a bare 500 — never a stack trace.
+    """
+    if isinstance(exc, HTTPProblem):
+        problem = exc
+    elif isinstance(exc, web.HTTPException) and exc.status >= 400:
         problem = HTTPProblem(exc.status, exc.text or exc.reason)
-        resp = problem_response(problem, instance=_instance(request), request_id=rid)
-    except Exception:
-        log.exception("unhandled error", extra={"request_id": rid})
+    else:
+        log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
         problem = HTTPProblem(500, "the proxy failed to handle this request; it was logged "
                               f"under request id {rid}", code="internal_error")
-        resp = problem_response(problem, instance=_instance(request), request_id=rid)
-    resp.headers[REQUEST_ID_HEADER] = rid
-    return resp
+    return problem_response(problem, instance=_instance(request), request_id=rid)
 
 
 class ProblemRequestHandler(RequestHandler):

@@ -22,7 +22,6 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -32,8 +31,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from .middlewares import REQUEST_ID, Handler
 
 if TYPE_CHECKING:
     from .front import FastEntry
@@ -215,38 +212,3 @@ class AccessLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.flush()
-
-
-def observe_middleware(metrics: Metrics | None, access: AccessLog | None) -> Middleware:
-    perf = time.perf_counter
-
-    def record(request: web.Request, info: RequestInfo, status: int, total: float) -> None:
-        if metrics is not None:
-            metrics.observe_request(info.route, status, info.cache, total)
-        if access is not None:
-            path = request.rel_url.raw_path  # percent-encoded: no raw control characters
-            access.write(request.get(REQUEST_ID, ""), request.method, path[:512],
-                         info.route, status, info.cache, info.upstream, total)
-
-    @web.middleware
-    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-        start = perf()
-        info = RequestInfo()
-        request[INFO] = info
-        try:
-            resp = await handler(request)
-        except asyncio.CancelledError:
-            # Cut off with no answer sent (the shutdown grace ran out): still one line and
-            # one count, as 499 (nginx's "client closed request").
-            record(request, info, 499, perf() - start)
-            raise
-        total = perf() - start
-        if info.upstream:
-            resp.headers["Server-Timing"] = (f"upstream;dur={info.upstream * 1000:.1f}, "
-                                             f"total;dur={total * 1000:.1f}")
-        else:
-            resp.headers["Server-Timing"] = f"total;dur={total * 1000:.1f}"
-        record(request, info, resp.status, total)
-        return resp
-
-    return observe

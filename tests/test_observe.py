@@ -17,6 +17,7 @@ import io
 import logging
 import re
 import socket
+import time
 from typing import Any
 
 import orjson
@@ -29,9 +30,10 @@ from bloxproxy import config as config_mod
 from bloxproxy.app import ACCESS_LOG, GUARD
 from bloxproxy.errors import ConfigError
 from bloxproxy.fake import FakeRoblox, Fault
+from bloxproxy.front import Front
 from bloxproxy.logs import JsonFormatter
-from bloxproxy.middlewares import REQUEST_ID, problem_middleware, use_problem_errors
-from bloxproxy.observe import INFO, AccessLog, Metrics, observe_middleware
+from bloxproxy.middlewares import REQUEST_ID, use_problem_errors
+from bloxproxy.observe import INFO, AccessLog, Metrics
 from bloxproxy.rules import load_rules
 from tests.conftest import FakeClock, ProxyFactory
 
@@ -337,7 +339,8 @@ async def test_a_request_cut_off_still_gets_its_line_and_count() -> None:
     metrics = Metrics()
     stream = io.BytesIO()
     access = AccessLog(stream)
-    observe = observe_middleware(metrics, access)
+    front = Front(metrics=metrics, access=access, gate=None, clock=time.time,
+                  host_routing=False)
     request = make_mocked_request("GET", "/v1/users/1?token=x")
 
     async def cancelled(req: web.Request) -> web.StreamResponse:
@@ -345,7 +348,7 @@ async def test_a_request_cut_off_still_gets_its_line_and_count() -> None:
         raise asyncio.CancelledError
 
     with pytest.raises(asyncio.CancelledError):
-        await observe(request, cancelled)
+        await front.wrap(cancelled, gated=False)(request)
     access.flush()
     line = orjson.loads(stream.getvalue())
     assert (line["route"], line["status"], line["path"]) == ("users.get", 499, "/v1/users/1")
@@ -512,8 +515,8 @@ async def test_generated_request_ids_differ(proxy: Client) -> None:
     ids=["crlf-injection", "cr", "trailing-lf"],
 )
 async def test_request_id_with_line_breaks_is_replaced(sent: str) -> None:
-    # Over the wire aiohttp's parser refuses CR/LF in a header value, so the middleware is
-    # driven directly with a request that carries one.
+    # Over the wire aiohttp's parser refuses CR/LF in a header value, so the front handler
+    # is driven directly with a request that carries one.
     request = make_mocked_request("GET", "/v1/users/1", headers={"X-Request-ID": sent})
     seen: list[str] = []
 
@@ -521,7 +524,8 @@ async def test_request_id_with_line_breaks_is_replaced(sent: str) -> None:
         seen.append(req[REQUEST_ID])
         return web.Response()
 
-    resp = await problem_middleware(request, handler)
+    front = Front(metrics=None, access=None, gate=None, clock=time.time, host_routing=False)
+    resp = await front.wrap(handler, gated=False)(request)
     assert GENERATED_ID.fullmatch(seen[0]), repr(seen[0])
     assert resp.headers["X-Request-ID"] == seen[0]
 
