@@ -410,7 +410,7 @@ async def test_watch_reloads_when_a_file_changes(
     (tmp_path / "rules" / "users.yaml").write_text("\x08" + rules_text(USERS_GET))
     await wait_until(
         lambda: any(
-            m.startswith("reload rejected: the config or rules could not be loaded")
+            m.startswith("reload rejected: rules/users.yaml:1: invalid YAML: unacceptable")
             for m in proxy.messages()
         ),
         "an unreadable file is rejected",

@@ -34,11 +34,18 @@ class Freshness(Enum):
 
 
 def canonical_query(raw_query: str) -> str:
-    """Sorted ``name=value`` pairs, re-encoded: parameter order never splits the cache."""
+    """The query as the cache key sees it: pairs decoded, re-encoded one way, and ordered by
+    name — so ``b=2&a=1`` and ``a=1&b=2``, or ``%2C`` and ``,``, are one entry. The order of
+    repeated names is kept (``ids=2&ids=1`` is not ``ids=1&ids=2``: Roblox may answer in
+    that order), and a query that is not valid UTF-8 is kept as sent rather than decoded
+    into replacement characters that would make different queries look alike."""
     if not raw_query:
         return ""
-    pairs = parse_qsl(raw_query, keep_blank_values=True)
-    pairs.sort()
+    try:
+        pairs = parse_qsl(raw_query, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        return "raw:" + raw_query
+    pairs.sort(key=lambda pair: pair[0])  # stable: repeated names keep their order
     return "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in pairs)
 
 
