@@ -336,6 +336,8 @@ class Guard:
     # -- guard ----------------------------------------------------------------------------
 
     async def guard(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        from .upstream import read_body
+
         ureq = CURRENT.get()
         if ureq is None:
             return await handler(req)
@@ -364,6 +366,12 @@ class Guard:
         try:
             async with asyncio.timeout(self._config.upstream.timeout):
                 resp = await handler(req)
+                # The body is part of the attempt: a cut mid-body is retried and counted.
+                try:
+                    await read_body(resp, self._config.upstream.max_response_size)
+                except BaseException:
+                    resp.close()
+                    raise
         except (aiohttp.ClientError, TimeoutError):
             st.breaker.failure(self._clock(), service)
             if m is not None:

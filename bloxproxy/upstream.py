@@ -125,24 +125,38 @@ class Upstream:
             CURRENT.reset(token)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        length = resp.content_length
-        if length is not None and length > self._max:
-            resp.release()
-            raise UpstreamError(502, f"upstream body of {length} bytes exceeds the "
-                                f"{self._max}-byte limit", code="upstream_too_large")
-        if length is not None and not resp.headers.get("Content-Encoding"):
-            return await resp.read()
-        # No length, or a compressed body whose length says nothing about what it inflates
-        # to (auto_decompress): count the decoded bytes as they come.
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in resp.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > self._max:
-                raise UpstreamError(502, f"upstream body exceeds the {self._max}-byte limit",
-                                    code="upstream_too_large")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(resp, self._max)
+
+
+async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, at most ``limit`` decoded bytes (502 problem above), read once.
+
+    The guard middleware reads it inside the attempt, so a connection cut mid-body is an
+    attempt failure (retried for safe reads, counted by the breaker); the pipeline then
+    gets the same bytes again from here.
+    """
+    if resp._body is not None:  # read already (aiohttp keeps it for read() as well)
+        body: bytes = resp._body
+        return body
+    length = resp.content_length
+    if length is not None and length > limit:
+        resp.release()
+        raise UpstreamError(502, f"upstream body of {length} bytes exceeds the "
+                            f"{limit}-byte limit", code="upstream_too_large")
+    if length is not None and not resp.headers.get("Content-Encoding"):
+        return await resp.read()
+    # No length, or a compressed body whose length says nothing about what it inflates
+    # to (auto_decompress): count the decoded bytes as they come.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(502, f"upstream body exceeds the {limit}-byte limit",
+                                code="upstream_too_large")
+        chunks.append(chunk)
+    resp._body = body = b"".join(chunks)
+    return body
 
 
 def create_session(config: Config, middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()

@@ -42,6 +42,9 @@ Client = TestClient[web.Request, web.Application]
 PROBLEM = "application/problem+json"
 ANSWER_WITHIN = 8.0  # no single request may take longer, whatever the fault
 FAST = {"BLOXPROXY_LIMITS_UPSTREAM_RATE": "100000"}  # these tests are not about the limiter
+# Cut bodies are attempt failures the breaker counts; tests of many cuts at once are not
+# about the breaker (tests/test_guard.py is).
+NO_BREAKER = {"BLOXPROXY_LIMITS_BREAKER_FAILURES": "1000"}
 USER_TTL = 600.0  # users.get: ttl 10m, swr 1m, sie 1h
 PAST_SWR = USER_TTL + 60 + 1  # only stale-if-error is left
 
@@ -256,8 +259,9 @@ async def test_reset_mid_body(make_proxy: ProxyFactory, fake: FakeRoblox, clock:
     at once, while other paths are fine. Nothing lost means: each cut answer becomes a
     problem+json 502 (``upstream_unreachable``) for every waiter of that call, a path with a
     stale entry answers 200 STALE instead, healthy paths answer 200; zero 500s; and the
-    pool is not poisoned: the same paths answer 200 right after."""
-    proxy = await make_proxy(**FAST)
+    pool is not poisoned: the same paths answer 200 right after. (One attempt only: with
+    retries the cut is retried, see the next test.)"""
+    proxy = await make_proxy(**FAST, **NO_BREAKER, BLOXPROXY_RETRIES_ATTEMPTS="1")
     stale = fresh_users(4)
     await hammer(proxy, stale)
     clock.advance(PAST_SWR)
@@ -281,6 +285,19 @@ async def test_reset_mid_body(make_proxy: ProxyFactory, fake: FakeRoblox, clock:
 
     again = await hammer(proxy, [*cut, *healthy])
     assert all(o.status == 200 for o in again), again
+
+
+async def test_reset_mid_body_is_retried(make_proxy: ProxyFactory, fake: FakeRoblox) -> None:
+    """The body is part of the attempt: a connection cut mid-body on a safe read is retried.
+    Nothing lost means: every client request gets 200, and each cut path cost exactly two
+    upstream calls (the cut one and its retry) however many clients waited for it."""
+    proxy = await make_proxy(**FAST, **NO_BREAKER)
+    cut = fresh_users(8)
+    script_each(fake, cut, [Fault(reset_mid_body=True)])
+    outcomes = await hammer(proxy, cut * 4)
+    assert all(o.status == 200 for o in outcomes), outcomes
+    for path in cut:
+        assert fake.count("users", "/v1/users/" + path.rsplit("/", 1)[1]) == 2, path
 
 
 async def test_5xx_burst_with_a_cached_route_serving_stale(
