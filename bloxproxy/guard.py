@@ -36,7 +36,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
@@ -197,6 +197,11 @@ class ServiceState:
     budget: RetryBudget
     retries: int = 0  # counters, read by metrics and tests
     rejected: int = 0
+    # Metric children of this service, made once (labels() costs ~1.5 µs a call).
+    counters: dict[int | str, Any] = field(default_factory=dict)
+    waits: Any = None
+    latency: Any = None
+    gauge: int = -1  # the breaker-state value last exported
 
 
 class ConnectionLost(aiohttp.ClientConnectionError):
@@ -257,6 +262,9 @@ class Guard:
                 Pause(up.pause_base, up.pause_max),
                 RetryBudget(r.budget, r.budget_reserve),
             )
+            if self.metrics is not None:
+                st.waits = self.metrics.limiter_waits.labels(service)
+                st.latency = self.metrics.upstream_latency.labels(service)
         return st
 
     # -- retry --------------------------------------------------------------------------
@@ -343,17 +351,14 @@ class Guard:
             return await handler(req)
         service = ureq.service
         st = self.state(service)
-        m = self.metrics
         try:
             st.pause.check(self._clock(), service)
             st.breaker.before(self._clock(), service)
         except Unavailable as exc:
-            if m is not None:  # refused without a call: counted, under its reason
-                m.upstream.labels(service, exc.code).inc()
+            self._count(st, service, exc.code)  # refused without a call, under its reason
             raise
         finally:
-            if m is not None:
-                m.breaker_state.labels(service).set(_BREAKER_CODES[st.breaker.state])
+            self._breaker_gauge(st, service)
         started = time.perf_counter()
         try:
             await self._acquire(service, st)
@@ -361,33 +366,47 @@ class Guard:
             st.breaker.neutral()
             raise
         sent = time.perf_counter()
-        if m is not None:
-            m.limiter_waits.labels(service).observe(sent - started)
+        if st.waits is not None:
+            st.waits.observe(sent - started)
         try:
-            async with asyncio.timeout(self._config.upstream.timeout):
-                resp = await handler(req)
-                # The body is part of the attempt: a cut mid-body is retried and counted.
-                try:
-                    await read_body(resp, self._config.upstream.max_response_size)
-                except BaseException:
-                    resp.close()
-                    raise
+            # Each attempt is bounded by the session's sock_connect/sock_read timeouts
+            # (upstream.timeout), all attempts together by its total (retries.deadline).
+            resp = await handler(req)
+            # The body is part of the attempt: a cut mid-body is retried and counted.
+            try:
+                await read_body(resp, self._config.upstream.max_response_size)
+            except BaseException:
+                resp.close()
+                raise
         except (aiohttp.ClientError, TimeoutError):
             st.breaker.failure(self._clock(), service)
-            if m is not None:
-                m.upstream.labels(service, "error").inc()
-                m.breaker_state.labels(service).set(_BREAKER_CODES[st.breaker.state])
+            self._count(st, service, "error")
+            self._breaker_gauge(st, service)
             raise
         except BaseException:
             st.breaker.neutral()
             raise
-        if m is not None:
-            m.upstream.labels(service, str(resp.status)).inc()
-            m.upstream_latency.labels(service).observe(time.perf_counter() - sent)
+        self._count(st, service, resp.status)
+        if st.latency is not None:
+            st.latency.observe(time.perf_counter() - sent)
         self._outcome(service, st, resp)
-        if m is not None:
-            m.breaker_state.labels(service).set(_BREAKER_CODES[st.breaker.state])
+        self._breaker_gauge(st, service)
         return resp
+
+    def _count(self, st: ServiceState, service: str, status: int | str) -> None:
+        """One upstream attempt (or refusal) in the metrics; labelled children cached."""
+        if self.metrics is None:
+            return
+        child = st.counters.get(status)
+        if child is None:
+            child = st.counters[status] = self.metrics.upstream.labels(service, str(status))
+        child.inc()
+
+    def _breaker_gauge(self, st: ServiceState, service: str) -> None:
+        code = _BREAKER_CODES[st.breaker.state]
+        if self.metrics is not None and code != st.gauge:
+            self.metrics.breaker_state.labels(service).set(code)
+            st.gauge = code
 
     def _outcome(self, service: str, st: ServiceState, resp: ClientResponse) -> None:
         """Feed one answer to the service's pause (429) and breaker (5xx)."""
