@@ -34,8 +34,12 @@ def _authorize(request: web.Request, token: str) -> None:
     scheme, _, value = given.partition(" ")
     # Constant-time compare: the token must not leak through response timing.
     if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
-        raise HTTPProblem(401, "missing or wrong admin token", code="unauthorized",
-                          headers={"WWW-Authenticate": 'Bearer realm="bloxproxy-admin"'})
+        raise HTTPProblem(
+            401,
+            "missing or wrong admin token",
+            code="unauthorized",
+            headers={"WWW-Authenticate": 'Bearer realm="bloxproxy-admin"'},
+        )
 
 
 async def purge(request: web.Request) -> web.Response:
@@ -45,10 +49,10 @@ async def purge(request: web.Request) -> web.Response:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise bad_request("expected a JSON object like {\"url\": \"/v1/users/156\"}") from None
+        raise bad_request('expected a JSON object like {"url": "/v1/users/156"}') from None
     if not isinstance(body, dict) or len(body) != 1:
         raise bad_request("expected exactly one of url, key, route, prefix, all")
-    (scope, target), = body.items()
+    ((scope, target),) = body.items()
     fetcher, proxy = request.app[FETCHER], request.app[PROXY]
     if scope == "all" and target is True:
         n = await fetcher.purge_all()
@@ -81,5 +85,4 @@ async def purge(request: web.Request) -> web.Response:
     if fetcher.shared is not None and not fetcher.shared.healthy:
         # L1 was purged; Redis and the other replicas could not be told.
         body["warning"] = "redis unavailable: purged this replica's L1 only"
-    return web.json_response(body,
-                             dumps=lambda v: orjson.dumps(v).decode())
+    return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())

@@ -28,8 +28,8 @@ from .cache.redis_store import RedisStore
 from .clients import ClientGate
 from .config import Config
 from .errors import HTTPProblem, not_found
-from .guard import Guard
 from .front import Front
+from .guard import Guard
 from .observe import AccessLog, Metrics
 from .proxy import Proxy
 from .ratelimit import RedisBuckets
@@ -63,10 +63,14 @@ RUNTIME = web.AppKey("runtime", Runtime)
 RESERVED_PREFIX = "/_bloxproxy/"
 
 
-def create_app(config: Config, *, rules: RuleSet | None = None,
-               clock: Callable[[], float] = time.time,
-               monotonic: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> web.Application:
+def create_app(
+    config: Config,
+    *,
+    rules: RuleSet | None = None,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> web.Application:
     """Build the proxy app; ``rules`` defaults to loading ``config``'s rule paths."""
     redis_cfg = config.cache.redis
     client = listener = None
@@ -78,9 +82,13 @@ def create_app(config: Config, *, rules: RuleSet | None = None,
     access = AccessLog(fmt=config.logging.format) if config.logging.access_log else None
     client_buckets = RedisBuckets(client, redis_cfg.prefix + "rl:client:") if client else None
     # No aiohttp middlewares: the Front handler does their work (see front.py for why).
-    front = Front(metrics=metrics, access=access,
-                  gate=ClientGate.build(config, client_buckets, monotonic), clock=clock,
-                  host_routing=bool(config.server.host_suffix))
+    front = Front(
+        metrics=metrics,
+        access=access,
+        gate=ClientGate.build(config, client_buckets, monotonic),
+        clock=clock,
+        host_routing=bool(config.server.host_suffix),
+    )
     app = web.Application(client_max_size=config.server.max_body_size)
     app[CONFIG] = config
     app[RULES] = rules if rules is not None else load_rules(config.rule_paths())
@@ -109,16 +117,27 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     if rt.redis is not None and config.limits.upstream.shared:
         upstream_buckets = RedisBuckets(rt.redis, redis_cfg.prefix + "rl:upstream:")
     metrics = app[METRICS]
-    guard = Guard(config, clock=rt.monotonic, wall=rt.clock, sleep=rt.sleep,
-                  shared=upstream_buckets, metrics=metrics)
+    guard = Guard(
+        config,
+        clock=rt.monotonic,
+        wall=rt.clock,
+        sleep=rt.sleep,
+        shared=upstream_buckets,
+        metrics=metrics,
+    )
     session = create_session(config, guard.middlewares())
     upstream = Upstream(config, session)
     fetcher = Fetcher(upstream, config, clock=rt.clock)
     shared = None
     if rt.redis is not None and rt.listener is not None and config.cache.enabled:
-        shared = SharedCache(RedisStore(rt.redis, redis_cfg.prefix, rt.clock), rt.listener,
-                             redis_cfg.prefix + "invalidate", fetcher.drop_l1,
-                             fetcher.apply_event, publisher=rt.redis)
+        shared = SharedCache(
+            RedisStore(rt.redis, redis_cfg.prefix, rt.clock),
+            rt.listener,
+            redis_cfg.prefix + "invalidate",
+            fetcher.drop_l1,
+            fetcher.apply_event,
+            publisher=rt.redis,
+        )
         fetcher.shared = shared
         shared.start()
     app[GUARD] = guard
@@ -156,9 +175,13 @@ def _redis_client(url: str, max_connections: int, timeout: float | None) -> aior
         # command after a Redis restart would fail on a stale pooled connection.
         extra["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=timeout or 5.0,
-        socket_timeout=timeout, socket_connect_timeout=timeout or 2.0,
-        health_check_interval=10 if timeout is None else 0, **extra,
+        url,
+        max_connections=max_connections,
+        timeout=timeout or 5.0,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout or 2.0,
+        health_check_interval=10 if timeout is None else 0,
+        **extra,
     )
     # No client-side retries: a request must not stall on a dead Redis, it degrades to L1.
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
@@ -184,8 +207,7 @@ async def _readyz(request: web.Request) -> web.Response:
     """Ready: config and rules loaded; Redis reachable when configured. Without Redis the
     proxy still serves (L1 and upstream), so that is "degraded" (200), not "down"."""
     app = request.app
-    checks: dict[str, str] = {"config": "ok",
-                              "rules": f"{len(app[PROXY].rules.routes)} routes"}
+    checks: dict[str, str] = {"config": "ok", "rules": f"{len(app[PROXY].rules.routes)} routes"}
     status = "ok"
     redis = app[RUNTIME].redis
     if redis is not None:
@@ -209,15 +231,20 @@ async def _metrics(request: web.Request) -> web.Response:
     return resp
 
 
-_RESERVED_METHODS = {RESERVED_PREFIX + "healthz": "GET, HEAD",
-                     RESERVED_PREFIX + "readyz": "GET, HEAD",
-                     RESERVED_PREFIX + "metrics": "GET, HEAD",
-                     RESERVED_PREFIX + "admin/purge": "POST"}
+_RESERVED_METHODS = {
+    RESERVED_PREFIX + "healthz": "GET, HEAD",
+    RESERVED_PREFIX + "readyz": "GET, HEAD",
+    RESERVED_PREFIX + "metrics": "GET, HEAD",
+    RESERVED_PREFIX + "admin/purge": "POST",
+}
 
 
 async def _reserved(request: web.Request) -> web.StreamResponse:
     allowed = _RESERVED_METHODS.get(request.rel_url.raw_path)
     if allowed is not None:
-        raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: {allowed})",
-                          headers={"Allow": allowed})
+        raise HTTPProblem(
+            405,
+            f"{request.method} is not allowed here (allowed: {allowed})",
+            headers={"Allow": allowed},
+        )
     raise not_found(f"no proxy endpoint at {request.rel_url.raw_path}", code="no_route")

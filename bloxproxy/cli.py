@@ -20,7 +20,10 @@ log = logging.getLogger("bloxproxy")
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--config", "-c", metavar="PATH", default=os.environ.get("BLOXPROXY_CONFIG"),
+        "--config",
+        "-c",
+        metavar="PATH",
+        default=os.environ.get("BLOXPROXY_CONFIG"),
         help="config file (default: $BLOXPROXY_CONFIG, else the embedded defaults)",
     )
 
@@ -42,43 +45,63 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run the proxy",
-                           description="Run the proxy until SIGINT/SIGTERM.")
+    serve = sub.add_parser(
+        "serve", help="run the proxy", description="Run the proxy until SIGINT/SIGTERM."
+    )
     _config_arg(serve)
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port)")
-    serve.add_argument("--fake-upstream", action="store_true",
-                       help="start the bundled fake Roblox in-process and send every upstream "
-                            "request to it (works with no network)")
-    serve.add_argument("--workers", type=_positive, metavar="N",
-                       help="run N processes sharing the port (overrides server.workers)")
-    serve.add_argument("--watch", action="store_true",
-                       help="reload config and rules when their files change (SIGHUP "
-                            "always reloads)")
+    serve.add_argument(
+        "--fake-upstream",
+        action="store_true",
+        help="start the bundled fake Roblox in-process and send every upstream "
+        "request to it (works with no network)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=_positive,
+        metavar="N",
+        help="run N processes sharing the port (overrides server.workers)",
+    )
+    serve.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload config and rules when their files change (SIGHUP always reloads)",
+    )
 
-    check = sub.add_parser("check", help="validate config and rules",
-                           description="Validate the config and every rule file; print each "
-                                       "problem as file:line: message. Exit 1 when invalid.")
+    check = sub.add_parser(
+        "check",
+        help="validate config and rules",
+        description="Validate the config and every rule file; print each "
+        "problem as file:line: message. Exit 1 when invalid.",
+    )
     _config_arg(check)
 
-    routes = sub.add_parser("routes", help="list the clean routes",
-                            description="Print the clean routes, the upstream request each "
-                                        "becomes, and their cache TTLs.")
+    routes = sub.add_parser(
+        "routes",
+        help="list the clean routes",
+        description="Print the clean routes, the upstream request each "
+        "becomes, and their cache TTLs.",
+    )
     _config_arg(routes)
 
-    spec = sub.add_parser("openapi", help="print the OpenAPI document",
-                          description="Print the OpenAPI 3.1 document of the clean API "
-                                      "(what GET /openapi.json serves).")
+    spec = sub.add_parser(
+        "openapi",
+        help="print the OpenAPI document",
+        description="Print the OpenAPI 3.1 document of the clean API "
+        "(what GET /openapi.json serves).",
+    )
     _config_arg(spec)
     spec.add_argument("--output", "-o", metavar="FILE", help="write it to FILE instead")
 
-    fake = sub.add_parser("fake-roblox", help="run the bundled fake Roblox upstream",
-                          description="Serve the fake Roblox upstream (/{service}/{path}) for "
-                                      "tests and demos.")
+    fake = sub.add_parser(
+        "fake-roblox",
+        help="run the bundled fake Roblox upstream",
+        description="Serve the fake Roblox upstream (/{service}/{path}) for tests and demos.",
+    )
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=9000)
-    fake.add_argument("--latency", type=float, default=0.0,
-                      help="seconds added to every answer")
+    fake.add_argument("--latency", type=float, default=0.0, help="seconds added to every answer")
     return parser
 
 
@@ -90,8 +113,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 1
-    print(f"ok: config {args.config or '<defaults>'}, {len(rules.routes)} routes "
-          f"from {len(rules.files)} rule file(s)")
+    print(
+        f"ok: config {args.config or '<defaults>'}, {len(rules.routes)} routes "
+        f"from {len(rules.files)} rule file(s)"
+    )
     return 0
 
 
@@ -112,11 +137,20 @@ def routes_table(rules: RuleSet) -> str:
         upstream = f"{b.method} {b.service}{b.path.text}" + (f"?{query}" if query else "")
         c = r.cache
         ttl = _duration(c.ttl) if c.enabled else "off"
-        rows.append((f"{r.method} {r.endpoint}", upstream, ttl,
-                     _duration(c.stale_while_revalidate), _duration(c.stale_if_error)))
+        rows.append(
+            (
+                f"{r.method} {r.endpoint}",
+                upstream,
+                ttl,
+                _duration(c.stale_while_revalidate),
+                _duration(c.stale_if_error),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                     for row in rows)
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
@@ -143,14 +177,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or config.server.workers
     try:
         if workers > 1:
-            return supervise(config, path=args.config, overrides=overrides, workers=workers,
-                             fake_upstream=args.fake_upstream, watch_files=args.watch)
-        run_single(config, rules, path=args.config, overrides=overrides,
-                   fake_upstream=args.fake_upstream, reuse_port=False,
-                   watch_files=args.watch)
+            return supervise(
+                config,
+                path=args.config,
+                overrides=overrides,
+                workers=workers,
+                fake_upstream=args.fake_upstream,
+                watch_files=args.watch,
+            )
+        run_single(
+            config,
+            rules,
+            path=args.config,
+            overrides=overrides,
+            fake_upstream=args.fake_upstream,
+            reuse_port=False,
+            watch_files=args.watch,
+        )
     except OSError as exc:
-        print(f"bloxproxy: cannot listen on {config.server.host}:{config.server.port}: "
-              f"{exc.strerror}", file=sys.stderr)
+        print(
+            f"bloxproxy: cannot listen on {config.server.host}:{config.server.port}: "
+            f"{exc.strerror}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -178,8 +227,9 @@ def cmd_fake(args: argparse.Namespace) -> int:
     from .fake import run_fake
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(f"fake Roblox upstream on http://{args.host}:{args.port}/{{service}}/{{path}}",
-          flush=True)
+    print(
+        f"fake Roblox upstream on http://{args.host}:{args.port}/{{service}}/{{path}}", flush=True
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_fake(args.host, args.port, latency=args.latency))
     return 0
@@ -187,8 +237,13 @@ def cmd_fake(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"serve": cmd_serve, "check": cmd_check, "routes": cmd_routes,
-                "fake-roblox": cmd_fake, "openapi": cmd_openapi}
+    commands = {
+        "serve": cmd_serve,
+        "check": cmd_check,
+        "routes": cmd_routes,
+        "fake-roblox": cmd_fake,
+        "openapi": cmd_openapi,
+    }
     return commands[args.command](args)
 
 

@@ -40,8 +40,9 @@ def client_ip(request: web.Request, hops: int) -> str:
     """The client address: the peer, or the ``hops``-th ``X-Forwarded-For`` entry from the
     right when that many trusted proxies stand in front of us."""
     if hops > 0:
-        forwarded = [p.strip() for p in request.headers.get("X-Forwarded-For", "").split(",")
-                     if p.strip()]
+        forwarded = [
+            p.strip() for p in request.headers.get("X-Forwarded-For", "").split(",") if p.strip()
+        ]
         if forwarded:
             return forwarded[-hops] if len(forwarded) >= hops else forwarded[0]
     return request.remote or "unknown"
@@ -55,9 +56,13 @@ def rate_headers(d: Decision, window: float, keep_upstream: bool) -> dict[str, s
         "RateLimit": f'"clients";r={d.remaining};t={reset}',
     }
     if not keep_upstream:
-        headers.update({"X-RateLimit-Limit": str(d.limit),
-                        "X-RateLimit-Remaining": str(d.remaining),
-                        "X-RateLimit-Reset": str(reset)})
+        headers.update(
+            {
+                "X-RateLimit-Limit": str(d.limit),
+                "X-RateLimit-Remaining": str(d.remaining),
+                "X-RateLimit-Reset": str(reset),
+            }
+        )
     return headers
 
 
@@ -68,8 +73,12 @@ class ClientGate:
     :meth:`decorate` adds them to a response (keeping Roblox's own ``x-ratelimit-*``).
     """
 
-    def __init__(self, config: Config, redis_buckets: RedisBuckets | None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        redis_buckets: RedisBuckets | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._keys = tuple(k.encode() for k in config.auth.keys)
         self._header = config.auth.header
         lim = self._lim = config.limits.clients
@@ -81,8 +90,12 @@ class ClientGate:
         self._redis_down_until = 0.0
 
     @classmethod
-    def build(cls, config: Config, redis_buckets: RedisBuckets | None,
-              clock: Callable[[], float] = time.monotonic) -> ClientGate | None:
+    def build(
+        cls,
+        config: Config,
+        redis_buckets: RedisBuckets | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> ClientGate | None:
         """The gate, or None when neither access keys nor client limits are configured."""
         if not config.auth.keys and config.limits.clients.rate <= 0:
             return None
@@ -108,8 +121,11 @@ class ClientGate:
             for key in self._keys:  # compare with every key: timing says nothing about which
                 ok |= hmac.compare_digest(given, key)
             if not (ok and given):  # a missing header never matches an empty key in the list
-                raise HTTPProblem(401, "missing or unknown access key (send it in "
-                                  f"{self._header})", code="unauthorized")
+                raise HTTPProblem(
+                    401,
+                    f"missing or unknown access key (send it in {self._header})",
+                    code="unauthorized",
+                )
             ident = "key:" + hashlib.sha256(given).hexdigest()[:32]
         if self._memory is None:
             return None
@@ -119,9 +135,13 @@ class ClientGate:
             retry = max(1, math.ceil(decision.retry_after))
             headers = rate_headers(decision, self._window, False)
             headers["Retry-After"] = str(retry)
-            raise HTTPProblem(429, f"rate limit of {self._lim.rate:g} requests/s (burst "
-                              f"{self._burst}) exceeded", code="rate_limited",
-                              headers=headers, extra={"retry_after": retry})
+            raise HTTPProblem(
+                429,
+                f"rate limit of {self._lim.rate:g} requests/s (burst {self._burst}) exceeded",
+                code="rate_limited",
+                headers=headers,
+                extra={"retry_after": retry},
+            )
         return decision
 
     def decorate(self, resp: web.StreamResponse, decision: Decision) -> None:

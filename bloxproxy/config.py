@@ -33,12 +33,40 @@ ENV_PREFIX = "BLOXPROXY_"
 
 # Roblox's public web API hosts (``{service}.roblox.com``) that passthrough may reach.
 DEFAULT_SERVICES = (
-    "accountinformation", "accountsettings", "apis", "assetdelivery", "auth", "avatar",
-    "badges", "catalog", "chat", "clientsettings", "contacts", "develop", "economy",
-    "engagementpayouts", "followings", "friends", "gameinternationalization", "games",
-    "groups", "inventory", "itemconfiguration", "locale", "localizationtables", "notifications",
-    "points", "premiumfeatures", "presence", "privatemessages", "publish", "thumbnails",
-    "trades", "translationroles", "twostepverification", "users",
+    "accountinformation",
+    "accountsettings",
+    "apis",
+    "assetdelivery",
+    "auth",
+    "avatar",
+    "badges",
+    "catalog",
+    "chat",
+    "clientsettings",
+    "contacts",
+    "develop",
+    "economy",
+    "engagementpayouts",
+    "followings",
+    "friends",
+    "gameinternationalization",
+    "games",
+    "groups",
+    "inventory",
+    "itemconfiguration",
+    "locale",
+    "localizationtables",
+    "notifications",
+    "points",
+    "premiumfeatures",
+    "presence",
+    "privatemessages",
+    "publish",
+    "thumbnails",
+    "trades",
+    "translationroles",
+    "twostepverification",
+    "users",
 )
 
 SERVICE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -51,8 +79,9 @@ def opt(default: Any, reader: Callable[[object], Any], doc: str) -> Any:
     def factory() -> Any:
         return reader(default) if isinstance(default, str) else copy.copy(default)
 
-    return field(default_factory=factory, metadata={"reader": reader, "doc": doc,
-                                                    "default": default})
+    return field(
+        default_factory=factory, metadata={"reader": reader, "doc": doc, "default": default}
+    )
 
 
 def section(cls: type, doc: str) -> Any:
@@ -99,22 +128,26 @@ class ServerConfig:
     host: str = opt("127.0.0.1", schema.string, "Address to listen on.")
     port: int = opt(8080, schema.integer(0, 65535), "TCP port to listen on.")
     host_suffix: str = opt(
-        "", _host_suffix,
+        "",
+        _host_suffix,
         "Host-header routing: with `roblox.proxy.internal`, a request for "
         "`Host: users.roblox.proxy.internal` is passthrough to service `users`. Empty: off.",
     )
     max_body_size: int = opt("1MiB", schema.size, "Largest request body accepted (413 above).")
     workers: int = opt(
-        1, schema.integer(1, 64),
+        1,
+        schema.integer(1, 64),
         "Processes sharing the port (SO_REUSEPORT), each with its own L1 cache; they share "
         "Redis when configured. `serve --workers N` overrides it.",
     )
     shutdown_grace: float = opt(
-        "10s", schema.duration,
+        "10s",
+        schema.duration,
         "On SIGTERM: stop accepting, then give in-flight requests this long to finish.",
     )
     admin_token: str = opt(
-        "", schema.string,
+        "",
+        schema.string,
         "Bearer token for the `/_bloxproxy/admin/*` endpoints. Empty: admin endpoints are off. "
         "Use `${VAR}` or `BLOXPROXY_SERVER_ADMIN_TOKEN` rather than writing it in the file.",
     )
@@ -123,16 +156,19 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     base_url: str = opt(
-        "https://{service}.roblox.com", _base_url,
+        "https://{service}.roblox.com",
+        _base_url,
         "Template of the upstream URL; `{service}` is replaced by the service name "
         "(`http://127.0.0.1:9000/{service}` sends everything to a local fake).",
     )
     services: dict[str, str] = opt(
-        {}, _service_urls,
+        {},
+        _service_urls,
         "Per-service base URL overrides, e.g. `{apis: https://apis.roblox.com}`.",
     )
     allowed_services: tuple[str, ...] = opt(
-        DEFAULT_SERVICES, _services,
+        DEFAULT_SERVICES,
+        _services,
         "Services reachable through passthrough (`/{service}/{path}`). Default: Roblox's "
         "public web API hosts.",
     )
@@ -150,7 +186,8 @@ class UpstreamConfig:
 @dataclass(frozen=True, slots=True)
 class RulesConfig:
     paths: tuple[str, ...] = opt(
-        (), schema.string_list,
+        (),
+        schema.string_list,
         "Rule files or directories of `*.yaml`, relative to the config file. "
         "Empty: the rules shipped with bloxproxy.",
     )
@@ -170,18 +207,21 @@ class CacheConfig:
     max_bytes: int = opt("256MiB", schema.size, "Byte budget of the in-process L1 cache.")
     max_entries: int = opt(100_000, schema.integer(0), "Entry bound of the L1 cache.")
     passthrough_ttl: float = opt(
-        "30s", schema.duration,
+        "30s",
+        schema.duration,
         "TTL of passthrough GETs that no rule matches (`0` disables caching them).",
     )
     negative_ttl: float = opt(
         "30s", schema.duration, "TTL of 404 answers when the rule does not say."
     )
     coalesce_timeout: float = opt(
-        "15s", schema.duration,
+        "15s",
+        schema.duration,
         "How long a request waits for an identical in-flight miss before giving up.",
     )
     credential_secret: str = opt(
-        "", schema.string,
+        "",
+        schema.string,
         "HMAC secret for per-credential cache keys. Empty: a random one per process "
         "(per-credential entries are then not shared between replicas).",
     )
@@ -199,7 +239,8 @@ def _rates(value: object) -> dict[str, float]:
 @dataclass(frozen=True, slots=True)
 class UpstreamLimitsConfig:
     rate: float = opt(
-        20.0, schema.number(0.001),
+        20.0,
+        schema.number(0.001),
         "Upstream requests per second per service, bursts up to the same number (the "
         "default for services not in `rates`). Every attempt counts, retries included.",
     )
@@ -207,17 +248,20 @@ class UpstreamLimitsConfig:
         {}, _rates, "Per-service rates, e.g. `{thumbnails: 10, friends: 5}`."
     )
     max_wait: float = opt(
-        "2s", schema.duration,
+        "2s",
+        schema.duration,
         "A request that would wait longer than this for the limiter gets 503 with "
         "`Retry-After` instead of queueing.",
     )
     shared: bool = opt(
-        False, schema.boolean,
+        False,
+        schema.boolean,
         "With `cache.redis.url` set, all replicas share each service's rate through an "
         "atomic Redis script (N replicas send `rate`/s together, not N x `rate`).",
     )
     pause_base: float = opt(
-        "1s", schema.duration,
+        "1s",
+        schema.duration,
         "After a 429 without `Retry-After`, pause the whole service this long, doubling "
         "with each consecutive 429.",
     )
@@ -229,7 +273,8 @@ class UpstreamLimitsConfig:
 @dataclass(frozen=True, slots=True)
 class BreakerConfig:
     failures: int = opt(
-        5, schema.integer(1, 1000),
+        5,
+        schema.integer(1, 1000),
         "Consecutive failures (connection errors, timeouts, 5xx) that open a service's "
         "circuit: while open, requests are answered from stale cache or 503.",
     )
@@ -241,13 +286,15 @@ class BreakerConfig:
 @dataclass(frozen=True, slots=True)
 class ClientLimitsConfig:
     rate: float = opt(
-        0.0, schema.number(0.0),
+        0.0,
+        schema.number(0.0),
         "Requests per second per client (per access key, or per IP when keys are off). "
         "`0`: no client limit.",
     )
     burst: int = opt(0, schema.integer(0), "Bucket size. `0`: the rate rounded up.")
     forwarded_for_hops: int = opt(
-        0, schema.integer(0, 10),
+        0,
+        schema.integer(0, 10),
         "Trusted reverse proxies in front of bloxproxy: the client IP is taken from "
         "`X-Forwarded-For`, this many entries from the right. `0`: the peer address.",
     )
@@ -265,7 +312,8 @@ class LimitsConfig:
 @dataclass(frozen=True, slots=True)
 class RetriesConfig:
     attempts: int = opt(
-        3, schema.integer(1, 10),
+        3,
+        schema.integer(1, 10),
         "Upstream attempts per request, the first included. Only safe reads are retried "
         "(GET/HEAD, and POSTs a rule marks `safe_read`), on connection errors, timeouts, "
         "429 and 502/503/504.",
@@ -276,11 +324,13 @@ class RetriesConfig:
         "15s", schema.duration, "Total time for all attempts of one upstream call."
     )
     budget: float = opt(
-        0.2, schema.number(0.0, 1.0),
+        0.2,
+        schema.number(0.0, 1.0),
         "Retries may add at most this share of upstream traffic, per service.",
     )
     budget_reserve: float = opt(
-        10.0, schema.number(0.0),
+        10.0,
+        schema.number(0.0),
         "Retries allowed on top of that share when traffic is low (the budget's bucket size).",
     )
 
@@ -297,12 +347,14 @@ def _header_name(value: object) -> str:
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     keys: tuple[str, ...] = opt(
-        (), schema.string_list,
+        (),
+        schema.string_list,
         "Access keys clients must send (in `auth.header`). Empty: no key needed. "
         "Set them with `BLOXPROXY_AUTH_KEYS=key1,key2` rather than in the file.",
     )
     header: str = opt(
-        "X-Bloxproxy-Key", _header_name,
+        "X-Bloxproxy-Key",
+        _header_name,
         "Header carrying the access key (never forwarded to Roblox; `Authorization` and "
         "`x-api-key` are Roblox's and go through).",
     )
@@ -310,9 +362,7 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    level: str = opt(
-        "INFO", schema.choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level."
-    )
+    level: str = opt("INFO", schema.choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level.")
     format: str = opt("json", schema.choice("json", "text"), "Log line format.")
     access_log: bool = opt(True, schema.boolean, "One log line per request.")
 
@@ -387,8 +437,7 @@ def _materialize(cls: type, data: MarkedDict | None, problems: list[Problem], ct
     return cls(**values)
 
 
-def _env_paths(cls: type | None = None, prefix: tuple[str, ...] = ()
-               ) -> dict[str, tuple[str, ...]]:
+def _env_paths(cls: type | None = None, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
     """Every ``BLOXPROXY_...`` name and the key path it sets."""
     cls = cls or Config
     out: dict[str, tuple[str, ...]] = {}
@@ -487,9 +536,14 @@ def salvage_rule_paths(path: str | None, env: Mapping[str, str] | None = None) -
 
 def reference_markdown() -> str:
     """The config reference, generated from the field docs."""
-    lines = ["# Configuration reference", "",
-             "Generated from `bloxproxy/config.py` by `python -m bloxproxy.config`.", "",
-             "Environment variables override the file: `BLOXPROXY_<SECTION>_<KEY>`.", ""]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `bloxproxy/config.py` by `python -m bloxproxy.config`.",
+        "",
+        "Environment variables override the file: `BLOXPROXY_<SECTION>_<KEY>`.",
+        "",
+    ]
 
     def walk(cls: type, prefix: tuple[str, ...]) -> None:
         for name, f in _fields(cls).items():
@@ -498,15 +552,25 @@ def reference_markdown() -> str:
             if sub is not None:
                 if lines[-1]:
                     lines.append("")  # a nested section ends the table of its parent
-                lines.extend([f"## `{'.'.join(path)}`", "", f.metadata["doc"], "",
-                              "| key | default | env | meaning |", "|---|---|---|---|"])
+                lines.extend(
+                    [
+                        f"## `{'.'.join(path)}`",
+                        "",
+                        f.metadata["doc"],
+                        "",
+                        "| key | default | env | meaning |",
+                        "|---|---|---|---|",
+                    ]
+                )
                 walk(sub, path)
                 if lines[-1]:
                     lines.append("")
             else:
                 env_name = ENV_PREFIX + "_".join(path).upper()
-                lines.append(f"| `{'.'.join(path)}` | {_shown_default(f.metadata['default'])} "
-                             f"| `{env_name}` | {f.metadata['doc']} |")
+                lines.append(
+                    f"| `{'.'.join(path)}` | {_shown_default(f.metadata['default'])} "
+                    f"| `{env_name}` | {f.metadata['doc']} |"
+                )
 
     walk(Config, ())
     return "\n".join(lines).rstrip() + "\n"

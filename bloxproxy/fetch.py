@@ -61,18 +61,30 @@ class Policy:
         nf = c.not_found_ttl if c.not_found_ttl is not None else config.cache.negative_ttl
         # An upstream status the rule maps to 404 ("user does not exist" as a 400) is a
         # negative answer too, and cached as one.
-        negative = frozenset({404, 410} | {s for s, ours in route.status_map.items()
-                                          if ours in (404, 410)})
-        return cls(c.ttl, c.stale_while_revalidate, c.stale_if_error, nf, negative,
-                   c.when + _not_found_conditions(route, nf), c.credentials,
-                   route.backend.forward_headers, route.id)
+        negative = frozenset(
+            {404, 410} | {s for s, ours in route.status_map.items() if ours in (404, 410)}
+        )
+        return cls(
+            c.ttl,
+            c.stale_while_revalidate,
+            c.stale_if_error,
+            nf,
+            negative,
+            c.when + _not_found_conditions(route, nf),
+            c.credentials,
+            route.backend.forward_headers,
+            route.id,
+        )
 
     @classmethod
     def for_passthrough(cls, req: UpstreamRequest, config: Config) -> Policy:
         if not config.cache.enabled or not req.safe_read:
             return cls(ttl=0.0)
-        return cls(config.cache.passthrough_ttl, not_found_ttl=config.cache.negative_ttl,
-                   vary=PASSTHROUGH_VARY)
+        return cls(
+            config.cache.passthrough_ttl,
+            not_found_ttl=config.cache.negative_ttl,
+            vary=PASSTHROUGH_VARY,
+        )
 
 
 def _not_found_conditions(route: Route, ttl: float) -> tuple[CacheCondition, ...]:
@@ -93,12 +105,32 @@ def _not_found_conditions(route: Route, ttl: float) -> tuple[CacheCondition, ...
 class Fetched:
     """An upstream answer (fresh or cached) and what the cache did to get it."""
 
-    __slots__ = ("cache_time", "clock", "detail", "entry", "fast_ok", "key", "l1", "result",
-                 "shared", "stored", "upstream")
+    __slots__ = (
+        "cache_time",
+        "clock",
+        "detail",
+        "entry",
+        "fast_ok",
+        "key",
+        "l1",
+        "result",
+        "shared",
+        "stored",
+        "upstream",
+    )
 
-    def __init__(self, entry: Entry, result: str, *, key: str = "", stored: bool = False,
-                 shared: bool = True, l1: MemoryStore | None = None,
-                 clock: Callable[[], float] | None = None, detail: str = "") -> None:
+    def __init__(
+        self,
+        entry: Entry,
+        result: str,
+        *,
+        key: str = "",
+        stored: bool = False,
+        shared: bool = True,
+        l1: MemoryStore | None = None,
+        clock: Callable[[], float] | None = None,
+        detail: str = "",
+    ) -> None:
         self.entry = entry
         self.result = result  # HIT | MISS | STALE | BYPASS | COALESCED
         self.key = key  # set when the entry is (or was just) in the cache
@@ -118,14 +150,23 @@ class Fetched:
     def coalesced(self) -> Fetched:
         # A waiter handed the stale-if-error stand-in got stale content: it must say so.
         result = "STALE" if self.result == "STALE" else "COALESCED"
-        out = Fetched(self.entry, result, key=self.key, stored=self.stored,
-                      shared=self.shared, l1=self.l1, clock=self.clock, detail=self.detail)
+        out = Fetched(
+            self.entry,
+            result,
+            key=self.key,
+            stored=self.stored,
+            shared=self.shared,
+            l1=self.l1,
+            clock=self.clock,
+            detail=self.detail,
+        )
         out.upstream = self.upstream
         out.cache_time = self.cache_time
         return out
 
-    def render(self, route_id: str, requested: Sequence[object] | None,
-               fn: Callable[[], bytes]) -> tuple[bytes, str]:
+    def render(
+        self, route_id: str, requested: Sequence[object] | None, fn: Callable[[], bytes]
+    ) -> tuple[bytes, str]:
         """The normalized body of a clean route and its ETag.
 
         Memoized in L1 beside the entry it came from (same key prefix, so a purge of the
@@ -142,14 +183,30 @@ class Fetched:
             return cached.body, cached.etag
         body = fn()
         etag = make_etag(body)
-        self.l1.set_nowait(rkey, Entry(200, (), body, entry.stored_at, entry.ttl,
-                                       entry.stale_while_revalidate, entry.stale_if_error,
-                                       etag))
+        self.l1.set_nowait(
+            rkey,
+            Entry(
+                200,
+                (),
+                body,
+                entry.stored_at,
+                entry.ttl,
+                entry.stale_while_revalidate,
+                entry.stale_if_error,
+                etag,
+            ),
+        )
         return body, etag
 
-    def respond(self, request: web.Request, status: int, body: bytes,
-                headers: Sequence[tuple[str, str]] = (), etag: str = "",
-                content_type: str | None = None) -> web.Response:
+    def respond(
+        self,
+        request: web.Request,
+        status: int,
+        body: bytes,
+        headers: Sequence[tuple[str, str]] = (),
+        etag: str = "",
+        content_type: str | None = None,
+    ) -> web.Response:
         """The client response with cache headers; 304 when ``If-None-Match`` matches."""
         now = self.clock() if self.clock is not None else self.entry.stored_at
         cached = bool(self.key) and self.entry.ttl > 0
@@ -166,10 +223,10 @@ class Fetched:
                 resp.headers["Content-Type"] = content_type
         h = resp.headers
         h["X-Cache"] = self.result
-        h["Cache-Control"] = decide.cache_control(self.entry if cached else None, now,
-                                                  self.shared)
-        h["Cache-Status"] = decide.cache_status(self.result, self.entry, now, self.stored,
-                                                self.detail)
+        h["Cache-Control"] = decide.cache_control(self.entry if cached else None, now, self.shared)
+        h["Cache-Status"] = decide.cache_status(
+            self.result, self.entry, now, self.stored, self.detail
+        )
         if cached:
             h["Age"] = str(int(self.entry.age(now)))
             if etag:
@@ -178,8 +235,7 @@ class Fetched:
                 self._offer_fast(request, resp, body, etag)
         return resp
 
-    def _offer_fast(self, request: web.Request, resp: web.Response, body: bytes,
-                    etag: str) -> None:
+    def _offer_fast(self, request: web.Request, resp: web.Response, body: bytes, etag: str) -> None:
         """Leave a ready answer for the front door's fast path (see :mod:`.front`)."""
         from .front import FastEntry
         from .observe import INFO
@@ -188,10 +244,23 @@ class Fetched:
         if info is None or not self.shared:
             return
         e = self.entry
-        static = [(k, v) for k, v in resp.headers.items()
-                  if k.lower() in ("content-type", "content-language")]
+        static = [
+            (k, v)
+            for k, v in resp.headers.items()
+            if k.lower() in ("content-type", "content-language")
+        ]
         if etag:
             static.append(("ETag", etag))
-        info.fast = FastEntry(self.key, e.stored_at, e.ttl, e.stale_while_revalidate,
-                              e.stale_if_error, resp.status, body, tuple(static), etag,
-                              info.route, self.shared)
+        info.fast = FastEntry(
+            self.key,
+            e.stored_at,
+            e.ttl,
+            e.stale_while_revalidate,
+            e.stale_if_error,
+            resp.status,
+            body,
+            tuple(static),
+            etag,
+            info.route,
+            self.shared,
+        )

@@ -44,8 +44,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 FAST_MAX = 8192  # targets remembered; bodies are shared with L1, so this bounds the extra
 # Headers that change what an answer may be (credentials, conditionals, varied headers):
 # a request carrying any of them takes the full pipeline.
-_NOT_FAST = ("Cookie", "Authorization", "X-Api-Key", "If-None-Match", "Range",
-             "Accept-Language", "Roblox-Place-Id")
+_NOT_FAST = (
+    "Cookie",
+    "Authorization",
+    "X-Api-Key",
+    "If-None-Match",
+    "Range",
+    "Accept-Language",
+    "Roblox-Place-Id",
+)
 
 
 class FastEntry:
@@ -67,9 +74,20 @@ class FastEntry:
         "ttl",
     )
 
-    def __init__(self, key: str, stored_at: float, ttl: float, swr: float, sie: float,
-                 status: int, body: bytes, static: tuple[tuple[str, str], ...], etag: str,
-                 route: str, shared: bool) -> None:
+    def __init__(
+        self,
+        key: str,
+        stored_at: float,
+        ttl: float,
+        swr: float,
+        sie: float,
+        status: int,
+        body: bytes,
+        static: tuple[tuple[str, str], ...],
+        etag: str,
+        route: str,
+        shared: bool,
+    ) -> None:
         self.key = key
         self.stored_at = stored_at
         self.ttl, self.swr, self.sie = ttl, swr, sie
@@ -104,9 +122,15 @@ class FastEntry:
 class Front:
     """The one request handler (see the module docstring)."""
 
-    def __init__(self, *, metrics: Metrics | None, access: AccessLog | None,
-                 gate: ClientGate | None, clock: Callable[[], float],
-                 host_routing: bool) -> None:
+    def __init__(
+        self,
+        *,
+        metrics: Metrics | None,
+        access: AccessLog | None,
+        gate: ClientGate | None,
+        clock: Callable[[], float],
+        host_routing: bool,
+    ) -> None:
         self.metrics = metrics
         self.access = access
         self.gate = gate
@@ -149,8 +173,9 @@ class Front:
 
         return wrapped
 
-    async def _run(self, request: web.Request, handler: Handler, start: float, *,
-                   gated: bool) -> web.StreamResponse:
+    async def _run(
+        self, request: web.Request, handler: Handler, start: float, *, gated: bool
+    ) -> web.StreamResponse:
         generation = self.generation
         rid = self.request_id(request)
         request[REQUEST_ID] = rid
@@ -188,14 +213,23 @@ class Front:
         self._record(request, rid, info, resp.status, total)
         return resp
 
-    def _record(self, request: web.Request, rid: str, info: RequestInfo, status: int,
-                total: float) -> None:
+    def _record(
+        self, request: web.Request, rid: str, info: RequestInfo, status: int, total: float
+    ) -> None:
         if self.metrics is not None:
             self.metrics.observe_request(info.route, status, info.cache, total)
         if self.access is not None:
             path = request.rel_url.raw_path  # percent-encoded: no raw control characters
-            self.access.write(rid, request.method, path[:512], info.route, status,
-                              info.cache, info.upstream, total)
+            self.access.write(
+                rid,
+                request.method,
+                path[:512],
+                info.route,
+                status,
+                info.cache,
+                info.upstream,
+                total,
+            )
 
     # -- the fast path ------------------------------------------------------------------
 
@@ -230,13 +264,13 @@ class Front:
         total = time.perf_counter() - start
         h = resp.headers
         h[REQUEST_ID_HEADER] = rid
-        h["Server-Timing"] = (f"cache;desc=HIT;dur={total * 1000:.2f}, "
-                              f"total;dur={total * 1000:.1f}")
+        h["Server-Timing"] = f"cache;desc=HIT;dur={total * 1000:.2f}, total;dur={total * 1000:.1f}"
         if self.metrics is not None:
             self.metrics.observe_request(fe.route, fe.status, "HIT", total)
         if self.access is not None:
-            self.access.write(rid, "GET", request.rel_url.raw_path[:512], fe.route,
-                              fe.status, "HIT", 0.0, total)
+            self.access.write(
+                rid, "GET", request.rel_url.raw_path[:512], fe.route, fe.status, "HIT", 0.0, total
+            )
         return resp
 
     def _remember(self, request: web.Request, fe: FastEntry) -> None:

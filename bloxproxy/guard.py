@@ -55,7 +55,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("bloxproxy.upstream")
 
 CURRENT: contextvars.ContextVar[UpstreamRequest | None] = contextvars.ContextVar(
-    "bloxproxy_upstream_request", default=None)
+    "bloxproxy_upstream_request", default=None
+)
 
 _BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -72,8 +73,13 @@ class Unavailable(UpstreamError):
 
     def __init__(self, detail: str, code: str, retry_after: float) -> None:
         seconds = max(1, math.ceil(retry_after))
-        super().__init__(503, detail, code=code, headers={"Retry-After": str(seconds)},
-                         extra={"retry_after": seconds})
+        super().__init__(
+            503,
+            detail,
+            code=code,
+            headers={"Retry-After": str(seconds)},
+            extra={"retry_after": seconds},
+        )
 
 
 def parse_retry_after(value: str | None, now_wall: float) -> float | None:
@@ -111,13 +117,13 @@ class Breaker:
     def before(self, now: float, service: str) -> None:
         if self.state == "open":
             if now < self.opened_until:
-                raise Unavailable(f"{service} is failing; circuit open", "circuit_open",
-                                  self.opened_until - now)
+                raise Unavailable(
+                    f"{service} is failing; circuit open", "circuit_open", self.opened_until - now
+                )
             self.state = "half_open"
         if self.state == "half_open":
             if self.probing:
-                raise Unavailable(f"{service} is failing; waiting for a probe", "circuit_open",
-                                  1.0)
+                raise Unavailable(f"{service} is failing; waiting for a probe", "circuit_open", 1.0)
             self.probing = True
 
     def success(self) -> None:
@@ -128,11 +134,16 @@ class Breaker:
     def failure(self, now: float, service: str) -> None:
         self.failures += 1
         self.probing = False
-        if self.state == "half_open" or (self.state == "closed"
-                                         and self.failures >= self.threshold):
+        if self.state == "half_open" or (
+            self.state == "closed" and self.failures >= self.threshold
+        ):
             if self.state == "closed":
-                log.warning("circuit opened for %s after %d failures", service, self.failures,
-                            extra={"event": "breaker_open", "service": service})
+                log.warning(
+                    "circuit opened for %s after %d failures",
+                    service,
+                    self.failures,
+                    extra={"event": "breaker_open", "service": service},
+                )
             self.state, self.opened_until = "open", now + self.open_for
 
     def neutral(self) -> None:
@@ -151,15 +162,20 @@ class Pause:
 
     def check(self, now: float, service: str) -> None:
         if now < self.until:
-            raise Unavailable(f"{service} asked us to slow down (429); paused",
-                              "upstream_paused", self.until - now)
+            raise Unavailable(
+                f"{service} asked us to slow down (429); paused",
+                "upstream_paused",
+                self.until - now,
+            )
 
     def on_429(self, now: float, retry_after: float | None) -> float:
         self.strikes += 1
         # Retry-After is honoured up to the cap too: a wild value must not stop a service
         # for a day.
-        wait = min(self.cap, retry_after if retry_after is not None
-                   else self.base * 2 ** (self.strikes - 1))
+        wait = min(
+            self.cap,
+            retry_after if retry_after is not None else self.base * 2 ** (self.strikes - 1),
+        )
         self.until = max(self.until, now + wait)
         return wait
 
@@ -223,10 +239,17 @@ def _give_up(exc: BaseException) -> NoReturn:
 class Guard:
     """Per-service upstream state and the three client middlewares (see module docstring)."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, sleep: Sleep = asyncio.sleep,
-                 rand: Callable[[], float] = random.random,
-                 shared: RedisBuckets | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        shared: RedisBuckets | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._config = config
         self.metrics = metrics
         self._clock, self._wall, self._sleep, self._rand = clock, wall, sleep, rand
@@ -235,15 +258,17 @@ class Guard:
         self.services: dict[str, ServiceState] = {}
         secret = config.cache.credential_secret
         self._secret = secret.encode() if secret else os.urandom(32)
-        self.csrf_tokens: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=CSRF_TTL,
-                                                        timer=clock)
+        self.csrf_tokens: TTLCache[str, str] = TTLCache(maxsize=10_000, ttl=CSRF_TTL, timer=clock)
 
     def reload(self, config: Config) -> None:
         """New limits and retry settings. When they changed, per-service state (limiters,
         breakers, pauses, budgets) starts over with the new numbers."""
         old, self._config = self._config, config
-        if (old.limits.upstream != config.limits.upstream
-                or old.limits.breaker != config.limits.breaker or old.retries != config.retries):
+        if (
+            old.limits.upstream != config.limits.upstream
+            or old.limits.breaker != config.limits.breaker
+            or old.retries != config.retries
+        ):
             self.services.clear()
 
     def middlewares(self) -> tuple[aiohttp.ClientMiddlewareType, ...]:
@@ -315,8 +340,9 @@ class Guard:
 
     def _csrf_key(self, cookie: str) -> str:
         # surrogateescape: aiohttp decodes raw header bytes that way; any value is a key.
-        return hmac.new(self._secret, cookie.encode("utf-8", "surrogateescape"),
-                        hashlib.sha256).hexdigest()
+        return hmac.new(
+            self._secret, cookie.encode("utf-8", "surrogateescape"), hashlib.sha256
+        ).hexdigest()
 
     async def csrf(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
         if req.method not in MUTATIONS:
@@ -413,8 +439,12 @@ class Guard:
         if resp.status == 429:
             after = parse_retry_after(resp.headers.get("Retry-After"), self._wall())
             wait = st.pause.on_429(self._clock(), after)
-            log.warning("%s answered 429; pausing the service for %.1fs", service, wait,
-                        extra={"event": "upstream_paused", "service": service})
+            log.warning(
+                "%s answered 429; pausing the service for %.1fs",
+                service,
+                wait,
+                extra={"event": "upstream_paused", "service": service},
+            )
             st.breaker.neutral()
         elif resp.status >= 500:
             st.breaker.failure(self._clock(), service)
@@ -436,16 +466,18 @@ class Guard:
             except StoreUnavailable as exc:
                 # Fall back to the local limiter; try Redis again in a few seconds.
                 if not self._shared_retry_at:
-                    log.warning("shared upstream budget unavailable, limiting locally: %s",
-                                exc)
+                    log.warning("shared upstream budget unavailable, limiting locally: %s", exc)
                 self._shared_retry_at = self._clock() + 5.0
         try:
             async with asyncio.timeout(max_wait):
                 await st.limiter.acquire()
         except TimeoutError:
             self._rejected(service, st)
-            raise Unavailable(f"too many requests queued for {service}", "upstream_busy",
-                              st.limiter.time_period / st.limiter.max_rate) from None  # one slot
+            raise Unavailable(
+                f"too many requests queued for {service}",
+                "upstream_busy",
+                st.limiter.time_period / st.limiter.max_rate,
+            ) from None  # one slot
 
     async def _acquire_shared(self, service: str, max_wait: float, st: ServiceState) -> None:
         assert self.shared is not None
@@ -459,6 +491,9 @@ class Guard:
                 return
             if self._clock() + decision.retry_after > deadline:
                 self._rejected(service, st)
-                raise Unavailable(f"the shared upstream budget for {service} is used up",
-                                  "upstream_busy", decision.retry_after)
+                raise Unavailable(
+                    f"the shared upstream budget for {service} is used up",
+                    "upstream_busy",
+                    decision.retry_after,
+                )
             await self._sleep(decision.retry_after)

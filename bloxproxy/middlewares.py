@@ -53,8 +53,11 @@ def error_response(exc: Exception, request: web.Request, rid: str) -> web.Respon
         problem = HTTPProblem(exc.status, exc.text or exc.reason)
     else:
         log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
-        problem = HTTPProblem(500, "the proxy failed to handle this request; it was logged "
-                              f"under request id {rid}", code="internal_error")
+        problem = HTTPProblem(
+            500,
+            f"the proxy failed to handle this request; it was logged under request id {rid}",
+            code="internal_error",
+        )
     return problem_response(problem, instance=_instance(request), request_id=rid)
 
 
@@ -69,9 +72,13 @@ class ProblemRequestHandler(RequestHandler):
 
     __slots__ = ()
 
-    def handle_error(self, request: BaseRequest, status: int = 500,
-                     exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
         if request.writer.output_size > 0:
             raise ConnectionError("response already started; cannot send an error")
         rid = secrets.token_hex(8)
@@ -83,10 +90,12 @@ class ProblemRequestHandler(RequestHandler):
             # aiohttp's message quotes the offending bytes (a header may carry a cookie):
             # say what kind of problem it was, never echo the request.
             too_long = bool(message) and "Got more than" in str(message)
-            detail = ("malformed HTTP request: the request line or a header is too long "
-                      "(16 KiB at most)" if too_long else "malformed HTTP request")
-        problem = HTTPProblem(status, detail, code="bad_http" if status < 500 else
-                              "internal_error")
+            detail = (
+                "malformed HTTP request: the request line or a header is too long (16 KiB at most)"
+                if too_long
+                else "malformed HTTP request"
+            )
+        problem = HTTPProblem(status, detail, code="bad_http" if status < 500 else "internal_error")
         resp = problem_response(problem, instance="", request_id=rid)
         resp.headers[REQUEST_ID_HEADER] = rid
         resp.force_close()

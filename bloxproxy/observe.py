@@ -35,8 +35,22 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from .front import FastEntry
 
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                   2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 CACHE_RESULTS = ("HIT", "MISS", "STALE", "BYPASS", "COALESCED")
 
 
@@ -67,29 +81,50 @@ class Metrics:
         # prometheus_client children.
         self._requests: dict[tuple[str, int, str], list[float]] = {}
         r.register(RequestCollector(self._requests))
-        self.upstream = Counter("bloxproxy_upstream_requests_total",
-                                "Upstream attempts by service and status (or 'error').",
-                                ["service", "status"], registry=r)
-        self.upstream_latency = Histogram("bloxproxy_upstream_duration_seconds",
-                                          "Latency of one upstream attempt.", ["service"],
-                                          registry=r, buckets=LATENCY_BUCKETS)
-        self.retries = Counter("bloxproxy_upstream_retries_total", "Upstream retries.",
-                               ["service"], registry=r)
-        self.limiter_waits = Histogram("bloxproxy_limiter_wait_seconds",
-                                       "Time spent waiting for the upstream limiter.",
-                                       ["service"], registry=r, buckets=LATENCY_BUCKETS)
-        self.limiter_rejections = Counter("bloxproxy_limiter_rejections_total",
-                                          "Requests refused by the upstream limiter.",
-                                          ["service"], registry=r)
-        self.breaker_state = Gauge("bloxproxy_breaker_state",
-                                   "Circuit state per service: 0 closed, 1 half-open, 2 open.",
-                                   ["service"], registry=r)
-        self.l1_entries = Gauge("bloxproxy_cache_l1_entries", "Entries in the L1 cache.",
-                                registry=r)
-        self.l1_bytes = Gauge("bloxproxy_cache_l1_bytes", "Approximate bytes held by L1.",
-                              registry=r)
-        self.reloads = Counter("bloxproxy_reloads_total", "Config/rule reloads by result.",
-                               ["result"], registry=r)
+        self.upstream = Counter(
+            "bloxproxy_upstream_requests_total",
+            "Upstream attempts by service and status (or 'error').",
+            ["service", "status"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "bloxproxy_upstream_duration_seconds",
+            "Latency of one upstream attempt.",
+            ["service"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.retries = Counter(
+            "bloxproxy_upstream_retries_total", "Upstream retries.", ["service"], registry=r
+        )
+        self.limiter_waits = Histogram(
+            "bloxproxy_limiter_wait_seconds",
+            "Time spent waiting for the upstream limiter.",
+            ["service"],
+            registry=r,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.limiter_rejections = Counter(
+            "bloxproxy_limiter_rejections_total",
+            "Requests refused by the upstream limiter.",
+            ["service"],
+            registry=r,
+        )
+        self.breaker_state = Gauge(
+            "bloxproxy_breaker_state",
+            "Circuit state per service: 0 closed, 1 half-open, 2 open.",
+            ["service"],
+            registry=r,
+        )
+        self.l1_entries = Gauge(
+            "bloxproxy_cache_l1_entries", "Entries in the L1 cache.", registry=r
+        )
+        self.l1_bytes = Gauge(
+            "bloxproxy_cache_l1_bytes", "Approximate bytes held by L1.", registry=r
+        )
+        self.reloads = Counter(
+            "bloxproxy_reloads_total", "Config/rule reloads by result.", ["result"], registry=r
+        )
         self._children: dict[tuple[str, int, str], tuple[Any, Any, Any]] = {}
 
     def observe_request(self, route: str, status: int, cache: str, seconds: float) -> None:
@@ -118,12 +153,15 @@ class RequestCollector(Collector):
         self._rows = rows
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("bloxproxy_requests", "Client requests answered.",
-                                       labels=["route", "status"])
-        cache = CounterMetricFamily("bloxproxy_cache_results", "Cache results by route.",
-                                    labels=["route", "result"])
-        latency = HistogramMetricFamily("bloxproxy_request_duration_seconds",
-                                        "Client-facing latency.", labels=["route"])
+        requests = CounterMetricFamily(
+            "bloxproxy_requests", "Client requests answered.", labels=["route", "status"]
+        )
+        cache = CounterMetricFamily(
+            "bloxproxy_cache_results", "Cache results by route.", labels=["route", "result"]
+        )
+        latency = HistogramMetricFamily(
+            "bloxproxy_request_duration_seconds", "Client-facing latency.", labels=["route"]
+        )
         by_status: dict[tuple[str, str], float] = {}
         by_cache: dict[tuple[str, str], float] = {}
         by_route: dict[str, list[float]] = {}
@@ -153,8 +191,13 @@ class RequestCollector(Collector):
 class AccessLog:
     """JSON (or text) access lines, buffered and flushed every ``interval`` seconds."""
 
-    def __init__(self, stream: IO[bytes] | None = None, fmt: str = "json",
-                 interval: float = 0.2, max_buffer: int = 1 << 16) -> None:
+    def __init__(
+        self,
+        stream: IO[bytes] | None = None,
+        fmt: str = "json",
+        interval: float = 0.2,
+        max_buffer: int = 1 << 16,
+    ) -> None:
         self._stream = stream if stream is not None else sys.stderr.buffer
         self._json = fmt == "json"
         self._second = -1
@@ -165,8 +208,17 @@ class AccessLog:
         self._max = max_buffer
         self._task: asyncio.Task[None] | None = None
 
-    def write(self, rid: str, method: str, path: str, route: str, status: int, cache: str,
-              upstream: float, total: float) -> None:
+    def write(
+        self,
+        rid: str,
+        method: str,
+        path: str,
+        route: str,
+        status: int,
+        cache: str,
+        upstream: float,
+        total: float,
+    ) -> None:
         now = time.time()
         if int(now) != self._second:  # the date part changes once a second
             self._second = int(now)
@@ -176,14 +228,22 @@ class AccessLog:
             # Formatted by hand (same JSON as orjson would write, same keys as the app's
             # log lines): only the path can hold characters that need escaping. The id,
             # route, method and cache result come from closed character sets.
-            line = (f'{{"time":"{stamp}","type":"access","request_id":"{rid}",'
-                    f'"method":"{method}","path":').encode() + orjson.dumps(path) + (
+            line = (
+                (
+                    f'{{"time":"{stamp}","type":"access","request_id":"{rid}",'
+                    f'"method":"{method}","path":'
+                ).encode()
+                + orjson.dumps(path)
+                + (
                     f',"route":"{route}","status":{status},"cache":"{cache}",'
                     f'"upstream_ms":{upstream * 1000:.2f},"total_ms":{total * 1000:.2f}}}\n'
-                    ).encode()
+                ).encode()
+            )
         else:
-            line = (f"{stamp} {rid} {method} {path} {route} {status} {cache or '-'} "
-                    f"{upstream * 1000:.1f}ms {total * 1000:.1f}ms\n").encode()
+            line = (
+                f"{stamp} {rid} {method} {path} {route} {status} {cache or '-'} "
+                f"{upstream * 1000:.1f}ms {total * 1000:.1f}ms\n"
+            ).encode()
         self._buf.append(line)
         self._size += len(line)
         if self._size >= self._max:

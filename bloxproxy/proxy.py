@@ -92,8 +92,15 @@ class Proxy:
         self._suffix = ("." + config.server.host_suffix) if config.server.host_suffix else ""
         self._max_body = config.server.max_body_size
         self._drop = (config.auth.header,)  # our access key never goes to Roblox
-        self._drop_cacheable = (*self._drop, "if-none-match", "if-modified-since", "if-match",
-                                "if-unmodified-since", "if-range", "range")
+        self._drop_cacheable = (
+            *self._drop,
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+            "if-range",
+            "range",
+        )
         self._policies = {r.id: Policy.for_route(r, config) for r in rules.routes}
 
     def swap(self, config: Config, rules: RuleSet) -> None:
@@ -127,8 +134,11 @@ class Proxy:
                 if "GET" in methods and "HEAD" not in methods:
                     methods = [*methods, "HEAD"]  # the router answers HEAD with GET
                 allowed = ", ".join(methods)
-                raise HTTPProblem(405, f"{request.method} is not allowed here (allowed: "
-                                  f"{allowed})", headers={"Allow": allowed})
+                raise HTTPProblem(
+                    405,
+                    f"{request.method} is not allowed here (allowed: {allowed})",
+                    headers={"Allow": allowed},
+                )
             raise not_found(f"no route matches {raw_path}", code="no_route")
         raw_query = request.rel_url.raw_query_string
         try:
@@ -142,8 +152,9 @@ class Proxy:
             info.route = route.id
         values = self._params(route, raw_params, request.rel_url.query)
         ureq = self._upstream_request(route, values, request.headers)
-        fetched = await self.fetcher.fetch(ureq, self._policies[route.id], request,
-                                           Credential.of(request).value)
+        fetched = await self.fetcher.fetch(
+            ureq, self._policies[route.id], request, Credential.of(request).value
+        )
         if info is not None:
             info.cache, info.upstream = fetched.result, fetched.upstream
             info.cache_time = fetched.cache_time
@@ -163,8 +174,9 @@ class Proxy:
             if route is None:
                 return None
             values = self._params(route, raw_params, query)
-            return decide.cache_key(self._upstream_request(route, values, CIMultiDict()),
-                                    route.backend.forward_headers)
+            return decide.cache_key(
+                self._upstream_request(route, values, CIMultiDict()), route.backend.forward_headers
+            )
         service, _, rest = raw_path.lstrip("/").partition("/")
         if service not in self._allowed:
             return None
@@ -176,8 +188,9 @@ class Proxy:
         b = route.backend
         return decide.route_prefix(b.method, b.service, b.path.text)
 
-    def _params(self, route: Route, raw: dict[str, str],
-                query: MultiMapping[str]) -> dict[str, Any]:
+    def _params(
+        self, route: Route, raw: dict[str, str], query: MultiMapping[str]
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {}
         invalid: list[dict[str, str]] = []
         for p in route.path_params:
@@ -195,8 +208,9 @@ class Proxy:
             raise bad_request(f"invalid parameters: {detail}", invalid=invalid)
         return values
 
-    def _upstream_request(self, route: Route, values: dict[str, Any],
-                          client_headers: MultiMapping[str]) -> UpstreamRequest:
+    def _upstream_request(
+        self, route: Route, values: dict[str, Any], client_headers: MultiMapping[str]
+    ) -> UpstreamRequest:
         b = route.backend
         if route.order_param and values.get(route.order_param):
             # The response is put back in the client's order (order_by), so the upstream
@@ -217,13 +231,16 @@ class Proxy:
         if b.body is not None:
             body = orjson.dumps(b.body(values))
             headers.append(("Content-Type", "application/json"))
-        query = "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}"
-                         for k, v in b.query.render(values))
-        return UpstreamRequest(b.service, b.method, b.path.render(values), query,
-                               tuple(headers), body, b.safe_read)
+        query = "&".join(
+            f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in b.query.render(values)
+        )
+        return UpstreamRequest(
+            b.service, b.method, b.path.render(values), query, tuple(headers), body, b.safe_read
+        )
 
-    def _clean_response(self, route: Route, values: dict[str, Any], fetched: Fetched,
-                        request: web.Request) -> web.StreamResponse:
+    def _clean_response(
+        self, route: Route, values: dict[str, Any], fetched: Fetched, request: web.Request
+    ) -> web.StreamResponse:
         resp = fetched.response
         if resp.status >= 400 or resp.status < 200 or 300 <= resp.status < 400:
             raise _upstream_problem(route, resp.status, resp.body, resp.headers)
@@ -233,13 +250,19 @@ class Proxy:
             ctype = _header(resp.headers, "content-type")
             if ctype is not None and not _is_json_type(ctype):
                 shown = ctype if len(ctype) <= 64 else ctype[:61] + "..."
-                raise UpstreamError(502, f"{route.backend.service} answered {shown!r}, "
-                                    "not JSON", code="upstream_bad_response")
+                raise UpstreamError(
+                    502,
+                    f"{route.backend.service} answered {shown!r}, not JSON",
+                    code="upstream_bad_response",
+                )
             try:
                 data = orjson.loads(resp.body)
             except orjson.JSONDecodeError:
-                raise UpstreamError(502, f"{route.backend.service} answered with invalid JSON",
-                                    code="upstream_bad_response") from None
+                raise UpstreamError(
+                    502,
+                    f"{route.backend.service} answered with invalid JSON",
+                    code="upstream_bad_response",
+                ) from None
             for path in route.require:
                 if normalize.get_path(data, path) in (None, normalize.MISSING):
                     raise not_found("nothing found", code="not_found")
@@ -248,9 +271,11 @@ class Proxy:
             except normalize.EmptyResult:
                 raise not_found("nothing found", code="not_found") from None
             except normalize.ShapeError as exc:
-                raise UpstreamError(502, f"{route.backend.service} answered with an "
-                                    f"unexpected shape: {exc}",
-                                    code="upstream_bad_response") from None
+                raise UpstreamError(
+                    502,
+                    f"{route.backend.service} answered with an unexpected shape: {exc}",
+                    code="upstream_bad_response",
+                ) from None
             return orjson.dumps(result)
 
         body, etag = fetched.render(route.id, requested, render)
@@ -258,12 +283,16 @@ class Proxy:
 
     # -- passthrough -------------------------------------------------------------------
 
-    async def _passthrough(self, request: web.Request, service: str,
-                           raw_path: str) -> web.StreamResponse:
+    async def _passthrough(
+        self, request: web.Request, service: str, raw_path: str
+    ) -> web.StreamResponse:
         if service not in self._allowed:
             shown = service if len(service) <= 64 else service[:61] + "..."
-            raise not_found(f"unknown service {shown!r}; passthrough serves: "
-                            f"{', '.join(sorted(self._allowed))}", code="unknown_service")
+            raise not_found(
+                f"unknown service {shown!r}; passthrough serves: "
+                f"{', '.join(sorted(self._allowed))}",
+                code="unknown_service",
+            )
         path = canonical_path(raw_path)
         body: bytes | None = None
         if request.body_exists:
@@ -276,14 +305,20 @@ class Proxy:
         # reads; sent upstream they would make Roblox's 304/206 the shared answer.
         drop = self._drop_cacheable if safe and self.config.cache.enabled else self._drop
         ureq = UpstreamRequest(
-            service, method, path, request.rel_url.raw_query_string,
-            forwardable_request_headers(request.headers, drop), body, safe_read=safe,
+            service,
+            method,
+            path,
+            request.rel_url.raw_query_string,
+            forwardable_request_headers(request.headers, drop),
+            body,
+            safe_read=safe,
         )
         info = request.get(INFO)
         if info is not None:
             info.route = "passthrough:" + service
-        fetched = await self.fetcher.fetch(ureq, Policy.for_passthrough(ureq, self.config),
-                                           request, Credential.of(request).value)
+        fetched = await self.fetcher.fetch(
+            ureq, Policy.for_passthrough(ureq, self.config), request, Credential.of(request).value
+        )
         if info is not None:
             info.cache, info.upstream = fetched.result, fetched.upstream
             info.cache_time = fetched.cache_time
@@ -325,12 +360,14 @@ def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
 def _is_json_type(content_type: str) -> bool:
     """``application/json`` or a ``+json`` type (RFC 6839), parameters ignored."""
     mime = content_type.split(";", 1)[0].strip().lower()
-    return mime == "application/json" or (mime.startswith("application/")
-                                          and mime.endswith("+json"))
+    return mime == "application/json" or (
+        mime.startswith("application/") and mime.endswith("+json")
+    )
 
 
-def _upstream_problem(route: Route, status: int, body: bytes,
-                      headers: tuple[tuple[str, str], ...]) -> UpstreamStatus:
+def _upstream_problem(
+    route: Route, status: int, body: bytes, headers: tuple[tuple[str, str], ...]
+) -> UpstreamStatus:
     """Roblox's error status as problem+json, with Roblox's ``errors`` list kept."""
     errors: Any = None
     detail = f"{route.backend.service} answered {status}"

@@ -37,8 +37,9 @@ def _interval_us(rate: float) -> int:
     return max(1, math.floor(_US / rate + 0.5))  # as the Lua script rounds
 
 
-def _decide(tat: int, now: int, interval: int, burst: int, cost: float
-            ) -> tuple[Decision, int | None]:
+def _decide(
+    tat: int, now: int, interval: int, burst: int, cost: float
+) -> tuple[Decision, int | None]:
     """GCRA step in integer microseconds: the decision and the new theoretical arrival time
     (None: unchanged). Integers, because float seconds near 1.7e9 (epoch clocks, Redis
     TIME) carry ~1e-7 s of rounding per step, enough to lose the last token of a burst."""
@@ -57,15 +58,19 @@ class MemoryBuckets:
 
     __slots__ = ("_burst", "_clock", "_interval", "_tat")
 
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic,
-                 max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
+    ) -> None:
         self._interval, self._burst, self._clock = _interval_us(rate), burst, clock
         self._tat: LRUCache[str, int] = LRUCache(maxsize=max_keys)
 
     def take(self, key: str, cost: float = 1.0) -> Decision:
         now = round(self._clock() * _US)
-        decision, new_tat = _decide(self._tat.get(key, now), now, self._interval, self._burst,
-                                    cost)
+        decision, new_tat = _decide(self._tat.get(key, now), now, self._interval, self._burst, cost)
         if new_tat is not None:
             self._tat[key] = new_tat
         return decision
@@ -108,8 +113,10 @@ class RedisBuckets:
     async def take(self, key: str, rate: float, burst: int, cost: float = 1.0) -> Decision:
         try:
             allowed, remaining, retry_us, reset_us = await self._script(
-                keys=[self._prefix + key], args=[rate, burst, cost])
+                keys=[self._prefix + key], args=[rate, burst, cost]
+            )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis rate limit failed: {exc}") from exc
-        return Decision(bool(allowed), burst, int(remaining), int(retry_us) / _US,
-                        int(reset_us) / _US)
+        return Decision(
+            bool(allowed), burst, int(remaining), int(retry_us) / _US, int(reset_us) / _US
+        )

@@ -66,8 +66,9 @@ class Router(Generic[T]):
             route = node.handlers.get("GET")
         return route, params, True
 
-    def _match(self, node: _Node[T], segments: list[str], i: int,
-               params: dict[str, str]) -> _Node[T] | None:
+    def _match(
+        self, node: _Node[T], segments: list[str], i: int, params: dict[str, str]
+    ) -> _Node[T] | None:
         if i == len(segments):
             return node if node.handlers else None
         raw = segments[i]

@@ -28,17 +28,72 @@ from .templates import PathTemplate, QueryTemplate, Renderer, TemplateError, com
 from .yamlsrc import MarkedDict, MarkedList, Where, load_file
 
 FILE_KEYS = ("service", "tags", "routes")
-ROUTE_KEYS = ("endpoint", "id", "method", "summary", "description", "tags", "deprecated",
-              "params", "query", "backend", "response", "cache", "limits", "example")
-PARAM_KEYS = ("type", "description", "required", "default", "example", "enum", "min", "max",
-              "min_length", "max_length", "pattern", "min_items", "max_items")
-BACKEND_KEYS = ("service", "method", "path", "query", "list_format", "body", "headers",
-                "forward_headers", "credentials", "safe_read")
-RESPONSE_KEYS = ("pick", "pagination", "allow", "deny", "rename", "case", "order_by", "empty",
-                 "shape", "status_map", "require")
+ROUTE_KEYS = (
+    "endpoint",
+    "id",
+    "method",
+    "summary",
+    "description",
+    "tags",
+    "deprecated",
+    "params",
+    "query",
+    "backend",
+    "response",
+    "cache",
+    "limits",
+    "example",
+)
+PARAM_KEYS = (
+    "type",
+    "description",
+    "required",
+    "default",
+    "example",
+    "enum",
+    "min",
+    "max",
+    "min_length",
+    "max_length",
+    "pattern",
+    "min_items",
+    "max_items",
+)
+BACKEND_KEYS = (
+    "service",
+    "method",
+    "path",
+    "query",
+    "list_format",
+    "body",
+    "headers",
+    "forward_headers",
+    "credentials",
+    "safe_read",
+)
+RESPONSE_KEYS = (
+    "pick",
+    "pagination",
+    "allow",
+    "deny",
+    "rename",
+    "case",
+    "order_by",
+    "empty",
+    "shape",
+    "status_map",
+    "require",
+)
 PAGINATION_KEYS = ("items", "next", "previous")
-CACHE_KEYS = ("enabled", "ttl", "stale_while_revalidate", "stale_if_error", "not_found_ttl",
-              "credentials", "when")
+CACHE_KEYS = (
+    "enabled",
+    "ttl",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "not_found_ttl",
+    "credentials",
+    "when",
+)
 WHEN_KEYS = ("path", "equals", "in", "ttl")
 LIMITS_KEYS = ("bucket",)
 
@@ -48,8 +103,18 @@ _HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
 _ID_RE = re.compile(r"^[a-z0-9_.-]+$")
 # Never forwarded from a clean route even if listed: credentials go through
 # `backend.credentials`, hop-by-hop and framing headers are ours to set.
-_FORBIDDEN_FORWARD = frozenset({"cookie", "authorization", "x-api-key", "host", "connection",
-                                "content-length", "transfer-encoding", "roblox-id"})
+_FORBIDDEN_FORWARD = frozenset(
+    {
+        "cookie",
+        "authorization",
+        "x-api-key",
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "roblox-id",
+    }
+)
 _METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
@@ -157,8 +222,9 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
         # An id left out is "METHOD endpoint": its clash is reported as a duplicate route.
         if route.id in seen_ids and route.id != f"{route.method} {route.endpoint}":
             first = seen_ids[route.id]
-            problems.append(Problem(route.where,
-                                    f"id: {route.id!r} is already used at {first.where}"))
+            problems.append(
+                Problem(route.where, f"id: {route.id!r} is already used at {first.where}")
+            )
         seen_ids.setdefault(route.id, route)
         try:
             router.add(route.method, route.endpoint, route)
@@ -226,13 +292,23 @@ def _service_name(value: object) -> str:
     return text
 
 
-def _load_route(d: MarkedDict, file: str, file_service: str | None, file_tags: tuple[str, ...],
-                problems: list[Problem]) -> Route | None:
+def _load_route(
+    d: MarkedDict,
+    file: str,
+    file_service: str | None,
+    file_tags: tuple[str, ...],
+    problems: list[Problem],
+) -> Route | None:
     schema.check_keys(d, ROUTE_KEYS, problems)
     endpoint = d.get("endpoint")
     if not isinstance(endpoint, str) or not _CLEAN_PATH_RE.match(endpoint):
-        problems.append(Problem(d.at("endpoint"), "endpoint: expected a clean path like "
-                                f"'/v1/users/{{user_id}}' (first segment v<N>), got {endpoint!r}"))
+        problems.append(
+            Problem(
+                d.at("endpoint"),
+                "endpoint: expected a clean path like "
+                f"'/v1/users/{{user_id}}' (first segment v<N>), got {endpoint!r}",
+            )
+        )
         return None
     method = schema.read(d, "method", schema.choice("GET"), problems, "GET")
     route_id = schema.read(d, "id", _route_id, problems, "")
@@ -250,8 +326,9 @@ def _load_route(d: MarkedDict, file: str, file_service: str | None, file_tags: t
     query_names = _declared_names(d, "query")
     for name in path_names:
         if name not in declared:
-            problems.append(Problem(d.at("endpoint"),
-                                    f"endpoint: {{{name}}} is not declared under params"))
+            problems.append(
+                Problem(d.at("endpoint"), f"endpoint: {{{name}}} is not declared under params")
+            )
     for name in declared:
         if name not in path_names:
             problems.append(Problem(d.at("params"), f"params.{name}: not in the endpoint path"))
@@ -316,8 +393,9 @@ def _declared_names(d: MarkedDict, key: str) -> list[str]:
     return [name for name in raw if not name.startswith("_") and _NAME_RE.match(name)]
 
 
-def _load_params(d: MarkedDict, key: str, location: Literal["path", "query"],
-                 problems: list[Problem]) -> list[Param]:
+def _load_params(
+    d: MarkedDict, key: str, location: Literal["path", "query"], problems: list[Problem]
+) -> list[Param]:
     raw = d.get(key)
     if raw is None:
         return []
@@ -341,8 +419,9 @@ def _load_params(d: MarkedDict, key: str, location: Literal["path", "query"],
     return out
 
 
-def _load_param(m: MarkedDict, name: str, location: Literal["path", "query"], ctx: str,
-                problems: list[Problem]) -> Param | None:
+def _load_param(
+    m: MarkedDict, name: str, location: Literal["path", "query"], ctx: str, problems: list[Problem]
+) -> Param | None:
     before = len(problems)
     schema.check_keys(m, PARAM_KEYS, problems, ctx)
     ptype = schema.read(m, "type", schema.choice(*PARAM_TYPES), problems, "string", ctx)
@@ -354,8 +433,8 @@ def _load_param(m: MarkedDict, name: str, location: Literal["path", "query"], ct
         "name": name,
         "location": location,
         "type": ptype,
-        "required": location == "path" or schema.read(m, "required", schema.boolean,
-                                                        problems, False, ctx),
+        "required": location == "path"
+        or schema.read(m, "required", schema.boolean, problems, False, ctx),
         "description": schema.read(m, "description", schema.string, problems, "", ctx),
         "min": schema.read(m, "min", schema.integer(), problems, None, ctx),
         "max": schema.read(m, "max", schema.integer(), problems, None, ctx),
@@ -365,11 +444,18 @@ def _load_param(m: MarkedDict, name: str, location: Literal["path", "query"], ct
         "max_items": schema.read(m, "max_items", schema.integer(1), problems, 100, ctx),
     }
     if ("min" in m or "max" in m) and not is_int:
-        problems.append(Problem(m.at("min" if "min" in m else "max"),
-                                f"{ctx}: min/max apply to int parameters only"))
+        problems.append(
+            Problem(
+                m.at("min" if "min" in m else "max"), f"{ctx}: min/max apply to int parameters only"
+            )
+        )
     if ("min_items" in m or "max_items" in m) and ptype not in ("int_list", "string_list"):
-        problems.append(Problem(m.at("max_items" if "max_items" in m else "min_items"),
-                                f"{ctx}: min_items/max_items apply to list parameters only"))
+        problems.append(
+            Problem(
+                m.at("max_items" if "max_items" in m else "min_items"),
+                f"{ctx}: min_items/max_items apply to list parameters only",
+            )
+        )
     if "pattern" in m:
         pattern = schema.read(m, "pattern", schema.string, problems, None, ctx)
         if pattern is not None:
@@ -392,8 +478,11 @@ def _load_param(m: MarkedDict, name: str, location: Literal["path", "query"], ct
     for key in ("default", "example"):
         if key in m and m[key] is not None:
             raw = m[key]
-            texts = [str(v) for v in raw] if isinstance(raw, list) else [
-                ("true" if raw else "false") if isinstance(raw, bool) else str(raw)]
+            texts = (
+                [str(v) for v in raw]
+                if isinstance(raw, list)
+                else [("true" if raw else "false") if isinstance(raw, bool) else str(raw)]
+            )
             try:
                 value = param.parse(texts)
             except ParamError as exc:
@@ -414,8 +503,9 @@ def _replace(param: Param, **changes: Any) -> Param:
     return replace(param, **changes)
 
 
-def _load_backend(d: MarkedDict, file_service: str | None, known: frozenset[str],
-                  problems: list[Problem]) -> Backend | None:
+def _load_backend(
+    d: MarkedDict, file_service: str | None, known: frozenset[str], problems: list[Problem]
+) -> Backend | None:
     raw = d.get("backend")
     if raw is None:
         problems.append(Problem(d.where, "backend: required (the upstream request)"))
@@ -438,15 +528,17 @@ def _load_backend(d: MarkedDict, file_service: str | None, known: frozenset[str]
             path = PathTemplate.compile(path_text, known)
         except TemplateError as exc:
             problems.append(Problem(b.at("path"), f"backend.path: {exc}"))
-    list_format = schema.read(b, "list_format", schema.choice("csv", "repeat"), problems, "csv",
-                              "backend")
+    list_format = schema.read(
+        b, "list_format", schema.choice("csv", "repeat"), problems, "csv", "backend"
+    )
     query = QueryTemplate((), list_format)
     if "query" in b:
         qm = schema.mapping(b["query"], b.at("query"), "backend.query", problems)
         if qm is not None:
             try:
                 query = QueryTemplate.compile(
-                    {k: v for k, v in qm.items() if not k.startswith("_")}, known, list_format)
+                    {k: v for k, v in qm.items() if not k.startswith("_")}, known, list_format
+                )
             except TemplateError as exc:
                 problems.append(Problem(b.at("query"), f"backend.query: {exc}"))
     body = None
@@ -461,24 +553,38 @@ def _load_backend(d: MarkedDict, file_service: str | None, known: frozenset[str]
     forward = schema.read(b, "forward_headers", schema.string_list, problems, (), "backend")
     for name in (*headers, *forward):
         if not _HEADER_RE.match(name) or name.lower() in _FORBIDDEN_FORWARD:
-            problems.append(Problem(b.at("headers" if name in headers else "forward_headers"),
-                                    f"backend: header {name!r} cannot be set or forwarded here"))
-    credentials = schema.read(b, "credentials", schema.choice("none", "forward"), problems,
-                              "none", "backend")
+            problems.append(
+                Problem(
+                    b.at("headers" if name in headers else "forward_headers"),
+                    f"backend: header {name!r} cannot be set or forwarded here",
+                )
+            )
+    credentials = schema.read(
+        b, "credentials", schema.choice("none", "forward"), problems, "none", "backend"
+    )
     safe_read = schema.read(b, "safe_read", schema.boolean, problems, method == "GET", "backend")
     if len(problems) > before or service is None or path is None:
         return None
-    return Backend(service, method, path, query, body,
-                   tuple((k, v) for k, v in headers.items()),
-                   tuple(h.lower() for h in forward), credentials, safe_read)
+    return Backend(
+        service,
+        method,
+        path,
+        query,
+        body,
+        tuple((k, v) for k, v in headers.items()),
+        tuple(h.lower() for h in forward),
+        credentials,
+        safe_read,
+    )
 
 
 def _path(value: object) -> normalize.Path:
     return normalize.parse_path(schema.string(value))
 
 
-def _load_response(d: MarkedDict, query_params: list[Param], problems: list[Problem]
-                   ) -> tuple[normalize.Plan | None, str | None, Mapping[int, int]]:
+def _load_response(
+    d: MarkedDict, query_params: list[Param], problems: list[Problem]
+) -> tuple[normalize.Plan | None, str | None, Mapping[int, int]]:
     raw = d.get("response")
     if raw is None:
         return normalize.Plan(), None, {}
@@ -500,14 +606,20 @@ def _load_response(d: MarkedDict, query_params: list[Param], problems: list[Prob
                 schema.check_keys(pm, PAGINATION_KEYS, problems, "response.pagination")
                 default = normalize.Pagination()
                 prev_default = default.previous_cursor
-                previous = (None if "previous" in pm and pm["previous"] is None else
-                            schema.read(pm, "previous", _path, problems, prev_default,
-                                        "response.pagination"))
+                previous = (
+                    None
+                    if "previous" in pm and pm["previous"] is None
+                    else schema.read(
+                        pm, "previous", _path, problems, prev_default, "response.pagination"
+                    )
+                )
                 pagination = normalize.Pagination(
-                    items=schema.read(pm, "items", _path, problems, default.items,
-                                      "response.pagination"),
-                    next_cursor=schema.read(pm, "next", _path, problems, default.next_cursor,
-                                            "response.pagination"),
+                    items=schema.read(
+                        pm, "items", _path, problems, default.items, "response.pagination"
+                    ),
+                    next_cursor=schema.read(
+                        pm, "next", _path, problems, default.next_cursor, "response.pagination"
+                    ),
                     previous_cursor=previous,
                 )
     allow = schema.read(r, "allow", schema.string_list, problems, None, ctx)
@@ -516,7 +628,9 @@ def _load_response(d: MarkedDict, query_params: list[Param], problems: list[Prob
     case = schema.read(r, "case", schema.choice("snake", "camel", "keep"), problems, "snake", ctx)
     fields = normalize.FieldOps(
         allow=frozenset(allow) if allow is not None else None,
-        deny=frozenset(deny), rename=dict(rename), case=case,
+        deny=frozenset(deny),
+        rename=dict(rename),
+        case=case,
     )
     order_by = None
     order_param = None
@@ -530,8 +644,13 @@ def _load_response(d: MarkedDict, query_params: list[Param], problems: list[Prob
         if param_name is None and len(list_params) == 1:
             param_name = list_params[0]
         if param_name not in list_params:
-            problems.append(Problem(r.at("order_by"), "response.order_by: needs a list query "
-                                    f"parameter to follow (list parameters: {list_params})"))
+            problems.append(
+                Problem(
+                    r.at("order_by"),
+                    "response.order_by: needs a list query "
+                    f"parameter to follow (list parameters: {list_params})",
+                )
+            )
         try:
             order_by = normalize.OrderBy(_path(key_text))
             order_param = param_name
@@ -543,18 +662,29 @@ def _load_response(d: MarkedDict, query_params: list[Param], problems: list[Prob
     if "status_map" in r:
         sm = schema.mapping(r["status_map"], r.at("status_map"), "response.status_map", problems)
         for k, v in (sm or {}).items():
-            if not (k.isdigit() and 400 <= int(k) <= 599 and isinstance(v, int)
-                    and 400 <= v <= 599):
-                problems.append(Problem(
-                    sm.at(k) if sm else r.where, "response.status_map: expected upstream "
-                    f"status: our status (4xx/5xx), got {k}: {v!r}"))
+            if not (
+                k.isdigit() and 400 <= int(k) <= 599 and isinstance(v, int) and 400 <= v <= 599
+            ):
+                problems.append(
+                    Problem(
+                        sm.at(k) if sm else r.where,
+                        "response.status_map: expected upstream "
+                        f"status: our status (4xx/5xx), got {k}: {v!r}",
+                    )
+                )
             else:
                 status_map[int(k)] = v
     if len(problems) > before:
         return None, None, {}
     try:
-        plan = normalize.Plan(pick=pick, pagination=pagination, fields=fields,
-                              order_by=order_by, empty_is_404=empty == "not_found", shape=shape)
+        plan = normalize.Plan(
+            pick=pick,
+            pagination=pagination,
+            fields=fields,
+            order_by=order_by,
+            empty_is_404=empty == "not_found",
+            shape=shape,
+        )
     except ValueError as exc:
         problems.append(Problem(r.where, f"response: {exc}"))
         return None, None, {}
@@ -585,8 +715,9 @@ def _load_cache(d: MarkedDict, problems: list[Problem]) -> CachePolicy:
                     continue
                 schema.check_keys(w, WHEN_KEYS, problems, wctx)
                 if "path" not in w or "ttl" not in w or ("equals" in w) == ("in" in w):
-                    problems.append(Problem(w.where, f"{wctx}: needs path, ttl and one of "
-                                            "equals/in"))
+                    problems.append(
+                        Problem(w.where, f"{wctx}: needs path, ttl and one of equals/in")
+                    )
                     continue
                 values = (w["equals"],) if "equals" in w else w["in"]
                 if not isinstance(values, list | tuple):
@@ -599,12 +730,14 @@ def _load_cache(d: MarkedDict, problems: list[Problem]) -> CachePolicy:
     return CachePolicy(
         enabled=schema.read(c, "enabled", schema.boolean, problems, True, ctx),
         ttl=schema.read(c, "ttl", schema.duration, problems, 60.0, ctx),
-        stale_while_revalidate=schema.read(c, "stale_while_revalidate", schema.duration,
-                                           problems, 0.0, ctx),
+        stale_while_revalidate=schema.read(
+            c, "stale_while_revalidate", schema.duration, problems, 0.0, ctx
+        ),
         stale_if_error=schema.read(c, "stale_if_error", schema.duration, problems, 0.0, ctx),
         not_found_ttl=schema.read(c, "not_found_ttl", schema.duration, problems, None, ctx),
-        credentials=schema.read(c, "credentials", schema.choice("bypass", "per_credential"),
-                                problems, "bypass", ctx),
+        credentials=schema.read(
+            c, "credentials", schema.choice("bypass", "per_credential"), problems, "bypass", ctx
+        ),
         when=tuple(conditions),
     )
 
@@ -635,6 +768,9 @@ def _any_at(value: object, path: tuple[str | int, ...], wanted: tuple[Any, ...])
     if head == "*":
         return isinstance(value, list) and any(_any_at(v, rest, wanted) for v in value)
     if isinstance(head, int):
-        return isinstance(value, list) and 0 <= head < len(value) and _any_at(
-            value[head], rest, wanted)
+        return (
+            isinstance(value, list)
+            and 0 <= head < len(value)
+            and _any_at(value[head], rest, wanted)
+        )
     return isinstance(value, dict) and head in value and _any_at(value[head], rest, wanted)

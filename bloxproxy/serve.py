@@ -43,13 +43,29 @@ log = logging.getLogger("bloxproxy")
 # Settings read once at start: a reload reports a change here and keeps the running value
 # (some are also read live, e.g. auth.header by the proxy: applying half of one would split
 # the behaviour — a new access-key header dropped while the old one is checked and leaks).
-RESTART_ONLY = ("server.host", "server.port", "server.workers", "server.max_body_size",
-                "server.shutdown_grace", "server.admin_token",
-                "cache.redis", "cache.max_bytes", "cache.max_entries", "cache.enabled",
-                "cache.coalesce_timeout", "cache.credential_secret",
-                "upstream.max_connections", "upstream.timeout", "upstream.connect_timeout",
-                "upstream.user_agent", "retries.deadline", "limits.upstream.shared",
-                "limits.clients", "auth", "logging")
+RESTART_ONLY = (
+    "server.host",
+    "server.port",
+    "server.workers",
+    "server.max_body_size",
+    "server.shutdown_grace",
+    "server.admin_token",
+    "cache.redis",
+    "cache.max_bytes",
+    "cache.max_entries",
+    "cache.enabled",
+    "cache.coalesce_timeout",
+    "cache.credential_secret",
+    "upstream.max_connections",
+    "upstream.timeout",
+    "upstream.connect_timeout",
+    "upstream.user_agent",
+    "retries.deadline",
+    "limits.upstream.shared",
+    "limits.clients",
+    "auth",
+    "logging",
+)
 
 
 def load_all(path: str | None, env: dict[str, str] | None = None) -> tuple[Config, RuleSet]:
@@ -111,8 +127,10 @@ class Overrides:
             server = dataclasses.replace(server, port=self.port)
         config = dataclasses.replace(config, server=server)
         if self.base_url:
-            config = dataclasses.replace(config, upstream=dataclasses.replace(
-                config.upstream, base_url=self.base_url, services={}))
+            config = dataclasses.replace(
+                config,
+                upstream=dataclasses.replace(config.upstream, base_url=self.base_url, services={}),
+            )
         return config
 
 
@@ -132,8 +150,10 @@ def reload_app(app: web.Application, path: str | None, overrides: Overrides) -> 
     except Exception:
         # A loader failure that is not a ConfigError must not escape into the loop's signal
         # callback or end the --watch task: the old rules keep serving all the same.
-        log.exception("reload rejected: the config or rules could not be loaded",
-                      extra={"event": "reload_rejected"})
+        log.exception(
+            "reload rejected: the config or rules could not be loaded",
+            extra={"event": "reload_rejected"},
+        )
         if metrics is not None:
             metrics.reloads.labels("error").inc()
         return False
@@ -146,8 +166,12 @@ def reload_app(app: web.Application, path: str | None, overrides: Overrides) -> 
     apply_reload(app, config, rules)
     if metrics is not None:
         metrics.reloads.labels("ok").inc()
-    log.info("reloaded: %d routes from %d rule file(s)", len(rules.routes), len(rules.files),
-             extra={"event": "reloaded"})
+    log.info(
+        "reloaded: %d routes from %d rule file(s)",
+        len(rules.routes),
+        len(rules.files),
+        extra={"event": "reloaded"},
+    )
     return True
 
 
@@ -166,8 +190,9 @@ def _mtimes(files: Sequence[Path]) -> dict[Path, int]:
     return out
 
 
-async def watch(app: web.Application, path: str | None, overrides: Overrides,
-                interval: float = 1.0) -> None:
+async def watch(
+    app: web.Application, path: str | None, overrides: Overrides, interval: float = 1.0
+) -> None:
     """Poll the config and rule files (and rule directories for new files); reload on change."""
     from .app import PROXY
 
@@ -186,9 +211,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-async def serve(config: Config, rules: RuleSet, *, path: str | None, overrides: Overrides,
-                fake_upstream: bool = False, reuse_port: bool = False,
-                watch_files: bool = False) -> None:
+async def serve(
+    config: Config,
+    rules: RuleSet,
+    *,
+    path: str | None,
+    overrides: Overrides,
+    fake_upstream: bool = False,
+    reuse_port: bool = False,
+    watch_files: bool = False,
+) -> None:
     """Run one server process until SIGINT/SIGTERM."""
     from .app import create_app
 
@@ -201,18 +233,25 @@ async def serve(config: Config, rules: RuleSet, *, path: str | None, overrides: 
         await fake_runner.setup()
         await web.TCPSite(fake_runner, "127.0.0.1", fake_port).start()
         runners.append(fake_runner)
-        overrides = dataclasses.replace(overrides,
-                                        base_url=f"http://127.0.0.1:{fake_port}/{{service}}")
+        overrides = dataclasses.replace(
+            overrides, base_url=f"http://127.0.0.1:{fake_port}/{{service}}"
+        )
         config = overrides.apply(config)
         log.info("fake Roblox upstream on http://127.0.0.1:%d", fake_port)
     app = create_app(config, rules=rules)
     runner = await start_runner(app, config)
     runners.insert(0, runner)
-    site = web.TCPSite(runner, config.server.host, config.server.port,
-                       reuse_port=reuse_port or None, backlog=1024)
+    site = web.TCPSite(
+        runner, config.server.host, config.server.port, reuse_port=reuse_port or None, backlog=1024
+    )
     await site.start()
-    log.info("bloxproxy listening on http://%s:%d (%d clean routes, pid %d)",
-             config.server.host, config.server.port, len(rules.routes), os.getpid())
+    log.info(
+        "bloxproxy listening on http://%s:%d (%d clean routes, pid %d)",
+        config.server.host,
+        config.server.port,
+        len(rules.routes),
+        os.getpid(),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -222,8 +261,9 @@ async def serve(config: Config, rules: RuleSet, *, path: str | None, overrides: 
     try:
         await stop.wait()
     finally:
-        log.info("shutting down: finishing in-flight requests (up to %gs)",
-                 config.server.shutdown_grace)
+        log.info(
+            "shutting down: finishing in-flight requests (up to %gs)", config.server.shutdown_grace
+        )
         if watcher is not None:
             watcher.cancel()
         for r in runners:
@@ -247,20 +287,41 @@ async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
     """The runner every server of ours uses (``serve`` and the live tests)."""
     # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
     # fit; beyond, the client gets a 400 problem (use_problem_errors), never plain text.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=shutdown_timeout(config.server.shutdown_grace),
-                           max_line_size=MAX_LINE, max_field_size=MAX_LINE)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout(config.server.shutdown_grace),
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_LINE,
+    )
     await runner.setup()
     use_problem_errors(runner)
     return runner
 
 
-def run_single(config: Config, rules: RuleSet, *, path: str | None, overrides: Overrides,
-               fake_upstream: bool, reuse_port: bool, watch_files: bool) -> None:
+def run_single(
+    config: Config,
+    rules: RuleSet,
+    *,
+    path: str | None,
+    overrides: Overrides,
+    fake_upstream: bool,
+    reuse_port: bool,
+    watch_files: bool,
+) -> None:
     _use_uvloop()
-    asyncio.run(serve(config, rules, path=path, overrides=overrides,
-                      fake_upstream=fake_upstream, reuse_port=reuse_port,
-                      watch_files=watch_files))
+    asyncio.run(
+        serve(
+            config,
+            rules,
+            path=path,
+            overrides=overrides,
+            fake_upstream=fake_upstream,
+            reuse_port=reuse_port,
+            watch_files=watch_files,
+        )
+    )
 
 
 def _use_uvloop() -> None:
@@ -279,16 +340,30 @@ def _worker(path: str | None, overrides: Overrides, watch_files: bool) -> None:
     config, rules = load_all(path)
     config = overrides.apply(config)
     setup_logging(config.logging)
-    run_single(config, rules, path=path, overrides=overrides, fake_upstream=False,
-               reuse_port=True, watch_files=watch_files)
+    run_single(
+        config,
+        rules,
+        path=path,
+        overrides=overrides,
+        fake_upstream=False,
+        reuse_port=True,
+        watch_files=watch_files,
+    )
 
 
 WORKER_START_WINDOW = 5.0  # seconds: a worker dying sooner after its start "failed to start"
 WORKER_START_FAILURES = 3
 
 
-def supervise(config: Config, *, path: str | None, overrides: Overrides, workers: int,
-              fake_upstream: bool, watch_files: bool) -> int:
+def supervise(
+    config: Config,
+    *,
+    path: str | None,
+    overrides: Overrides,
+    workers: int,
+    fake_upstream: bool,
+    watch_files: bool,
+) -> int:
     """Start ``workers`` processes on one port; forward signals; restart the dead."""
     ctx = multiprocessing.get_context("spawn")
     fake_proc = None
@@ -296,8 +371,9 @@ def supervise(config: Config, *, path: str | None, overrides: Overrides, workers
         fake_port = free_port()
         fake_proc = ctx.Process(target=_run_fake_process, args=(fake_port,), daemon=True)
         fake_proc.start()
-        overrides = dataclasses.replace(overrides,
-                                        base_url=f"http://127.0.0.1:{fake_port}/{{service}}")
+        overrides = dataclasses.replace(
+            overrides, base_url=f"http://127.0.0.1:{fake_port}/{{service}}"
+        )
         log.info("fake Roblox upstream on http://127.0.0.1:%d", fake_port)
 
     def start_one() -> Any:
@@ -335,8 +411,12 @@ def supervise(config: Config, *, path: str | None, overrides: Overrides, workers
                 quick = time.monotonic() - started[i] < WORKER_START_WINDOW
                 quick_deaths[i] = quick_deaths[i] + 1 if quick else 0
                 if quick_deaths[i] >= WORKER_START_FAILURES:
-                    log.error("worker exited with %s within %gs of starting, %d times in a row;"
-                              " stopping", p.exitcode, WORKER_START_WINDOW, quick_deaths[i])
+                    log.error(
+                        "worker exited with %s within %gs of starting, %d times in a row; stopping",
+                        p.exitcode,
+                        WORKER_START_WINDOW,
+                        quick_deaths[i],
+                    )
                     code = 1
                     forward(signal.SIGTERM, None)
                     break

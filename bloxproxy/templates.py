@@ -42,8 +42,10 @@ def _check_names(text: str, known: frozenset[str]) -> None:
         raise TemplateError(f"malformed placeholder in {text!r} (use {{name}})")
     for name in placeholders(text):
         if name not in known:
-            raise TemplateError(f"{{{name}}} is not a parameter of this route "
-                                f"(known: {', '.join(sorted(known)) or 'none'})")
+            raise TemplateError(
+                f"{{{name}}} is not a parameter of this route "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +66,7 @@ class PathTemplate:
         pos = 0
         for match in _PLACEHOLDER.finditer(text):
             if match.start() > pos:
-                parts.append((False, quote(text[pos:match.start()], safe="/-._~!$&'()*+,;=:@")))
+                parts.append((False, quote(text[pos : match.start()], safe="/-._~!$&'()*+,;=:@")))
             parts.append((True, match.group(1)))
             pos = match.end()
         if pos < len(text):
@@ -95,8 +97,12 @@ class QueryTemplate:
     list_format: Literal["csv", "repeat"] = "csv"
 
     @classmethod
-    def compile(cls, mapping: Mapping[str, object], known: frozenset[str],
-                list_format: Literal["csv", "repeat"] = "csv") -> QueryTemplate:
+    def compile(
+        cls,
+        mapping: Mapping[str, object],
+        known: frozenset[str],
+        list_format: Literal["csv", "repeat"] = "csv",
+    ) -> QueryTemplate:
         items = []
         for name, template in mapping.items():
             text = _text(template) if not isinstance(template, str) else template
@@ -117,8 +123,9 @@ class QueryTemplate:
                 else:
                     out.append((name, _text(value)))
             elif "{" in template:
-                out.append((name, _PLACEHOLDER.sub(lambda m: _text(values.get(m.group(1))),
-                                                   template)))
+                out.append(
+                    (name, _PLACEHOLDER.sub(lambda m: _text(values.get(m.group(1))), template))
+                )
             else:
                 out.append((name, template))
         return out
@@ -136,8 +143,9 @@ def compile_body(template: object, known: frozenset[str]) -> Renderer:
             name = exact.group(1)
             return lambda values: _json_value(values.get(name))
         if "{" in template:
-            return lambda values: _PLACEHOLDER.sub(lambda m: _text(values.get(m.group(1))),
-                                                   template)
+            return lambda values: _PLACEHOLDER.sub(
+                lambda m: _text(values.get(m.group(1))), template
+            )
         return lambda values: template
     if isinstance(template, dict):
         compiled = [(str(k), compile_body(v, known)) for k, v in template.items()]

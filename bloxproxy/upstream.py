@@ -21,17 +21,37 @@ from .errors import UpstreamError
 from .guard import CURRENT
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus framing headers we recompute.
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-    "te", "trailer", "trailers", "transfer-encoding", "upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 # Never forwarded from a client to Roblox: framing, our own routing and tracing headers,
 # client addresses (privacy), and Roblox-Id (Roblox's game-server identity header, which
 # self-hosted proxies strip as well).
 _REQUEST_DROP = HOP_BY_HOP | {
-    "host", "content-length", "accept-encoding", "roblox-id", "x-request-id",
-    "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-forwarded-port",
-    "forwarded", "x-real-ip", "via", "expect",
+    "host",
+    "content-length",
+    "accept-encoding",
+    "roblox-id",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "forwarded",
+    "x-real-ip",
+    "via",
+    "expect",
 }
 # Never returned as-is: framing is redone by our server, and the body is already decoded.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
@@ -64,8 +84,9 @@ class UpstreamResponse:
     body: bytes
 
 
-def forwardable_request_headers(headers: Mapping[str, str] | CIMultiDictProxy[str],
-                                extra_drop: Iterable[str] = ()) -> Headers:
+def forwardable_request_headers(
+    headers: Mapping[str, str] | CIMultiDictProxy[str], extra_drop: Iterable[str] = ()
+) -> Headers:
     """Client headers that passthrough sends on (everything but hop-by-hop and ours)."""
     drop = _REQUEST_DROP | {h.lower() for h in extra_drop}
     connection = headers.get("Connection", "")
@@ -105,22 +126,33 @@ class Upstream:
         token = CURRENT.set(req)  # tells the client middlewares (guard.py) whose call this is
         try:
             async with self._session.request(
-                req.method, self.url(req), headers=headers, data=req.body,
+                req.method,
+                self.url(req),
+                headers=headers,
+                data=req.body,
                 allow_redirects=False,
             ) as resp:
                 body = await self._read(resp)
-                out = tuple((k, v) for k, v in resp.headers.items()
-                            if k.lower() not in _RESPONSE_DROP)
+                out = tuple(
+                    (k, v) for k, v in resp.headers.items() if k.lower() not in _RESPONSE_DROP
+                )
                 return UpstreamResponse(resp.status, out, body)
         except TimeoutError:
-            raise UpstreamError(504, f"{req.service} did not answer in time",
-                                code="upstream_timeout") from None
+            raise UpstreamError(
+                504, f"{req.service} did not answer in time", code="upstream_timeout"
+            ) from None
         except aiohttp.ClientResponseError as exc:
-            raise UpstreamError(502, f"{req.service} sent an invalid response: {exc.message}",
-                                code="upstream_bad_response") from None
+            raise UpstreamError(
+                502,
+                f"{req.service} sent an invalid response: {exc.message}",
+                code="upstream_bad_response",
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(502, f"{req.service} could not be reached "
-                                f"({type(exc).__name__})", code="upstream_unreachable") from None
+            raise UpstreamError(
+                502,
+                f"{req.service} could not be reached ({type(exc).__name__})",
+                code="upstream_unreachable",
+            ) from None
         finally:
             CURRENT.reset(token)
 
@@ -141,8 +173,11 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     length = resp.content_length
     if length is not None and length > limit:
         resp.release()
-        raise UpstreamError(502, f"upstream body of {length} bytes exceeds the "
-                            f"{limit}-byte limit", code="upstream_too_large")
+        raise UpstreamError(
+            502,
+            f"upstream body of {length} bytes exceeds the {limit}-byte limit",
+            code="upstream_too_large",
+        )
     if length is not None and not resp.headers.get("Content-Encoding"):
         return await resp.read()
     # No length, or a compressed body whose length says nothing about what it inflates
@@ -152,25 +187,27 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     async for chunk in resp.content.iter_chunked(65536):
         size += len(chunk)
         if size > limit:
-            raise UpstreamError(502, f"upstream body exceeds the {limit}-byte limit",
-                                code="upstream_too_large")
+            raise UpstreamError(
+                502, f"upstream body exceeds the {limit}-byte limit", code="upstream_too_large"
+            )
         chunks.append(chunk)
     resp._body = body = b"".join(chunks)
     return body
 
 
-def create_session(config: Config, middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()
-                   ) -> aiohttp.ClientSession:
+def create_session(
+    config: Config, middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()
+) -> aiohttp.ClientSession:
     """The shared upstream session: bounded pool, no cookie jar, our User-Agent, and the
     retry/CSRF/guard middlewares. ``total`` bounds all attempts of one call together
     (``retries.deadline``); each attempt has ``upstream.timeout`` (in ``guard``)."""
     up = config.upstream
-    connector = aiohttp.TCPConnector(limit=up.max_connections, limit_per_host=0,
-                                     ttl_dns_cache=300)
+    connector = aiohttp.TCPConnector(limit=up.max_connections, limit_per_host=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(total=config.retries.deadline,
-                                      sock_connect=up.connect_timeout, sock_read=up.timeout),
+        timeout=aiohttp.ClientTimeout(
+            total=config.retries.deadline, sock_connect=up.connect_timeout, sock_read=up.timeout
+        ),
         middlewares=tuple(middlewares),
         # One jar for every client would hand one caller's Set-Cookie to the next.
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -179,6 +216,3 @@ def create_session(config: Config, middlewares: Sequence[aiohttp.ClientMiddlewar
         trust_env=False,
         raise_for_status=False,
     )
-
-
-

@@ -85,8 +85,9 @@ class _Loader(yaml.SafeLoader):
                 key = str(key)  # YAML allows `200: x`; rules use status codes as keys
             if key in data:
                 self.problems.append(
-                    Problem(_where(key_node), f"{key}: duplicate key (first at line "
-                            f"{key_lines[key]})")
+                    Problem(
+                        _where(key_node), f"{key}: duplicate key (first at line {key_lines[key]})"
+                    )
                 )
                 continue
             data[key] = self.construct_object(value_node, deep=True)
@@ -132,8 +133,9 @@ def load_stream(stream: IO[str], name: str, env: Mapping[str, str] | None = None
         # start of the file is a ReaderError from the constructor.
         loader = _Loader(text)
     except yaml.reader.ReaderError as exc:
-        raise ConfigError([Problem(Where(name, _reader_line(text, exc)),
-                                   f"invalid YAML: {_reader_reason(exc)}")]) from None
+        raise ConfigError(
+            [Problem(Where(name, _reader_line(text, exc)), f"invalid YAML: {_reader_reason(exc)}")]
+        ) from None
     loader.name = name  # marks carry the file name
     loader.problems = []
     if env is not None:
@@ -153,8 +155,9 @@ def load_stream(stream: IO[str], name: str, env: Mapping[str, str] | None = None
             reason = f"{exc.context}{opened}, {exc.problem}"
         raise ConfigError([Problem(Where(name, line), f"invalid YAML: {reason}")]) from None
     except yaml.reader.ReaderError as exc:
-        raise ConfigError([Problem(Where(name, _reader_line(text, exc)),
-                                   f"invalid YAML: {_reader_reason(exc)}")]) from None
+        raise ConfigError(
+            [Problem(Where(name, _reader_line(text, exc)), f"invalid YAML: {_reader_reason(exc)}")]
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(Where(name, 1), f"invalid YAML: {exc}")]) from None
     finally:
@@ -175,8 +178,9 @@ def _reader_reason(exc: yaml.reader.ReaderError) -> str:
     return f"unacceptable character {shown}: {exc.reason}"
 
 
-def load_file(path: str, display_name: str | None = None,
-              env: Mapping[str, str] | None = None) -> Any:
+def load_file(
+    path: str, display_name: str | None = None, env: Mapping[str, str] | None = None
+) -> Any:
     """Load a YAML file; unreadable files are reported as ``ConfigError`` too."""
     name = display_name or path
     try:

@@ -79,8 +79,9 @@ def make_proxy(
     The app's wall clock, monotonic clock and retry sleep all run on ``clock``."""
 
     async def make(**env: str) -> TestClient[web.Request, web.Application]:
-        app = create_app(proxy_config(fake_server, **env), clock=clock, monotonic=clock,
-                         sleep=clock.sleep)
+        app = create_app(
+            proxy_config(fake_server, **env), clock=clock, monotonic=clock, sleep=clock.sleep
+        )
         return await aiohttp_client(app)
 
     return make

@@ -319,9 +319,9 @@ async def test_access_log_text_format(
         rf"{stamp} {rid} GET /v1/users/1 users\.get 200 MISS \d+\.\dms \d+\.\dms", lines[0]
     ), lines[0]
     rid = re.escape(missing.headers["X-Request-ID"])
-    assert re.fullmatch(
-        rf"{stamp} {rid} GET /v1/nope none 404 - 0\.0ms \d+\.\dms", lines[1]
-    ), lines[1]
+    assert re.fullmatch(rf"{stamp} {rid} GET /v1/nope none 404 - 0\.0ms \d+\.\dms", lines[1]), (
+        lines[1]
+    )
 
 
 async def test_access_log_off_writes_nothing(
@@ -339,8 +339,7 @@ async def test_a_request_cut_off_still_gets_its_line_and_count() -> None:
     metrics = Metrics()
     stream = io.BytesIO()
     access = AccessLog(stream)
-    front = Front(metrics=metrics, access=access, gate=None, clock=time.time,
-                  host_routing=False)
+    front = Front(metrics=metrics, access=access, gate=None, clock=time.time, host_routing=False)
     request = make_mocked_request("GET", "/v1/users/1?token=x")
 
     async def cancelled(req: web.Request) -> web.StreamResponse:

@@ -120,7 +120,8 @@ def freshness(entry: Entry, now: float) -> Freshness:
 def usable_on_error(entry: Entry | None, now: float) -> bool:
     """May ``entry`` stand in for a failed upstream call (stale-if-error, RFC 5861)?"""
     return entry is not None and now - entry.stored_at < entry.ttl + max(
-        entry.stale_if_error, entry.stale_while_revalidate)
+        entry.stale_if_error, entry.stale_while_revalidate
+    )
 
 
 def upstream_failed(status: int) -> bool:
@@ -141,8 +142,9 @@ def cache_control(entry: Entry | None, now: float, shared: bool) -> str:
     return ", ".join(parts)
 
 
-def cache_status(result: str, entry: Entry | None, now: float, stored: bool = False,
-                 detail: str = "") -> str:
+def cache_status(
+    result: str, entry: Entry | None, now: float, stored: bool = False, detail: str = ""
+) -> str:
     """RFC 9211 ``Cache-Status`` for our X-Cache result."""
     value = "bloxproxy"
     if result in ("HIT", "STALE") and entry is not None:

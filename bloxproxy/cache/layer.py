@@ -59,10 +59,15 @@ class SharedCache:
     is skipped for a back-off window instead of costing every request a timeout.
     """
 
-    def __init__(self, store: RedisStore, listener_client: aioredis.Redis, channel: str,
-                 on_missed_events: Callable[[], None], apply_event: Callable[[dict[str, Any]],
-                                                                              None],
-                 publisher: aioredis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        store: RedisStore,
+        listener_client: aioredis.Redis,
+        channel: str,
+        on_missed_events: Callable[[], None],
+        apply_event: Callable[[dict[str, Any]], None],
+        publisher: aioredis.Redis | None = None,
+    ) -> None:
         self.store = store
         self._listener_client = listener_client
         # Publishing goes through the client with a command timeout: a hung Redis must not
@@ -200,9 +205,14 @@ class SharedCache:
 class Fetcher:
     """Cache-aware fetching (see the module docstring)."""
 
-    def __init__(self, upstream: Upstream, config: Config, *,
-                 clock: Callable[[], float] = time.time, shared: SharedCache | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        shared: SharedCache | None = None,
+    ) -> None:
         self.upstream = upstream
         self.clock = clock
         self.enabled = config.cache.enabled
@@ -216,8 +226,9 @@ class Fetcher:
 
     # -- the request path ----------------------------------------------------------------
 
-    async def fetch(self, req: UpstreamRequest, policy: Policy, request: web.Request,
-                    credential: str = "") -> Fetched:
+    async def fetch(
+        self, req: UpstreamRequest, policy: Policy, request: web.Request, credential: str = ""
+    ) -> Fetched:
         rid = request_id_of(request)
         if not (self.enabled and req.safe_read and policy.cacheable):
             return await self._direct(req, rid)
@@ -254,17 +265,36 @@ class Fetcher:
         try:
             fetched = await asyncio.wait_for(asyncio.shield(task), self._timeout)
         except TimeoutError:
-            raise UpstreamError(504, f"no answer from {req.service} within "
-                                f"{self._timeout:g}s (waited for an identical request)",
-                                code="upstream_timeout") from None
+            raise UpstreamError(
+                504,
+                f"no answer from {req.service} within "
+                f"{self._timeout:g}s (waited for an identical request)",
+                code="upstream_timeout",
+            ) from None
         out = fetched.coalesced() if coalesced else fetched
         out.fast_ok, out.cache_time = policy.fast_ok, looked
         return out
 
-    def _fetched(self, entry: Entry, result: str, key: str, shared: bool, *,
-                 stored: bool = False, detail: str = "") -> Fetched:
-        return Fetched(entry, result, key=key, stored=stored, shared=shared, l1=self.l1,
-                       clock=self.clock, detail=detail)
+    def _fetched(
+        self,
+        entry: Entry,
+        result: str,
+        key: str,
+        shared: bool,
+        *,
+        stored: bool = False,
+        detail: str = "",
+    ) -> Fetched:
+        return Fetched(
+            entry,
+            result,
+            key=key,
+            stored=stored,
+            shared=shared,
+            l1=self.l1,
+            clock=self.clock,
+            detail=detail,
+        )
 
     async def _direct(self, req: UpstreamRequest, rid: str, detail: str = "") -> Fetched:
         start = time.perf_counter()
@@ -274,8 +304,15 @@ class Fetcher:
         fetched.upstream = time.perf_counter() - start
         return fetched
 
-    def _start(self, key: str, req: UpstreamRequest, policy: Policy, rid: str,
-               stale: Entry | None, shared: bool) -> asyncio.Task[Fetched]:
+    def _start(
+        self,
+        key: str,
+        req: UpstreamRequest,
+        policy: Policy,
+        rid: str,
+        stale: Entry | None,
+        shared: bool,
+    ) -> asyncio.Task[Fetched]:
         task = asyncio.create_task(self._timed_miss(key, req, policy, rid, stale, shared))
         self._inflight[key] = task
 
@@ -288,15 +325,29 @@ class Fetcher:
         task.add_done_callback(done)
         return task
 
-    async def _timed_miss(self, key: str, req: UpstreamRequest, policy: Policy, rid: str,
-                          stale: Entry | None, shared: bool) -> Fetched:
+    async def _timed_miss(
+        self,
+        key: str,
+        req: UpstreamRequest,
+        policy: Policy,
+        rid: str,
+        stale: Entry | None,
+        shared: bool,
+    ) -> Fetched:
         start = time.perf_counter()
         fetched = await self._miss(key, req, policy, rid, stale, shared)
         fetched.upstream = time.perf_counter() - start
         return fetched
 
-    async def _miss(self, key: str, req: UpstreamRequest, policy: Policy, rid: str,
-                    stale: Entry | None, shared: bool) -> Fetched:
+    async def _miss(
+        self,
+        key: str,
+        req: UpstreamRequest,
+        policy: Policy,
+        rid: str,
+        stale: Entry | None,
+        shared: bool,
+    ) -> Fetched:
         try:
             resp = await self.upstream.send(req, rid)
         except UpstreamError:
@@ -316,7 +367,9 @@ class Fetcher:
         entry = Entry(
             resp.status,
             tuple((k, v) for k, v in resp.headers if k.lower() in KEPT_HEADERS),
-            resp.body, now, ttl,
+            resp.body,
+            now,
+            ttl,
             0.0 if negative else policy.stale_while_revalidate,
             0.0 if negative else policy.stale_if_error,
             make_etag(resp.body),
@@ -326,8 +379,9 @@ class Fetcher:
             self._spawn(self.shared.set(key, entry))
         # The callers of this very call get Roblox's headers (x-ratelimit-*, …) as sent,
         # except cookies, which were set for one anonymous call and are not shared.
-        live = dataclasses.replace(entry, headers=tuple(
-            (k, v) for k, v in resp.headers if k.lower() != "set-cookie"))
+        live = dataclasses.replace(
+            entry, headers=tuple((k, v) for k, v in resp.headers if k.lower() != "set-cookie")
+        )
         return self._fetched(live, "MISS", key, shared, stored=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
