@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -27,9 +27,10 @@ from .cache.layer import Fetcher, SharedCache
 from .cache.redis_store import RedisStore
 from .clients import ClientGate
 from .config import Config
-from .errors import HTTPProblem, not_found
+from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
 from .guard import Guard
+from .middlewares import REQUEST_ID_HEADER
 from .observe import AccessLog, Metrics
 from .proxy import Proxy
 from .ratelimit import RedisBuckets
@@ -105,7 +106,7 @@ def create_app(
     app.router.add_post(RESERVED_PREFIX + "admin/purge", own(admin.purge, gated=False))
     docs_page.add_routes(app, own)  # /openapi.json, /docs (and under /_bloxproxy/)
     app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", own(_reserved, gated=False))
-    app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle)
+    app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle, expect_handler=_expect)
     return app
 
 
@@ -185,6 +186,25 @@ def _redis_client(url: str, max_connections: int, timeout: float | None) -> aior
     )
     # No client-side retries: a request must not stall on a dead Redis, it degrades to L1.
     return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+async def _expect(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue`` as aiohttp does it; any other expectation is a 417 problem
+    (aiohttp's default answers it in plain text, before any handler of ours runs)."""
+    expect = request.headers.get("Expect", "")
+    if request.version == HttpVersion11:
+        if expect.lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+            return None
+        problem = HTTPProblem(
+            417, "only 'Expect: 100-continue' is supported", code="expectation_failed"
+        )
+        rid = request.app[FRONT].request_id(request)
+        resp = problem_response(problem, instance=request.rel_url.raw_path[:512], request_id=rid)
+        resp.headers[REQUEST_ID_HEADER] = rid
+        return resp
+    return None
 
 
 def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:

@@ -19,9 +19,8 @@ of a test. The invariants, checked after every example:
 Malformed HTTP that aiohttp's parser refuses (bare CR/LF or NUL in a header, a line over
 the limit, too many headers, raw non-ASCII in the target, Content-Length with chunked,
 TLS bytes) never reaches a middleware; ``serve``'s runner (``start_runner``, used here)
-still answers it as a problem+json 400 without echoing the bytes. The one answer that
-bypasses our shape is aiohttp's own 417 to an ``Expect`` other than 100-continue (pinned
-by ``test_unknown_expect_is_the_one_plain_text_answer``; see RELIABILITY.md).
+still answers it as a problem+json 400 without echoing the bytes, and an ``Expect`` other
+than 100-continue gets a 417 problem (``test_unknown_expect_is_a_problem_too``).
 
 The rule and config fuzzing at the end feeds generated YAML to ``bloxproxy check`` and to
 ``serve``'s loader: each must end in "valid" or "rejected with file:line messages", never
@@ -262,12 +261,7 @@ def check_answer(world: World, req: Req, answer: Raw) -> None:
     assert answer.status != 500, shown
     assert not TRACEBACK.search(answer.body), shown
     rid = answer.header("x-request-id")
-    if rid is None:
-        # The one answer that bypasses our middleware: aiohttp's Application refuses an
-        # ``Expect`` other than 100-continue (417 text/plain) before the middleware chain.
-        assert answer.status == 417, shown
-        assert any(k.lower() == b"expect" for k, _ in req.headers), shown
-        return
+    assert rid is not None, shown
     if answer.header("x-cache") is not None:
         return  # a passthrough answer: Roblox's status, headers and body as sent
     assert answer.status < 500 or answer.status in (502, 503, 504), shown
@@ -911,14 +905,15 @@ async def test_malformed_http_is_a_problem_400_that_never_reaches_upstream(
     assert world.forbidden.accepts == 0
 
 
-async def test_unknown_expect_is_the_one_plain_text_answer(world: World) -> None:
-    """Documented exception: aiohttp's Application answers ``Expect: <not 100-continue>``
-    with 417 text/plain before the middleware chain (see RELIABILITY.md)."""
+async def test_unknown_expect_is_a_problem_too(world: World) -> None:
+    """aiohttp's Application answers ``Expect: <not 100-continue>`` itself, before any handler;
+    the proxy's expect handler makes that a 417 problem+json like every other error."""
     answer = await send_raw(
         world.port, Req(b"GET", b"/v1/users/1", ((b"Expect", b"1"),)).render(world.forbidden.port)
     )
     assert answer.status == 417
-    assert answer.header("content-type") != PROBLEM
+    assert answer.header("content-type") == PROBLEM
+    assert answer.header("x-request-id") is not None
     assert world.fake.total == 0
 
 
