@@ -181,7 +181,9 @@ class Fetched:
         cached = self.l1.get_nowait(rkey)
         if cached is not None and cached.stored_at == entry.stored_at:
             return cached.body, cached.etag
-        body = fn()
+        # A right-sized copy: orjson's output keeps a buffer of at least a few KiB behind a
+        # small body, which would make every cached rendering cost several times its size.
+        body = memoryview(fn()).tobytes()
         etag = make_etag(body)
         self.l1.set_nowait(
             rkey,
