@@ -456,9 +456,19 @@ def parse_metrics(text: str) -> dict[str, Any]:
             out["upstream"][f"{labels.get('service')} {labels.get('status')}"] += int(float(value))
         elif name.startswith("bloxproxy_upstream_retries_total"):
             out["retries"][labels.get("service", "?")] += int(float(value))
-        elif name.startswith(("bloxproxy_cache_l1_", "bloxproxy_breaker_state")):
+        elif name.startswith(
+            ("bloxproxy_cache_l1_", "bloxproxy_breaker_state", "bloxproxy_asyncio_tasks")
+        ):
             gauges[name] = float(value)
     return {**{k: dict(v) for k, v in out.items()}, "gauges": gauges}
+
+
+async def tasks_of(base: str) -> float:
+    """The proxy's live asyncio tasks, from its own metrics (the scrape itself is one)."""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{base}/_bloxproxy/metrics") as resp:
+            gauges = parse_metrics(await resp.text())["gauges"]
+    return float(gauges.get("bloxproxy_asyncio_tasks", -1))
 
 
 async def soak(args: argparse.Namespace) -> int:
@@ -496,6 +506,7 @@ async def soak(args: argparse.Namespace) -> int:
         await wait_ready(f"{base}/_bloxproxy/healthz", proxy)
         await asyncio.sleep(1.0)
         before = sample(proxy.pid, ports)
+        tasks_before = await tasks_of(base)
         print(f"proxy pid {proxy.pid}; before load: {before}; logs in {logdir}", flush=True)
 
         stats = Stats()
@@ -517,6 +528,7 @@ async def soak(args: argparse.Namespace) -> int:
         print(f"load done; idling {args.idle:g}s with no client connected", flush=True)
         await asyncio.sleep(args.idle)
         after = sample(proxy.pid, ports)
+        tasks_after = await tasks_of(base)
         alive = proxy.alive()
     finally:
         proxy.stop()
@@ -574,6 +586,7 @@ async def soak(args: argparse.Namespace) -> int:
         "redis connections after idle within the pool": conns_after.get("redis", 0)
         <= pool_redis + 2,
         "non-socket fds as before": after["non_socket_fds"] <= before["non_socket_fds"] + 2,
+        "asyncio tasks as before (bloxproxy_asyncio_tasks)": tasks_after <= tasks_before + 2,
         "zero 500s from the proxy": stats.proxy_500s == 0,
         "zero client timeouts / transport errors": not stats.transport,
         "zero errors on unfaulted services": not stats.unexplained,
@@ -615,6 +628,7 @@ async def soak(args: argparse.Namespace) -> int:
             "metrics": metrics,
             "cookies_in_proxy_log": cookies_in_log,
             "samples": samples,
+            "tasks": {"before": tasks_before, "after_idle": tasks_after},
             "verdicts": verdicts,
         }
     )

@@ -122,6 +122,12 @@ class Metrics:
         self.l1_bytes = Gauge(
             "bloxproxy_cache_l1_bytes", "Approximate bytes held by L1.", registry=r
         )
+        self.tasks = Gauge(
+            "bloxproxy_asyncio_tasks",
+            "asyncio tasks alive in this process (a steady climb is a task leak).",
+            registry=r,
+        )
+        self.tasks.set_function(lambda: len(asyncio.all_tasks()))
         self.reloads = Counter(
             "bloxproxy_reloads_total", "Config/rule reloads by result.", ["result"], registry=r
         )
