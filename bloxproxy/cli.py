@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
 from .rules import RuleSet
@@ -105,14 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_check(args: argparse.Namespace) -> int:
+def _load(path: str | None, *, summary: bool = False) -> tuple[Config, RuleSet] | None:
+    """Config and rules, or None after printing every problem as ``file:line: message``."""
     try:
-        _config, rules = load_all(args.config)
+        return load_all(path)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        if summary:
+            print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load(args.config, summary=True)
+    if loaded is None:
         return 1
+    _config, rules = loaded
     print(
         f"ok: config {args.config or '<defaults>'}, {len(rules.routes)} routes "
         f"from {len(rules.files)} rule file(s)"
@@ -154,23 +164,18 @@ def routes_table(rules: RuleSet) -> str:
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
-    try:
-        _, rules = load_all(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load(args.config)
+    if loaded is None:
         return 1
-    print(routes_table(rules))
+    print(routes_table(loaded[1]))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    try:
-        config, rules = load_all(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load(args.config)
+    if loaded is None:
         return 1
+    config, rules = loaded
     overrides = Overrides(host=args.host, port=args.port)
     config = overrides.apply(config)
     setup_logging(config.logging)
@@ -207,13 +212,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_openapi(args: argparse.Namespace) -> int:
     from .openapi import dumps, openapi_for
 
-    try:
-        config, rules = load_all(args.config)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load(args.config)
+    if loaded is None:
         return 1
-    data = dumps(openapi_for(config, rules))
+    data = dumps(openapi_for(*loaded))
     if args.output:
         with open(args.output, "wb") as f:
             f.write(data)
