@@ -25,6 +25,38 @@ pytest_plugins = ["tests.conftest_redis"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
+VIEWER_RULES = """\
+service: users
+routes:
+  - id: viewer.as_viewer
+    endpoint: /v1/as-viewer/{user_id}
+    params:
+      user_id: {type: int, min: 1}
+    backend:
+      path: /v1/users/{user_id}
+      credentials: forward
+    response:
+      case: keep
+    cache:
+      ttl: 1m
+      credentials: per_credential
+  - id: viewer.forwarded
+    endpoint: /v1/forwarded/{user_id}
+    params:
+      user_id: {type: int, min: 1}
+    backend:
+      path: /v1/users/{user_id}
+      credentials: forward
+    response:
+      case: keep
+    cache:
+      ttl: 1m
+"""
+# Two routes that forward the caller's credential upstream: /v1/as-viewer/{id} opts in to
+# per-credential caching, /v1/forwarded/{id} keeps the default (bypass). The fake tags
+# credentialed answers with _fakeViewer, so a leak between callers is visible.
+
+
 class FakeClock:
     """Wall-clock stand-in: tests move time with :meth:`advance` instead of sleeping."""
 

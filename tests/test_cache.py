@@ -22,7 +22,7 @@ from bloxproxy.app import create_app
 from bloxproxy.cache.entry import make_etag
 from bloxproxy.fake import FakeRoblox, Fault
 from bloxproxy.fake.state import viewer_tag
-from tests.conftest import FakeClock, ProxyFactory, fetcher_of, proxy_config
+from tests.conftest import VIEWER_RULES, FakeClock, ProxyFactory, fetcher_of, proxy_config
 
 Client = TestClient[web.Request, web.Application]
 
@@ -573,32 +573,9 @@ async def test_empty_roblosecurity_cookie_is_anonymous(proxy: Client, fake: Fake
     assert users_get_count(fake) == 1
 
 
-EXTRA_RULES = """\
-service: users
-routes:
-  - id: test.profile_as_viewer
-    endpoint: /v1/as-viewer/{user_id}
-    params:
-      user_id: {type: int, min: 1}
-    backend:
-      path: /v1/users/{user_id}
-      credentials: forward
-    response:
-      case: keep
-    cache:
-      ttl: 1m
-      credentials: per_credential
-  - id: test.profile_forwarded
-    endpoint: /v1/forwarded/{user_id}
-    params:
-      user_id: {type: int, min: 1}
-    backend:
-      path: /v1/users/{user_id}
-      credentials: forward
-    response:
-      case: keep
-    cache:
-      ttl: 1m
+EXTRA_RULES = (
+    VIEWER_RULES
+    + """\
   - id: test.mapped_errors
     endpoint: /v1/mapped/{user_id}
     params:
@@ -611,6 +588,7 @@ routes:
       ttl: 1m
       not_found_ttl: 1m
 """
+)
 
 
 @pytest.fixture

@@ -40,37 +40,11 @@ from bloxproxy.app import ACCESS_LOG
 from bloxproxy.config import shipped_rules_dir
 from bloxproxy.fake import FakeRoblox, Fault
 from bloxproxy.logs import JsonFormatter
-from tests.conftest import FakeClock, ProxyFactory, fetcher_of
+from tests.conftest import VIEWER_RULES, FakeClock, ProxyFactory, fetcher_of
 
 Client = TestClient[web.Request, web.Application]
 
-RULES = """\
-service: users
-routes:
-  - id: iso.as_viewer
-    endpoint: /v1/as-viewer/{user_id}
-    params:
-      user_id: {type: int, min: 1}
-    backend:
-      path: /v1/users/{user_id}
-      credentials: forward
-    response:
-      case: keep
-    cache:
-      ttl: 1m
-      credentials: per_credential
-  - id: iso.forwarded
-    endpoint: /v1/forwarded/{user_id}
-    params:
-      user_id: {type: int, min: 1}
-    backend:
-      path: /v1/users/{user_id}
-      credentials: forward
-    response:
-      case: keep
-    cache:
-      ttl: 1m
-"""
+RULES = VIEWER_RULES
 
 
 def tag(credential: str) -> str:
