@@ -107,6 +107,7 @@ def create_app(
     docs_page.add_routes(app, own)  # /openapi.json, /docs (and under /_bloxproxy/)
     app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", own(_reserved, gated=False))
     app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle, expect_handler=_expect)
+    front.install(app)  # the fast hit path, ahead of routing
     return app
 
 

@@ -20,14 +20,20 @@ takes the full pipeline, which decides exactly as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from aiohttp import web
-from multidict import CIMultiDict
+from aiohttp import HttpVersion11, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_request import BaseRequest
 
 from .middlewares import REQUEST_ID, REQUEST_ID_HEADER, REQUEST_ID_RE, error_response
 from .observe import INFO, AccessLog, Metrics, RequestInfo
@@ -52,18 +58,24 @@ _NOT_FAST = (
     "Range",
     "Accept-Language",
     "Roblox-Place-Id",
+    "Expect",  # answered by the route's expect handler (app._expect)
 )
 
 
 class FastEntry:
-    """A ready answer for one request target, valid while its L1 entry is unchanged."""
+    """A ready answer for one request target, valid while its L1 entry is unchanged.
+
+    The answer is kept serialized: status line and headers as bytes, rebuilt when the whole
+    seconds of ``Age`` or of the ``Date`` clock change (about once a second), so a hit only
+    appends its request id and ``Server-Timing`` (:meth:`wire`).
+    """
 
     __slots__ = (
         "body",
         "etag",
+        "head",
+        "head_key",
         "key",
-        "memo",
-        "memo_age",
         "route",
         "shared",
         "sie",
@@ -97,26 +109,97 @@ class FastEntry:
         self.etag = etag
         self.route = route
         self.shared = shared
-        self.memo_age = (-1, -1)
-        self.memo: CIMultiDict[str] = CIMultiDict()
+        self.head_key = (-1, -1, -1)
+        self.head = b""
 
-    def headers(self, age: float) -> CIMultiDict[str]:
-        """The headers for an answer ``age`` seconds old (rebuilt about once a second)."""
-        memo_key = (int(age), int(self.ttl - age))
-        if memo_key != self.memo_age:
-            h: CIMultiDict[str] = CIMultiDict(self.static)
-            whole, left = memo_key
-            cc = f"{'public' if self.shared else 'private'}, max-age={max(0, left)}"
-            if self.swr:
-                cc += f", stale-while-revalidate={int(self.swr)}"
-            if self.sie:
-                cc += f", stale-if-error={int(self.sie)}"
-            h["X-Cache"] = "HIT"
-            h["Cache-Control"] = cc
-            h["Cache-Status"] = f"bloxproxy; hit; ttl={left}"
-            h["Age"] = str(whole)
-            self.memo, self.memo_age = h, memo_key
-        return self.memo
+    def headers(self, age: float) -> list[tuple[str, str]]:
+        """The headers of an answer ``age`` seconds old, before the per-request ones."""
+        left = int(self.ttl - age)
+        cc = f"{'public' if self.shared else 'private'}, max-age={max(0, left)}"
+        if self.swr:
+            cc += f", stale-while-revalidate={int(self.swr)}"
+        if self.sie:
+            cc += f", stale-if-error={int(self.sie)}"
+        return [
+            *self.static,
+            ("X-Cache", "HIT"),
+            ("Cache-Control", cc),
+            ("Cache-Status", f"bloxproxy; hit; ttl={left}"),
+            ("Age", str(int(age))),
+            ("Content-Length", str(len(self.body))),
+        ]
+
+    def wire(self, age: float, wall: float) -> bytes | None:
+        """Status line and headers up to the per-request ones; None when a header value
+        cannot go on the wire as it is (the full pipeline then answers, as aiohttp would)."""
+        head_key = (int(age), int(self.ttl - age), int(wall))
+        if head_key != self.head_key:
+            lines = [f"HTTP/1.1 {self.status} {_reason(self.status)}"]
+            for name, value in (*self.headers(age), ("Date", _http_date(int(wall)))):
+                if _UNSAFE.search(name) or _UNSAFE.search(value):
+                    return None
+                lines.append(f"{name}: {value}")
+            lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
+            self.head = "\r\n".join(lines).encode()
+            self.head_key = head_key
+        return self.head
+
+
+_UNSAFE = re.compile(r"[\r\n\x00]")
+
+
+@functools.lru_cache(maxsize=4)
+def _http_date(second: int) -> str:
+    return formatdate(second, usegmt=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+class WireResponse(web.StreamResponse):
+    """An HTTP/1.1 answer written as prepared bytes: status line, headers and body in one
+    write, without aiohttp's per-response header handling (the fast path's answer).
+
+    Only for keep-alive HTTP/1.1 requests with a body-bearing status (the caller checks),
+    which is all aiohttp's header preparation would have had to consider.
+    """
+
+    def __init__(self, status: int, head: bytes, body: bytes) -> None:
+        super().__init__(status=status)
+        self._wire_head = head
+        self._wire_body = body
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        writer = self._payload_writer
+        if writer is None and not self._eof_sent:
+            self._req = request
+            self._keep_alive = True
+            writer = self._payload_writer = request.writer
+        return writer
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        if self._eof_sent:
+            return
+        writer = self._payload_writer
+        assert writer is not None, "Response has not been started"
+        self._eof_sent = True
+        head, body = self._wire_head, self._wire_body
+        if len(body) <= _JOIN_MAX:
+            await writer.write(head + body)  # one send
+        else:
+            await writer.write(head)  # no copy of a large body
+            await writer.write(body)
+        await writer.write_eof()
+
+
+_JOIN_MAX = 64 * 1024
+# The per-request headers of a fast answer, and the end of the header block.
+_TAIL = b"X-Request-ID: %s\r\nServer-Timing: cache;desc=HIT;dur=%.2f, total;dur=%.1f\r\n\r\n"
 
 
 class Front:
@@ -138,6 +221,8 @@ class Front:
         self.l1: MemoryStore | None = None  # set once the pipeline is up
         self.inner: Handler | None = None
         self.fast: dict[str, FastEntry] = {}
+        self.fast_answers = 0  # answers the fast path gave (tests look at it)
+        self._routed: Handler | None = None  # aiohttp's router, once install() ran
         self.generation = 0  # bumped by forget_all() on reload
         self._host_routing = host_routing
         self._rid_prefix = secrets.token_hex(4)
@@ -155,11 +240,34 @@ class Front:
 
     # -- the handlers ------------------------------------------------------------------
 
+    def install(self, app: web.Application) -> None:
+        """Put the fast path in front of aiohttp's router.
+
+        The server an aiohttp runner builds for ``app`` calls ``app._handle`` for every
+        request (routing, then the handler). Here the app's own ``_handle`` becomes
+        :meth:`dispatch`, which answers a remembered hit without routing (about a sixth of
+        a hit's cost) and hands everything else to the router. With an aiohttp that has no
+        ``_handle``, nothing changes and the catch-all route checks the fast path instead.
+        """
+        routed = getattr(app, "_handle", None)
+        if callable(routed):
+            self._routed = routed
+            vars(app)["_handle"] = self.dispatch
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Every request, before routing (see :meth:`install`)."""
+        if self.gate is None and request.method == "GET":
+            resp = self._fast(request, time.perf_counter())
+            if resp is not None:
+                return resp
+        assert self._routed is not None
+        return await self._routed(request)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The catch-all: clean routes and passthrough."""
         assert self.inner is not None
         start = time.perf_counter()
-        if self.gate is None and request.method == "GET":
+        if self._routed is None and self.gate is None and request.method == "GET":
             resp = self._fast(request, start)
             if resp is not None:
                 return resp
@@ -252,6 +360,8 @@ class Front:
         for name in _NOT_FAST:
             if name in headers:
                 return None
+        if request.version != HttpVersion11 or not request.keep_alive:
+            return None  # the answer's bytes are HTTP/1.1 keep-alive ones
         age = self.clock() - fe.stored_at
         if age >= fe.ttl:
             return None  # stale: the pipeline decides (revalidate, serve stale, refetch)
@@ -259,19 +369,21 @@ class Front:
         entry = self.l1.get_nowait(fe.key)  # also keeps the entry hot in the LRU
         if entry is None or entry.stored_at != fe.stored_at:
             return None  # purged, evicted or refreshed since
+        head = fe.wire(age, time.time())
+        if head is None:
+            return None
         rid = self.request_id(request)
-        resp = web.Response(status=fe.status, body=fe.body, headers=fe.headers(age))
         total = time.perf_counter() - start
-        h = resp.headers
-        h[REQUEST_ID_HEADER] = rid
-        h["Server-Timing"] = f"cache;desc=HIT;dur={total * 1000:.2f}, total;dur={total * 1000:.1f}"
+        ms = total * 1000
+        head += _TAIL % (rid.encode(), ms, ms)
+        self.fast_answers += 1
         if self.metrics is not None:
             self.metrics.observe_request(fe.route, fe.status, "HIT", total)
         if self.access is not None:
             self.access.write(
                 rid, "GET", request.rel_url.raw_path[:512], fe.route, fe.status, "HIT", 0.0, total
             )
-        return resp
+        return WireResponse(fe.status, head, fe.body)
 
     def _remember(self, request: web.Request, fe: FastEntry) -> None:
         if request.method != "GET":

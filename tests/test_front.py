@@ -1,0 +1,244 @@
+"""The front door's fast hit path (bloxproxy.front): prepared answers written as bytes.
+
+A fresh anonymous GET hit is answered from a remembered ``FastEntry`` before aiohttp's
+router runs, as one prepared HTTP/1.1 message. These tests check that such an answer is the
+same answer the full pipeline gives, that it is used only when it may be, and that it is
+sound HTTP on a real socket (keep-alive, pipelining, large bodies, HTTP/1.0, close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bloxproxy.app import FRONT
+from bloxproxy.fake import FakeRoblox
+from bloxproxy.front import FastEntry, Front, WireResponse
+
+from .conftest import FakeClock, ProxyFactory
+
+Client = TestClient[web.Request, web.Application]
+
+USER = "/v1/users/156"
+USER_PT = "/users/v1/users/156"
+# Headers that differ between two answers by design.
+_PER_ANSWER = {"x-request-id", "server-timing", "date", "age", "cache-control", "cache-status"}
+
+
+def front_of(client: Client) -> Front:
+    return client.server.app[FRONT]
+
+
+async def answer(client: Client, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    async with client.get(path, headers=headers) as resp:
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, await resp.read()
+
+
+async def warm(client: Client, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A MISS, then a HIT from the full pipeline; that HIT. Both leave a fast entry."""
+    status, headers, _ = await answer(client, path)
+    assert (status, headers["x-cache"]) == (200, "MISS")
+    front = front_of(client)
+    front.forget_all()  # so the next answer comes from the pipeline, and is remembered again
+    hit = await answer(client, path)
+    assert hit[1]["x-cache"] == "HIT"
+    assert front.fast_answers == 0
+    return hit
+
+
+@pytest.mark.parametrize("path", [USER, USER_PT])
+async def test_the_fast_answer_is_the_pipeline_answer(proxy: Client, path: str) -> None:
+    front = front_of(proxy)
+    status, slow, body = await warm(proxy, path)
+    assert front.fast_answers == 0
+    fstatus, fast, fbody = await answer(proxy, path)
+    assert front.fast_answers == 1
+    assert (fstatus, fbody) == (status, body)
+    assert set(fast) == set(slow)
+    for name in set(slow) - _PER_ANSWER:
+        assert fast[name] == slow[name], name
+    assert fast["content-length"] == str(len(body))
+    assert fast["x-cache"] == "HIT"
+    assert fast["cache-status"].startswith("bloxproxy; hit; ttl=")
+    assert re.fullmatch(r"cache;desc=HIT;dur=[\d.]+, total;dur=[\d.]+", fast["server-timing"])
+    assert fast["x-request-id"] != slow["x-request-id"]
+
+
+async def test_age_and_max_age_follow_the_clock(proxy: Client, clock: FakeClock) -> None:
+    await warm(proxy, USER)
+    clock.advance(42.5)
+    _, headers, _ = await answer(proxy, USER)
+    assert front_of(proxy).fast_answers == 1
+    assert headers["age"] == "42"
+    max_age = int(re.search(r"max-age=(\d+)", headers["cache-control"]).group(1))  # type: ignore[union-attr]
+    clock.advance(1)
+    _, later, _ = await answer(proxy, USER)
+    assert later["age"] == "43"
+    assert f"max-age={max_age - 1}" in later["cache-control"]
+
+
+async def test_a_stale_entry_goes_back_to_the_pipeline(
+    proxy: Client, clock: FakeClock, fake: FakeRoblox
+) -> None:
+    await warm(proxy, USER)
+    clock.advance(24 * 3600)
+    _, headers, _ = await answer(proxy, USER)
+    assert headers["x-cache"] != "HIT"
+    assert front_of(proxy).fast_answers == 0
+
+
+async def test_the_client_request_id_is_echoed(proxy: Client) -> None:
+    await warm(proxy, USER)
+    _, headers, _ = await answer(proxy, USER, **{"X-Request-ID": "abc-123"})
+    assert front_of(proxy).fast_answers == 1
+    assert headers["x-request-id"] == "abc-123"
+    _, headers, _ = await answer(proxy, USER, **{"X-Request-ID": "bad id\u00e9"})
+    assert headers["x-request-id"] != "bad id\u00e9"
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"Cookie": ".ROBLOSECURITY=x"},
+        {"Authorization": "Bearer x"},
+        {"If-None-Match": '"nope"'},
+        {"Accept-Language": "de-DE"},
+        {"Connection": "close"},
+    ],
+)
+async def test_requests_that_may_differ_take_the_pipeline(
+    proxy: Client, header: dict[str, str]
+) -> None:
+    await warm(proxy, USER_PT)
+    status, headers, _ = await answer(proxy, USER_PT, **header)
+    assert status in (200, 304)
+    assert front_of(proxy).fast_answers == 0
+    if "Connection" in header:
+        assert headers["connection"] == "close"
+
+
+async def test_a_purge_ends_the_fast_answers(make_proxy: ProxyFactory, fake: FakeRoblox) -> None:
+    client = await make_proxy(BLOXPROXY_SERVER_ADMIN_TOKEN="t" * 32)
+    await warm(client, USER)
+    await answer(client, USER)
+    assert front_of(client).fast_answers == 1
+    async with client.post(
+        "/_bloxproxy/admin/purge",
+        json={"all": True},
+        headers={"Authorization": "Bearer " + "t" * 32},
+    ) as resp:
+        assert resp.status == 200
+    _, headers, _ = await answer(client, USER)
+    assert headers["x-cache"] == "MISS"
+    assert front_of(client).fast_answers == 1
+
+
+async def test_metrics_and_access_log_count_fast_answers(proxy: Client) -> None:
+    await warm(proxy, USER)
+    for _ in range(3):
+        await answer(proxy, USER)
+    async with proxy.get("/_bloxproxy/metrics") as resp:
+        text = await resp.text()
+    hits = re.search(r'^bloxproxy_cache_results_total\{result="HIT",route="users.get"\} (\S+)$',
+                     text, re.M)  # fmt: skip
+    assert hits is not None and float(hits.group(1)) == 4.0  # 1 pipeline hit + 3 fast
+
+
+# -- on a raw socket --------------------------------------------------------------------------
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, dict[str, str], bytes]:
+    status = await reader.readline()
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body
+
+
+async def test_pipelined_requests_get_their_answers_in_order(proxy: Client) -> None:
+    _, _, body = await warm(proxy, USER)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    try:
+        ids = [f"req-{i}" for i in range(5)]
+        writer.write(b"".join(
+            f"GET {USER} HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n\r\n".encode() for rid in ids
+        ))  # fmt: skip
+        await writer.drain()
+        for rid in ids:
+            status, headers, got = await asyncio.wait_for(read_answer(reader), 5)
+            assert status == b"HTTP/1.1 200 OK\r\n"
+            assert headers["x-request-id"] == rid
+            assert got == body
+        assert front_of(proxy).fast_answers == 5
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_http_1_0_gets_an_http_1_0_answer(proxy: Client) -> None:
+    _, _, body = await warm(proxy, USER)
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    try:
+        writer.write(f"GET {USER} HTTP/1.0\r\n\r\n".encode())
+        status, headers, got = await asyncio.wait_for(read_answer(reader), 5)
+        assert status.startswith(b"HTTP/1.0 200")
+        assert (got, headers["x-cache"]) == (body, "HIT")
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # and the connection closes
+        assert front_of(proxy).fast_answers == 0
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+# -- the pieces ---------------------------------------------------------------------------------
+
+
+def entry(**changes: object) -> FastEntry:
+    args: dict[str, object] = {
+        "key": "k", "stored_at": 100.0, "ttl": 60.0, "swr": 10.0, "sie": 0.0, "status": 200,
+        "body": b"{}", "static": (("Content-Type", "application/json"),), "etag": "",
+        "route": "r", "shared": True,
+    }  # fmt: skip
+    args.update(changes)
+    return FastEntry(**args)  # type: ignore[arg-type]
+
+
+def test_wire_head_is_rebuilt_each_second_and_refuses_unsafe_values() -> None:
+    fe = entry()
+    head = fe.wire(1.2, 1_800_000_000.3)
+    assert head is not None and head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Cache-Control: public, max-age=58, stale-while-revalidate=10\r\n" in head
+    assert b"Date: Fri, 15 Jan 2027 08:00:00 GMT\r\n" in head
+    assert head.endswith(b"\r\n") and not head.endswith(b"\r\n\r\n")
+    assert fe.wire(1.9, 1_800_000_000.9) is head  # same second: the same bytes
+    assert b"Age: 2\r\n" in (fe.wire(2.0, 1_800_000_000.9) or b"")
+    assert b"Date: Fri, 15 Jan 2027 08:00:01 GMT" in (fe.wire(2.0, 1_800_000_001.0) or b"")
+    assert entry(static=(("X-Odd", "a\r\nSet-Cookie: x"),)).wire(1, 1) is None
+    assert b"private, max-age=" in (entry(shared=False).wire(1, 1) or b"")
+
+
+async def test_a_large_wire_body_arrives_whole() -> None:
+    body = bytes(range(256)) * 1024  # 256 KiB: written after the head, not joined to it
+    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return WireResponse(200, head, body)
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = TestServer(app)
+    client: Client = TestClient(server)
+    await client.start_server()
+    try:
+        for _ in range(2):  # twice on one connection: keep-alive holds
+            async with client.get("/") as resp:
+                assert resp.status == 200
+                assert await resp.read() == body
+    finally:
+        await client.close()
