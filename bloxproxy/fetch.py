@@ -233,7 +233,9 @@ class Fetched:
             h["Age"] = str(int(self.entry.age(now)))
             if etag:
                 h["ETag"] = etag
-            if self.fast_ok and resp.status == 200 and self.result != "STALE":
+            # Offered on a hit only: a key asked for once (a stream of misses) costs no
+            # remembered answer, and the second request makes the third one fast.
+            if self.fast_ok and resp.status == 200 and self.result == "HIT":
                 self._offer_fast(request, resp, body, etag)
         return resp
 
@@ -243,8 +245,8 @@ class Fetched:
         from .observe import INFO
 
         info = request.get(INFO)
-        if info is None or not self.shared:
-            return
+        if info is None or not self.shared or self.l1 is None or not self.l1.max_entries:
+            return  # (a fast answer is checked against L1 each time: none without L1)
         e = self.entry
         static = [
             (k, v)

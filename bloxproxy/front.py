@@ -366,8 +366,8 @@ class Front:
         if age >= fe.ttl:
             return None  # stale: the pipeline decides (revalidate, serve stale, refetch)
         assert self.l1 is not None
-        entry = self.l1.get_nowait(fe.key)  # also keeps the entry hot in the LRU
-        if entry is None or entry.stored_at != fe.stored_at:
+        stored_at = self.l1.stored_at_nowait(fe.key)  # also keeps the entry hot in the LRU
+        if stored_at != fe.stored_at:
             return None  # purged, evicted or refreshed since
         head = fe.wire(age, time.time())
         if head is None:

@@ -468,9 +468,13 @@ class Guard:
                 if not self._shared_retry_at:
                     log.warning("shared upstream budget unavailable, limiting locally: %s", exc)
                 self._shared_retry_at = self._clock() + 5.0
+        limiter = st.limiter
+        if limiter.has_capacity():
+            await limiter.acquire()  # no wait: spare the timeout's set-up
+            return
         try:
             async with asyncio.timeout(max_wait):
-                await st.limiter.acquire()
+                await limiter.acquire()
         except TimeoutError:
             self._rejected(service, st)
             raise Unavailable(

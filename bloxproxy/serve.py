@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import multiprocessing
 import os
@@ -245,6 +246,7 @@ async def serve(
         runner, config.server.host, config.server.port, reuse_port=reuse_port or None, backlog=1024
     )
     await site.start()
+    _tune_gc()
     log.info(
         "bloxproxy listening on http://%s:%d (%d clean routes, pid %d)",
         config.server.host,
@@ -322,6 +324,20 @@ def run_single(
             watch_files=watch_files,
         )
     )
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the request path (see docs/ARCHITECTURE.md).
+
+    ``gc.freeze()`` moves everything alive once the server is up (modules, rules, the app)
+    out of the collector's sight for good. The higher first threshold lets the objects of
+    requests in flight die by reference counting before a collection looks at them, instead
+    of being promoted to the old generation, whose growth triggers full collections.
+    Measured on the miss path (bench/RESULTS.md): +20 % throughput, p99 halved.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)  # CPython's default: 700, 10, 10
 
 
 def _use_uvloop() -> None:

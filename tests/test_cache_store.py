@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import math
 import random
@@ -534,3 +535,29 @@ def test_make_etag() -> None:
     etag = make_etag(b"body")
     assert etag.startswith('"') and etag.endswith('"') and len(etag) == 26
     assert etag == make_etag(b"body") != make_etag(b"bodY")
+
+
+def test_held_entries_cost_the_garbage_collector_nothing() -> None:
+    """L1 holds plain tuples, which CPython's cyclic GC stops tracking: a full collection
+    does not walk the cache (Entry objects would each be walked, every time)."""
+    store = MemoryStore(1 << 24, 10_000, clock=lambda: T0)
+    gc.collect()
+    before = len(gc.get_objects())
+    headers = (("content-type", "application/json"), ("content-language", "en"))
+    for i in range(2000):
+        store.set_nowait(f"k{i}", make_entry(b"x%d" % i, headers=headers, etag=f'"{i}"'))
+    gc.collect()
+    assert len(store) == 2000
+    assert len(gc.get_objects()) - before < 100
+    assert store.get_nowait("k7") == make_entry(b"x7", headers=headers, etag='"7"')
+
+
+def test_stored_at_without_building_the_entry() -> None:
+    clock = [T0]
+    store = MemoryStore(1 << 20, 10, clock=lambda: clock[0])
+    store.set_nowait("a", make_entry(stored_at=T0 - 5, ttl=10.0))
+    assert store.stored_at_nowait("a") == T0 - 5
+    assert store.stored_at_nowait("b") is None
+    clock[0] = T0 + 5  # at the hard expiry: gone, as for get_nowait
+    assert store.stored_at_nowait("a") is None
+    assert len(store) == 0

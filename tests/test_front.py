@@ -137,6 +137,24 @@ async def test_a_purge_ends_the_fast_answers(make_proxy: ProxyFactory, fake: Fak
     assert front_of(client).fast_answers == 1
 
 
+async def test_only_a_hit_is_remembered(proxy: Client) -> None:
+    front = front_of(proxy)
+    await answer(proxy, USER)  # MISS: a key asked for once leaves nothing behind
+    assert front.fast == {}
+    await answer(proxy, USER)  # a HIT from the pipeline: remembered
+    assert list(front.fast) == [USER]
+    await answer(proxy, USER)
+    assert front.fast_answers == 1
+
+
+async def test_no_fast_answers_without_an_l1(make_proxy: ProxyFactory) -> None:
+    client = await make_proxy(BLOXPROXY_CACHE_MAX_ENTRIES="0")
+    for _ in range(3):
+        _, headers, _ = await answer(client, USER)
+        assert headers["x-cache"] == "MISS"
+    assert front_of(client).fast == {}
+
+
 async def test_metrics_and_access_log_count_fast_answers(proxy: Client) -> None:
     await warm(proxy, USER)
     for _ in range(3):

@@ -37,6 +37,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bloxproxy.app import ACCESS_LOG
+from bloxproxy.cache.entry import Entry
 from bloxproxy.config import shipped_rules_dir
 from bloxproxy.fake import FakeRoblox, Fault
 from bloxproxy.logs import JsonFormatter
@@ -361,7 +362,8 @@ async def test_secrets_never_appear_in_logs_metrics_cache_keys_or_answers(
     assert '"type":"access"' in err  # the access log stream was captured
     assert "bloxproxy_requests_total" in metrics
     l1 = fetcher_of(proxy).l1._cache
-    l1_text = "\n".join(f"{k} {v.headers!r} {v.body!r}" for k, v in l1.items())
+    held = [(k, Entry.from_row(row)) for k, row in l1.items()]
+    l1_text = "\n".join(f"{k} {e.headers!r} {e.body!r}" for k, e in held)
     async with aioredis.Redis.from_url(redis_url) as direct:
         names = [k async for k in direct.scan_iter("*")]
         dumps = [await direct.dump(k) or b"" for k in names]

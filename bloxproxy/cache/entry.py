@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
-__all__ = ["ENTRY_OVERHEAD", "FORMAT_VERSION", "HEADER_OVERHEAD", "Entry", "make_etag"]
+__all__ = ["ENTRY_OVERHEAD", "FORMAT_VERSION", "HEADER_OVERHEAD", "Entry", "Row", "make_etag"]
 
 FORMAT_VERSION = 1
 _MAGIC = b"BXP\x00"
@@ -39,6 +39,20 @@ ENTRY_OVERHEAD = 700
 # Each kept header costs a 2-tuple and two str objects besides its text (~170 bytes
 # measured the same way with five typical headers; ~105 when names are shared constants).
 HEADER_OVERHEAD = 170
+
+
+# Entry.row(): status, headers, body, stored_at, ttl, swr, sie, etag, hard expiry.
+Row = tuple[int, tuple[tuple[str, str], ...], bytes, float, float, float, float, str, float]
+_FIELDS = (
+    "status",
+    "headers",
+    "body",
+    "stored_at",
+    "ttl",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "etag",
+)
 
 
 def make_etag(body: bytes) -> str:
@@ -90,10 +104,30 @@ class Entry:
 
     def size(self) -> int:
         """Approximate bytes this entry holds in memory (the L1 byte budget unit)."""
-        n = ENTRY_OVERHEAD + len(self.body) + len(self.etag)
-        for name, value in self.headers:
-            n += HEADER_OVERHEAD + len(name) + len(value)
-        return n
+        return row_size(self.row())
+
+    def row(self) -> Row:
+        """The entry as a plain tuple (the L1 form, see :mod:`.store`): its fields in order,
+        then :meth:`hard_expiry`."""
+        return (
+            self.status,
+            self.headers,
+            self.body,
+            self.stored_at,
+            self.ttl,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            self.etag,
+            self.hard_expiry(),
+        )
+
+    @classmethod
+    def from_row(cls, row: Row) -> Entry:
+        """The entry back from :meth:`row` (trusted: it was validated when made)."""
+        entry = object.__new__(cls)
+        for name, value in zip(_FIELDS, row, strict=False):
+            object.__setattr__(entry, name, value)
+        return entry
 
     def to_bytes(self) -> bytes:
         header = orjson.dumps(
@@ -164,3 +198,11 @@ class Entry:
             stale_if_error=float(sie),
             etag=etag,
         )
+
+
+def row_size(row: Row) -> int:
+    """:meth:`Entry.size` of the entry ``row`` holds."""
+    n = ENTRY_OVERHEAD + len(row[2]) + len(row[7])
+    for name, value in row[1]:
+        n += HEADER_OVERHEAD + len(name) + len(value)
+    return n

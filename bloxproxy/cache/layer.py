@@ -223,6 +223,7 @@ class Fetcher:
         self._secret = secret.encode() if secret else os.urandom(32)
         self._inflight: dict[str, asyncio.Task[Fetched]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- the request path ----------------------------------------------------------------
 
@@ -263,7 +264,7 @@ class Fetcher:
         if task is None:
             task = self._start(key, req, policy, rid, entry, shared)
         try:
-            fetched = await asyncio.wait_for(asyncio.shield(task), self._timeout)
+            fetched = await self._wait(task)
         except TimeoutError:
             raise UpstreamError(
                 504,
@@ -274,6 +275,37 @@ class Fetcher:
         out = fetched.coalesced() if coalesced else fetched
         out.fast_ok, out.cache_time = policy.fast_ok, looked
         return out
+
+    async def _wait(self, task: asyncio.Task[Fetched]) -> Fetched:
+        """``await wait_for(shield(task), coalesce_timeout)`` at a fraction of the cost.
+
+        The caller stops waiting after the timeout (TimeoutError) or when it is cancelled;
+        the task runs on either way, for the other waiters and the cache.
+        """
+        if not task.done():
+            waiter = self._running_loop().create_future()
+
+            def wake(_: object) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            task.add_done_callback(wake)
+            timer = waiter.get_loop().call_later(self._timeout, wake, None)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                task.remove_done_callback(wake)
+            if not task.done():
+                raise TimeoutError
+        return task.result()
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        # Kept: on Python 3.11 every asyncio.get_running_loop() costs a getpid() syscall.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _fetched(
         self,
@@ -313,7 +345,9 @@ class Fetcher:
         stale: Entry | None,
         shared: bool,
     ) -> asyncio.Task[Fetched]:
-        task = asyncio.create_task(self._timed_miss(key, req, policy, rid, stale, shared))
+        task = self._running_loop().create_task(
+            self._timed_miss(key, req, policy, rid, stale, shared)
+        )
         self._inflight[key] = task
 
         def done(t: asyncio.Task[Fetched]) -> None:
