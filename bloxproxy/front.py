@@ -197,6 +197,9 @@ class WireResponse(web.StreamResponse):
         await writer.write_eof()
 
 
+# The proxy's own routes (app.py, docs_page.py); every other path is the catch-all's.
+_OWN_PREFIX = "/_bloxproxy/"
+_OWN_PATHS = frozenset({"/openapi.json", "/docs"})
 _JOIN_MAX = 64 * 1024
 # The per-request headers of a fast answer, and the end of the header block.
 _TAIL = b"X-Request-ID: %s\r\nServer-Timing: cache;desc=HIT;dur=%.2f, total;dur=%.1f\r\n\r\n"
@@ -255,11 +258,20 @@ class Front:
             vars(app)["_handle"] = self.dispatch
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        """Every request, before routing (see :meth:`install`)."""
+        """Every request, before routing (see :meth:`install`).
+
+        A remembered hit is answered here. A request for the catch-all (everything but the
+        proxy's own paths) goes to :meth:`handle` without the router, which would only
+        find the catch-all after trying the others; the rest is routed as usual.
+        """
         if self.gate is None and request.method == "GET":
             resp = self._fast(request, time.perf_counter())
             if resp is not None:
                 return resp
+        if self.inner is not None and "Expect" not in request.headers:  # Expect: the route's
+            path = request.rel_url.path  # decoded: the router matches on no more than this
+            if not path.startswith(_OWN_PREFIX) and path not in _OWN_PATHS:
+                return await self.handle(request)
         assert self._routed is not None
         return await self._routed(request)
 

@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from bloxproxy import front as front_mod
 from bloxproxy.app import FRONT
 from bloxproxy.fake import FakeRoblox
 from bloxproxy.front import FastEntry, Front, WireResponse
@@ -164,6 +165,27 @@ async def test_metrics_and_access_log_count_fast_answers(proxy: Client) -> None:
     hits = re.search(r'^bloxproxy_cache_results_total\{result="HIT",route="users.get"\} (\S+)$',
                      text, re.M)  # fmt: skip
     assert hits is not None and float(hits.group(1)) == 4.0  # 1 pipeline hit + 3 fast
+
+
+def test_every_own_route_is_known_to_the_dispatcher(proxy: Client) -> None:
+    """dispatch() sends everything else straight to the catch-all, skipping the router: a
+    new route of the proxy's own must live where dispatch() looks for them."""
+    canonicals = [r.canonical for r in proxy.server.app.router.resources()]
+    assert "/{tail}" in canonicals
+    for path in canonicals:
+        if path != "/{tail}":
+            assert path.startswith(front_mod._OWN_PREFIX) or path in front_mod._OWN_PATHS, path
+
+
+async def test_own_paths_still_route_and_odd_spellings_are_the_catch_alls(proxy: Client) -> None:
+    async with proxy.get("/_bloxproxy/healthz") as resp:
+        assert resp.status == 200
+    async with proxy.get("/docs") as resp:
+        assert resp.status == 200 and resp.content_type == "text/html"
+    for odd in ("/_bloxproxy", "/docs/x", "/_bloxproxyz/healthz"):
+        async with proxy.get(odd) as resp:
+            assert resp.status == 404, odd
+            assert resp.content_type == "application/problem+json"
 
 
 # -- on a raw socket --------------------------------------------------------------------------
