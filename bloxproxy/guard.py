@@ -1,6 +1,7 @@
 """Protecting Roblox from us, and our users from Roblox's hiccups.
 
-Three aiohttp **client middlewares** on the upstream session, outermost first:
+One aiohttp **client middleware** on the upstream session, in three steps, outermost
+first (plain method calls: three aiohttp middlewares cost a wrapper chain per request):
 
 1. ``retry`` — bounded attempts for safe reads only (GET/HEAD and POSTs a rule marks
    ``safe_read``) on connection errors, timeouts, 502/503/504 and 429; exponential backoff
@@ -237,7 +238,7 @@ def _give_up(exc: BaseException) -> NoReturn:
 
 
 class Guard:
-    """Per-service upstream state and the three client middlewares (see module docstring)."""
+    """Per-service upstream state and the client middleware (see the module docstring)."""
 
     def __init__(
         self,
@@ -272,7 +273,14 @@ class Guard:
             self.services.clear()
 
     def middlewares(self) -> tuple[aiohttp.ClientMiddlewareType, ...]:
-        return (self.retry, self.csrf, self.guard)
+        return (self.middleware,)
+
+    async def middleware(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+        """retry → csrf → guard → the attempt, for calls made by Upstream.send."""
+        ureq = CURRENT.get()
+        if ureq is None:
+            return await handler(req)
+        return await self.retry(req, handler, ureq)
 
     def state(self, service: str) -> ServiceState:
         st = self.services.get(service)
@@ -294,10 +302,9 @@ class Guard:
 
     # -- retry --------------------------------------------------------------------------
 
-    async def retry(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
-        ureq = CURRENT.get()
-        if ureq is None:
-            return await handler(req)
+    async def retry(
+        self, req: ClientRequest, handler: ClientHandlerType, ureq: UpstreamRequest
+    ) -> ClientResponse:
         st = self.state(ureq.service)
         st.budget.earn()
         r = self._config.retries
@@ -307,7 +314,7 @@ class Guard:
         attempt = 1
         while True:
             try:
-                resp = await handler(req)
+                resp = await self.csrf(req, handler, ureq)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 if not (retryable and attempt < r.attempts):
                     _give_up(exc)
@@ -344,19 +351,21 @@ class Guard:
             self._secret, cookie.encode("utf-8", "surrogateescape"), hashlib.sha256
         ).hexdigest()
 
-    async def csrf(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    async def csrf(
+        self, req: ClientRequest, handler: ClientHandlerType, ureq: UpstreamRequest
+    ) -> ClientResponse:
         if req.method not in MUTATIONS:
-            return await handler(req)
+            return await self.guard(req, handler, ureq)
         match = _ROBLOSECURITY.search(req.headers.get("Cookie", ""))
         cookie = match.group(1).strip() if match else ""
         if not cookie:
-            return await handler(req)
+            return await self.guard(req, handler, ureq)
         key = self._csrf_key(cookie)
         if "X-CSRF-TOKEN" not in req.headers:
             known = self.csrf_tokens.get(key)
             if known is not None:
                 req.headers["X-CSRF-TOKEN"] = known
-        resp = await handler(req)
+        resp = await self.guard(req, handler, ureq)
         token = resp.headers.get("x-csrf-token")
         if resp.status != 403 or not token:
             return resp
@@ -365,16 +374,15 @@ class Guard:
             return resp  # the token Roblox just issued was refused: do not loop
         resp.release()
         req.headers["X-CSRF-TOKEN"] = token
-        return await handler(req)
+        return await self.guard(req, handler, ureq)
 
     # -- guard ----------------------------------------------------------------------------
 
-    async def guard(self, req: ClientRequest, handler: ClientHandlerType) -> ClientResponse:
+    async def guard(
+        self, req: ClientRequest, handler: ClientHandlerType, ureq: UpstreamRequest
+    ) -> ClientResponse:
         from .upstream import read_body
 
-        ureq = CURRENT.get()
-        if ureq is None:
-            return await handler(req)
         service = ureq.service
         st = self.state(service)
         try:

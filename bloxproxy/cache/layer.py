@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import time
@@ -413,13 +412,17 @@ class Fetcher:
             self._spawn(self.shared.set(key, entry))
         # The callers of this very call get Roblox's headers (x-ratelimit-*, …) as sent,
         # except cookies, which were set for one anonymous call and are not shared.
-        live = dataclasses.replace(
-            entry, headers=tuple((k, v) for k, v in resp.headers if k.lower() != "set-cookie")
-        )
+        live = Entry.from_row(
+            (
+                entry.status,
+                tuple((k, v) for k, v in resp.headers if k.lower() != "set-cookie"),
+                *entry.row()[2:],
+            )
+        )  # (dataclasses.replace() costs several times as much)
         return self._fetched(live, "MISS", key, shared, stored=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        task = asyncio.create_task(coro)
+        task = self._running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
