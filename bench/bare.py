@@ -5,6 +5,9 @@
 
 Each ``--body PATH=FILE`` adds one GET route answering the file's bytes (read once at start)
 with ``--content-type``. No access log, no middleware: the least an aiohttp handler can do.
+With ``--raw`` there is no router and no ``web.Response`` either: the handler answers with
+the whole HTTP message prepared as bytes (the proxy's fast-path technique, front.WireResponse),
+which is about as close to the machine's limit as an aiohttp server gets.
 With ``--workers N`` (N > 1) it starts N copies of itself that bind the same port with
 ``SO_REUSEPORT`` (as ``bloxproxy serve --workers N`` does) and waits for them; SIGTERM/SIGINT
 are passed on. ``--loop`` defaults to uvloop when installed, like the proxy.
@@ -18,7 +21,10 @@ import contextlib
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -33,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    p.add_argument("--raw", action="store_true", help="prepared bytes, no router (see above)")
     return p.parse_args(argv)
 
 
@@ -46,9 +53,40 @@ def make_app(bodies: dict[str, bytes], content_type: str) -> web.Application:
     return app
 
 
+def make_raw_handler(bodies: dict[str, bytes], content_type: str) -> Callable[
+        [web.BaseRequest], Awaitable[web.StreamResponse]]:
+    from email.utils import formatdate
+
+    from aiohttp.http import SERVER_SOFTWARE
+
+    from bloxproxy.front import WireResponse
+
+    heads: dict[str, tuple[int, bytes]] = {}
+
+    async def handler(request: web.BaseRequest) -> web.StreamResponse:
+        body = bodies.get(request.path)
+        if body is None:
+            return web.Response(status=404)
+        now = int(time.time())
+        second, head = heads.get(request.path, (-1, b""))
+        if second != now:  # the Date header changes once a second
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\nDate: {formatdate(now, usegmt=True)}\r\n"
+                    f"Server: {SERVER_SOFTWARE}\r\n\r\n").encode()
+            heads[request.path] = (now, head)
+        return WireResponse(200, head, body)
+
+    return handler
+
+
 async def serve(args: argparse.Namespace, bodies: dict[str, bytes]) -> None:
-    runner = web.AppRunner(make_app(bodies, args.content_type), access_log=None,
-                           handle_signals=False)
+    runner: web.BaseRunner[Any]
+    if args.raw:
+        runner = web.ServerRunner(web.Server(make_raw_handler(bodies, args.content_type)),
+                                  handle_signals=False)
+    else:
+        runner = web.AppRunner(make_app(bodies, args.content_type), access_log=None,
+                               handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, reuse_port=args.reuse_port or None,
                        backlog=1024)

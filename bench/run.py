@@ -377,9 +377,12 @@ def proxy(ctx: Ctx, fake: Fake, env: dict[str, str] | None = None, workers: int 
     return proc, port
 
 
-def bare(ctx: Ctx, bodies: dict[str, bytes], workers: int = 1) -> tuple[Proc, int]:
+def bare(ctx: Ctx, bodies: dict[str, bytes], workers: int = 1,
+         raw: bool = False) -> tuple[Proc, int]:
     port = free_port()
     argv = [PY, str(BENCH / "bare.py"), "--port", str(port), "--workers", str(workers)]
+    if raw:
+        argv.append("--raw")
     for i, (path, body) in enumerate(bodies.items()):
         f = ctx.workdir / f"bare-body-{port}-{i}"
         f.write_bytes(body)
@@ -598,11 +601,15 @@ def case_hit(ctx: Ctx, workers: int) -> None:
         clean = warm_hit(pport, CLEAN_HIT, fresh)
         passed = warm_hit(pport, PASS_HIT, fresh)
         bproc, bport = bare(ctx, {CLEAN_HIT: clean.body, PASS_HIT: passed.body}, workers)
-        with running(bproc):
+        # A reference, not the baseline: bare.py --raw writes prepared bytes without router
+        # or web.Response, the technique of the proxy's fast path.
+        rproc, rport = bare(ctx, {CLEAN_HIT: clean.body}, workers, raw=True)
+        with running(bproc, rproc):
             ctx.uvloop[f"case{case}_proxy"] = uses_uvloop(pproc.pid)
             ctx.uvloop[f"case{case}_bare"] = uses_uvloop(bproc.pid)
             sides = {"bare_clean": (bport, CLEAN_HIT), "proxy_clean": (pport, CLEAN_HIT),
-                     "bare_pass": (bport, PASS_HIT), "proxy_pass": (pport, PASS_HIT)}
+                     "bare_pass": (bport, PASS_HIT), "proxy_pass": (pport, PASS_HIT),
+                     "raw_clean": (rport, CLEAN_HIT)}
             for port, path in sides.values():  # warm-up, not recorded
                 wrk(ctx, port, path, duration=2)
             upstream_before = fake.total()
@@ -633,6 +640,11 @@ def case_hit(ctx: Ctx, workers: int) -> None:
             [r["rps"] for r in runs["proxy_pass"]]),
         Row(case, "passthrough hit rps / bare", ratios["pass"], "{:.2f}", "≥ 0.80",
             med(ratios["pass"]) >= 0.80),
+        Row(case, f"reference: bare.py --raw rps ({label}, clean bytes, prepared)",
+            [r["rps"] for r in runs["raw_clean"]]),
+        Row(case, "reference: clean hit rps / bare.py --raw",
+            [p["rps"] / b["rps"] for p, b in zip(runs["proxy_clean"], runs["raw_clean"],
+                                                  strict=True)], "{:.2f}"),
         pct_rows(case, "bare (clean bytes)", runs["bare_clean"]),
         pct_rows(case, "proxy clean hit", runs["proxy_clean"]),
         pct_rows(case, "bare (passthrough bytes)", runs["bare_pass"]),
@@ -1106,7 +1118,7 @@ CASES: dict[str, Callable[[Ctx], None]] = {
 
 
 def estimate(cases: Sequence[str], runs: int, duration: float, quick: bool) -> float:
-    per = {"1": 4 * runs * duration + 20, "2": 4 * runs * duration + 25,
+    per = {"1": 5 * runs * duration + 25, "2": 5 * runs * duration + 30,
            "3": 16 * runs * duration + 20, "4": 5 + 3 * runs, "5": runs * (8 if quick else 35),
            "6": runs * (8 if quick else 30), "7": 4 * runs * duration + 25}
     return sum(per[c] for c in cases)
