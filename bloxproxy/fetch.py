@@ -17,6 +17,8 @@ from aiohttp import web
 from .cache import decide
 from .cache.entry import Entry, make_etag
 from .cache.store import MemoryStore
+from .front import FastEntry
+from .observe import INFO
 
 if TYPE_CHECKING:
     from .config import Config
@@ -241,12 +243,11 @@ class Fetched:
 
     def _offer_fast(self, request: web.Request, resp: web.Response, body: bytes, etag: str) -> None:
         """Leave a ready answer for the front door's fast path (see :mod:`.front`)."""
-        from .front import FastEntry
-        from .observe import INFO
-
-        info = request.get(INFO)
-        if info is None or not self.shared or self.l1 is None or not self.l1.max_entries:
+        if not self.shared or self.l1 is None or not self.l1.max_entries:
             return  # (a fast answer is checked against L1 each time: none without L1)
+        info = request.get(INFO)
+        if info is None:
+            return
         e = self.entry
         static = [
             (k, v)

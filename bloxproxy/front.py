@@ -200,6 +200,56 @@ class WireResponse(web.StreamResponse):
 # The proxy's own routes (app.py, docs_page.py); every other path is the catch-all's.
 _OWN_PREFIX = "/_bloxproxy/"
 _OWN_PATHS = frozenset({"/openapi.json", "/docs"})
+
+
+def wired(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
+    """``resp`` as a :class:`WireResponse` when that sends the very same message, else
+    ``resp`` itself (for aiohttp to prepare and send the usual way).
+
+    aiohttp's preparation of an ordinary response (a fixed ``bytes`` body, no cookies,
+    compression or chunking) only adds ``Content-Length``, a default ``Content-Type``,
+    ``Date`` and ``Server``; writing them here costs a fraction of its several coroutine
+    layers. Anything else — HEAD, HTTP/1.0 or a closing connection, 1xx/204/304, cookies,
+    streaming, a header value with a line break — is left to aiohttp.
+    """
+    if type(resp) is not web.Response or resp.prepared or resp.keep_alive is False:
+        return resp
+    if request.version != HttpVersion11 or not request.keep_alive or request.method == "HEAD":
+        return resp
+    status = resp.status
+    body = resp.body
+    if body is None:
+        body = b""
+    if (
+        status < 200
+        or status in (204, 304)
+        or type(body) is not bytes
+        or resp.chunked
+        or resp.compression
+        or getattr(resp, "_cookies", None)  # (we never set any; aiohttp would add them)
+    ):
+        return resp
+    headers = resp.headers
+    if "Transfer-Encoding" in headers or "Connection" in headers or "Content-Length" in headers:
+        return resp
+    parts = [f"HTTP/1.1 {status} {resp.reason}\r\n"]
+    parts.extend([f"{name}: {value}\r\n" for name, value in headers.items()])
+    parts.append(f"Content-Length: {len(body)}\r\n")
+    if body and "Content-Type" not in headers:
+        parts.append("Content-Type: application/octet-stream\r\n")
+    if "Date" not in headers:
+        parts.append(f"Date: {_http_date(int(time.time()))}\r\n")
+    if "Server" not in headers:
+        parts.append(_SERVER_LINE)
+    parts.append("\r\n")
+    text = "".join(parts)
+    lines = len(parts)
+    if text.count("\n") != lines or text.count("\r") != lines or "\x00" in text:
+        return resp  # a line break inside a value: aiohttp refuses such a header
+    return WireResponse(status, text.encode(), body)
+
+
+_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n"
 _JOIN_MAX = 64 * 1024
 # The per-request headers of a fast answer, and the end of the header block.
 _TAIL = b"X-Request-ID: %s\r\nServer-Timing: cache;desc=HIT;dur=%.2f, total;dur=%.1f\r\n\r\n"
@@ -331,7 +381,7 @@ class Front:
         if info.fast is not None and generation == self.generation:
             self._remember(request, info.fast)  # unless the rules changed meanwhile
         self._record(request, rid, info, resp.status, total)
-        return resp
+        return wired(request, resp)
 
     def _record(
         self, request: web.Request, rid: str, info: RequestInfo, status: int, total: float

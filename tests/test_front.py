@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 
 import pytest
 from aiohttp import web
@@ -282,3 +283,118 @@ async def test_a_large_wire_body_arrives_whole() -> None:
                 assert await resp.read() == body
     finally:
         await client.close()
+
+
+# -- every pipeline answer as prepared bytes (front.wired) -------------------------------------
+
+
+def plain_responses() -> dict[str, Callable[[], web.Response]]:
+    return {
+        "/json": lambda: web.Response(
+            body=b'{"a":1}', headers={"Content-Type": "application/json", "X-Cache": "MISS"}
+        ),
+        "/empty": lambda: web.Response(status=200),
+        "/octets": lambda: web.Response(body=b"\x00\x01"),
+        "/problem": lambda: web.Response(
+            status=404, text='{"title":"x"}', content_type="application/problem+json"
+        ),
+        "/unicode": lambda: web.Response(body=b"x", headers={"X-Name": "Ærø"}),
+        "/multi": lambda: web.Response(body=b"x", headers=[("X-A", "1"), ("X-A", "2")]),  # type: ignore[arg-type]
+    }
+
+
+async def raw_get(
+    port: int, path: str, version: str = "1.1"
+) -> tuple[bytes, dict[str, list[str]], bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/{version}\r\nHost: x\r\n\r\n".encode())
+        status = await reader.readline()
+        headers: dict[str, list[str]] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers.setdefault(name.strip().lower(), []).append(value.strip())
+        body = await reader.readexactly(int(headers.get("content-length", ["0"])[0]))
+        return status, headers, body
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_wired_answers_are_the_answers_aiohttp_would_send() -> None:
+    made = plain_responses()
+    wired_types: dict[str, str] = {}
+
+    async def plain(request: web.Request) -> web.StreamResponse:
+        return made[request.match_info["p"]]()
+
+    async def wire(request: web.Request) -> web.StreamResponse:
+        resp = front_mod.wired(request, made[request.match_info["p"]]())
+        wired_types[request.match_info["p"]] = type(resp).__name__
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/plain{p:/.*}", plain)
+    app.router.add_get("/wire{p:/.*}", wire)
+    server = TestServer(app)
+    await server.start_server()
+    try:
+        for path in made:
+            a = await raw_get(server.port, "/plain" + path)
+            b = await raw_get(server.port, "/wire" + path)
+            assert wired_types[path] == "WireResponse", path
+            assert a[0] == b[0] and a[2] == b[2], path
+            a[1].pop("date"), b[1].pop("date")
+            assert a[1] == b[1], path
+    finally:
+        await server.close()
+
+
+async def test_wired_leaves_what_it_cannot_say_to_aiohttp() -> None:
+    seen: list[web.StreamResponse] = []
+    cases = {
+        "/head": lambda: web.Response(body=b"x"),
+        "/204": lambda: web.Response(status=204),
+        "/304": lambda: web.Response(status=304),
+        "/newline": lambda: web.Response(body=b"x", headers={"X-Bad": "a\r\nSet-Cookie: x=1"}),
+        "/closing": lambda: _closing(web.Response(body=b"x")),
+        "/cookie": lambda: _with_cookie(web.Response(body=b"x")),
+        "/te": lambda: web.Response(body=b"x", headers={"Transfer-Encoding": "chunked"}),
+    }
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = cases[request.path]()
+        out = front_mod.wired(request, resp)
+        seen.append(out)
+        assert out is resp, request.path
+        if request.path in ("/newline", "/te"):
+            return web.Response(body=b"ok")  # aiohttp would refuse or mis-frame these
+        return out
+
+    app = web.Application()
+    for path in cases:
+        app.router.add_route("*", path, handler)
+    server = TestServer(app)
+    client: Client = TestClient(server)
+    await client.start_server()
+    try:
+        async with client.head("/head") as resp:
+            assert resp.status == 200
+        for path in ("/204", "/304", "/newline", "/closing", "/cookie", "/te"):
+            async with client.get(path) as resp:
+                assert resp.status in (200, 204, 304), path
+        status, _, _ = await raw_get(server.port, "/cookie", version="1.0")
+        assert status.startswith(b"HTTP/1.0 200")
+    finally:
+        await client.close()
+    assert len(seen) == 8
+
+
+def _closing(resp: web.Response) -> web.Response:
+    resp.force_close()
+    return resp
+
+
+def _with_cookie(resp: web.Response) -> web.Response:
+    resp.set_cookie("a", "b")
+    return resp

@@ -118,6 +118,8 @@ class MemoryStore:
 
     def set_nowait(self, key: str, entry: Entry) -> None:
         cache = self._cache
+        if not self._max_entries:
+            return  # holds nothing (L1 off)
         row = entry.row()
         if row_size(row) > self._max_bytes or self._clock() >= row[8]:
             # Not storable; the old value under key is superseded all the same.
