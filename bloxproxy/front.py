@@ -34,6 +34,7 @@ from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.web_request import BaseRequest
+from multidict import CIMultiDict
 
 from .middlewares import REQUEST_ID, REQUEST_ID_HEADER, REQUEST_ID_RE, error_response
 from .observe import INFO, AccessLog, Metrics, RequestInfo
@@ -169,8 +170,12 @@ class WireResponse(web.StreamResponse):
     which is all aiohttp's header preparation would have had to consider.
     """
 
-    def __init__(self, status: int, head: bytes, body: bytes) -> None:
+    def __init__(
+        self, status: int, head: bytes, body: bytes, headers: CIMultiDict[str] | None = None
+    ) -> None:
         super().__init__(status=status)
+        if headers is not None:  # what ``head`` says, for whoever looks at the response
+            self._headers = headers
         self._wire_head = head
         self._wire_body = body
 
@@ -246,7 +251,7 @@ def wired(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamRespo
     lines = len(parts)
     if text.count("\n") != lines or text.count("\r") != lines or "\x00" in text:
         return resp  # a line break inside a value: aiohttp refuses such a header
-    return WireResponse(status, text.encode(), body)
+    return WireResponse(status, text.encode(), body, headers)
 
 
 _SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n"
