@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from aiohttp import HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_writer import _serialize_headers
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
@@ -237,24 +238,20 @@ def wired(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamRespo
     headers = resp.headers
     if "Transfer-Encoding" in headers or "Connection" in headers or "Content-Length" in headers:
         return resp
-    parts = [f"HTTP/1.1 {status} {resp.reason}\r\n"]
-    parts.extend([f"{name}: {value}\r\n" for name, value in headers.items()])
-    parts.append(f"Content-Length: {len(body)}\r\n")
+    headers["Content-Length"] = str(len(body))
     if body and "Content-Type" not in headers:
-        parts.append("Content-Type: application/octet-stream\r\n")
+        headers["Content-Type"] = "application/octet-stream"
     if "Date" not in headers:
-        parts.append(f"Date: {_http_date(int(time.time()))}\r\n")
+        headers["Date"] = _http_date(int(time.time()))
     if "Server" not in headers:
-        parts.append(_SERVER_LINE)
-    parts.append("\r\n")
-    text = "".join(parts)
-    lines = len(parts)
-    if text.count("\n") != lines or text.count("\r") != lines or "\x00" in text:
-        return resp  # a line break inside a value: aiohttp refuses such a header
-    return WireResponse(status, text.encode(), body, headers)
+        headers["Server"] = SERVER_SOFTWARE
+    try:  # aiohttp's own serializer (C), which refuses CR/LF in a name or value
+        head = _serialize_headers(f"HTTP/1.1 {status} {resp.reason}", headers)
+    except ValueError:
+        return resp  # aiohttp refuses it the same way, as a 500
+    return WireResponse(status, head, body, headers)
 
 
-_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n"
 _JOIN_MAX = 64 * 1024
 # The per-request headers of a fast answer, and the end of the header block.
 _TAIL = b"X-Request-ID: %s\r\nServer-Timing: cache;desc=HIT;dur=%.2f, total;dur=%.1f\r\n\r\n"
