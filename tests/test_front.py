@@ -222,6 +222,20 @@ async def test_pipelined_requests_get_their_answers_in_order(proxy: Client) -> N
         await writer.wait_closed()
 
 
+async def test_an_asterisk_target_gets_a_problem_too(proxy: Client) -> None:
+    """``OPTIONS *`` matches no route: before the dispatcher it got aiohttp's plain-text 404."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
+    try:
+        writer.write(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body = await asyncio.wait_for(read_answer(reader), 5)
+        assert status.startswith(b"HTTP/1.1 404")
+        assert headers["content-type"] == "application/problem+json"
+        assert b'"status":404' in body.replace(b" ", b"")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 async def test_http_1_0_gets_an_http_1_0_answer(proxy: Client) -> None:
     _, _, body = await warm(proxy, USER)
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.server.port)
