@@ -142,7 +142,10 @@ class FastEntry:
                     return None
                 lines.append(f"{name}: {value}")
             lines.append(f"Server: {SERVER_SOFTWARE}\r\n")
-            self.head = "\r\n".join(lines).encode()
+            try:
+                self.head = "\r\n".join(lines).encode()
+            except UnicodeEncodeError:  # undecodable upstream bytes (surrogates) in a value
+                return None
             self.head_key = head_key
         return self.head
 

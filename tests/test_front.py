@@ -275,6 +275,7 @@ def test_wire_head_is_rebuilt_each_second_and_refuses_unsafe_values() -> None:
     assert b"Age: 2\r\n" in (fe.wire(2.0, 1_800_000_000.9) or b"")
     assert b"Date: Fri, 15 Jan 2027 08:00:01 GMT" in (fe.wire(2.0, 1_800_000_001.0) or b"")
     assert entry(static=(("X-Odd", "a\r\nSet-Cookie: x"),)).wire(1, 1) is None
+    assert entry(static=(("Content-Language", "\udcff"),)).wire(1, 1) is None
     assert b"private, max-age=" in (entry(shared=False).wire(1, 1) or b"")
 
 
