@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -41,8 +42,8 @@ ENTRY_OVERHEAD = 700
 HEADER_OVERHEAD = 170
 
 
-# Entry.row(): status, headers, body, stored_at, ttl, swr, sie, etag, hard expiry.
-Row = tuple[int, tuple[tuple[str, str], ...], bytes, float, float, float, float, str, float]
+# Entry.row(): status, body, stored_at, ttl, swr, sie, etag, hard expiry, *headers (flat).
+Row = tuple[Any, ...]
 _FIELDS = (
     "status",
     "headers",
@@ -53,6 +54,17 @@ _FIELDS = (
     "stale_if_error",
     "etag",
 )
+_ROW_FIELDS = (  # the first seven items of a row
+    "status",
+    "body",
+    "stored_at",
+    "ttl",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "etag",
+)
+ROW_STORED_AT = 2
+ROW_EXPIRY = 7
 
 
 def make_etag(body: bytes) -> str:
@@ -107,11 +119,17 @@ class Entry:
         return row_size(self.row())
 
     def row(self) -> Row:
-        """The entry as a plain tuple (the L1 form, see :mod:`.store`): its fields in order,
-        then :meth:`hard_expiry`."""
+        """The entry as one flat tuple of atomic values (the L1 form, see :mod:`.store`):
+        status, body, stored_at, ttl, swr, sie, etag, :meth:`hard_expiry`, then the headers
+        as name, value, name, value …
+
+        Flat on purpose: CPython's collector untracks a tuple only once everything in it is
+        untracked, one nesting level per pass, and a row that is still tracked when it
+        reaches the old generation stays there until a full collection walks it. A tuple
+        of atoms only is untracked the first time a collection sees it.
+        """
         return (
             self.status,
-            self.headers,
             self.body,
             self.stored_at,
             self.ttl,
@@ -119,14 +137,24 @@ class Entry:
             self.stale_if_error,
             self.etag,
             self.hard_expiry(),
+            *[x for pair in self.headers for x in pair],
         )
 
     @classmethod
     def from_row(cls, row: Row) -> Entry:
         """The entry back from :meth:`row` (trusted: it was validated when made)."""
         entry = object.__new__(cls)
-        for name, value in zip(_FIELDS, row, strict=False):
+        for name, value in zip(_ROW_FIELDS, row, strict=False):
             object.__setattr__(entry, name, value)
+        object.__setattr__(entry, "headers", tuple(zip(row[8::2], row[9::2], strict=True)))
+        return entry
+
+    def with_headers(self, headers: tuple[tuple[str, str], ...]) -> Entry:
+        """This entry with other headers (``dataclasses.replace`` costs several times more)."""
+        entry = object.__new__(Entry)
+        for name in _FIELDS:
+            object.__setattr__(entry, name, getattr(self, name))
+        object.__setattr__(entry, "headers", headers)
         return entry
 
     def to_bytes(self) -> bytes:
@@ -202,7 +230,7 @@ class Entry:
 
 def row_size(row: Row) -> int:
     """:meth:`Entry.size` of the entry ``row`` holds."""
-    n = ENTRY_OVERHEAD + len(row[2]) + len(row[7])
-    for name, value in row[1]:
-        n += HEADER_OVERHEAD + len(name) + len(value)
+    n = ENTRY_OVERHEAD + len(row[1]) + len(row[6]) + HEADER_OVERHEAD * ((len(row) - 8) // 2)
+    for i in range(8, len(row)):
+        n += len(row[i])
     return n

@@ -13,7 +13,7 @@ from typing import Protocol
 
 from cachetools import LRUCache
 
-from .entry import Entry, Row, row_size
+from .entry import ROW_EXPIRY, ROW_STORED_AT, Entry, Row, row_size
 
 __all__ = ["MemoryStore", "Store", "StoreUnavailable"]
 
@@ -104,14 +104,14 @@ class MemoryStore:
         """The ``stored_at`` of the entry under ``key`` (None when absent), without
         building the entry; it counts as a use for the LRU order, like a get."""
         row = self._row(key)
-        return None if row is None else row[3]
+        return None if row is None else float(row[ROW_STORED_AT])
 
     def _row(self, key: str) -> Row | None:
         cache = self._cache
         row = cache.get(key)  # marks the key most recently used
         if row is None:
             return None
-        if self._clock() >= row[8]:
+        if self._clock() >= row[ROW_EXPIRY]:
             del cache[key]
             return None
         return row
@@ -121,7 +121,7 @@ class MemoryStore:
         if not self._max_entries:
             return  # holds nothing (L1 off)
         row = entry.row()
-        if row_size(row) > self._max_bytes or self._clock() >= row[8]:
+        if row_size(row) > self._max_bytes or self._clock() >= row[ROW_EXPIRY]:
             # Not storable; the old value under key is superseded all the same.
             cache.pop(key, None)
             return
@@ -132,7 +132,7 @@ class MemoryStore:
     def delete_nowait(self, key: str) -> bool:
         """Remove ``key``; True if it held an entry not yet expired (as Redis would say)."""
         row = self._cache.pop(key, None)
-        return row is not None and self._clock() < row[8]
+        return row is not None and self._clock() < row[ROW_EXPIRY]
 
     def delete_prefix_nowait(self, prefix: str) -> int:
         """Remove keys starting with ``prefix``; counts only entries not yet expired."""
@@ -140,14 +140,14 @@ class MemoryStore:
         now = self._clock()
         count = 0
         for key in [k for k in cache if k.startswith(prefix)]:
-            if now < cache.pop(key)[8]:
+            if now < cache.pop(key)[ROW_EXPIRY]:
                 count += 1
         return count
 
     def clear_nowait(self) -> int:
         """Remove everything; counts only entries not yet expired."""
         now = self._clock()
-        count = sum(1 for row in self._cache.values() if now < row[8])
+        count = sum(1 for row in self._cache.values() if now < row[ROW_EXPIRY])
         self._cache.clear()
         return count
 
