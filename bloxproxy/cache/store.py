@@ -54,11 +54,12 @@ class MemoryStore:
     are dropped when read; until then they count against the budget and are evicted by LRU
     like any other. ``len()`` counts every held entry, expired-but-unread ones included.
 
-    Entries are held as plain tuples (:meth:`Entry.row`), not as :class:`Entry` objects:
-    CPython's cyclic garbage collector stops tracking a tuple of atomic values the first
-    time it sees one, while every ``Entry`` would be walked by each full collection (35 ms
-    for 100,000 entries on the development machine: a latency spike every few seconds
-    under a stream of misses). ``get_nowait`` builds the ``Entry`` when asked.
+    Entries are held as flat tuples of atomic values (:meth:`Entry.row`), not as
+    :class:`Entry` objects: CPython's cyclic garbage collector stops tracking such a tuple
+    the first time it sees one, while every ``Entry`` (or a nested tuple, untracked one
+    level per pass) would be walked by each full collection (35 ms for 100,000 entries on
+    the development machine: a latency spike every few seconds under a stream of misses).
+    ``get_nowait`` builds the ``Entry`` when asked.
     """
 
     __slots__ = ("_cache", "_clock", "_max_bytes", "_max_entries")
