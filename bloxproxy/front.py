@@ -304,13 +304,11 @@ class Front:
         The server an aiohttp runner builds for ``app`` calls ``app._handle`` for every
         request (routing, then the handler). Here the app's own ``_handle`` becomes
         :meth:`dispatch`, which answers a remembered hit without routing (about a sixth of
-        a hit's cost) and hands everything else to the router. With an aiohttp that has no
-        ``_handle``, nothing changes and the catch-all route checks the fast path instead.
+        a hit's cost) and hands everything else to the router (aiohttp is pinned below 4;
+        tests/test_front.py fails if the hook stops being used).
         """
-        routed = getattr(app, "_handle", None)
-        if callable(routed):
-            self._routed = routed
-            vars(app)["_handle"] = self.dispatch
+        self._routed = app._handle
+        vars(app)["_handle"] = self.dispatch
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         """Every request, before routing (see :meth:`install`).
@@ -333,12 +331,7 @@ class Front:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The catch-all: clean routes and passthrough."""
         assert self.inner is not None
-        start = time.perf_counter()
-        if self._routed is None and self.gate is None and request.method == "GET":
-            resp = self._fast(request, start)
-            if resp is not None:
-                return resp
-        return await self._run(request, self.inner, start, gated=True)
+        return await self._run(request, self.inner, time.perf_counter(), gated=True)
 
     def wrap(self, handler: Handler, *, gated: bool) -> Handler:
         """The same treatment for the proxy's own endpoints (``gated``: keys and limits)."""

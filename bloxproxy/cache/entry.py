@@ -54,15 +54,7 @@ _FIELDS = (
     "stale_if_error",
     "etag",
 )
-_ROW_FIELDS = (  # the first seven items of a row
-    "status",
-    "body",
-    "stored_at",
-    "ttl",
-    "stale_while_revalidate",
-    "stale_if_error",
-    "etag",
-)
+_ROW_FIELDS = tuple(f for f in _FIELDS if f != "headers")  # the first seven items of a row
 ROW_STORED_AT = 2
 ROW_EXPIRY = 7
 
