@@ -1,7 +1,8 @@
 """Where the proxy spends its CPU on the hit and miss paths: py-spy under wrk load.
 
     .venv/bin/pip install py-spy      # a tool for this script only, not a dependency
-    .venv/bin/python bench/profile.py [--what hit-clean,hit-pass,miss-pass,miss-clean]
+    .venv/bin/python bench/profile.py [--what hit-clean,hit-pass,miss-pass,miss-clean,
+                                             l2-hit-clean,l2-hit-pass]
                                       [--duration 10] [--rate 250] [--native]
                                       [--nonblocking]
                                       [--out bench/out/profile]
@@ -31,11 +32,14 @@ from pathlib import Path
 
 import run  # bench/run.py: the same servers, readiness checks and cleanup
 
+# name: (path, every request a miss, L1 disabled and every hit from Redis)
 SCENARIOS = {
-    "hit-clean": (run.CLEAN_HIT, False),
-    "hit-pass": (run.PASS_HIT, False),
-    "miss-pass": ("/users/v1/users/{id}", True),
-    "miss-clean": ("/v1/users/{id}", True),
+    "hit-clean": (run.CLEAN_HIT, False, False),
+    "hit-pass": (run.PASS_HIT, False, False),
+    "miss-pass": ("/users/v1/users/{id}", True, False),
+    "miss-clean": ("/v1/users/{id}", True, False),
+    "l2-hit-clean": (run.CLEAN_HIT, False, True),
+    "l2-hit-pass": (run.PASS_HIT, False, True),
 }
 _LINE = re.compile(r":\d+\)$")
 
@@ -82,9 +86,22 @@ def summarize(raw: Path, top: int = 25) -> str:
 
 def profile(ctx: run.Ctx, what: str, duration: int, rate: int, native: bool,
             out: Path, blocking: bool = True) -> str:
-    path, miss = SCENARIOS[what]
+    path, miss, l2 = SCENARIOS[what]
+    if not l2:
+        env = run.FAST_LIMIT if miss else None
+        return _profile(ctx, what, path, miss, env, duration, rate, native, out, blocking)
+    sys.path.insert(0, str(run.ROOT))
+    from tests.redis_server import RedisServer  # finds redis-server, as run.py does
+
+    with RedisServer() as server:
+        env = {"BLOXPROXY_CACHE_REDIS_URL": server.url, "BLOXPROXY_CACHE_MAX_ENTRIES": "0"}
+        return _profile(ctx, what, path, miss, env, duration, rate, native, out, blocking)
+
+
+def _profile(ctx: run.Ctx, what: str, path: str, miss: bool, env: dict[str, str] | None,
+             duration: int, rate: int, native: bool, out: Path, blocking: bool) -> str:
     fake = run.Fake(ctx).start()
-    pproc, pport = run.proxy(ctx, fake, run.FAST_LIMIT if miss else None)
+    pproc, pport = run.proxy(ctx, fake, env)
     with run.running(fake.proc, pproc):
         if not miss:
             run.warm_hit(pport, path)
@@ -93,9 +110,8 @@ def profile(ctx: run.Ctx, what: str, duration: int, rate: int, native: bool,
         cmd = ["wrk", "-t1", "-c64", f"-d{duration + 3}s", *script, url]
         if miss:
             cmd += ["--", path, "2000000"]
-        env = dict(os.environ, BENCH_LUA_DIR=str(run.LUA))
         wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env)
+                               text=True, env=dict(os.environ, BENCH_LUA_DIR=str(run.LUA)))
         try:
             time.sleep(1.5)
             raw = out.with_name(f"{out.name}-{what}.collapsed")

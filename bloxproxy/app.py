@@ -151,7 +151,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     app[FETCHER] = fetcher
     proxy = app[PROXY] = Proxy(config, app[RULES], fetcher)
     front = app[FRONT]
-    front.l1, front.inner = fetcher.l1, proxy.handle
+    front.l1, front.shared, front.inner = fetcher.l1, shared, proxy.handle
     app[UPSTREAM] = upstream
     metrics.bind_l1(lambda: len(fetcher.l1), lambda: fetcher.l1.bytes_used)
     access = app.get(ACCESS_LOG)

@@ -17,7 +17,7 @@ from aiohttp import web
 from .cache import decide
 from .cache.entry import Entry, make_etag
 from .cache.store import MemoryStore
-from .front import FastEntry
+from .front import FastEntry, SharedFast
 from .observe import INFO
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class Fetched:
         "fast_ok",
         "key",
         "l1",
+        "renderer",
         "result",
         "shared",
         "stored",
@@ -144,6 +145,8 @@ class Fetched:
         self.upstream = 0.0  # seconds the upstream call behind this answer took (0: none)
         self.fast_ok = False  # may the front door remember this answer (front.FastEntry)?
         self.cache_time = 0.0  # seconds the L1/L2 lookup took
+        # A clean route's body from any entry of this key (None: passthrough, the body as is)
+        self.renderer: Callable[[Entry], bytes] | None = None
 
     @property
     def response(self) -> Entry:
@@ -238,15 +241,25 @@ class Fetched:
             # Offered on a hit only: a key asked for once (a stream of misses) costs no
             # remembered answer, and the second request makes the third one fast.
             if self.fast_ok and resp.status == 200 and self.result == "HIT":
-                self._offer_fast(request, resp, body, etag)
+                self._offer_fast(request, resp, body, etag, content_type)
         return resp
 
-    def _offer_fast(self, request: web.Request, resp: web.Response, body: bytes, etag: str) -> None:
+    def _offer_fast(
+        self,
+        request: web.Request,
+        resp: web.Response,
+        body: bytes,
+        etag: str,
+        content_type: str | None,
+    ) -> None:
         """Leave a ready answer for the front door's fast path (see :mod:`.front`)."""
-        if not self.shared or self.l1 is None or not self.l1.max_entries:
-            return  # (a fast answer is checked against L1 each time: none without L1)
         info = request.get(INFO)
-        if info is None:
+        if not self.shared or self.l1 is None or info is None:
+            return
+        if not self.l1.max_entries:
+            # No L1, so this hit came from Redis: leave how to answer it from Redis (the
+            # front door drops it when there is no Redis).
+            info.fast = SharedFast(self.key, info.route, self.renderer, content_type)
             return
         e = self.entry
         static = [

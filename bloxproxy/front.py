@@ -37,10 +37,13 @@ from aiohttp.http_writer import _serialize_headers
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
+from .cache.entry import Entry, make_etag
+from .errors import HTTPProblem
 from .middlewares import REQUEST_ID, REQUEST_ID_HEADER, REQUEST_ID_RE, error_response
 from .observe import INFO, AccessLog, Metrics, RequestInfo
 
 if TYPE_CHECKING:
+    from .cache.layer import SharedCache
     from .cache.store import MemoryStore
     from .clients import ClientGate
     from .ratelimit import Decision
@@ -78,6 +81,7 @@ class FastEntry:
         "head",
         "head_key",
         "key",
+        "length",
         "route",
         "shared",
         "sie",
@@ -101,12 +105,14 @@ class FastEntry:
         etag: str,
         route: str,
         shared: bool,
+        length: int = -1,
     ) -> None:
         self.key = key
         self.stored_at = stored_at
         self.ttl, self.swr, self.sie = ttl, swr, sie
         self.status = status
         self.body = body
+        self.length = len(body) if length < 0 else length  # (a SharedFast's has no body)
         self.static = static  # Content-Type, ETag, kept upstream headers
         self.etag = etag
         self.route = route
@@ -128,7 +134,7 @@ class FastEntry:
             ("Cache-Control", cc),
             ("Cache-Status", f"bloxproxy; hit; ttl={left}"),
             ("Age", str(int(age))),
-            ("Content-Length", str(len(self.body))),
+            ("Content-Length", str(self.length)),
         ]
 
     def wire(self, age: float, wall: float) -> bytes | None:
@@ -148,6 +154,75 @@ class FastEntry:
                 return None
             self.head_key = head_key
         return self.head
+
+
+class SharedFast:
+    """How to answer one request target from its entry in Redis, when there is no L1.
+
+    The pipeline leaves one after a hit it answered from Redis with ``cache.max_entries``
+    0. It holds no answer: each use reads the entry from Redis (so a purge, an expiry or a
+    refresh by any replica shows at once) and renders the body again (a clean route's
+    normalization; a passthrough body is the entry's). What it keeps is the key, and the
+    header block of the last answer (a :class:`FastEntry` without a body), which stays
+    valid while Redis holds the same entry version, since the same entry renders the same
+    body. Anything it cannot answer exactly as the pipeline would — missing, stale or
+    non-200 entries, a body the route refuses, Redis trouble — goes to the pipeline.
+    """
+
+    __slots__ = ("content_type", "key", "last", "last_source", "render", "route")
+
+    def __init__(
+        self,
+        key: str,
+        route: str,
+        render: Callable[[Entry], bytes] | None,
+        content_type: str | None,
+    ) -> None:
+        self.key = key
+        self.route = route
+        self.render = render  # None: the entry's body as it is (passthrough)
+        self.content_type = content_type  # None: the entry's own (passthrough)
+        self.last: FastEntry | None = None
+        self.last_source = ""  # the ETag of the entry ``last`` was made from
+
+    def body(self, entry: Entry) -> bytes | None:
+        if self.render is None:
+            return entry.body
+        try:
+            return self.render(entry)
+        except HTTPProblem:
+            return None  # the pipeline answers (and explains) it
+
+    def answer(self, entry: Entry, body: bytes) -> FastEntry:
+        """The answer's headers for ``entry`` (made once per entry version)."""
+        fe = self.last
+        if fe is None or fe.stored_at != entry.stored_at or self.last_source != entry.etag:
+            if self.content_type is not None:
+                static = [("Content-Type", self.content_type)]
+            else:
+                static = [(k, v) for k, v in entry.headers if k.lower() in _OWN_STATIC]
+            etag = entry.etag if self.render is None else make_etag(body)
+            if etag:
+                static.append(("ETag", etag))
+            fe = FastEntry(
+                self.key,
+                entry.stored_at,
+                entry.ttl,
+                entry.stale_while_revalidate,
+                entry.stale_if_error,
+                entry.status,
+                b"",
+                tuple(static),
+                etag,
+                self.route,
+                True,
+                len(body),
+            )
+            self.last, self.last_source = fe, entry.etag
+        return fe
+
+
+_OWN_STATIC = ("content-type", "content-language")  # the entry headers an answer repeats
 
 
 _UNSAFE = re.compile(r"[\r\n\x00]")
@@ -255,6 +330,16 @@ def wired(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamRespo
     return WireResponse(status, head, body, headers)
 
 
+def _plain(request: web.Request) -> bool:
+    """May ``request`` have a remembered answer: no header that could change the answer,
+    and HTTP/1.1 keep-alive (the answer's bytes are written for that)."""
+    headers = request.headers
+    for name in _NOT_FAST:
+        if name in headers:
+            return False
+    return request.version == HttpVersion11 and request.keep_alive
+
+
 _JOIN_MAX = 64 * 1024
 # The per-request headers of a fast answer, and the end of the header block.
 _TAIL = b"X-Request-ID: %s\r\nServer-Timing: cache;desc=HIT;dur=%.2f, total;dur=%.1f\r\n\r\n"
@@ -277,8 +362,9 @@ class Front:
         self.gate = gate
         self.clock = clock
         self.l1: MemoryStore | None = None  # set once the pipeline is up
+        self.shared: SharedCache | None = None  # Redis, when configured (same)
         self.inner: Handler | None = None
-        self.fast: dict[str, FastEntry] = {}
+        self.fast: dict[str, FastEntry | SharedFast] = {}
         self.fast_answers = 0  # answers the fast path gave (tests look at it)
         self._routed: Handler | None = None  # aiohttp's router, once install() ran
         self.generation = 0  # bumped by forget_all() on reload
@@ -318,9 +404,16 @@ class Front:
         find the catch-all after trying the others; the rest is routed as usual.
         """
         if self.gate is None and request.method == "GET":
-            resp = self._fast(request, time.perf_counter())
-            if resp is not None:
-                return resp
+            fe = self.fast.get(self._target(request))
+            if fe is not None:
+                start = time.perf_counter()
+                if type(fe) is FastEntry:
+                    resp = self._fast(request, fe, start)
+                else:
+                    assert type(fe) is SharedFast
+                    resp = await self._fast_shared(request, fe, start)
+                if resp is not None:
+                    return resp
         if self.inner is not None and "Expect" not in request.headers:  # Expect: the route's
             path = request.rel_url.path  # decoded: the router matches on no more than this
             if not path.startswith(_OWN_PREFIX) and path not in _OWN_PATHS:
@@ -412,16 +505,9 @@ class Front:
             return f"{request.host}\x00{raw}"
         return raw
 
-    def _fast(self, request: web.Request, start: float) -> web.StreamResponse | None:
-        fe = self.fast.get(self._target(request))
-        if fe is None:
+    def _fast(self, request: web.Request, fe: FastEntry, start: float) -> WireResponse | None:
+        if not _plain(request):
             return None
-        headers = request.headers
-        for name in _NOT_FAST:
-            if name in headers:
-                return None
-        if request.version != HttpVersion11 or not request.keep_alive:
-            return None  # the answer's bytes are HTTP/1.1 keep-alive ones
         age = self.clock() - fe.stored_at
         if age >= fe.ttl:
             return None  # stale: the pipeline decides (revalidate, serve stale, refetch)
@@ -429,6 +515,28 @@ class Front:
         stored_at = self.l1.stored_at_nowait(fe.key)  # also keeps the entry hot in the LRU
         if stored_at != fe.stored_at:
             return None  # purged, evicted or refreshed since
+        return self._answer(request, fe, fe.body, age, start)
+
+    async def _fast_shared(
+        self, request: web.Request, sf: SharedFast, start: float
+    ) -> WireResponse | None:
+        shared = self.shared
+        if shared is None or not _plain(request):
+            return None
+        entry = await shared.get(sf.key)  # None also when Redis is away (the pipeline copes)
+        if entry is None or entry.status != 200:
+            return None
+        age = self.clock() - entry.stored_at
+        if not 0.0 <= age < entry.ttl:
+            return None  # stale (or from a replica whose clock runs ahead): the pipeline
+        body = sf.body(entry)
+        if body is None:
+            return None
+        return self._answer(request, sf.answer(entry, body), body, age, start)
+
+    def _answer(
+        self, request: web.Request, fe: FastEntry, body: bytes, age: float, start: float
+    ) -> WireResponse | None:
         head = fe.wire(age, time.time())
         if head is None:
             return None
@@ -443,10 +551,10 @@ class Front:
             self.access.write(
                 rid, "GET", request.rel_url.raw_path[:512], fe.route, fe.status, "HIT", 0.0, total
             )
-        return WireResponse(fe.status, head, fe.body)
+        return WireResponse(fe.status, head, body)
 
-    def _remember(self, request: web.Request, fe: FastEntry) -> None:
-        if request.method != "GET":
+    def _remember(self, request: web.Request, fe: FastEntry | SharedFast) -> None:
+        if request.method != "GET" or (type(fe) is SharedFast and self.shared is None):
             return
         headers = request.headers
         for name in _NOT_FAST:
@@ -461,4 +569,4 @@ class Front:
         fast[self._target(request)] = fe
 
 
-__all__ = ["FastEntry", "Front"]
+__all__ = ["FastEntry", "Front", "SharedFast"]

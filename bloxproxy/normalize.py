@@ -194,6 +194,11 @@ class FieldOps:
     deny: frozenset[str] = frozenset()
     rename: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     case: Literal["snake", "camel", "keep"] = "snake"
+    # What each top-level upstream key becomes (None: left out), learnt as keys are seen:
+    # an item's keys are looked up once instead of filtered, renamed and converted again.
+    names: dict[str, str | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.case not in ("snake", "camel", "keep"):
@@ -203,6 +208,25 @@ class FieldOps:
 
     def __hash__(self) -> int:
         return hash((self.allow, self.deny, frozenset(self.rename.items()), self.case))
+
+    def name_of(self, key: str) -> str | None:
+        """The output name of the top-level upstream key ``key``; None when it is left out."""
+        name: str | None
+        if (self.allow is not None and key not in self.allow) or key in self.deny:
+            name = None
+        elif key in self.rename:
+            name = self.rename[key]
+        elif self.case == "keep":
+            name = key
+        else:
+            name = to_snake(key) if self.case == "snake" else to_camel(key)
+        if len(self.names) < _NAMES_MAX:  # upstream keys are data: keep the memo bounded
+            self.names[key] = name
+        return name
+
+
+_NAMES_MAX = 1024
+_UNSEEN = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,31 +305,33 @@ def _convert(value: object, fn: Callable[[str], str]) -> object:
     # recurse only into containers: the per-call overhead is skipped for scalars
     if isinstance(value, dict):
         return {
-            fn(k): _convert(v, fn) if isinstance(v, dict | list) else v for k, v in value.items()
+            fn(k): _convert(v, fn) if isinstance(v, _CONTAINERS) else v for k, v in value.items()
         }
     if isinstance(value, list):
-        return [_convert(v, fn) if isinstance(v, dict | list) else v for v in value]
+        return [_convert(v, fn) if isinstance(v, _CONTAINERS) else v for v in value]
     return value
+
+
+_CONTAINERS = (dict, list)  # (a tuple: isinstance with it is cheaper than with dict | list)
 
 
 def _fields(item: object, ops: FieldOps) -> object:
     if not isinstance(item, dict):
         return item
-    allow, deny, rename = ops.allow, ops.deny, ops.rename
-    if ops.case == "keep":
-        if allow is None and not deny and not rename:
-            return item  # nothing to do: share instead of copying
-        return {
-            rename.get(k, k): v
-            for k, v in item.items()
-            if (allow is None or k in allow) and k not in deny
-        }
+    if ops.case == "keep" and ops.allow is None and not ops.deny and not ops.rename:
+        return item  # nothing to do: share instead of copying
     fn = to_snake if ops.case == "snake" else to_camel
-    return {
-        rename[k] if k in rename else fn(k): _convert(v, fn) if isinstance(v, dict | list) else v
-        for k, v in item.items()
-        if (allow is None or k in allow) and k not in deny
-    }
+    keep = ops.case == "keep"
+    names = ops.names
+    out = {}
+    for k, v in item.items():
+        name = names.get(k, _UNSEEN)
+        if name is _UNSEEN:
+            name = ops.name_of(k)
+        if name is not None:
+            # (case applies below the top level too; ``keep`` leaves nested keys alone)
+            out[name] = v if keep or not isinstance(v, _CONTAINERS) else _convert(v, fn)
+    return out
 
 
 def _order(items: list[object], key: Path, requested_ids: Sequence[object]) -> list[object]:
@@ -349,19 +375,19 @@ def apply(plan: Plan, body: object, requested_ids: Sequence[object] | None = Non
     if pg is not None and plan.pick is not None and isinstance(result, list):
         pick = plan.pick
         result = [None if (v := get_path(item, pick)) is MISSING else v for item in result]
-    where = _where(pg.items if pg is not None else plan.pick or ())
+    where = pg.items if pg is not None else plan.pick or ()  # for messages: _where(where)
     # previous_cursor is always None without pagination, so this also covers plain results
     if (
         plan.empty_is_404
         and (result is None or (isinstance(result, dict | list) and not result))
         and previous_cursor is None
     ):
-        raise EmptyResult(f"nothing at {where}")
+        raise EmptyResult(f"nothing at {_where(where)}")
 
     ops = plan.fields
     if isinstance(result, list):
         if plan.shape == "object":
-            raise ShapeError(f"expected an object at {where}, found an array")
+            raise ShapeError(f"expected an object at {_where(where)}, found an array")
         return {
             "data": [_fields(item, ops) for item in result],
             "next_cursor": next_cursor,
@@ -370,7 +396,7 @@ def apply(plan: Plan, body: object, requested_ids: Sequence[object] | None = Non
     if plan.shape == "list":
         if result is None:
             return {"data": [], "next_cursor": None, "previous_cursor": None}
-        raise ShapeError(f"expected an array at {where}, found {_kind(result)}")
+        raise ShapeError(f"expected an array at {_where(where)}, found {_kind(result)}")
     if result is None:
         return None
     if isinstance(result, dict):

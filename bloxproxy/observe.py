@@ -33,7 +33,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from .front import FastEntry
+    from .front import FastEntry, SharedFast
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -64,7 +64,7 @@ class RequestInfo:
         self.cache = ""  # X-Cache result when the pipeline got that far
         self.cache_time = 0.0  # seconds spent looking in L1/L2
         self.upstream = 0.0  # seconds spent on the upstream call(s) this answer needed
-        self.fast: FastEntry | None = None  # a ready answer the front door may remember
+        self.fast: FastEntry | SharedFast | None = None  # what the front door may remember
 
 
 INFO = web.RequestKey("bloxproxy_info", RequestInfo)

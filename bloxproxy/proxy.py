@@ -9,7 +9,9 @@ and body unchanged; clean routes with the normalized body or a problem+json erro
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, unquote_to_bytes
@@ -20,6 +22,7 @@ from multidict import CIMultiDict, MultiMapping
 
 from . import normalize
 from .cache import decide
+from .cache.entry import Entry
 from .cache.layer import Fetcher
 from .config import Config
 from .errors import HTTPProblem, UpstreamError, UpstreamStatus, bad_request, not_found
@@ -245,40 +248,10 @@ class Proxy:
         if resp.status >= 400 or resp.status < 200 or 300 <= resp.status < 400:
             raise _upstream_problem(route, resp.status, resp.body, resp.headers)
         requested = values.get(route.order_param) if route.order_param else None
-
-        def render() -> bytes:
-            ctype = _header(resp.headers, "content-type")
-            if ctype is not None and not _is_json_type(ctype):
-                shown = ctype if len(ctype) <= 64 else ctype[:61] + "..."
-                raise UpstreamError(
-                    502,
-                    f"{route.backend.service} answered {shown!r}, not JSON",
-                    code="upstream_bad_response",
-                )
-            try:
-                data = orjson.loads(resp.body)
-            except orjson.JSONDecodeError:
-                raise UpstreamError(
-                    502,
-                    f"{route.backend.service} answered with invalid JSON",
-                    code="upstream_bad_response",
-                ) from None
-            for path in route.require:
-                if normalize.get_path(data, path) in (None, normalize.MISSING):
-                    raise not_found("nothing found", code="not_found")
-            try:
-                result = normalize.apply(route.plan, data, requested)
-            except normalize.EmptyResult:
-                raise not_found("nothing found", code="not_found") from None
-            except normalize.ShapeError as exc:
-                raise UpstreamError(
-                    502,
-                    f"{route.backend.service} answered with an unexpected shape: {exc}",
-                    code="upstream_bad_response",
-                ) from None
-            return orjson.dumps(result)
-
-        body, etag = fetched.render(route.id, requested, render)
+        # How any entry of this key becomes this answer's body (the front door's fast path
+        # from Redis renders with it too: see front.SharedFast).
+        renderer = fetched.renderer = functools.partial(render_clean, route, requested)
+        body, etag = fetched.render(route.id, requested, functools.partial(renderer, resp))
         return fetched.respond(request, 200, body, etag=etag, content_type=JSON)
 
     # -- passthrough -------------------------------------------------------------------
@@ -326,6 +299,41 @@ class Proxy:
         return fetched.respond(request, resp.status, resp.body, resp.headers)
 
 
+def render_clean(route: Route, requested: Sequence[object] | None, resp: Entry) -> bytes:
+    """A clean route's body from an upstream 2xx answer; raises the problem it makes
+    (not JSON, invalid JSON, a required field missing, an unexpected shape)."""
+    ctype = _header(resp.headers, "content-type")
+    if ctype is not None and not _is_json_type(ctype):
+        shown = ctype if len(ctype) <= 64 else ctype[:61] + "..."
+        raise UpstreamError(
+            502,
+            f"{route.backend.service} answered {shown!r}, not JSON",
+            code="upstream_bad_response",
+        )
+    try:
+        data = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(
+            502,
+            f"{route.backend.service} answered with invalid JSON",
+            code="upstream_bad_response",
+        ) from None
+    for path in route.require:
+        if normalize.get_path(data, path) in (None, normalize.MISSING):
+            raise not_found("nothing found", code="not_found")
+    try:
+        result = normalize.apply(route.plan, data, requested)
+    except normalize.EmptyResult:
+        raise not_found("nothing found", code="not_found") from None
+    except normalize.ShapeError as exc:
+        raise UpstreamError(
+            502,
+            f"{route.backend.service} answered with an unexpected shape: {exc}",
+            code="upstream_bad_response",
+        ) from None
+    return orjson.dumps(result)
+
+
 def canonical_path(raw_path: str) -> str:
     """Re-encode a client path segment by segment for the upstream URL.
 
@@ -357,6 +365,7 @@ def _header(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=64)  # a handful of spellings, asked on every clean answer
 def _is_json_type(content_type: str) -> bool:
     """``application/json`` or a ``+json`` type (RFC 6839), parameters ignored."""
     mime = content_type.split(";", 1)[0].strip().lower()

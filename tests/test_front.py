@@ -12,16 +12,21 @@ import asyncio
 import re
 from collections.abc import Callable
 
+import orjson
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bloxproxy import front as front_mod
 from bloxproxy.app import FRONT
+from bloxproxy.cache.entry import Entry, make_etag
 from bloxproxy.fake import FakeRoblox
-from bloxproxy.front import FastEntry, Front, WireResponse
+from bloxproxy.front import FastEntry, Front, SharedFast, WireResponse
 
 from .conftest import FakeClock, ProxyFactory
+from .redis_server import RedisServer
+from .test_cache import settle
 
 Client = TestClient[web.Request, web.Application]
 
@@ -187,6 +192,150 @@ async def test_own_paths_still_route_and_odd_spellings_are_the_catch_alls(proxy:
         async with proxy.get(odd) as resp:
             assert resp.status == 404, odd
             assert resp.content_type == "application/problem+json"
+
+
+# -- from Redis, with no L1 (SharedFast) ------------------------------------------------------
+
+KEY = "bloxproxy:GET users/v1/users/156"  # the Redis name of both paths' entry
+
+
+async def shared_proxy(make_proxy: ProxyFactory, redis_url: str, **env: str) -> Client:
+    return await make_proxy(
+        BLOXPROXY_CACHE_MAX_ENTRIES="0", BLOXPROXY_CACHE_REDIS_URL=redis_url, **env
+    )
+
+
+async def warm_shared(client: Client, path: str) -> tuple[int, dict[str, str], bytes]:
+    """A MISS (stored in Redis only), then a HIT from Redis by the pipeline; that HIT."""
+    status, headers, _ = await answer(client, path)
+    assert (status, headers["x-cache"]) == (200, "MISS")
+    await settle(client)  # the L2 write is a background task
+    assert front_of(client).fast == {}
+    hit = await answer(client, path)
+    assert hit[1]["x-cache"] == "HIT"
+    assert front_of(client).fast_answers == 0
+    return hit
+
+
+async def rewrite(redis: aioredis.Redis, body: bytes, *, stored_at: float, **kw: object) -> None:
+    """Put another version of the entry in Redis, as another replica's refresh would."""
+    fields: dict[str, object] = {
+        "status": 200, "headers": (("Content-Type", "application/json"),), "body": body,
+        "stored_at": stored_at, "ttl": 600.0, "stale_while_revalidate": 60.0,
+        "stale_if_error": 3600.0, "etag": make_etag(body),
+    }  # fmt: skip
+    fields.update(kw)
+    await redis.set(KEY, Entry(**fields).to_bytes())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", [USER, USER_PT])
+async def test_the_fast_answer_from_redis_is_the_pipeline_answer(
+    make_proxy: ProxyFactory, redis_url: str, path: str
+) -> None:
+    client = await shared_proxy(make_proxy, redis_url)
+    status, slow, body = await warm_shared(client, path)
+    front = front_of(client)
+    remembered = front.fast[path]
+    assert isinstance(remembered, SharedFast)
+    for _ in range(2):
+        fstatus, fast, fbody = await answer(client, path)
+        assert (fstatus, fbody) == (status, body)
+        assert set(fast) == set(slow)
+        for name in set(slow) - _PER_ANSWER:
+            assert fast[name] == slow[name], name
+        assert fast["x-cache"] == "HIT"
+    assert front.fast_answers == 2
+    # It keeps no answer: only the header block of the entry version it last answered.
+    assert remembered.last is not None and remembered.last.body == b""
+
+
+async def test_the_fast_answer_from_redis_follows_every_change_there(
+    make_proxy: ProxyFactory, redis_url: str, redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
+    client = await shared_proxy(make_proxy, redis_url)
+    await warm_shared(client, USER_PT)
+    front = front_of(client)
+
+    # Another replica refreshed the entry: the next answer is the new one, new ETag too.
+    new = b'{"id":156,"name":"builderman","displayName":"Renamed"}'
+    await rewrite(redis_client, new, stored_at=clock() + 1)
+    clock.advance(2)
+    _, headers, body = await answer(client, USER_PT)
+    assert (body, headers["etag"], headers["age"]) == (new, make_etag(new), "1")
+    assert front.fast_answers == 1
+    # And the clean route renders it (its own ETag: the rendering's).
+    await answer(client, USER)  # the pipeline's HIT from Redis, remembered
+    _, headers, body = await answer(client, USER)
+    assert front.fast_answers == 2
+    assert orjson.loads(body)["display_name"] == "Renamed"
+    assert headers["etag"] == make_etag(body)
+
+    # Purged elsewhere (the key is gone from Redis): the pipeline, a MISS.
+    await redis_client.delete(KEY)
+    _, headers, _ = await answer(client, USER_PT)
+    assert headers["x-cache"] == "MISS"
+    assert front.fast_answers == 2
+
+
+@pytest.mark.parametrize(
+    ("kw", "expect"),
+    [
+        ({"stored_at_delta": -630.0}, "STALE"),  # past its ttl: the pipeline revalidates
+        ({"stored_at_delta": +30.0}, "HIT"),  # from a replica whose clock runs ahead
+        ({"status": 203}, "HIT"),  # not a 200: the pipeline answers
+    ],
+)
+async def test_entries_the_fast_path_may_not_answer_go_to_the_pipeline(
+    make_proxy: ProxyFactory,
+    redis_url: str,
+    redis_client: aioredis.Redis,
+    clock: FakeClock,
+    kw: dict[str, float],
+    expect: str,
+) -> None:
+    client = await shared_proxy(make_proxy, redis_url)
+    await warm_shared(client, USER)
+    kw = dict(kw)
+    stored_at = clock() + kw.pop("stored_at_delta", 0.0)
+    await rewrite(
+        redis_client, b'{"id":156,"name":"b","displayName":"b"}', stored_at=stored_at, **kw
+    )
+    status, headers, _ = await answer(client, USER)
+    assert (status, headers["x-cache"]) == (200, expect)
+    assert front_of(client).fast_answers == 0
+
+
+async def test_a_body_the_route_refuses_is_the_pipelines_problem(
+    make_proxy: ProxyFactory, redis_url: str, redis_client: aioredis.Redis, clock: FakeClock
+) -> None:
+    client = await shared_proxy(make_proxy, redis_url)
+    await warm_shared(client, USER)
+    await rewrite(redis_client, b"<html>not json</html>", stored_at=clock())
+    status, headers, body = await answer(client, USER)
+    assert status == 502
+    assert headers["content-type"] == "application/problem+json"
+    assert b"invalid JSON" in body
+    assert front_of(client).fast_answers == 0
+    assert not await redis_client.exists(KEY)  # and the pipeline dropped it, as always
+
+
+async def test_redis_gone_sends_the_fast_path_to_the_pipeline(
+    make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        client = await shared_proxy(make_proxy, server.url)
+        await warm_shared(client, USER)
+        await answer(client, USER)
+        assert front_of(client).fast_answers == 1
+        server.kill()
+        for _ in range(3):
+            status, headers, _ = await answer(client, USER)
+            assert (status, headers["x-cache"]) == (200, "MISS")  # from Roblox, no error
+        assert front_of(client).fast_answers == 1
+    finally:
+        server.stop()
 
 
 # -- on a raw socket --------------------------------------------------------------------------

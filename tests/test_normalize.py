@@ -562,6 +562,20 @@ def test_field_ops(fields: FieldOps, expected: dict[str, object]) -> None:
     }
 
 
+def test_field_names_are_remembered_within_a_bound() -> None:
+    """The top-level names an item's keys become are learnt once per FieldOps; upstream keys
+    are data (a map keyed by ids), so the memo stops growing at a bound and the rest are
+    still converted right."""
+    ops = FieldOps(deny=frozenset({"userId9"}), rename={"userId3": "third"})
+    body = {f"userId{i}": i for i in range(3000)}
+    expected = {f"user_id{i}": i for i in range(3000) if i != 9}
+    expected["third"] = expected.pop("user_id3")
+    for _ in range(2):  # the second pass reads the memo
+        assert apply(Plan(fields=ops), body) == expected
+    assert len(ops.names) == 1024
+    assert ops.names["userId9"] is None and ops.names["userId3"] == "third"
+
+
 NESTED = {
     "outerKey": {
         "innerKey": [{"deepKey": 1}, 2, "x", [{"listInList": None}]],

@@ -84,16 +84,13 @@ class Entry:
     etag: str = ""
 
     def __post_init__(self) -> None:
-        # Cheap invariants that keep hard_expiry() finite (Redis PX needs an integer) and
-        # guarantee that every Entry survives to_bytes/from_bytes.
-        if not 100 <= self.status <= 999:
-            raise ValueError(f"status out of range: {self.status!r}")
-        if not math.isfinite(self.stored_at):
-            raise ValueError(f"stored_at must be finite: {self.stored_at!r}")
-        for name in ("ttl", "stale_while_revalidate", "stale_if_error"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be finite and >= 0: {value!r}")
+        _check(
+            self.status,
+            self.stored_at,
+            self.ttl,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+        )
 
     def age(self, now: float) -> float:
         """Seconds since the answer was fetched (never negative, even with clock skew)."""
@@ -168,9 +165,10 @@ class Entry:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Entry:
         """Parse :meth:`to_bytes` output; :class:`ValueError` for anything else."""
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise ValueError(f"expected bytes, got {type(data).__name__}")
-        data = bytes(data)
+        if type(data) is not bytes:
+            if not isinstance(data, bytes | bytearray | memoryview):
+                raise ValueError(f"expected bytes, got {type(data).__name__}")
+            data = bytes(data)
         if not data.startswith(_MAGIC):
             raise ValueError("not a bloxproxy cache entry (bad magic)")
         end = data.find(b"\n", len(_MAGIC))
@@ -209,15 +207,27 @@ class Entry:
             headers.append((pair[0], pair[1]))
         # __post_init__ raises ValueError for out-of-range values.
         return cls(
-            status=status,
-            headers=tuple(headers),
-            body=body,
-            stored_at=float(stored_at),
-            ttl=float(ttl),
-            stale_while_revalidate=float(swr),
-            stale_if_error=float(sie),
-            etag=etag,
+            status,
+            tuple(headers),
+            body,
+            float(stored_at),
+            float(ttl),
+            float(swr),
+            float(sie),
+            etag,
         )
+
+
+def _check(status: int, stored_at: float, ttl: float, swr: float, sie: float) -> None:
+    """Cheap invariants that keep :meth:`Entry.hard_expiry` finite (Redis PX needs an
+    integer) and guarantee that every Entry survives to_bytes/from_bytes; ValueError."""
+    if not 100 <= status <= 999:
+        raise ValueError(f"status out of range: {status!r}")
+    if not math.isfinite(stored_at):
+        raise ValueError(f"stored_at must be finite: {stored_at!r}")
+    for name, value in (("ttl", ttl), ("stale_while_revalidate", swr), ("stale_if_error", sie)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be finite and >= 0: {value!r}")
 
 
 def row_size(row: Row) -> int:
