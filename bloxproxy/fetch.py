@@ -23,7 +23,6 @@ from .observe import INFO
 if TYPE_CHECKING:
     from .config import Config
     from .rules import CacheCondition, Route
-    from .upstream import UpstreamRequest
 
 # Headers varied on by passthrough GETs (Roblox localizes some answers; thumbnails and
 # avatar endpoints take a place id). Everything else a client sends does not split the cache.
@@ -79,8 +78,8 @@ class Policy:
         )
 
     @classmethod
-    def for_passthrough(cls, req: UpstreamRequest, config: Config) -> Policy:
-        if not config.cache.enabled or not req.safe_read:
+    def for_passthrough(cls, safe_read: bool, config: Config) -> Policy:
+        if not config.cache.enabled or not safe_read:
             return cls(ttl=0.0)
         return cls(
             config.cache.passthrough_ttl,

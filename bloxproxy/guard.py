@@ -17,14 +17,13 @@ first (plain method calls: three aiohttp middlewares cost a wrapper chain per re
    ``max_wait``, else 503 with ``Retry-After``), then the attempt with its own timeout; the
    outcome feeds the pause (429) and the breaker (errors and 5xx).
 
-Which service an attempt belongs to comes from :data:`CURRENT`, set by
+Which service an attempt belongs to comes from :data:`bloxproxy.upstream.CURRENT`, set by
 :meth:`bloxproxy.upstream.Upstream.send` for the duration of one upstream call.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import datetime
 import email.utils
 import hashlib
@@ -46,6 +45,7 @@ from cachetools import TTLCache
 
 from .cache.store import StoreUnavailable
 from .errors import UpstreamError
+from .upstream import CURRENT, read_body
 
 if TYPE_CHECKING:
     from .config import Config
@@ -54,10 +54,6 @@ if TYPE_CHECKING:
     from .upstream import UpstreamRequest
 
 log = logging.getLogger("bloxproxy.upstream")
-
-CURRENT: contextvars.ContextVar[UpstreamRequest | None] = contextvars.ContextVar(
-    "bloxproxy_upstream_request", default=None
-)
 
 _BREAKER_CODES = {"closed": 0, "half_open": 1, "open": 2}
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
@@ -381,8 +377,6 @@ class Guard:
     async def guard(
         self, req: ClientRequest, handler: ClientHandlerType, ureq: UpstreamRequest
     ) -> ClientResponse:
-        from .upstream import read_body
-
         service = ureq.service
         st = self.state(service)
         try:

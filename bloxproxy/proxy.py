@@ -105,6 +105,7 @@ class Proxy:
             "range",
         )
         self._policies = {r.id: Policy.for_route(r, config) for r in rules.routes}
+        self._pass_policies = {safe: Policy.for_passthrough(safe, config) for safe in (True, False)}
 
     def swap(self, config: Config, rules: RuleSet) -> None:
         """Take a validated config and rule set (hot reload). Routing, parameter parsing and
@@ -290,7 +291,7 @@ class Proxy:
         if info is not None:
             info.route = "passthrough:" + service
         fetched = await self.fetcher.fetch(
-            ureq, Policy.for_passthrough(ureq, self.config), request, Credential.of(request).value
+            ureq, self._pass_policies[safe], request, Credential.of(request).value
         )
         if info is not None:
             info.cache, info.upstream = fetched.result, fetched.upstream

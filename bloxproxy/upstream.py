@@ -9,7 +9,9 @@ bounds the body it accepts.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextvars
+import functools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -18,7 +20,6 @@ from yarl import URL
 
 from .config import Config
 from .errors import UpstreamError
-from .guard import CURRENT
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus framing headers we recompute.
 HOP_BY_HOP = frozenset(
@@ -77,6 +78,12 @@ class UpstreamRequest:
     safe_read: bool = True
 
 
+# The upstream call in progress, for the client middlewares (guard.py) to know whose it is.
+CURRENT: contextvars.ContextVar[UpstreamRequest | None] = contextvars.ContextVar(
+    "bloxproxy_upstream_request", default=None
+)
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamResponse:
     status: int
@@ -85,14 +92,19 @@ class UpstreamResponse:
 
 
 def forwardable_request_headers(
-    headers: Mapping[str, str] | CIMultiDictProxy[str], extra_drop: Iterable[str] = ()
+    headers: Mapping[str, str] | CIMultiDictProxy[str], extra_drop: tuple[str, ...] = ()
 ) -> Headers:
     """Client headers that passthrough sends on (everything but hop-by-hop and ours)."""
-    drop = _REQUEST_DROP | {h.lower() for h in extra_drop}
+    drop = _drop_set(extra_drop)
     connection = headers.get("Connection", "")
     if connection:  # headers named in Connection are hop-by-hop too (RFC 9110 §7.6.1)
         drop = drop | {h.strip().lower() for h in connection.split(",")}
     return tuple((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+@functools.lru_cache(maxsize=16)  # a proxy has two (cacheable reads and the rest)
+def _drop_set(extra_drop: tuple[str, ...]) -> frozenset[str]:
+    return _REQUEST_DROP | {h.lower() for h in extra_drop}
 
 
 class Upstream:
