@@ -1106,6 +1106,58 @@ def machine() -> dict[str, Any]:
     }
 
 
+# -- case 8: the event loop (uvloop or asyncio) ---------------------------------------------
+
+def case_loop(ctx: Ctx) -> None:
+    """uvloop is an optional dependency (``bloxproxy serve`` uses it when installed): what it
+    is worth, for a hit and for a miss, against the same proxy on asyncio's own loop."""
+    ctx.say("\n== case 8: the proxy on uvloop vs on asyncio's loop (BLOXPROXY_NO_UVLOOP=1); "
+            "hit and miss (fake 0 ms, upstream limit raised) ==")
+    fake = Fake(ctx).start()
+    uproc, uport = proxy(ctx, fake, FAST_LIMIT, name="proxy-uvloop")
+    aproc, aport = proxy(ctx, fake, {**FAST_LIMIT, "BLOXPROXY_NO_UVLOOP": "1"},
+                         name="proxy-asyncio")
+    ids = Ids(8_000_000)
+    with running(fake.proc, uproc, aproc):
+        ctx.uvloop["case8_uvloop"] = uses_uvloop(uproc.pid)
+        ctx.uvloop["case8_asyncio"] = uses_uvloop(aproc.pid)
+        if not ctx.uvloop["case8_uvloop"] or ctx.uvloop["case8_asyncio"]:
+            raise BenchError("uvloop is not installed, or BLOXPROXY_NO_UVLOOP was not obeyed")
+        for port in (uport, aport):
+            warm_hit(port, CLEAN_HIT)
+        sides = {"hit_uvloop": uport, "hit_asyncio": aport,
+                 "miss_uvloop": uport, "miss_asyncio": aport}
+
+        def measure(i: int, side: str) -> dict[str, Any]:
+            port = sides[side]
+            if side.startswith("hit"):
+                r = wrk(ctx, port, CLEAN_HIT)
+            else:
+                start = ids.next
+                r = wrk(ctx, port, "/", script="unique.lua",
+                        args=["/users/v1/users/{id}", str(start)])
+                ids.advance(start + r["requests"] + 164)
+            ctx.say(f"  run {i} {side:12} {wrk_line(r)}")
+            return r
+
+        for side in sides:  # warm-up, not recorded
+            measure(0, side)
+        runs, discarded = rounds(ctx, list(sides), measure)
+    rows = []
+    for kind, label in (("hit", f"clean hit {CLEAN_HIT}"), ("miss", "passthrough miss")):
+        u, a = runs[f"{kind}_uvloop"], runs[f"{kind}_asyncio"]
+        rows += [
+            Row("8", f"{label} rps: uvloop | asyncio", [],
+                text=f"{med([r['rps'] for r in u]):,.0f} | {med([r['rps'] for r in a]):,.0f}"),
+            Row("8", f"{label} rps uvloop / asyncio",
+                [x["rps"] / y["rps"] for x, y in zip(u, a, strict=True)], "{:.2f}"),
+        ]
+    ctx.rows.extend(rows)
+    ctx.cases["8"] = {"runs": runs, "discarded_rounds": discarded, "conns": 64,
+                      "config": "config.yaml as shipped + upstream limit raised; the asyncio "
+                                "side with BLOXPROXY_NO_UVLOOP=1"}
+
+
 CASES: dict[str, Callable[[Ctx], None]] = {
     "1": lambda ctx: case_hit(ctx, 1),
     "2": lambda ctx: case_hit(ctx, 2),
@@ -1114,13 +1166,15 @@ CASES: dict[str, Callable[[Ctx], None]] = {
     "5": case_mix,
     "6": case_memory,
     "7": case_redis,
+    "8": case_loop,
 }
 
 
 def estimate(cases: Sequence[str], runs: int, duration: float, quick: bool) -> float:
     per = {"1": 5 * runs * duration + 25, "2": 5 * runs * duration + 30,
            "3": 16 * runs * duration + 20, "4": 5 + 3 * runs, "5": runs * (8 if quick else 35),
-           "6": runs * (8 if quick else 30), "7": 4 * runs * duration + 25}
+           "6": runs * (8 if quick else 30), "7": 4 * runs * duration + 25,
+           "8": 4 * (runs + 1) * duration + 20}
     return sum(per[c] for c in cases)
 
 
@@ -1128,7 +1182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the bloxproxy benchmarks (see bench/README.md).")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 1 run of 3 s per side, smaller cases 5 and 6")
-    p.add_argument("--cases", default="1,2,3,4,5,6,7", help="comma-separated case numbers")
+    p.add_argument("--cases", default="1,2,3,4,5,6,7,8", help="comma-separated case numbers")
     p.add_argument("--runs", type=int, default=None, help="rounds per case (default 3)")
     p.add_argument("--duration", type=float, default=None,
                    help="seconds per wrk measurement (default 10)")
@@ -1146,7 +1200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
-        p.error(f"unknown case(s) {', '.join(unknown)}; choose from 1-7")
+        p.error(f"unknown case(s) {', '.join(unknown)}; choose from 1-8")
     runs = args.runs or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 10.0)
     # 1,000 concurrent connections (case 4) need more descriptors than the usual 1,024

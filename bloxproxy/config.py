@@ -205,7 +205,11 @@ class RedisConfig:
 class CacheConfig:
     enabled: bool = opt(True, schema.boolean, "Turn caching off entirely (every request a miss).")
     max_bytes: int = opt("256MiB", schema.size, "Byte budget of the in-process L1 cache.")
-    max_entries: int = opt(100_000, schema.integer(0), "Entry bound of the L1 cache.")
+    max_entries: int = opt(
+        100_000,
+        schema.integer(0),
+        "Entry bound of the L1 cache; 0 turns L1 off (with Redis, every hit is read from it).",
+    )
     passthrough_ttl: float = opt(
         "30s",
         schema.duration,
