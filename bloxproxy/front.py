@@ -15,6 +15,9 @@ from it after three checks: no credential, conditional or varied header in the r
 entry still fresh; and the same entry version still in L1 (so a purge, an eviction or a
 refresh sends it back to the full pipeline). Anything else — stale, missing, credentialed —
 takes the full pipeline, which decides exactly as before.
+
+With L1 off (``cache.max_entries: 0``) and Redis on, a hit leaves a :class:`SharedFast`
+instead, which keeps no body: each use reads the entry from Redis and renders it again.
 """
 
 from __future__ import annotations

@@ -305,6 +305,20 @@ async def test_entries_the_fast_path_may_not_answer_go_to_the_pipeline(
     assert front_of(client).fast_answers == 0
 
 
+@pytest.mark.parametrize(
+    "header", [{"Cookie": ".ROBLOSECURITY=x"}, {"If-None-Match": '"nope"'}, {"Connection": "close"}]
+)
+async def test_requests_that_may_differ_take_the_pipeline_with_redis_too(
+    make_proxy: ProxyFactory, redis_url: str, header: dict[str, str]
+) -> None:
+    client = await shared_proxy(make_proxy, redis_url)
+    await warm_shared(client, USER_PT)
+    status, headers, _ = await answer(client, USER_PT, **header)
+    assert status == 200
+    assert headers["x-cache"] == ("BYPASS" if "Cookie" in header else "HIT")
+    assert front_of(client).fast_answers == 0
+
+
 async def test_a_body_the_route_refuses_is_the_pipelines_problem(
     make_proxy: ProxyFactory, redis_url: str, redis_client: aioredis.Redis, clock: FakeClock
 ) -> None:
