@@ -38,6 +38,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
 _CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 _SURROGATE = re.compile("[\udc80-\udcff]")
+# A path that canonical_path() leaves as it is: non-empty segments of characters that
+# quote(safe=_SEGMENT_SAFE) keeps (no ``%``), none of them ``.`` or ``..``.
+_CANONICAL = re.compile(r"(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,;=:@]+)+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,11 @@ class Credential:
 
     @classmethod
     def of(cls, request: web.Request) -> Credential:
+        headers = request.headers
+        if "Cookie" not in headers and "Authorization" not in headers and (
+            "X-Api-Key" not in headers
+        ):
+            return _ANONYMOUS  # (most requests: spare the parsing below)
         # Every occurrence counts: passthrough forwards repeated headers as they are, and
         # the upstream may read any of them (a second `Cookie` header, a later duplicate
         # `.ROBLOSECURITY`, `Authorization: ` then `Authorization: Bearer …`). Looking at
@@ -65,6 +73,9 @@ class Credential:
             # HTTP parser, so this spelling cannot collide with a real header value.
             value = "\x00raw:" + value.encode("utf-8", "surrogateescape").hex()
         return cls(value)
+
+
+_ANONYMOUS = Credential("")
 
 
 def _roblosecurity_values(headers: MultiMapping[str]) -> list[str]:
@@ -343,6 +354,8 @@ def canonical_path(raw_path: str) -> str:
     backslashes, spaces and ``%2F`` stay *inside* their segment and every spelling of one
     path gives one upstream URL and one cache key.
     """
+    if _CANONICAL.fullmatch(raw_path):
+        return raw_path  # only characters that decode and encode to themselves: as it is
     out = []
     for raw in raw_path.split("/"):
         if not raw:

@@ -12,16 +12,22 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, unquote
 
 import aiohttp
 import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from bloxproxy import proxy as proxy_mod
+from bloxproxy.errors import HTTPProblem
 from bloxproxy.fake import FakeRoblox, Fault
+from bloxproxy.proxy import canonical_path
 from tests.conftest import ProxyFactory
 
 Client = TestClient[web.Request, web.Application]
@@ -635,3 +641,47 @@ async def test_client_cookies_are_forwarded_only_on_their_request(
     assert COOKIE in fake.requests[-1].headers["cookie"]
     await send(plain, "GET", "/users/v1/users/1")
     assert "cookie" not in fake.requests[-1].headers
+
+
+# -- canonical paths: the shortcut for paths already canonical ----------------------------
+
+
+def _reference_canonical(raw_path: str) -> str:
+    """canonical_path() spelled out without its shortcut: decode and encode every segment."""
+    out = []
+    for raw in raw_path.split("/"):
+        if not raw:
+            continue
+        segment = unquote(raw, errors="strict")
+        if segment in (".", "..") or re.search(r"[\x00-\x1f\x7f]", segment):
+            raise HTTPProblem(400, "refused")
+        out.append(quote(segment, safe="-._~!$&'()*+,;=:@"))
+    return "/" + "/".join(out)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="/.%2Fa~-_!$&'()*+,;=:@ \\é\x7f?#[]", max_size=24))
+def test_canonical_path_is_the_segment_by_segment_encoding(raw_path: str) -> None:
+    try:
+        expected = _reference_canonical(raw_path)
+    except (HTTPProblem, UnicodeDecodeError):
+        with pytest.raises(HTTPProblem):
+            canonical_path(raw_path)
+        return
+    assert canonical_path(raw_path) == expected
+    if proxy_mod._CANONICAL.fullmatch(raw_path):
+        assert expected == raw_path  # the shortcut returns it as it is
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    ["/v1/users/1", "/a/.../b", "/a/.b/..c", "/~user/x;y=1/@z", "/a/./b", "/a/../b", "/a/b/", "/"],
+)
+def test_canonical_path_examples(raw_path: str) -> None:
+    try:
+        expected = _reference_canonical(raw_path)
+    except HTTPProblem:
+        with pytest.raises(HTTPProblem):
+            canonical_path(raw_path)
+        return
+    assert canonical_path(raw_path) == expected
