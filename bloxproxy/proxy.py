@@ -52,8 +52,10 @@ class Credential:
     @classmethod
     def of(cls, request: web.Request) -> Credential:
         headers = request.headers
-        if "Cookie" not in headers and "Authorization" not in headers and (
-            "X-Api-Key" not in headers
+        if (
+            "Cookie" not in headers
+            and "Authorization" not in headers
+            and ("X-Api-Key" not in headers)
         ):
             return _ANONYMOUS  # (most requests: spare the parsing below)
         # Every occurrence counts: passthrough forwards repeated headers as they are, and
