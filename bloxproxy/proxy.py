@@ -55,7 +55,7 @@ class Credential:
         if (
             "Cookie" not in headers
             and "Authorization" not in headers
-            and ("X-Api-Key" not in headers)
+            and "X-Api-Key" not in headers
         ):
             return _ANONYMOUS  # (most requests: spare the parsing below)
         # Every occurrence counts: passthrough forwards repeated headers as they are, and
