@@ -48,9 +48,6 @@ import json
 import os
 import random
 import re
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +61,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from run import Proc, free_port  # noqa: E402  # bench/run.py: server processes, ports
+
+from tests.conftest import VIEWER_RULES  # noqa: E402  # the per-credential /v1/as-viewer route
 from tests.redis_server import RedisServer  # noqa: E402
 
 PY = sys.executable
@@ -82,20 +82,6 @@ TCP_STATES = {
 }
 FAULTED = ("games", "groups")
 COOKIES = [f"SOAK-COOKIE-{i:02d}-" + "x" * 20 for i in range(20)]
-VIEWER_RULES = """\
-service: users
-routes:
-  - id: soak.as_viewer
-    endpoint: /v1/as-viewer/{user_id}
-    params:
-      user_id: {type: int, min: 1}
-    backend:
-      path: /v1/users/{user_id}
-      credentials: forward
-    cache:
-      ttl: 1m
-      credentials: per_credential
-"""
 # (weight, kind, service, expected 4xx). Key spaces are bounded so the caches fill early.
 MIX = [
     (24, "clean", "users", False),
@@ -130,57 +116,6 @@ FAULTS: dict[str, list[dict[str, Any]]] = {
     "too large": [{"body_size": 200_000}],
     "redirect": [{"status": 302, "redirect_to": "http://127.0.0.1:9/elsewhere"}],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-class Proc:
-    """A subprocess in a process group of its own, logging to a file."""
-
-    def __init__(
-        self, name: str, argv: list[str], logdir: Path, env: dict[str, str] | None = None
-    ) -> None:
-        self.name, self.argv, self.env = name, argv, env
-        self.log_path = logdir / f"{name}.log"
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.popen is not None
-        return self.popen.pid
-
-    def start(self) -> Proc:
-        with self.log_path.open("ab") as log:
-            self.popen = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=self.env,
-                cwd=ROOT,
-                start_new_session=True,
-            )
-        return self
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def stop(self) -> None:
-        p, self.popen = self.popen, None
-        if p is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            p.wait(5)
 
 
 async def wait_ready(url: str, proc: Proc, within: float = 30.0) -> None:

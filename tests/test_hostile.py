@@ -57,7 +57,7 @@ from bloxproxy.config import DEFAULT_SERVICES, Config, shipped_rules_dir
 from bloxproxy.errors import ConfigError
 from bloxproxy.fake import FakeRoblox, Fault
 from bloxproxy.serve import MAX_LINE, load_all, start_runner
-from tests.conftest import FakeClock, proxy_config
+from tests.conftest import VIEWER_RULES, FakeClock, proxy_config
 
 Client = TestClient[web.Request, web.Application]
 
@@ -80,21 +80,6 @@ HYPOTHESIS = settings(
         HealthCheck.filter_too_much,
     ],
 )
-
-VIEWER_RULES = """\
-service: users
-routes:
-  - id: hostile.as_viewer
-    endpoint: /v1/as-viewer/{user_id}
-    params:
-      user_id: {type: int, min: 1}
-    backend:
-      path: /v1/users/{user_id}
-      credentials: forward
-    cache:
-      ttl: 1m
-      credentials: per_credential
-"""
 
 
 # -- the world: fake Roblox, forbidden listener, proxy ------------------------------------------
