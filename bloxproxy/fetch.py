@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from aiohttp import web
 
 from .cache import decide
-from .cache.entry import Entry, make_etag
+from .cache.entry import KEPT_HEADERS, Entry, make_etag
 from .cache.store import MemoryStore
 from .front import FastEntry, SharedFast
 from .observe import INFO
@@ -261,11 +261,7 @@ class Fetched:
             info.fast = SharedFast(self.key, info.route, self.renderer, content_type)
             return
         e = self.entry
-        static = [
-            (k, v)
-            for k, v in resp.headers.items()
-            if k.lower() in ("content-type", "content-language")
-        ]
+        static = [(k, v) for k, v in resp.headers.items() if k.lower() in KEPT_HEADERS]
         if etag:
             static.append(("ETag", etag))
         info.fast = FastEntry(

@@ -40,7 +40,7 @@ from aiohttp.http_writer import _serialize_headers
 from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
-from .cache.entry import Entry, make_etag
+from .cache.entry import KEPT_HEADERS, Entry, make_etag
 from .errors import HTTPProblem
 from .middlewares import REQUEST_ID, REQUEST_ID_HEADER, REQUEST_ID_RE, error_response
 from .observe import INFO, AccessLog, Metrics, RequestInfo
@@ -203,7 +203,7 @@ class SharedFast:
             if self.content_type is not None:
                 static = [("Content-Type", self.content_type)]
             else:
-                static = [(k, v) for k, v in entry.headers if k.lower() in _OWN_STATIC]
+                static = [(k, v) for k, v in entry.headers if k.lower() in KEPT_HEADERS]
             etag = entry.etag if self.render is None else make_etag(body)
             if etag:
                 static.append(("ETag", etag))
@@ -223,9 +223,6 @@ class SharedFast:
             )
             self.last, self.last_source = fe, entry.etag
         return fe
-
-
-_OWN_STATIC = ("content-type", "content-language")  # the entry headers an answer repeats
 
 
 _UNSAFE = re.compile(r"[\r\n\x00]")
@@ -333,14 +330,19 @@ def wired(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamRespo
     return WireResponse(status, head, body, headers)
 
 
-def _plain(request: web.Request) -> bool:
-    """May ``request`` have a remembered answer: no header that could change the answer,
-    and HTTP/1.1 keep-alive (the answer's bytes are written for that)."""
+def _may_differ(request: web.BaseRequest) -> bool:
+    """Does ``request`` carry a header that could change its answer (``_NOT_FAST``)?"""
     headers = request.headers
     for name in _NOT_FAST:
         if name in headers:
-            return False
-    return request.version == HttpVersion11 and request.keep_alive
+            return True
+    return False
+
+
+def _plain(request: web.Request) -> bool:
+    """May ``request`` have a remembered answer: no header that could change the answer,
+    and HTTP/1.1 keep-alive (the answer's bytes are written for that)."""
+    return not _may_differ(request) and request.version == HttpVersion11 and request.keep_alive
 
 
 _JOIN_MAX = 64 * 1024
@@ -559,10 +561,8 @@ class Front:
     def _remember(self, request: web.Request, fe: FastEntry | SharedFast) -> None:
         if request.method != "GET" or (type(fe) is SharedFast and self.shared is None):
             return
-        headers = request.headers
-        for name in _NOT_FAST:
-            if name in headers:
-                return
+        if _may_differ(request):
+            return
         fast = self.fast
         if len(fast) >= FAST_MAX:
             # Forget the oldest eighth (dicts keep insertion order): cheap, and hot targets

@@ -22,9 +22,21 @@ from typing import Any
 
 import orjson
 
-__all__ = ["ENTRY_OVERHEAD", "FORMAT_VERSION", "HEADER_OVERHEAD", "Entry", "Row", "make_etag"]
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "FORMAT_VERSION",
+    "HEADER_OVERHEAD",
+    "KEPT_HEADERS",
+    "Entry",
+    "Row",
+    "make_etag",
+]
 
 FORMAT_VERSION = 1
+# What a stored answer keeps of the upstream headers (lower-case names): the rest describes
+# the moment of the call (rate-limit counters, Roblox machine ids, cookies) and must not be
+# replayed. A remembered answer (front.FastEntry, front.SharedFast) repeats these too.
+KEPT_HEADERS = frozenset({"content-type", "content-language"})
 _MAGIC = b"BXP\x00"
 
 # Memory of one cached entry besides its body, etag and header text, measured once with

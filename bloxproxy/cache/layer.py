@@ -39,15 +39,11 @@ from ..fetch import Fetched, Policy
 from ..middlewares import request_id_of
 from ..upstream import Upstream, UpstreamRequest
 from . import decide
-from .entry import Entry, make_etag
+from .entry import KEPT_HEADERS, Entry, make_etag
 from .redis_store import RedisStore
 from .store import MemoryStore, StoreUnavailable
 
 log = logging.getLogger("bloxproxy.cache")
-
-# What a stored answer keeps of the upstream headers: the rest describes the moment of the
-# call (rate-limit counters, Roblox machine ids, cookies) and must not be replayed.
-KEPT_HEADERS = frozenset({"content-type", "content-language"})
 
 
 class SharedCache:
