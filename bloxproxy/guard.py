@@ -36,7 +36,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import aiohttp
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse
@@ -45,6 +45,7 @@ from cachetools import TTLCache
 
 from .cache.store import StoreUnavailable
 from .errors import UpstreamError
+from .observe import observe_into
 from .upstream import CURRENT, read_body
 
 if TYPE_CHECKING:
@@ -210,10 +211,10 @@ class ServiceState:
     budget: RetryBudget
     retries: int = 0  # counters, read by metrics and tests
     rejected: int = 0
-    # Metric children of this service, made once (labels() costs ~1.5 µs a call).
-    counters: dict[int | str, Any] = field(default_factory=dict)
-    waits: Any = None
-    latency: Any = None
+    # This service's metric rows (observe.Metrics), looked up once.
+    counters: dict[int | str, list[float]] = field(default_factory=dict)
+    waits: list[float] | None = None
+    latency: list[float] | None = None
     gauge: int = -1  # the breaker-state value last exported
 
 
@@ -292,8 +293,8 @@ class Guard:
                 RetryBudget(r.budget, r.budget_reserve),
             )
             if self.metrics is not None:
-                st.waits = self.metrics.limiter_waits.labels(service)
-                st.latency = self.metrics.upstream_latency.labels(service)
+                st.waits = self.metrics.limiter_waits(service)
+                st.latency = self.metrics.upstream_latency(service)
         return st
 
     # -- retry --------------------------------------------------------------------------
@@ -395,7 +396,7 @@ class Guard:
             raise
         sent = time.perf_counter()
         if st.waits is not None:
-            st.waits.observe(sent - started)
+            observe_into(st.waits, sent - started)
         try:
             # Each attempt is bounded by the session's sock_connect/sock_read timeouts
             # (upstream.timeout), all attempts together by its total (retries.deadline).
@@ -416,19 +417,19 @@ class Guard:
             raise
         self._count(st, service, resp.status)
         if st.latency is not None:
-            st.latency.observe(time.perf_counter() - sent)
+            observe_into(st.latency, time.perf_counter() - sent)
         self._outcome(service, st, resp)
         self._breaker_gauge(st, service)
         return resp
 
     def _count(self, st: ServiceState, service: str, status: int | str) -> None:
-        """One upstream attempt (or refusal) in the metrics; labelled children cached."""
+        """One upstream attempt (or refusal) in the metrics; the rows looked up once."""
         if self.metrics is None:
             return
-        child = st.counters.get(status)
-        if child is None:
-            child = st.counters[status] = self.metrics.upstream.labels(service, str(status))
-        child.inc()
+        row = st.counters.get(status)
+        if row is None:
+            row = st.counters[status] = self.metrics.attempts(service, status)
+        row[0] += 1
 
     def _breaker_gauge(self, st: ServiceState, service: str) -> None:
         code = _BREAKER_CODES[st.breaker.state]

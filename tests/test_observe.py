@@ -210,6 +210,11 @@ async def test_upstream_attempts_latency_and_retries(
     # one latency observation per answered attempt (the dropped one has no answer)
     assert m.get("bloxproxy_upstream_duration_seconds_count", service="users") == 2
     assert m.get("bloxproxy_upstream_duration_seconds_count", service="games") == 1
+    # a whole histogram: cumulative buckets up to +Inf = the count, and a sum of seconds
+    name = "bloxproxy_upstream_duration_seconds"
+    assert m.get(f"{name}_bucket", service="users", le="+Inf") == 2
+    assert m.get(f"{name}_bucket", service="users", le="10.0") == 2
+    assert 0 < m.get(f"{name}_sum", service="users") < 10
 
 
 async def test_limiter_waits_and_rejections(make_proxy: ProxyFactory, fake: FakeRoblox) -> None:
@@ -222,6 +227,8 @@ async def test_limiter_waits_and_rejections(make_proxy: ProxyFactory, fake: Fake
     m = await scrape(proxy)
     assert m.get("bloxproxy_limiter_rejections_total", service="users") == 1
     assert m.get("bloxproxy_limiter_wait_seconds_count", service="users") == 1  # the admitted one
+    # it did not wait (the second's first token): in a low bucket, not only under +Inf
+    assert m.get("bloxproxy_limiter_wait_seconds_bucket", service="users", le="0.01") == 1
 
 
 async def test_breaker_state_gauge_closed_open_half_open(
