@@ -12,6 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -267,6 +269,74 @@ def test_memory_zero_limits_store_nothing() -> None:
 def test_size_counts_body_headers_and_etag() -> None:
     entry = make_entry(b"12345", headers=(("ab", "cde"),), etag='"e"')
     assert entry.size() == ENTRY_OVERHEAD + 5 + HEADER_OVERHEAD + 5 + 3
+
+
+# One operation on a MemoryStore: (op, key, body length, ttl or clock step).
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["set"] * 3 + ["get"] * 3 + ["tick"] * 2 + ["delete", "prefix", "clear"]),
+        st.sampled_from(["a", "ab", "b"]),
+        st.integers(0, 300),
+        st.sampled_from([1.0, 5.0, 60.0]),
+    ),
+    min_size=5,
+    max_size=60,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS, max_entries=st.integers(1, 5), slots=st.integers(1, 5))
+def test_memory_store_matches_a_plain_lru_model(
+    ops: list[tuple[str, str, int, float]], max_entries: int, slots: int
+) -> None:
+    """Random sets, gets, deletes, prefix deletes, clears and clock steps against a list
+    kept least recently used first: the same answers, the same keys in the same order, and
+    a byte count that is always the sum of the held entries' sizes, within the budget."""
+    clock = FakeClock()
+    max_bytes = slots * (ENTRY_OVERHEAD + 150)
+    mem = MemoryStore(max_bytes=max_bytes, max_entries=max_entries, clock=clock)
+    model: list[tuple[str, Entry]] = []  # least recently used first
+
+    def live(entry: Entry) -> bool:
+        return clock.now < entry.hard_expiry()
+
+    for op, key, length, number in ops:
+        if op == "set":
+            entry = make_entry(b"x" * length, stored_at=clock.now, ttl=number)
+            mem.set_nowait(key, entry)
+            model = [(k, e) for k, e in model if k != key]
+            if entry.size() <= max_bytes:
+                while model and (
+                    sum(e.size() for _, e in model) + entry.size() > max_bytes
+                    or len(model) >= max_entries
+                ):
+                    model.pop(0)
+                model.append((key, entry))
+        elif op == "get":
+            got = mem.get_nowait(key)
+            held = next((e for k, e in model if k == key), None)
+            model = [(k, e) for k, e in model if k != key]
+            if held is not None and live(held):
+                model.append((key, held))
+                assert got == held
+            else:
+                assert got is None
+        elif op == "delete":
+            held = next((e for k, e in model if k == key), None)
+            assert mem.delete_nowait(key) is (held is not None and live(held))
+            model = [(k, e) for k, e in model if k != key]
+        elif op == "prefix":
+            gone = [e for k, e in model if k.startswith(key)]
+            assert mem.delete_prefix_nowait(key) == sum(live(e) for e in gone)
+            model = [(k, e) for k, e in model if not k.startswith(key)]
+        elif op == "clear":
+            assert mem.clear_nowait() == sum(live(e) for _, e in model)
+            model = []
+        else:
+            clock.now += number
+        assert list(mem._cache) == [k for k, _ in model]
+        assert mem.bytes_used == sum(e.size() for _, e in model) <= max_bytes
+        assert len(mem) == len(model) <= max_entries
 
 
 # ---------------------------------------------------------------- RedisStore only

@@ -42,9 +42,11 @@ _MAGIC = b"BXP\x00"
 # Memory of one cached entry besides its body, etag and header text, measured once with
 # tracemalloc (CPython 3.11, 64-bit): 20 000 entries built by Entry.from_bytes (fresh float
 # and str objects, as from Redis or a parsed response) stored in a MemoryStore under
-# 40-character keys, so cachetools' data dict, size dict and OrderedDict node count too.
-# Measured ~502 bytes per entry: Entry with slots ~100, bytes/str object headers ~80,
-# four floats ~96, key str ~90, three dict/OrderedDict slots and the size int ~140.
+# 40-character keys, so the store's own structures count too (then cachetools' LRUCache:
+# a data dict, a size dict and an OrderedDict; MemoryStore now keeps one OrderedDict, so
+# the figure errs high). Measured ~502 bytes per entry: Entry with slots ~100, bytes/str
+# object headers ~80, four floats ~96, key str ~90, three dict/OrderedDict slots and the
+# size int ~140.
 # Through the whole proxy (tracemalloc over 20 000 clean-route misses: entry, rendering,
 # longer keys, the front door's remembered answers) it came to ~700 bytes per entry, and
 # the budget is meant to bound what the process really holds: 700.
