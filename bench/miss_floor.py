@@ -9,6 +9,9 @@ naive proxy and, in the same rounds, copies of it that each add one more of blox
 real parts (imported from the package, not re-written), then bloxproxy itself:
 
 - ``naive``: bench/naive_proxy.py as case 3 runs it;
+- ``+gc``: the same handler served by this file, with the collector settings of
+  ``bloxproxy serve`` (``gc.freeze()`` once up, first threshold 10,000), which every
+  level below has too;
 - ``+observe``: a request id, ``X-Request-ID`` and ``Server-Timing``, the access line
   (``observe.AccessLog``, JSON, to the process's stderr, a file) and the request metrics
   (``observe.Metrics.observe_request``) — what the default config has on;
@@ -24,9 +27,9 @@ real parts (imported from the package, not re-written), then bloxproxy itself:
   raised to 1e6/s as in case 3).
 
 Each level is served by this same file (``serve --level N``) through aiohttp's router and
-``web.Response``, like the naive proxy, with the collector settings of ``bloxproxy serve``;
-bloxproxy's own server side is cheaper than that (its front door skips the router and
-writes prepared bytes). Every request is a new user id, through wrk's ``unique.lua``.
+``web.Response``, like the naive proxy; bloxproxy's own server side is cheaper than that
+(its front door skips the router and writes prepared bytes). Every request is a new user
+id, through wrk's ``unique.lua``.
 Prints rps per level and its ratio to ``naive`` (median and spread of ``--runs`` rounds,
 each round measuring every level once).
 """
@@ -48,7 +51,7 @@ from typing import Any
 
 import run  # bench/run.py: servers, wrk, rounds, cleanup
 
-LEVELS = ("+observe", "+cache", "+coalesce", "+guard")
+LEVELS = ("+gc", "+observe", "+cache", "+coalesce", "+guard")  # levels 0-4 of `serve`
 
 
 # -- the servers ----------------------------------------------------------------------------
@@ -227,7 +230,7 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         nproc, port = run.naive(ctx, fake)
         sides["naive"] = port, nproc.pid
         procs.append(nproc)
-        for i, name in enumerate(LEVELS, 1):
+        for i, name in enumerate(LEVELS):
             p, port = floor_proc(ctx, fake, i)
             sides[name] = port, p.pid
             procs.append(p)
