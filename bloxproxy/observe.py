@@ -19,7 +19,7 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 import orjson
 from aiohttp import web
@@ -117,7 +117,6 @@ class Metrics:
         self.reloads = Counter(
             "bloxproxy_reloads_total", "Config/rule reloads by result.", ["result"], registry=r
         )
-        self._children: dict[tuple[str, int, str], tuple[Any, Any, Any]] = {}
 
     def observe_request(self, route: str, status: int, cache: str, seconds: float) -> None:
         # [count, sum of seconds, count per latency bucket...]
