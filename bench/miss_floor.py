@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import signal
 import sys
 import tempfile
 import time
@@ -179,24 +178,18 @@ def make_app(level: int, upstream: str, config: str) -> Any:
     return app
 
 
-async def serve(args: argparse.Namespace) -> None:
-    from aiohttp import web
-
-    runner = web.AppRunner(make_app(args.level, args.upstream, args.config), access_log=None,
-                           handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, run.HOST, args.port, backlog=1024).start()
-    gc.collect()  # the collector settings of `bloxproxy serve` (bloxproxy/serve.py)
+def tune_gc() -> None:
+    """The collector settings of `bloxproxy serve` (bloxproxy/serve.py), once listening."""
+    gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+
+
+async def serve(args: argparse.Namespace) -> None:
+    import naive_proxy  # bench/naive_proxy.py: the same serving loop as the baseline
+
+    await naive_proxy.serve_app(make_app(args.level, args.upstream, args.config), run.HOST,
+                                args.port, started=tune_gc)
 
 
 # -- the measurement ------------------------------------------------------------------------
@@ -276,7 +269,7 @@ def report(out: dict[str, Any]) -> str:
             rps = [r["rps"] for r in runs]
             ratios = [r["rps"] / n["rps"] for r, n in zip(runs, kept["naive"], strict=True)]
             cpu = run.med([r["cpu_us"] for r in runs])
-            step = f"+{cpu - before:.0f}" if before else ""
+            step = f"{cpu - before:+.0f}" if before else ""
             before = cpu
             lines.append(f"  {side:10} {run.med(rps):8,.0f}  ({min(rps):,.0f}–{max(rps):,.0f})"
                          f"  × {run.med(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -52,10 +52,17 @@ def make_app(upstream: str, max_connections: int) -> web.Application:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    runner = web.AppRunner(make_app(args.upstream, args.max_connections), access_log=None,
-                           handle_signals=False)
+    await serve_app(make_app(args.upstream, args.max_connections), args.host, args.port)
+
+
+async def serve_app(app: web.Application, host: str, port: int,
+                    started: Callable[[], None] | None = None) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM (``started``: called once it listens)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, args.host, args.port, backlog=1024).start()
+    await web.TCPSite(runner, host, port, backlog=1024).start()
+    if started is not None:
+        started()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
