@@ -119,13 +119,10 @@ class Metrics:
         )
 
     def observe_request(self, route: str, status: int, cache: str, seconds: float) -> None:
-        # [count, sum of seconds, count per latency bucket...]
         row = self._requests.get((route, status, cache))
         if row is None:
             row = self._requests[(route, status, cache)] = _histogram_row()
-        row[0] += 1
-        row[1] += seconds
-        row[2 + bisect_left(_BOUNDS, seconds)] += 1
+        observe_into(row, seconds)
 
     def attempts(self, service: str, status: int | str) -> list[float]:
         """The row counting ``service``'s upstream attempts that ended in ``status`` (or
