@@ -31,6 +31,7 @@ from .config import Config
 from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
 from .guard import Guard
+from .inflight import ByteBudget
 from .middlewares import REQUEST_ID_HEADER
 from .observe import AccessLog, Metrics
 from .proxy import Proxy
@@ -120,6 +121,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     if rt.redis is not None and config.limits.upstream.shared:
         upstream_buckets = RedisBuckets(rt.redis, redis_cfg.prefix + "rl:upstream:")
     metrics = app[METRICS]
+    bodies = ByteBudget(config.upstream.max_inflight_bytes)
     guard = Guard(
         config,
         clock=rt.monotonic,
@@ -127,6 +129,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         sleep=rt.sleep,
         shared=upstream_buckets,
         metrics=metrics,
+        bodies=bodies,
     )
     session = create_session(config, guard.middlewares())
     upstream = Upstream(config, session)
@@ -154,6 +157,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     front.l1, front.shared, front.inner = fetcher.l1, shared, proxy.handle
     app[UPSTREAM] = upstream
     metrics.bind_l1(lambda: len(fetcher.l1), lambda: fetcher.l1.bytes_used)
+    metrics.bind_inflight(lambda: bodies.used, lambda: bodies.peak)
     access = app.get(ACCESS_LOG)
     if access is not None:
         access.start()

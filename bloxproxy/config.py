@@ -180,6 +180,13 @@ class UpstreamConfig:
     max_response_size: int = opt(
         "8MiB", schema.size, "Largest upstream body accepted (502 problem above)."
     )
+    max_inflight_bytes: int = opt(
+        "64MiB",
+        schema.size,
+        "Bytes of upstream bodies being read at once, over all requests (a body larger "
+        "than this still goes, alone). A request that cannot get room within "
+        "`limits.upstream.max_wait` is answered 503 with `Retry-After` (or from stale cache).",
+    )
     user_agent: str = opt("bloxproxy/0.1", schema.string, "User-Agent sent upstream.")
 
 

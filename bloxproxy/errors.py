@@ -6,6 +6,7 @@
     ├── ConfigError            config or rule files are invalid (a list of file:line problems)
     └── HTTPProblem            an answer to the client as RFC 9457 application/problem+json
         ├── UpstreamError      Roblox could not be reached or answered nonsense (502/504)
+        │   └── Unavailable    the proxy will not call Roblox right now (503 + Retry-After)
         └── UpstreamStatus     Roblox answered an error status on a clean route
 
 Handlers raise; the error middleware (:mod:`bloxproxy.middlewares`) calls
@@ -16,6 +17,7 @@ sees has the same shape: ``type``, ``title``, ``status``, ``detail``, ``instance
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -81,6 +83,22 @@ class HTTPProblem(BloxproxyError):
 
 class UpstreamError(HTTPProblem):
     """Roblox (or the configured upstream) failed: unreachable, timed out, or malformed."""
+
+
+class Unavailable(UpstreamError):
+    """The proxy refuses to call a service right now (paused, breaker open, limiter or body
+    budget full); a stale entry may still answer (the cache layer treats it like an
+    upstream failure)."""
+
+    def __init__(self, detail: str, code: str, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(
+            503,
+            detail,
+            code=code,
+            headers={"Retry-After": str(seconds)},
+            extra={"retry_after": seconds},
+        )
 
 
 class UpstreamStatus(HTTPProblem):

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
     from .rules import CacheCondition, Route
 
 # Headers varied on by passthrough GETs (Roblox localizes some answers; thumbnails and
-# avatar endpoints take a place id). Everything else a client sends does not split the cache.
+# avatar endpoints take a place id): the only client headers a shared passthrough read
+# sends upstream, and all of them part of its key. Everything else a client sends is
+# dropped from it (cache.decide.shared_request).
 PASSTHROUGH_VARY = ("accept-language", "roblox-place-id")
 _FAST_SAFE_VARY = frozenset(PASSTHROUGH_VARY)
 
@@ -43,6 +45,9 @@ class Policy:
     credentials: Literal["bypass", "per_credential"] = "bypass"
     vary: tuple[str, ...] = ()
     route_id: str = ""
+    # The request headers a shared (anonymous, cached) request may send upstream, lower-case:
+    # the varied ones and those the rule sets itself (``backend.headers``, a body's type).
+    send: frozenset[str] = frozenset()
 
     @property
     def cacheable(self) -> bool:
@@ -75,6 +80,13 @@ class Policy:
             c.credentials,
             route.backend.forward_headers,
             route.id,
+            frozenset(
+                {
+                    *route.backend.forward_headers,
+                    *(name.lower() for name, _ in route.backend.headers),
+                    *(("content-type",) if route.backend.body is not None else ()),
+                }
+            ),
         )
 
     @classmethod
@@ -85,6 +97,7 @@ class Policy:
             config.cache.passthrough_ttl,
             not_found_ttl=config.cache.negative_ttl,
             vary=PASSTHROUGH_VARY,
+            send=frozenset(PASSTHROUGH_VARY),
         )
 
 
@@ -155,7 +168,7 @@ class Fetched:
         # A waiter handed the stale-if-error stand-in got stale content: it must say so.
         result = "STALE" if self.result == "STALE" else "COALESCED"
         out = Fetched(
-            self.entry,
+            self.entry.for_another_caller(),
             result,
             key=self.key,
             stored=self.stored,

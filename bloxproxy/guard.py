@@ -44,7 +44,8 @@ from aiolimiter import AsyncLimiter
 from cachetools import TTLCache
 
 from .cache.store import StoreUnavailable
-from .errors import UpstreamError
+from .errors import Unavailable
+from .inflight import ByteBudget
 from .observe import observe_into
 from .upstream import CURRENT, read_body
 
@@ -63,21 +64,6 @@ CSRF_TTL = 1800.0  # Roblox tokens last about 30 minutes (noblox.js caches them 
 _ROBLOSECURITY = re.compile(r"(?:^|;)\s*\.ROBLOSECURITY=([^;]*)")
 
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class Unavailable(UpstreamError):
-    """The proxy refuses to call a service right now (paused, breaker open, limiter full);
-    a stale entry may still answer (the cache layer treats it like an upstream failure)."""
-
-    def __init__(self, detail: str, code: str, retry_after: float) -> None:
-        seconds = max(1, math.ceil(retry_after))
-        super().__init__(
-            503,
-            detail,
-            code=code,
-            headers={"Retry-After": str(seconds)},
-            extra={"retry_after": seconds},
-        )
 
 
 def parse_retry_after(value: str | None, now_wall: float) -> float | None:
@@ -247,8 +233,10 @@ class Guard:
         rand: Callable[[], float] = random.random,
         shared: RedisBuckets | None = None,
         metrics: Metrics | None = None,
+        bodies: ByteBudget | None = None,
     ) -> None:
         self._config = config
+        self.bodies = bodies  # bytes of upstream bodies being read at once, all services
         self.metrics = metrics
         self._clock, self._wall, self._sleep, self._rand = clock, wall, sleep, rand
         self.shared = shared
@@ -403,7 +391,12 @@ class Guard:
             resp = await handler(req)
             # The body is part of the attempt: a cut mid-body is retried and counted.
             try:
-                await read_body(resp, self._config.upstream.max_response_size)
+                await read_body(
+                    resp,
+                    self._config.upstream.max_response_size,
+                    self.bodies,
+                    self._config.limits.upstream.max_wait,
+                )
             except BaseException:
                 resp.close()
                 raise

@@ -108,6 +108,16 @@ class Metrics:
         self.l1_bytes = Gauge(
             "bloxproxy_cache_l1_bytes", "Approximate bytes held by L1.", registry=r
         )
+        self.inflight_bytes = Gauge(
+            "bloxproxy_upstream_inflight_bytes",
+            "Bytes of upstream bodies being read now (bounded by upstream.max_inflight_bytes).",
+            registry=r,
+        )
+        self.inflight_peak = Gauge(
+            "bloxproxy_upstream_inflight_bytes_peak",
+            "The most bytes of upstream bodies ever being read at once.",
+            registry=r,
+        )
         self.tasks = Gauge(
             "bloxproxy_asyncio_tasks",
             "asyncio tasks alive in this process (a steady climb is a task leak).",
@@ -145,6 +155,11 @@ class Metrics:
         """Read L1 size at scrape time (no per-request cost)."""
         self.l1_entries.set_function(entries)
         self.l1_bytes.set_function(nbytes)
+
+    def bind_inflight(self, used: Callable[[], float], peak: Callable[[], float]) -> None:
+        """Read the upstream body budget at scrape time."""
+        self.inflight_bytes.set_function(used)
+        self.inflight_peak.set_function(peak)
 
 
 _BOUNDS = LATENCY_BUCKETS

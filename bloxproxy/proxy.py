@@ -191,9 +191,8 @@ class Proxy:
             if route is None:
                 return None
             values = self._params(route, raw_params, query)
-            return decide.cache_key(
-                self._upstream_request(route, values, CIMultiDict()), route.backend.forward_headers
-            )
+            send = self._policies[route.id].send
+            return decide.cache_key(self._upstream_request(route, values, CIMultiDict()), send)
         service, _, rest = raw_path.lstrip("/").partition("/")
         if service not in self._allowed:
             return None

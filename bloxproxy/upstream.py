@@ -19,7 +19,8 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from .config import Config
-from .errors import UpstreamError
+from .errors import Unavailable, UpstreamError
+from .inflight import BudgetExhausted, ByteBudget
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus framing headers we recompute.
 HOP_BY_HOP = frozenset(
@@ -51,6 +52,19 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-forwarded-port",
     "forwarded",
     "x-real-ip",
+    "x-forwarded-server",
+    "x-original-forwarded-for",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "fastly-client-ip",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "client-ip",
+    "x-envoy-external-address",
     "via",
     "expect",
 }
@@ -172,12 +186,22 @@ class Upstream:
         return await read_body(resp, self._max)
 
 
-async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_body(
+    resp: aiohttp.ClientResponse,
+    limit: int,
+    budget: ByteBudget | None = None,
+    wait: float = 0.0,
+) -> bytes:
     """The whole body, at most ``limit`` decoded bytes (502 problem above), read once.
 
     The guard middleware reads it inside the attempt, so a connection cut mid-body is an
     attempt failure (retried for safe reads, counted by the breaker); the pipeline then
-    gets the same bytes again from here.
+    gets the same bytes again from here. While it is read, its bytes are reserved in
+    ``budget`` (all upstream bodies being read at once; see :mod:`bloxproxy.inflight`):
+    the ``Content-Length``, or ``limit`` when the decoded size is not known in advance (no
+    length, or compressed). A read never waits for more room while holding some, which
+    would deadlock a burst; no room within ``wait`` seconds is a 503
+    :class:`~bloxproxy.errors.Unavailable`.
     """
     if resp._body is not None:  # read already (aiohttp keeps it for read() as well)
         body: bytes = resp._body
@@ -190,21 +214,38 @@ async def read_body(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             f"upstream body of {length} bytes exceeds the {limit}-byte limit",
             code="upstream_too_large",
         )
-    if length is not None and not resp.headers.get("Content-Encoding"):
-        return await resp.read()
-    # No length, or a compressed body whose length says nothing about what it inflates
-    # to (auto_decompress): count the decoded bytes as they come.
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise UpstreamError(
-                502, f"upstream body exceeds the {limit}-byte limit", code="upstream_too_large"
-            )
-        chunks.append(chunk)
-    resp._body = body = b"".join(chunks)
-    return body
+    sized = length is not None and not resp.headers.get("Content-Encoding")
+    reserved = 0
+    if budget is not None:
+        reserved = await _reserve(budget, length if sized and length is not None else limit, wait)
+    try:
+        if sized:
+            return await resp.read()
+        # No length, or a compressed body whose length says nothing about what it inflates
+        # to (auto_decompress): count the decoded bytes as they come.
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in resp.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > limit:
+                raise UpstreamError(
+                    502, f"upstream body exceeds the {limit}-byte limit", code="upstream_too_large"
+                )
+            chunks.append(chunk)
+        resp._body = body = b"".join(chunks)
+        return body
+    finally:
+        if budget is not None:
+            budget.give(reserved)
+
+
+async def _reserve(budget: ByteBudget, n: int, wait: float) -> int:
+    try:
+        return await budget.take(n, wait)
+    except BudgetExhausted:
+        raise Unavailable(
+            "too many upstream answers are being read at once", "upstream_busy", 1.0
+        ) from None
 
 
 def create_session(

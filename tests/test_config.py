@@ -149,6 +149,7 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("upstream", "connect_timeout"), "500ms", "500ms", 0.5),
     (("upstream", "max_connections"), "10", "10", 10),
     (("upstream", "max_response_size"), "1MB", "1MB", 1_000_000),
+    (("upstream", "max_inflight_bytes"), "1GiB", "1GiB", 1024**3),
     (("upstream", "user_agent"), "my-bot/1.0", "my-bot/1.0", "my-bot/1.0"),
     (
         ("rules", "paths"),

@@ -6,6 +6,7 @@ orchestration that awaits stores and upstream lives in :mod:`bloxproxy.cache.lay
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Iterable
@@ -52,6 +53,18 @@ def canonical_query(raw_query: str) -> str:
 def credential_scope(secret: bytes, credential: str) -> str:
     """The per-credential part of a key: an HMAC, never the credential itself."""
     return hmac.new(secret, credential.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def shared_request(req: UpstreamRequest, allowed: frozenset[str]) -> UpstreamRequest:
+    """``req`` as it may go upstream for an answer shared by every caller: with only the
+    request headers named in ``allowed`` (lower-case; a per-door allow-list, all of them
+    part of the cache key), so what Roblox is asked is a function of the key alone and no
+    client's ``User-Agent``, ``Accept`` or stray cookie shapes everyone's answer."""
+    headers = req.headers
+    kept = tuple((k, v) for k, v in headers if k.lower() in allowed)
+    if len(kept) == len(headers):
+        return req
+    return dataclasses.replace(req, headers=kept)
 
 
 def cache_key(req: UpstreamRequest, vary: Iterable[str] = (), scope: str = "") -> str:

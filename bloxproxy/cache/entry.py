@@ -27,6 +27,7 @@ __all__ = [
     "FORMAT_VERSION",
     "HEADER_OVERHEAD",
     "KEPT_HEADERS",
+    "PER_CALLER_HEADERS",
     "Entry",
     "Row",
     "make_etag",
@@ -37,6 +38,22 @@ FORMAT_VERSION = 1
 # the moment of the call (rate-limit counters, Roblox machine ids, cookies) and must not be
 # replayed. A remembered answer (front.FastEntry, front.SharedFast) repeats these too.
 KEPT_HEADERS = frozenset({"content-type", "content-language"})
+# Response headers about the caller rather than the resource (lower-case names): a cookie
+# set for one call, its CSRF token, Roblox's challenge for it, authentication results.
+# Only the caller whose upstream call drew them gets them; a coalesced follower never
+# does, whatever the status (a stored answer keeps KEPT_HEADERS only, so a hit never does).
+PER_CALLER_HEADERS = frozenset(
+    {
+        "set-cookie",
+        "set-cookie2",
+        "x-csrf-token",
+        "rblx-challenge-id",
+        "rblx-challenge-type",
+        "rblx-challenge-metadata",
+        "authentication-info",
+        "proxy-authentication-info",
+    }
+)
 _MAGIC = b"BXP\x00"
 
 # Memory of one cached entry besides its body, etag and header text, measured once with
@@ -159,6 +176,12 @@ class Entry:
             object.__setattr__(entry, name, getattr(self, name))
         object.__setattr__(entry, "headers", headers)
         return entry
+
+    def for_another_caller(self) -> Entry:
+        """This answer as a caller other than the one whose call drew it may see it: without
+        :data:`PER_CALLER_HEADERS`."""
+        kept = tuple((k, v) for k, v in self.headers if k.lower() not in PER_CALLER_HEADERS)
+        return self if len(kept) == len(self.headers) else self.with_headers(kept)
 
     def to_bytes(self) -> bytes:
         header = orjson.dumps(

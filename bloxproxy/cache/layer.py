@@ -242,8 +242,12 @@ class Fetcher:
             if policy.credentials != "per_credential":
                 return await self._direct(req, rid, detail="credentialed")
             scope = decide.credential_scope(self._secret, credential)
-        key = decide.cache_key(req, policy.vary, scope)
         shared = not scope
+        if shared:
+            req = decide.shared_request(req, policy.send)
+            key = decide.cache_key(req, policy.send)
+        else:
+            key = decide.cache_key(req, policy.vary, scope)
         looked = time.perf_counter()
         entry = self.l1.get_nowait(key)
         if entry is None and self.shared is not None:
@@ -415,11 +419,10 @@ class Fetcher:
         self.l1.set_nowait(key, entry)
         if self.shared is not None:
             self._spawn(self.shared.set(key, entry))
-        # The callers of this very call get Roblox's headers (x-ratelimit-*, …) as sent,
-        # except cookies, which were set for one anonymous call and are not shared.
-        live = entry.with_headers(
-            tuple([(k, v) for k, v in resp.headers if k.lower() != "set-cookie"])
-        )
+        # The caller of this very call gets Roblox's headers (x-ratelimit-*, a cookie …) as
+        # sent; its coalesced followers get them without the per-caller ones
+        # (Fetched.coalesced), and later hits only what the entry keeps.
+        live = entry.with_headers(resp.headers)
         return self._fetched(live, "MISS", key, shared, stored=True)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
