@@ -59,7 +59,7 @@ def make_raw_handler(bodies: dict[str, bytes], content_type: str) -> Callable[
 
     from aiohttp.http import SERVER_SOFTWARE
 
-    from bloxproxy.front import WireResponse
+    from bloxproxy.prepared import WireResponse
 
     heads: dict[str, tuple[int, bytes]] = {}
 

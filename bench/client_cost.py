@@ -36,9 +36,9 @@ import run  # bench/run.py: the fake's process, readiness checks and cleanup
 sys.path.insert(0, str(run.ROOT))
 
 from bloxproxy import config as config_mod
-from bloxproxy.guard import Guard
+from bloxproxy.upstream.guard import Guard
 from bloxproxy.observe import Metrics
-from bloxproxy.upstream import Upstream, UpstreamRequest, create_session
+from bloxproxy.upstream.client import Upstream, UpstreamRequest, create_session
 
 Call = Callable[[int], Awaitable[int]]
 
@@ -121,8 +121,8 @@ def clients(fake_port: int) -> dict[str, Callable[[], Awaitable[tuple[Call, Any]
 
     def ours(guarded: bool) -> Callable[[], Awaitable[tuple[Call, Any]]]:
         async def make() -> tuple[Call, Any]:
-            middlewares = Guard(cfg, metrics=Metrics()).middlewares() if guarded else ()
-            upstream = Upstream(cfg, create_session(cfg, middlewares))
+            middleware = Guard(cfg, metrics=Metrics()).middleware if guarded else None
+            upstream = Upstream(cfg, create_session(cfg), middleware)
 
             async def call(uid: int) -> int:
                 resp = await upstream.send(UpstreamRequest("users", "GET", f"/v1/users/{uid}"))

@@ -63,9 +63,9 @@ def make_app(level: int, upstream: str, config: str) -> Any:
     from bloxproxy.cache import decide
     from bloxproxy.cache.entry import KEPT_HEADERS, Entry, make_etag
     from bloxproxy.cache.store import MemoryStore
-    from bloxproxy.guard import Guard
+    from bloxproxy.upstream.guard import Guard
     from bloxproxy.observe import AccessLog, Metrics
-    from bloxproxy.upstream import Upstream, UpstreamRequest, create_session
+    from bloxproxy.upstream.client import Upstream, UpstreamRequest, create_session
 
     cfg = config_mod.load(config, env={
         "BLOXPROXY_UPSTREAM_BASE_URL": upstream + "/{service}",
@@ -83,7 +83,7 @@ def make_app(level: int, upstream: str, config: str) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         if guard:
             g = Guard(cfg, metrics=metrics)
-            state["upstream"] = Upstream(cfg, create_session(cfg, g.middlewares()))
+            state["upstream"] = Upstream(cfg, create_session(cfg), g.middleware)
         else:
             connector = aiohttp.TCPConnector(limit=cfg.upstream.max_connections,
                                              limit_per_host=0)

@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 from multidict import MultiDict
 
+from .appkeys import CONFIG, FETCHER, PIPELINE
 from .errors import HTTPProblem, bad_request, not_found
 
 
@@ -43,8 +44,6 @@ def _authorize(request: web.Request, token: str) -> None:
 
 
 async def purge(request: web.Request) -> web.Response:
-    from .app import CONFIG, FETCHER, PROXY
-
     _authorize(request, request.app[CONFIG].server.admin_token)
     try:
         body = orjson.loads(await request.read())
@@ -53,7 +52,7 @@ async def purge(request: web.Request) -> web.Response:
     if not isinstance(body, dict) or len(body) != 1:
         raise bad_request("expected exactly one of url, key, route, prefix, all")
     ((scope, target),) = body.items()
-    fetcher, proxy = request.app[FETCHER], request.app[PROXY]
+    fetcher, pipeline = request.app[FETCHER], request.app[PIPELINE]
     if scope == "all" and target is True:
         n = await fetcher.purge_all()
     elif scope in ("url", "key", "route", "prefix") and isinstance(target, str) and target:
@@ -64,7 +63,7 @@ async def purge(request: web.Request) -> web.Response:
             query: MultiDict[str] = MultiDict()
             for k, v in parse_qsl(parts.query, keep_blank_values=True):
                 query.add(k, v)
-            key = proxy.cache_key_for(parts.path, query)
+            key = pipeline.cache_key_for(parts.path, query)
             if key is None:
                 raise not_found(f"no route or service matches {parts.path}", code="no_route")
             n = await fetcher.purge_key(key)
@@ -72,10 +71,10 @@ async def purge(request: web.Request) -> web.Response:
         elif scope == "key":
             n = await fetcher.purge_key(target)
         elif scope == "route":
-            route = proxy.rules.by_id(target)
+            route = pipeline.rules.by_id(target)
             if route is None:
                 raise not_found(f"no route with id {target!r}", code="no_route")
-            target = proxy.route_prefix(route)
+            target = pipeline.route_prefix(route)
             n = await fetcher.purge_prefix(target)
         else:
             n = await fetcher.purge_prefix(target)

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -23,45 +22,35 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import admin, docs_page
-from .cache.layer import Fetcher, SharedCache
+from .appkeys import (
+    ACCESS_LOG,
+    CONFIG,
+    FETCHER,
+    FRONT,
+    GUARD,
+    METRICS,
+    PIPELINE,
+    RULES,
+    RUNTIME,
+    UPSTREAM,
+    Runtime,
+)
+from .cache.fetcher import Fetcher
 from .cache.redis_store import RedisStore
 from .cache.resp import PipelinedGet
+from .cache.shared import SharedCache
 from .clients import ClientGate
 from .config import Config
 from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
-from .guard import Guard
-from .inflight import ByteBudget
-from .middlewares import REQUEST_ID_HEADER
 from .observe import AccessLog, Metrics
-from .proxy import Proxy
+from .pipeline import Pipeline
 from .ratelimit import RedisBuckets
+from .requestids import REQUEST_ID_HEADER
 from .rules import RuleSet, load_rules
-from .upstream import Upstream, create_session
-
-CONFIG = web.AppKey("config", Config)
-RULES = web.AppKey("rules", RuleSet)
-PROXY = web.AppKey("proxy", Proxy)
-FETCHER = web.AppKey("fetcher", Fetcher)
-GUARD = web.AppKey("guard", Guard)
-UPSTREAM = web.AppKey("upstream", Upstream)
-METRICS = web.AppKey("metrics", Metrics)
-FRONT = web.AppKey("front", Front)
-ACCESS_LOG = web.AppKey("access_log", AccessLog)
-
-
-@dataclass(frozen=True, slots=True)
-class Runtime:
-    """What the app owns beside its config: clocks, sleep, and the Redis clients."""
-
-    clock: Callable[[], float]
-    monotonic: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
-    redis: aioredis.Redis | None
-    listener: aioredis.Redis | None
-
-
-RUNTIME = web.AppKey("runtime", Runtime)
+from .upstream.client import Upstream, create_session
+from .upstream.guard import Guard
+from .upstream.inflight import ByteBudget, release_free_memory
 
 RESERVED_PREFIX = "/_bloxproxy/"
 
@@ -121,7 +110,6 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     if rt.redis is not None and config.limits.upstream.shared:
         upstream_buckets = RedisBuckets(rt.redis, redis_cfg.prefix + "rl:upstream:")
     metrics = app[METRICS]
-    bodies = ByteBudget(config.upstream.max_inflight_bytes)
     guard = Guard(
         config,
         clock=rt.monotonic,
@@ -129,11 +117,11 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         sleep=rt.sleep,
         shared=upstream_buckets,
         metrics=metrics,
-        bodies=bodies,
     )
-    session = create_session(config, guard.middlewares())
-    upstream = Upstream(config, session)
-    fetcher = Fetcher(upstream, config, clock=rt.clock)
+    session = create_session(config)
+    upstream = Upstream(config, session, guard.middleware)
+    bodies = ByteBudget(config.upstream.max_inflight_bytes, on_idle=release_free_memory)
+    fetcher = Fetcher(upstream, config, clock=rt.clock, bodies=bodies)
     shared = getter = None
     if rt.redis is not None and rt.listener is not None and config.cache.enabled:
         # The L2 read on one pipelined connection (a fraction of redis-py's CPU per GET);
@@ -152,9 +140,9 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         shared.start()
     app[GUARD] = guard
     app[FETCHER] = fetcher
-    proxy = app[PROXY] = Proxy(config, app[RULES], fetcher)
+    pipeline = app[PIPELINE] = Pipeline(config, app[RULES], fetcher)
     front = app[FRONT]
-    front.l1, front.shared, front.inner = fetcher.l1, shared, proxy.handle
+    front.l1, front.shared, front.inner = fetcher.l1, shared, pipeline.handle
     app[UPSTREAM] = upstream
     metrics.bind_l1(lambda: len(fetcher.l1), lambda: fetcher.l1.bytes_used)
     metrics.bind_inflight(lambda: bodies.used, lambda: bodies.peak)
@@ -223,8 +211,8 @@ def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
     """Swap in a validated config and rule set (see :mod:`bloxproxy.serve`).
 
     ``app[CONFIG]`` stays the config the app started with; the live one is
-    ``app[PROXY].config``."""
-    app[PROXY].swap(config, rules)
+    ``app[PIPELINE].config``."""
+    app[PIPELINE].swap(config, rules)
     app[FRONT].forget_all()  # remembered answers were rendered by the old rules
     app[GUARD].reload(config)
     app[UPSTREAM].reload(config)
@@ -239,7 +227,7 @@ async def _readyz(request: web.Request) -> web.Response:
     """Ready: config and rules loaded; Redis reachable when configured. Without Redis the
     proxy still serves (L1 and upstream), so that is "degraded" (200), not "down"."""
     app = request.app
-    checks: dict[str, str] = {"config": "ok", "rules": f"{len(app[PROXY].rules.routes)} routes"}
+    checks: dict[str, str] = {"config": "ok", "rules": f"{len(app[PIPELINE].rules.routes)} routes"}
     status = "ok"
     redis = app[RUNTIME].redis
     if redis is not None:

@@ -26,9 +26,8 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from .cache.store import StoreUnavailable
 from .config import Config
-from .errors import HTTPProblem
+from .errors import HTTPProblem, StoreUnavailable
 from .ratelimit import Decision, MemoryBuckets, RedisBuckets
 
 log = logging.getLogger("bloxproxy.clients")

@@ -26,8 +26,8 @@ from typing import Any
 import yaml
 
 from . import schema
-from .errors import ConfigError, Problem
-from .yamlsrc import MarkedDict, Where, load_file
+from .errors import ConfigError, Problem, Where
+from .yamlsrc import MarkedDict, load_file
 
 ENV_PREFIX = "BLOXPROXY_"
 

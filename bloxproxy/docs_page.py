@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .appkeys import CONFIG, PIPELINE, RULES
 from .errors import HTTPProblem
 from .openapi import PASSTHROUGH_TAG, build_openapi, dumps
 
@@ -344,10 +345,8 @@ class _Described:
         self.html = b""
 
     def refresh(self, app: web.Application) -> _Described:
-        from .app import CONFIG, PROXY, RULES  # app.py registers these routes
-
-        proxy = app.get(PROXY)
-        live, rules = (proxy.config, proxy.rules) if proxy else (app[CONFIG], app[RULES])
+        pipeline = app.get(PIPELINE)
+        live, rules = (pipeline.config, pipeline.rules) if pipeline else (app[CONFIG], app[RULES])
         if self._key is None or self._key[0] is not live or self._key[1] is not rules:
             startup = app[CONFIG]  # the client middleware enforces the startup auth config
             spec = build_openapi(

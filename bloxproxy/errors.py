@@ -4,36 +4,52 @@
 
     BloxproxyError
     ├── ConfigError            config or rule files are invalid (a list of file:line problems)
+    ├── StoreUnavailable       Redis failed; the caller degrades (L1, local limits), never fails
     └── HTTPProblem            an answer to the client as RFC 9457 application/problem+json
         ├── UpstreamError      Roblox could not be reached or answered nonsense (502/504)
         │   └── Unavailable    the proxy will not call Roblox right now (503 + Retry-After)
         └── UpstreamStatus     Roblox answered an error status on a clean route
 
-Handlers raise; the error middleware (:mod:`bloxproxy.middlewares`) calls
-:func:`problem_response`. Nothing else builds error responses, so every error a client
-sees has the same shape: ``type``, ``title``, ``status``, ``detail``, ``instance``,
-``request_id``, and where they exist ``upstream_status`` and Roblox's ``errors``.
+Handlers raise; the front door turns whatever they raise into an answer with
+:func:`error_response`, and the connection handler (:mod:`bloxproxy.connections`) does the
+same for requests too malformed to reach a handler. Nothing else builds error responses, so
+every error a client sees has the same shape: ``type``, ``title``, ``status``, ``detail``,
+``instance``, ``request_id``, and where they exist ``upstream_status`` and Roblox's
+``errors``. An unexpected exception is logged with its traceback and answered as a bare 500
+problem — a client never sees a stack trace.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .yamlsrc import Where
-
 PROBLEM_JSON = "application/problem+json"
+
+log = logging.getLogger("bloxproxy")
 
 
 class BloxproxyError(Exception):
     """Root of every error bloxproxy raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class Where:
+    """A place in a source file, printed as ``file:line``."""
+
+    file: str
+    line: int  # 1-based
+
+    def __str__(self) -> str:
+        # line 0 means "not in a file" (an environment variable, a command-line flag)
+        return f"{self.file}:{self.line}" if self.line else self.file
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +69,11 @@ class ConfigError(BloxproxyError):
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class StoreUnavailable(BloxproxyError):
+    """The backing store (Redis) failed; the caller decides how to degrade (L1, local
+    limits). Never answered to a client as it is."""
 
 
 class HTTPProblem(BloxproxyError):
@@ -150,3 +171,29 @@ def problem_response(problem: HTTPProblem, *, instance: str, request_id: str) ->
     for name, value in problem.headers.items():
         resp.headers[name] = value
     return resp
+
+
+def instance_of(raw_path: str) -> str:
+    """A problem's ``instance``: the request path, cut to 512 characters."""
+    return raw_path if len(raw_path) <= 512 else raw_path[:509] + "..."
+
+
+def error_response(exc: Exception, raw_path: str, request_id: str) -> web.Response:
+    """The problem+json answer for an exception raised while handling a request.
+
+    Our :class:`HTTPProblem`\\ s as they are; aiohttp's own HTTP errors (413 from
+    ``client_max_size``…) in our shape; anything else logged with its traceback and
+    answered as a bare 500 — never a stack trace.
+    """
+    if isinstance(exc, HTTPProblem):
+        problem = exc
+    elif isinstance(exc, web.HTTPException) and exc.status >= 400:
+        problem = HTTPProblem(exc.status, exc.text or exc.reason)
+    else:
+        log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
+        problem = HTTPProblem(
+            500,
+            f"the proxy failed to handle this request; it was logged under request id {request_id}",
+            code="internal_error",
+        )
+    return problem_response(problem, instance=instance_of(raw_path), request_id=request_id)

@@ -1,10 +1,11 @@
 """Observability: Prometheus metrics, one access-log line per request, Server-Timing.
 
-The front door (:mod:`bloxproxy.front`) fills each request's :class:`RequestInfo` through
-the pipeline (route, cache result, upstream time); once the answer is ready it adds
-``Server-Timing``, counts the request, and writes the access line. All of it is cheap on
+The front door (:mod:`bloxproxy.front`) keeps a :class:`RequestInfo` per request — the
+pipeline names the route in it, the front door copies the cache result and upstream time
+from the answer — and once the answer is ready it adds ``Server-Timing``, counts the
+request, and writes the access line. All of it is cheap on
 purpose — a cache hit costs a few tens of µs in all, so every microsecond here shows
-(PERF-NOTES: aiohttp's default access logger cut throughput by 60 %): the counts of every
+(docs/PERFORMANCE.md: aiohttp's default access logger cut throughput by 60 %): the counts of every
 request and every upstream attempt are plain rows turned into metric families only at
 scrape time (:class:`RequestCollector`, :class:`UpstreamCollector`), and access lines are
 formatted by hand into a buffer flushed a few times a second, never through
@@ -19,10 +20,9 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 import orjson
-from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -31,9 +31,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from .front import FastEntry, SharedFast
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -55,19 +52,16 @@ CACHE_RESULTS = ("HIT", "MISS", "STALE", "BYPASS", "COALESCED")
 
 
 class RequestInfo:
-    """What the pipeline learned about one request, for metrics and the access log."""
+    """What the front door learns about one request, for metrics and the access log."""
 
-    __slots__ = ("cache", "cache_time", "fast", "route", "upstream")
+    __slots__ = ("cache", "cache_time", "request_id", "route", "upstream")
 
-    def __init__(self) -> None:
+    def __init__(self, request_id: str = "") -> None:
+        self.request_id = request_id
         self.route = "none"  # route id, "passthrough:<service>", or "none"
         self.cache = ""  # X-Cache result when the pipeline got that far
         self.cache_time = 0.0  # seconds spent looking in L1/L2
         self.upstream = 0.0  # seconds spent on the upstream call(s) this answer needed
-        self.fast: FastEntry | SharedFast | None = None  # what the front door may remember
-
-
-INFO = web.RequestKey("bloxproxy_info", RequestInfo)
 
 
 class Metrics:

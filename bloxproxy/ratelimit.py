@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from cachetools import LRUCache
 from redis.exceptions import RedisError
 
-from .cache.store import StoreUnavailable
+from .errors import StoreUnavailable
 
 
 @dataclass(frozen=True, slots=True)

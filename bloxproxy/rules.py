@@ -21,11 +21,11 @@ from typing import Any, Literal
 
 from . import normalize, schema
 from .config import SERVICE_NAME_RE
-from .errors import ConfigError, Problem
+from .errors import ConfigError, Problem, Where
 from .params import PARAM_TYPES, Param, ParamError
 from .router import DuplicateRoute, Router
 from .templates import PathTemplate, QueryTemplate, Renderer, TemplateError, compile_body
-from .yamlsrc import MarkedDict, MarkedList, Where, load_file
+from .yamlsrc import MarkedDict, MarkedList, load_file
 
 FILE_KEYS = ("service", "tags", "routes")
 ROUTE_KEYS = (

@@ -35,8 +35,8 @@ from aiohttp import web
 
 from . import config as config_mod
 from .config import Config
+from .connections import use_problem_errors
 from .errors import ConfigError, Problem
-from .middlewares import use_problem_errors
 from .rules import RuleSet, load_rules, rule_files
 
 log = logging.getLogger("bloxproxy")
@@ -137,7 +137,8 @@ class Overrides:
 
 def reload_app(app: web.Application, path: str | None, overrides: Overrides) -> bool:
     """Validate config and rules from disk, then swap them in; False when rejected."""
-    from .app import METRICS, PROXY, apply_reload
+    from .app import apply_reload
+    from .appkeys import METRICS, PIPELINE
 
     metrics = app.get(METRICS)
     try:
@@ -159,7 +160,7 @@ def reload_app(app: web.Application, path: str | None, overrides: Overrides) -> 
             metrics.reloads.labels("error").inc()
         return False
     config = overrides.apply(config)
-    running = app[PROXY].config
+    running = app[PIPELINE].config
     pending = restart_needed(running, config)
     if pending:
         log.warning("reload: these settings change only on restart: %s", ", ".join(pending))
@@ -195,12 +196,12 @@ async def watch(
     app: web.Application, path: str | None, overrides: Overrides, interval: float = 1.0
 ) -> None:
     """Poll the config and rule files (and rule directories for new files); reload on change."""
-    from .app import PROXY
+    from .appkeys import PIPELINE
 
-    seen = _mtimes(watched_files(app[PROXY].config, path))
+    seen = _mtimes(watched_files(app[PIPELINE].config, path))
     while True:
         await asyncio.sleep(interval)
-        now = _mtimes(watched_files(app[PROXY].config, path))
+        now = _mtimes(watched_files(app[PIPELINE].config, path))
         if now != seen:
             seen = now
             reload_app(app, path, overrides)
@@ -341,7 +342,7 @@ def _tune_gc() -> None:
 
 
 def _use_uvloop() -> None:
-    """uvloop when installed (+15 % on the hit path here, PERF-NOTES); asyncio otherwise."""
+    """uvloop when installed (+15 % on the hit path, docs/PERFORMANCE.md); else asyncio."""
     if os.environ.get("BLOXPROXY_NO_UVLOOP"):
         return
     with contextlib.suppress(ImportError):

@@ -12,26 +12,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import IO, Any
 
 import yaml
 
-from .errors import ConfigError, Problem
+from .errors import ConfigError, Problem, Where
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-@dataclass(frozen=True, slots=True)
-class Where:
-    """A place in a source file, printed as ``file:line``."""
-
-    file: str
-    line: int  # 1-based
-
-    def __str__(self) -> str:
-        # line 0 means "not in a file" (an environment variable, a command-line flag)
-        return f"{self.file}:{self.line}" if self.line else self.file
 
 
 class MarkedDict(dict[str, Any]):

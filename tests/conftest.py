@@ -15,8 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bloxproxy import config as config_mod
-from bloxproxy.app import FETCHER, create_app
-from bloxproxy.cache.layer import Fetcher
+from bloxproxy.app import create_app
+from bloxproxy.appkeys import FETCHER
+from bloxproxy.cache.fetcher import Fetcher
 from bloxproxy.config import Config
 from bloxproxy.fake import FAKE_STATE, FakeRoblox, create_fake_app
 

@@ -76,7 +76,7 @@ async def settle(client: Client) -> None:
     """Wait for the fetcher's in-flight misses, refreshes and L2 writes to finish."""
     fetcher = fetcher_of(client)
     for _ in range(10):
-        tasks = [*fetcher._inflight.values(), *fetcher._background]
+        tasks = fetcher.tasks()
         if not tasks:
             return
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -202,18 +202,26 @@ async def test_clean_hits_do_not_normalize_again(
 # -- TTLs by rule, passthrough and negative answers -----------------------------------------
 
 
+# A passthrough GET that no rule describes (the fake serves it; no shipped rule asks for it).
+UNDESCRIBED = "/thumbnails/v1/groups/icons?groupIds=7&size=150x150&format=Png"
+
+
+def undescribed_count(fake: FakeRoblox) -> int:
+    return fake.count("thumbnails", "/v1/groups/icons", "GET")
+
+
 async def test_passthrough_ttl(
     make_proxy: ProxyFactory, fake: FakeRoblox, clock: FakeClock
 ) -> None:
     proxy = await make_proxy(BLOXPROXY_CACHE_PASSTHROUGH_TTL="20s")
-    first = await get(proxy, "/games/v1/games?universeIds=1685831367")
+    first = await get(proxy, UNDESCRIBED)
     assert first.status == 200
     assert first.headers["Cache-Control"] == "public, max-age=20"
     clock.advance(19.9)
-    assert (await get(proxy, "/games/v1/games?universeIds=1685831367")).x_cache == "HIT"
+    assert (await get(proxy, UNDESCRIBED)).x_cache == "HIT"
     clock.advance(0.1)
-    assert (await get(proxy, "/games/v1/games?universeIds=1685831367")).x_cache == "MISS"
-    assert fake.count("games", "/v1/games") == 2
+    assert (await get(proxy, UNDESCRIBED)).x_cache == "MISS"
+    assert undescribed_count(fake) == 2
 
 
 async def test_passthrough_ttl_zero_stores_nothing(
@@ -221,26 +229,86 @@ async def test_passthrough_ttl_zero_stores_nothing(
 ) -> None:
     proxy = await make_proxy(BLOXPROXY_CACHE_PASSTHROUGH_TTL="0")
     for _ in range(2):
-        answer = await get(proxy, USER_PT)
+        answer = await get(proxy, UNDESCRIBED)
         assert answer.status == 200
         assert answer.headers["Cache-Control"] == "no-store"
         assert "ETag" not in answer.headers
-    assert users_get_count(fake) == 2
+    assert undescribed_count(fake) == 2
 
 
 async def test_passthrough_404_uses_the_negative_ttl(
     make_proxy: ProxyFactory, fake: FakeRoblox, clock: FakeClock
 ) -> None:
     proxy = await make_proxy(BLOXPROXY_CACHE_NEGATIVE_TTL="7s")
-    first = await get(proxy, "/users/v1/users/999")
+    first = await get(proxy, "/users/v1/nothing/999")
     assert (first.status, first.x_cache) == (404, "MISS")
     assert first.headers["Cache-Control"] == "public, max-age=7"
     clock.advance(6.9)
-    hit = await get(proxy, "/users/v1/users/999")
+    hit = await get(proxy, "/users/v1/nothing/999")
     assert (hit.status, hit.x_cache, hit.body) == (404, "HIT", first.body)
     clock.advance(0.1)
-    assert (await get(proxy, "/users/v1/users/999")).x_cache == "MISS"
-    assert users_get_count(fake, 999) == 2
+    assert (await get(proxy, "/users/v1/nothing/999")).x_cache == "MISS"
+    assert fake.count("users", "/v1/nothing/999", "GET") == 2
+
+
+@pytest.mark.parametrize("first_door", ["passthrough", "clean"])
+async def test_a_rule_policy_applies_to_its_upstream_request_from_either_door(
+    make_proxy: ProxyFactory, fake: FakeRoblox, clock: FakeClock, first_door: str
+) -> None:
+    """users.search (5m, stale-if-error 1h) describes GET users/v1/users/search: a
+    passthrough GET of it is stored with the rule's policy, not cache.passthrough_ttl, and
+    whichever door stores first, the other door's hit says the same."""
+    proxy = await make_proxy(BLOXPROXY_CACHE_PASSTHROUGH_TTL="30s")
+    doors = {
+        "clean": "/v1/users/search?keyword=builderman&limit=10",
+        "passthrough": "/users/v1/users/search?keyword=builderman&limit=10",
+    }
+    second_door = "clean" if first_door == "passthrough" else "passthrough"
+    first = await get(proxy, doors[first_door])
+    assert (first.status, first.x_cache) == (200, "MISS")
+    assert first.headers["Cache-Control"] == "public, max-age=300, stale-if-error=3600"
+    clock.advance(60)
+    second = await get(proxy, doors[second_door])
+    assert (second.status, second.x_cache) == (200, "HIT")
+    assert second.headers["Cache-Control"] == "public, max-age=240, stale-if-error=3600"
+    assert second.headers["Age"] == "60"
+    clock.advance(200)  # past the 30 s passthrough TTL, inside the rule's 5 minutes
+    assert (await get(proxy, doors[first_door])).x_cache == "HIT"
+    assert fake.count("users", "/v1/users/search", "GET") == 1
+
+
+@pytest.mark.parametrize("path", ["/v1/users/999", "/users/v1/users/999"])
+async def test_a_cached_404_carries_the_cache_headers_from_both_doors(
+    proxy: Client, fake: FakeRoblox, clock: FakeClock, path: str
+) -> None:
+    """A negative entry (users.get: not_found_ttl 5m) answered from the cache says so the
+    same way from both doors: X-Cache, Age, Cache-Control, Cache-Status and an ETag."""
+    first = await get(proxy, path)
+    assert (first.status, first.x_cache) == (404, "MISS")
+    assert first.headers["Cache-Control"] == "public, max-age=300"
+    assert first.headers["ETag"]
+    clock.advance(42)
+    hit = await get(proxy, path)
+    assert (hit.status, hit.x_cache) == (404, "HIT")
+    assert hit.headers["Age"] == "42"
+    assert hit.headers["Cache-Control"] == "public, max-age=258"
+    assert hit.headers["Cache-Status"] == "bloxproxy; hit; ttl=258"
+    assert hit.headers["ETag"] == first.headers["ETag"]
+    assert users_get_count(fake, 999) == 1
+
+
+@pytest.mark.parametrize(
+    "path", [USER, USER_PT, "/v1/users?ids=1,156", "/thumbnails/v1/groups/icons?groupIds=7"]
+)
+async def test_the_first_answer_carries_the_etag_its_hits_carry(proxy: Client, path: str) -> None:
+    """A client can revalidate from the very first (miss) answer."""
+    miss = await get(proxy, path)
+    assert (miss.status, miss.x_cache) == (200, "MISS")
+    hit = await get(proxy, path)
+    assert hit.x_cache == "HIT"
+    assert miss.headers["ETag"] == hit.headers["ETag"]
+    revalidated = await get(proxy, path, headers={"If-None-Match": miss.headers["ETag"]})
+    assert revalidated.status == 304
 
 
 async def test_clean_route_404_uses_the_rule_not_found_ttl(
@@ -627,8 +695,14 @@ async def test_per_credential_entries_are_isolated(
     keys = list(fetcher_of(viewer_proxy).l1._cache)
     assert any(" cred=" in k for k in keys)
     assert not any("COOKIE" in k for k in keys)
-    # the opt-in does not extend to passthrough
-    assert (await get(viewer_proxy, USER_PT, **cookie("COOKIE-A"))).x_cache == "BYPASS"
+    # The rule's policy applies to the upstream request it describes from passthrough too
+    # (one policy per upstream request): each credential still sees only its own entry.
+    for who, tag in (("A", tag_a), ("B", tag_b)):
+        answer = await get(viewer_proxy, USER_PT, **cookie(f"COOKIE-{who}"))
+        assert (answer.x_cache, answer.json().get("_fakeViewer")) == ("HIT", tag)
+    fresh = await get(viewer_proxy, USER_PT, **cookie("COOKIE-C"))
+    assert (fresh.x_cache, fresh.json().get("_fakeViewer")) == ("MISS", viewer_tag("COOKIE-C"))
+    assert users_get_count(fake) == 4
 
 
 async def test_without_opt_in_forwarded_credentials_bypass(

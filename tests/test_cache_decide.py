@@ -10,9 +10,9 @@ import pytest
 from bloxproxy.cache import decide
 from bloxproxy.cache.decide import Freshness
 from bloxproxy.cache.entry import Entry
-from bloxproxy.fetch import Policy
+from bloxproxy.cache.policy import Policy
 from bloxproxy.rules import CacheCondition
-from bloxproxy.upstream import UpstreamRequest
+from bloxproxy.upstream.client import UpstreamRequest
 
 T = 1_800_000_000.0
 

@@ -342,16 +342,18 @@ async def test_keys_are_under_the_prefix_with_an_expiry(
     )
     await listening(proxy)
     await get(proxy, USER)  # ttl 10m + stale-if-error 1h
-    await get(proxy, "/users/v1/users/999")  # negative: 30 s, no stale window
-    await get(proxy, "/games/v1/games?universeIds=1685831367")  # passthrough: 30 s
+    await get(proxy, "/users/v1/users/999")  # users.get's negative: 5 min, no stale window
+    await get(proxy, "/users/v1/nothing/999")  # no rule: the negative default, 30 s
+    await get(proxy, "/thumbnails/v1/groups/icons?groupIds=7")  # no rule: passthrough, 30 s
     await settle(proxy)
     keys = sorted([k.decode() async for k in redis_client.scan_iter("*")])
     assert keys == [
-        "bxtest:GET games/v1/games?universeIds=1685831367",
+        "bxtest:GET thumbnails/v1/groups/icons?groupIds=7",
+        "bxtest:GET users/v1/nothing/999",
         "bxtest:GET users/v1/users/156",
         "bxtest:GET users/v1/users/999",
     ]
-    expected = {keys[0]: 30_000, keys[1]: 4_200_000, keys[2]: 30_000}
+    expected = {keys[0]: 30_000, keys[1]: 30_000, keys[2]: 4_200_000, keys[3]: 300_000}
     for key, px in expected.items():
         pttl = await redis_client.pttl(key)
         assert px - 5_000 < pttl <= px, (key, pttl)
@@ -395,4 +397,6 @@ async def test_no_credential_in_any_redis_key(
     # with a shared HMAC secret, the other replica finds the caller's own entry
     answer = await get(b, "/v1/as-viewer/156", **credentialed[0])
     assert answer.x_cache == "HIT"
-    assert fake.count("users", "/v1/users/156") == 4 + 4 * 2 + 1
+    # as-viewer: one miss per credential; forwarded: bypass each time; passthrough of the
+    # same upstream request: the as-viewer rule's per-credential entry (a hit); anonymous: 1
+    assert fake.count("users", "/v1/users/156") == 4 + 4 + 0 + 1

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from bloxproxy.cache.entry import Entry
 from bloxproxy.cache.redis_store import RedisStore
 from bloxproxy.cache.resp import PipelinedGet
-from bloxproxy.cache.store import StoreUnavailable
+from bloxproxy.errors import StoreUnavailable
 from bloxproxy.fake import FakeRoblox
 from tests.conftest import ProxyFactory, fetcher_of
 from tests.redis_server import RedisServer

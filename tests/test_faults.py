@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDictProxy
 
-from bloxproxy.app import GUARD
+from bloxproxy.appkeys import GUARD
 from bloxproxy.fake import FakeRoblox, Fault, create_fake_app
 from tests.conftest import FakeClock, ProxyFactory, fetcher_of
 from tests.redis_server import RedisServer
@@ -147,7 +147,7 @@ def script_each(fake: FakeRoblox, paths: Iterable[str], faults: list[Fault]) -> 
 async def settle(client: Client) -> None:
     fetcher = fetcher_of(client)
     for _ in range(20):
-        tasks = [*fetcher._inflight.values(), *fetcher._background]
+        tasks = fetcher.tasks()
         if not tasks:
             return
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -10,6 +10,7 @@ the wait runs out, and the budget is whole again afterwards.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -17,8 +18,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from bloxproxy import config as config_mod
-from bloxproxy.app import GUARD, create_app
-from bloxproxy.inflight import BudgetExhausted, ByteBudget
+from bloxproxy.app import create_app
+from bloxproxy.appkeys import FETCHER
+from bloxproxy.upstream.inflight import BudgetExhausted, ByteBudget
 
 Client = TestClient[web.Request, web.Application]
 
@@ -146,7 +148,7 @@ async def test_a_burst_of_large_misses_stays_inside_the_budget(
     client = await aiohttp_client(create_app(config))
     answers = await _burst(client, [f"/users/v1/{kind}/{i}" for i in range(12)])
     assert [status for status, _ in answers] == [200] * 12
-    bodies = client.server.app[GUARD].bodies
+    bodies = client.server.app[FETCHER].bodies
     assert bodies is not None
     assert bodies.peak <= 3 * BODY
     assert bodies.peak >= 2 * BODY  # the reads did overlap (else the test proves nothing)
@@ -173,5 +175,75 @@ async def test_past_the_wait_the_burst_gets_503_with_retry_after(
     assert 503 in statuses
     assert set(statuses) <= {200, 503}
     assert all(after == "1" for status, after in answers if status == 503)
-    bodies = client.server.app[GUARD].bodies
+    bodies = client.server.app[FETCHER].bodies
     assert bodies is not None and bodies.peak <= BODY and bodies.used == 0
+
+
+BIG = 4 * 1024 * 1024  # larger than what the kernel buffers for a stalled reader
+
+
+@pytest.fixture
+async def big_upstream(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> AsyncIterator[tuple[TestServer, list[str]]]:
+    """Answers every path at once with BIG bytes of JSON; records the paths asked."""
+    asked: list[str] = []
+    payload = b'"' + b"x" * (BIG - 2) + b'"'
+
+    async def handler(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.Response(body=payload, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    yield await aiohttp_server(app), asked
+
+
+async def _stalled_get(port: int, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A request from a client that does not read its answer yet (a tiny receive buffer)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    return reader, writer
+
+
+async def test_an_answer_stays_counted_until_it_is_written_out(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    big_upstream: tuple[TestServer, list[str]],
+) -> None:
+    """Slow clients hold their large answers in the proxy's memory until they read them:
+    the budget counts a body until its answer is written out, so with room for two, the
+    bodies of the third and fourth misses are not read while two clients stall."""
+    server, asked = big_upstream
+    config = config_mod.load(
+        None,
+        env={
+            "BLOXPROXY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{server.port}/{{service}}",
+            "BLOXPROXY_UPSTREAM_MAX_INFLIGHT_BYTES": str(2 * BIG),
+            "BLOXPROXY_UPSTREAM_MAX_RESPONSE_SIZE": str(2 * BIG),
+            "BLOXPROXY_LIMITS_UPSTREAM_RATE": "1000",
+            "BLOXPROXY_LIMITS_UPSTREAM_MAX_WAIT": "30s",
+            "BLOXPROXY_CACHE_PASSTHROUGH_TTL": "0",
+        },
+    )
+    client = await aiohttp_client(create_app(config))
+    bodies = client.server.app[FETCHER].bodies
+    assert bodies is not None
+    stalled = [await _stalled_get(client.port, f"/users/v1/big/{i}") for i in range(4)]
+    for _ in range(100):  # until the proxy has done all it can while nobody reads
+        await asyncio.sleep(0.01)
+    assert bodies.used == 2 * BIG  # two answers held while their clients stall...
+    assert bodies.waiting == 2  # ...and the other two bodies wait to be read
+    for reader, writer in stalled:  # the clients read at last: everything is answered
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        assert len(await asyncio.wait_for(reader.readexactly(length), 10)) == BIG
+        writer.close()
+        await writer.wait_closed()
+    assert len(asked) == 4
+    assert bodies.used == 0 and bodies.peak <= 2 * BIG

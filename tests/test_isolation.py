@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bloxproxy.app import ACCESS_LOG
+from bloxproxy.appkeys import ACCESS_LOG
 from bloxproxy.cache.entry import Entry
 from bloxproxy.config import shipped_rules_dir
 from bloxproxy.fake import FakeRoblox, Fault

@@ -32,8 +32,9 @@ from schemathesis.checks import (
 
 from bloxproxy import cli
 from bloxproxy import config as config_mod
-from bloxproxy.app import CONFIG, apply_reload, create_app
-from bloxproxy.app import RULES as RULES_KEY
+from bloxproxy.app import apply_reload, create_app
+from bloxproxy.appkeys import CONFIG
+from bloxproxy.appkeys import RULES as RULES_KEY
 from bloxproxy.docs_page import render_docs
 from bloxproxy.fake import create_fake_app
 from bloxproxy.normalize import OrderBy, Pagination, Plan

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from bloxproxy import proxy as proxy_mod
+from bloxproxy import passthrough as passthrough_mod
 from bloxproxy.errors import HTTPProblem
 from bloxproxy.fake import FakeRoblox, Fault
-from bloxproxy.proxy import canonical_path
+from bloxproxy.passthrough import canonical_path
 from tests.conftest import ProxyFactory
 
 Client = TestClient[web.Request, web.Application]
@@ -669,7 +669,7 @@ def test_canonical_path_is_the_segment_by_segment_encoding(raw_path: str) -> Non
             canonical_path(raw_path)
         return
     assert canonical_path(raw_path) == expected
-    if proxy_mod._CANONICAL.fullmatch(raw_path):
+    if passthrough_mod._CANONICAL.fullmatch(raw_path):
         assert expected == raw_path  # the shortcut returns it as it is
 
 

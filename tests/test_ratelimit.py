@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from bloxproxy.cache.store import StoreUnavailable
+from bloxproxy.errors import StoreUnavailable
 from bloxproxy.ratelimit import Decision, MemoryBuckets, RedisBuckets
 from tests.conftest import FakeClock
 

@@ -24,7 +24,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bloxproxy import config as config_mod
-from bloxproxy.app import PROXY, create_app
+from bloxproxy.app import create_app
+from bloxproxy.appkeys import PIPELINE
 from bloxproxy.errors import ConfigError
 from bloxproxy.fake import FakeRoblox
 from bloxproxy.serve import RESTART_ONLY, Overrides, load_all, reload_app
@@ -171,7 +172,7 @@ async def test_a_broken_change_is_rejected_and_the_old_rules_keep_serving(
     monkeypatch.chdir(setup.dir)  # file names shown relative to the working directory
     proxy = await start()
     app = proxy.server.app
-    old_rules = app[PROXY].rules
+    old_rules = app[PIPELINE].rules
     setup.rules.write_text(rules_text(USERS_GET, BROKEN))
     (setup.rules.parent / "dup.yaml").write_text(rules_text(USERS_GET))  # duplicate route
     with pytest.raises(ConfigError) as check:  # what `bloxproxy check` prints
@@ -188,7 +189,7 @@ async def test_a_broken_change_is_rejected_and_the_old_rules_keep_serving(
     assert setup.reload(app) is False
     logged = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert logged == [f"reload rejected: {m}" for m in expected]
-    assert app[PROXY].rules is old_rules
+    assert app[PIPELINE].rules is old_rules
     assert (await get(proxy, "/v1/users/1"))[0] == 200
     assert (await get(proxy, "/v3/users/1"))[0] == 404
     assert await reloads(proxy) == {"error": 1}
@@ -285,4 +286,4 @@ async def test_restart_only_settings_are_reported_not_applied(
         assert resp.status == 200
     # the access-key header is still ours and still never sent to Roblox
     assert "x-bloxproxy-key" not in fake.requests[-1].headers
-    assert proxy.server.app[PROXY].config.server.port != 9999
+    assert proxy.server.app[PIPELINE].config.server.port != 9999

@@ -127,7 +127,7 @@ def test_shipped_routes_match_through_the_router(shipped: RuleSet) -> None:
 
 
 def test_shipped_batch_routes_respect_roblox_limits(shipped: RuleSet) -> None:
-    # users by id <= 200, games?universeIds= <= 50, presence <= 50 (DESIGN.md)
+    # users by id <= 200, games?universeIds= <= 50, presence <= 50 (docs/ROBLOX.md)
     limits = {"/v1/users": 200, "/v1/universes": 50, "/v1/presence": 50}
     for endpoint, most in limits.items():
         (ids,) = [p for p in route(shipped, endpoint).query_params if p.name == "ids"]

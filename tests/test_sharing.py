@@ -106,13 +106,18 @@ HOSTILE_REQUEST_HEADERS = {
 }
 
 
+UNDESCRIBED = "/thumbnails/v1/groups/icons?groupIds=7"  # no rule describes this request
+
+
 async def test_a_shared_passthrough_get_sends_only_keyed_headers(
     proxy: Client, fake: FakeRoblox
 ) -> None:
     """One client's odd headers must not shape the answer everyone shares: upstream sees our
-    User-Agent and the keyed headers only; the next anonymous client is served that entry."""
+    User-Agent and the passthrough door's keyed headers only (accept-language,
+    roblox-place-id); the next anonymous client with the same keyed headers is served that
+    entry."""
     headers = {**HOSTILE_REQUEST_HEADERS, "Accept-Language": "de", "Roblox-Place-Id": "5"}
-    [(status, _, cache)] = await _get_many(proxy, "/users/v1/users/1", 1, headers=headers)
+    [(status, _, cache)] = await _get_many(proxy, UNDESCRIBED, 1, headers=headers)
     assert (status, cache) == (200, "MISS")
     sent = fake.requests[-1].headers
     assert sent["user-agent"] == "bloxproxy/0.1"
@@ -123,7 +128,21 @@ async def test_a_shared_passthrough_get_sends_only_keyed_headers(
             assert sent.get(name.lower()) in (None, "*/*"), (name, sent)
     # The same keyed headers without the odd ones: the same entry.
     same = {"Accept-Language": "de", "Roblox-Place-Id": "5"}
-    [(status, _, cache)] = await _get_many(proxy, "/users/v1/users/1", 1, headers=same)
+    [(status, _, cache)] = await _get_many(proxy, UNDESCRIBED, 1, headers=same)
+    assert (status, cache) == (200, "HIT")
+
+
+async def test_a_passthrough_get_a_rule_describes_sends_what_the_rule_lists(
+    proxy: Client, fake: FakeRoblox
+) -> None:
+    """users.get describes GET users/v1/users/{id} and forwards no client header: from
+    passthrough too, nothing the client sends reaches Roblox, and nothing splits the entry."""
+    headers = {**HOSTILE_REQUEST_HEADERS, "Accept-Language": "de"}
+    [(status, _, cache)] = await _get_many(proxy, "/users/v1/users/1", 1, headers=headers)
+    assert (status, cache) == (200, "MISS")
+    sent = fake.requests[-1].headers
+    assert "accept-language" not in sent and "x-custom-header" not in sent
+    [(status, _, cache)] = await _get_many(proxy, "/v1/users/1", 1)  # the clean twin
     assert (status, cache) == (200, "HIT")
 
 

@@ -1,7 +1,9 @@
 """Cache decisions as pure functions: keys, storability, TTLs, freshness, headers.
 
 Kept apart from storage and I/O (the hishel habit) so each is tested as a table. The
-orchestration that awaits stores and upstream lives in :mod:`bloxproxy.cache.layer`.
+orchestration that awaits stores and upstream lives in :mod:`bloxproxy.cache.fetcher`; the
+cache headers of every answer — the pipeline's and the front door's remembered ones — come
+from :func:`cache_headers` here.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ from urllib.parse import parse_qsl, quote
 
 import orjson
 
+from ..rules import match_condition
 from .entry import Entry
 
 if TYPE_CHECKING:
-    from ..fetch import Policy
-    from ..upstream import UpstreamRequest
+    from ..upstream.client import UpstreamRequest
+    from .policy import Policy
 
 # Never cached, whatever the rule says: authentication and permission answers are about the
-# caller, 429 and 5xx are about the moment (RFC 9111 leaves these to us; DESIGN.md forbids).
+# caller, 429 and 5xx are about the moment (RFC 9111 leaves these to us; README, "Caching").
 NEVER_STORE = frozenset({401, 403, 407, 429})
 
 
@@ -107,8 +110,6 @@ def store_ttl(policy: Policy, status: int, body: bytes) -> float:
         return 0.0
     ttl = policy.ttl
     if policy.conditions:
-        from ..rules import match_condition
-
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -171,6 +172,29 @@ def cache_status(
     if detail:
         value += f'; detail="{detail}"'
     return value
+
+
+def cache_headers(
+    result: str,
+    entry: Entry,
+    now: float,
+    *,
+    cached: bool,
+    shared: bool,
+    stored: bool = False,
+    detail: str = "",
+) -> list[tuple[str, str]]:
+    """The cache headers of an answer: ``X-Cache``, ``Cache-Control``, ``Cache-Status``,
+    and ``Age`` when the entry is (or was just) in the cache. The one place they are made,
+    for the pipeline's answers and the front door's remembered hits alike."""
+    out = [
+        ("X-Cache", result),
+        ("Cache-Control", cache_control(entry if cached else None, now, shared)),
+        ("Cache-Status", cache_status(result, entry, now, stored, detail)),
+    ]
+    if cached:
+        out.append(("Age", str(int(entry.age(now)))))
+    return out
 
 
 def etag_matches(if_none_match: str, etag: str) -> bool:

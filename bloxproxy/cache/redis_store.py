@@ -24,9 +24,9 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ..errors import StoreUnavailable
 from .entry import Entry
 from .resp import PipelinedGet
-from .store import StoreUnavailable
 
 __all__ = ["RedisStore", "escape_glob"]
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from redis.exceptions import InvalidResponse, ResponseError
 
-from .store import StoreUnavailable
+from ..errors import StoreUnavailable
 
 __all__ = ["PipelinedGet"]
 

@@ -12,13 +12,10 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
+from ..errors import StoreUnavailable
 from .entry import ROW_EXPIRY, ROW_STORED_AT, Entry, Row, row_size
 
 __all__ = ["MemoryStore", "Store", "StoreUnavailable"]
-
-
-class StoreUnavailable(Exception):
-    """The backing store (Redis) failed; the caller decides whether to degrade to L1."""
 
 
 class Store(Protocol):

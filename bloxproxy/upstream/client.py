@@ -1,26 +1,27 @@
-"""Upstream access: the one place that talks to Roblox (or whatever stands in for it).
+"""The upstream client: the one place that sends requests to Roblox (or a stand-in).
 
 :class:`UpstreamRequest` is the canonical description of an upstream call; cache keys,
 coalescing and limits are all derived from it, so a clean route and a passthrough call that
 mean the same request are the same value. :class:`Upstream` sends it with one shared
 ``ClientSession`` that never follows redirects, never keeps cookies between callers, and
-bounds the body it accepts.
+bounds the body it accepts. Each call carries its own :class:`Call` to the client middleware
+(:mod:`bloxproxy.upstream.guard`, given per request): which request it is, and the lease on
+the byte budget its body is read under (:mod:`bloxproxy.upstream.inflight`).
 """
 
 from __future__ import annotations
 
-import contextvars
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from .config import Config
-from .errors import Unavailable, UpstreamError
-from .inflight import BudgetExhausted, ByteBudget
+from ..config import Config
+from ..errors import Unavailable, UpstreamError
+from .inflight import BudgetExhausted, Lease
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus framing headers we recompute.
 HOP_BY_HOP = frozenset(
@@ -91,11 +92,21 @@ class UpstreamRequest:
     body: bytes | None = None
     safe_read: bool = True
 
+    bucket: str = ""  # the limiter scope it draws from (a rule's limits.bucket); "": service
 
-# The upstream call in progress, for the client middlewares (guard.py) to know whose it is.
-CURRENT: contextvars.ContextVar[UpstreamRequest | None] = contextvars.ContextVar(
-    "bloxproxy_upstream_request", default=None
-)
+    @property
+    def scope(self) -> str:
+        """The limiter scope: the rule's bucket, else the service."""
+        return self.bucket or self.service
+
+
+@dataclass(slots=True)
+class Call:
+    """One upstream call as the client middleware sees it: the request, and the lease its
+    answer's body is read under (None: no byte budget)."""
+
+    req: UpstreamRequest
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,12 +132,24 @@ def _drop_set(extra_drop: tuple[str, ...]) -> frozenset[str]:
     return _REQUEST_DROP | {h.lower() for h in extra_drop}
 
 
-class Upstream:
-    """Sends :class:`UpstreamRequest`\\ s through one ``ClientSession``."""
+CallMiddleware = Callable[
+    [Call, aiohttp.ClientRequest, aiohttp.ClientHandlerType], Awaitable[aiohttp.ClientResponse]
+]
 
-    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+
+class Upstream:
+    """Sends :class:`UpstreamRequest`\\ s through one ``ClientSession``, each with its
+    :class:`Call` given to ``middleware`` (retries, CSRF, limits: :mod:`.guard`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        middleware: CallMiddleware | None = None,
+    ) -> None:
         self._config = config
         self._session = session
+        self._middleware = middleware
         self._max = config.upstream.max_response_size
         self._bases: dict[str, str] = {}
 
@@ -145,11 +168,17 @@ class Upstream:
         # them, and nothing in them can change the scheme, host or port of `base`.
         return URL(text, encoded=True)
 
-    async def send(self, req: UpstreamRequest, request_id: str = "") -> UpstreamResponse:
+    async def send(
+        self, req: UpstreamRequest, request_id: str = "", lease: Lease | None = None
+    ) -> UpstreamResponse:
+        """One upstream call (all its attempts); its body is read under ``lease``."""
         headers = list(req.headers)
         if request_id:
             headers.append(("X-Request-ID", request_id))
-        token = CURRENT.set(req)  # tells the client middlewares (guard.py) whose call this is
+        middleware = self._middleware
+        middlewares: tuple[aiohttp.ClientMiddlewareType, ...] = ()
+        if middleware is not None:
+            middlewares = (functools.partial(middleware, Call(req, lease)),)
         try:
             async with self._session.request(
                 req.method,
@@ -157,8 +186,9 @@ class Upstream:
                 headers=headers,
                 data=req.body,
                 allow_redirects=False,
+                middlewares=middlewares,
             ) as resp:
-                body = await self._read(resp)
+                body = await read_body(resp, self._max)
                 out = tuple(
                     (k, v) for k, v in resp.headers.items() if k.lower() not in _RESPONSE_DROP
                 )
@@ -179,29 +209,22 @@ class Upstream:
                 f"{req.service} could not be reached ({type(exc).__name__})",
                 code="upstream_unreachable",
             ) from None
-        finally:
-            CURRENT.reset(token)
-
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        return await read_body(resp, self._max)
 
 
 async def read_body(
-    resp: aiohttp.ClientResponse,
-    limit: int,
-    budget: ByteBudget | None = None,
-    wait: float = 0.0,
+    resp: aiohttp.ClientResponse, limit: int, lease: Lease | None = None, wait: float = 0.0
 ) -> bytes:
     """The whole body, at most ``limit`` decoded bytes (502 problem above), read once.
 
     The guard middleware reads it inside the attempt, so a connection cut mid-body is an
     attempt failure (retried for safe reads, counted by the breaker); the pipeline then
-    gets the same bytes again from here. While it is read, its bytes are reserved in
-    ``budget`` (all upstream bodies being read at once; see :mod:`bloxproxy.inflight`):
-    the ``Content-Length``, or ``limit`` when the decoded size is not known in advance (no
-    length, or compressed). A read never waits for more room while holding some, which
-    would deadlock a burst; no room within ``wait`` seconds is a 503
-    :class:`~bloxproxy.errors.Unavailable`.
+    gets the same bytes again from here. Before the first byte, ``lease`` reserves the
+    body's size in the byte budget (:mod:`bloxproxy.upstream.inflight`): the
+    ``Content-Length``, or ``limit`` when the decoded size is not known in advance (no
+    length, or compressed) — a read never waits for more room while holding some, which
+    would deadlock a burst. No room within ``wait`` seconds is a 503
+    :class:`~bloxproxy.errors.Unavailable`; a failed read gives its reservation back, a
+    complete one keeps it until the lease ends (the answer has been written out).
     """
     if resp._body is not None:  # read already (aiohttp keeps it for read() as well)
         body: bytes = resp._body
@@ -215,9 +238,13 @@ async def read_body(
             code="upstream_too_large",
         )
     sized = length is not None and not resp.headers.get("Content-Encoding")
-    reserved = 0
-    if budget is not None:
-        reserved = await _reserve(budget, length if sized and length is not None else limit, wait)
+    if lease is not None:
+        try:
+            await lease.reserve(length if sized and length is not None else limit, wait)
+        except BudgetExhausted:
+            raise Unavailable(
+                "too many upstream answers are being read at once", "upstream_busy", 1.0
+            ) from None
     try:
         if sized:
             return await resp.read()
@@ -234,26 +261,16 @@ async def read_body(
             chunks.append(chunk)
         resp._body = body = b"".join(chunks)
         return body
-    finally:
-        if budget is not None:
-            budget.give(reserved)
+    except BaseException:
+        if lease is not None:
+            lease.unreserve()
+        raise
 
 
-async def _reserve(budget: ByteBudget, n: int, wait: float) -> int:
-    try:
-        return await budget.take(n, wait)
-    except BudgetExhausted:
-        raise Unavailable(
-            "too many upstream answers are being read at once", "upstream_busy", 1.0
-        ) from None
-
-
-def create_session(
-    config: Config, middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()
-) -> aiohttp.ClientSession:
-    """The shared upstream session: bounded pool, no cookie jar, our User-Agent, and the
-    retry/CSRF/guard middlewares. ``total`` bounds all attempts of one call together
-    (``retries.deadline``); each attempt has ``upstream.timeout`` (in ``guard``)."""
+def create_session(config: Config) -> aiohttp.ClientSession:
+    """The shared upstream session: bounded pool, no cookie jar, our User-Agent. Its
+    middleware is given per call (:meth:`Upstream.send`). ``total`` bounds all attempts of
+    one call together (``retries.deadline``); each attempt has ``upstream.timeout``."""
     up = config.upstream
     connector = aiohttp.TCPConnector(limit=up.max_connections, limit_per_host=0, ttl_dns_cache=300)
     return aiohttp.ClientSession(
@@ -261,7 +278,6 @@ def create_session(
         timeout=aiohttp.ClientTimeout(
             total=config.retries.deadline, sock_connect=up.connect_timeout, sock_read=up.timeout
         ),
-        middlewares=tuple(middlewares),
         # One jar for every client would hand one caller's Set-Cookie to the next.
         cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": up.user_agent},

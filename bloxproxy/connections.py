@@ -1,64 +1,27 @@
-"""Request ids, and every error answered as problem+json.
+"""The server's connection handler: requests too malformed to reach any handler are
+answered as problem+json too.
 
-This is the one place the exception tree of :mod:`bloxproxy.errors` becomes HTTP: for
-errors raised while handling a request (:func:`error_response`, called by the front
-handler) and for requests too malformed to reach a handler (:class:`ProblemRequestHandler`).
-An unexpected exception is logged with its traceback and answered as a bare 500 problem —
-a client never sees a stack trace.
+aiohttp answers a request line or header beyond the limits, or bytes that are not HTTP,
+itself, in plain text; :class:`ProblemRequestHandler` keeps the promise that every error a
+client sees has our shape (:mod:`bloxproxy.errors`). :func:`use_problem_errors` puts it on
+a set-up runner's server.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
-from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from .errors import HTTPProblem, problem_response
+from .requestids import REQUEST_ID_HEADER
+
+__all__ = ["ProblemRequestHandler", "ProblemServer", "use_problem_errors"]
 
 log = logging.getLogger("bloxproxy")
-
-REQUEST_ID_HEADER = "X-Request-ID"
-REQUEST_ID = web.RequestKey("request_id", str)
-# Accepted from clients only when short and plain, so it is safe in logs and headers.
-REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@+=-]{1,128}")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def request_id_of(request: web.Request) -> str:
-    rid: str = request.get(REQUEST_ID, "")
-    return rid
-
-
-def _instance(request: web.Request) -> str:
-    path = request.rel_url.raw_path
-    return path if len(path) <= 512 else path[:509] + "..."
-
-
-def error_response(exc: Exception, request: web.Request, rid: str) -> web.Response:
-    """The problem+json answer for an exception raised while handling ``request``.
-
-    Our :class:`HTTPProblem`\\ s as they are; aiohttp's own HTTP errors (413 from
-    ``client_max_size``…) in our shape; anything else logged with its traceback and
-    answered as a bare 500 — never a stack trace.
-    """
-    if isinstance(exc, HTTPProblem):
-        problem = exc
-    elif isinstance(exc, web.HTTPException) and exc.status >= 400:
-        problem = HTTPProblem(exc.status, exc.text or exc.reason)
-    else:
-        log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
-        problem = HTTPProblem(
-            500,
-            f"the proxy failed to handle this request; it was logged under request id {rid}",
-            code="internal_error",
-        )
-    return problem_response(problem, instance=_instance(request), request_id=rid)
 
 
 class ProblemRequestHandler(RequestHandler):

@@ -1,0 +1,57 @@
+"""The app's typed keys: what the app factory (:mod:`bloxproxy.app`) puts in the
+application, for the handlers of the proxy's own endpoints, ``serve`` and the tests to find.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from .cache.fetcher import Fetcher
+from .config import Config
+from .front import Front
+from .observe import AccessLog, Metrics
+from .pipeline import Pipeline
+from .rules import RuleSet
+from .upstream.client import Upstream
+from .upstream.guard import Guard
+
+__all__ = [
+    "ACCESS_LOG",
+    "CONFIG",
+    "FETCHER",
+    "FRONT",
+    "GUARD",
+    "METRICS",
+    "PIPELINE",
+    "RULES",
+    "RUNTIME",
+    "UPSTREAM",
+    "Runtime",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What the app owns beside its config: clocks, sleep, and the Redis clients."""
+
+    clock: Callable[[], float]
+    monotonic: Callable[[], float]
+    sleep: Callable[[float], Awaitable[None]]
+    redis: aioredis.Redis | None
+    listener: aioredis.Redis | None
+
+
+CONFIG = web.AppKey("config", Config)  # the config the app started with
+RULES = web.AppKey("rules", RuleSet)  # the rules it started with (live: PIPELINE's)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+FETCHER = web.AppKey("fetcher", Fetcher)
+GUARD = web.AppKey("guard", Guard)
+UPSTREAM = web.AppKey("upstream", Upstream)
+METRICS = web.AppKey("metrics", Metrics)
+FRONT = web.AppKey("front", Front)
+ACCESS_LOG = web.AppKey("access_log", AccessLog)
+RUNTIME = web.AppKey("runtime", Runtime)

@@ -1,0 +1,191 @@
+"""The shared L2 cache on Redis, degrading to "absent" while Redis is in trouble, and the
+invalidation channel that keeps every replica's L1 in step.
+
+Every operation either works or quietly does nothing; the first failure of an incident is
+logged (warning), the recovery too (info), nothing per request. After a failure Redis is
+skipped for a back-off window instead of costing every request a timeout. Purges are
+published on the channel; a replica that lost its subscription drops its whole L1 when it
+is back, since it may have missed some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..errors import StoreUnavailable
+from .entry import Entry
+from .redis_store import RedisStore
+
+__all__ = ["SharedCache"]
+
+log = logging.getLogger("bloxproxy.cache")
+
+
+class SharedCache:
+    """Redis L2 plus the invalidation channel, degrading to "absent" while Redis is down.
+
+    Every operation either works or quietly does nothing; the first failure of an incident
+    is logged (warning), the recovery too (info), nothing per request. After a failure Redis
+    is skipped for a back-off window instead of costing every request a timeout.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        listener_client: aioredis.Redis,
+        channel: str,
+        on_missed_events: Callable[[], None],
+        apply_event: Callable[[dict[str, Any]], None],
+        publisher: aioredis.Redis | None = None,
+    ) -> None:
+        self.store = store
+        self._listener_client = listener_client
+        # Publishing goes through the client with a command timeout: a hung Redis must not
+        # hang the purge request (the listener's client has no read timeout).
+        self._publisher = publisher or listener_client
+        self.channel = channel
+        self.origin = uuid.uuid4().hex
+        self._on_missed = on_missed_events
+        self._apply = apply_event
+        self.healthy = True
+        self._retry_at = 0.0
+        self._backoff = 0.5
+        self._listener: asyncio.Task[None] | None = None
+        self.listening = asyncio.Event()
+
+    def _usable(self) -> bool:
+        return self.healthy or time.monotonic() >= self._retry_at
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.healthy:
+            log.warning("redis unavailable, serving from L1 and upstream: %s", exc)
+        now = time.monotonic()
+        # Only a failed *retry* doubles the back-off: the many requests that failed
+        # together at the start of one incident count once.
+        if self.healthy or now >= self._retry_at:
+            self._retry_at = now + self._backoff
+            if not self.healthy:
+                self._backoff = min(self._backoff * 2, 30.0)
+        self.healthy = False
+
+    def _worked(self) -> None:
+        if not self.healthy:
+            log.info("redis is reachable again")
+        self.healthy = True
+        self._backoff = 0.5
+
+    async def _call(self, op: Coroutine[Any, Any, Any], default: Any) -> Any:
+        if not self._usable():
+            op.close()
+            return default
+        try:
+            result = await op
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return default
+        self._worked()
+        return result
+
+    async def get(self, key: str) -> Entry | None:
+        # self._call(self.store.get(key), None), one coroutine less: every L2 hit comes here
+        if not self.healthy and time.monotonic() < self._retry_at:
+            return None
+        try:
+            entry = await self.store.get(key)
+        except StoreUnavailable as exc:
+            self._failed(exc)
+            return None
+        if not self.healthy:
+            self._worked()
+        return entry
+
+    async def set(self, key: str, entry: Entry) -> None:
+        await self._call(self.store.set(key, entry), None)
+
+    async def delete(self, key: str) -> int:
+        return 1 if await self._call(self.store.delete(key), False) else 0
+
+    async def delete_prefix(self, prefix: str) -> int:
+        result: int = await self._call(self.store.delete_prefix(prefix), 0)
+        return result
+
+    async def clear(self) -> int:
+        result: int = await self._call(self.store.clear(), 0)
+        return result
+
+    async def publish(self, op: str, arg: str) -> None:
+        message = orjson.dumps({"op": op, "arg": arg, "origin": self.origin})
+        client = self._publisher
+
+        async def send() -> None:
+            try:
+                await client.publish(self.channel, message)
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"redis publish failed: {exc}") from exc
+
+        await self._call(send(), None)
+
+    # -- invalidation listener ---------------------------------------------------------
+
+    def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="bloxproxy-invalidations")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    async def _listen(self) -> None:
+        backoff = 0.2
+        missed = False
+        while True:
+            pubsub = self._listener_client.pubsub()
+            try:
+                await pubsub.subscribe(self.channel)
+                if missed:
+                    # Events published while we were away are lost (also when Redis was
+                    # already away at start: L1 filled meanwhile): whatever L1 holds may
+                    # have been purged elsewhere, so start over from L2 and upstream.
+                    self._on_missed()
+                    log.info("invalidation channel reconnected; L1 dropped")
+                    # Redis is back: let L2 try at once rather than wait out its back-off
+                    # (healthy is left to the first L2 command that works).
+                    self._retry_at, self._backoff = 0.0, 0.5
+                missed, backoff = False, 0.2
+                self.listening.set()
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        self._event(msg.get("data"))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.listening.clear()
+                missed = True
+                if self.healthy:  # one incident with the store's failures: one warning
+                    self._failed(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def _event(self, data: object) -> None:
+        try:
+            event = orjson.loads(data) if isinstance(data, bytes | str) else None
+        except orjson.JSONDecodeError:
+            event = None
+        if not isinstance(event, dict) or event.get("origin") == self.origin:
+            return
+        self._apply(event)

@@ -1,0 +1,267 @@
+"""The pipeline: one handler for both front doors, from the client request to an answer.
+
+``/v<N>/...`` is the clean API (a rule, :mod:`bloxproxy.clean`); ``/{service}/...`` is
+passthrough to an allow-listed Roblox service (or ``Host: {service}.<host_suffix>``,
+:mod:`bloxproxy.passthrough`). Both turn the client request into an
+:class:`~bloxproxy.upstream.client.UpstreamRequest`, pick its cache
+:class:`~bloxproxy.cache.policy.Policy` — the rule's whenever a rule describes that upstream
+request, from either door, so both store it alike — hand both to the fetcher (cache →
+coalescing → upstream) and give the front door back an :class:`~bloxproxy.answer.Answer`:
+passthrough with Roblox's status, headers and body unchanged; clean routes with the
+normalized body, or a problem+json carrying the same cache facts when Roblox answered an
+error. The pipeline never builds an HTTP response itself.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any
+from urllib.parse import quote, unquote_to_bytes
+
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+
+from . import clean, passthrough
+from .answer import Answer
+from .cache import decide
+from .cache.fetcher import Fetcher
+from .cache.policy import Policy
+from .cache.result import Fetched
+from .config import Config
+from .credentials import credential_of
+from .errors import (
+    PROBLEM_JSON,
+    HTTPProblem,
+    UpstreamError,
+    bad_request,
+    instance_of,
+    not_found,
+    problem_body,
+)
+from .observe import RequestInfo
+from .router import DuplicateRoute, Router
+from .rules import Route, RuleSet
+from .upstream.client import UpstreamRequest
+
+__all__ = ["Pipeline"]
+
+_CLEAN_PREFIX = re.compile(r"^/v[0-9]+(/|$)")
+_PARAM = re.compile(r"\{[^}]*\}")
+
+
+def described_requests(
+    routes: tuple[Route, ...], policies: dict[str, Policy]
+) -> dict[str, Router[Policy]]:
+    """Per service, the upstream GETs the rules describe (their backend path templates),
+    each with its rule's policy: the first rule wins when several describe one request."""
+    out: dict[str, Router[Policy]] = {}
+    for route in routes:
+        b = route.backend
+        if b.method != "GET":
+            continue
+        template = _PARAM.sub("{p}", b.path.text)  # one name per position, whatever the rule's
+        try:
+            out.setdefault(b.service, Router()).add("GET", template, policies[route.id])
+        except DuplicateRoute:
+            continue
+    return out
+
+
+class Pipeline:
+    """Holds what the pipeline needs; ``rules`` is swapped whole on reload."""
+
+    def __init__(self, config: Config, rules: RuleSet, fetcher: Fetcher) -> None:
+        self.config = config
+        self.rules = rules
+        self.fetcher = fetcher
+        self._allowed = frozenset(config.upstream.allowed_services)
+        self._suffix = ("." + config.server.host_suffix) if config.server.host_suffix else ""
+        self._max_body = config.server.max_body_size
+        self._drop = (config.auth.header,)  # our access key never goes to Roblox
+        cacheable = config.cache.enabled
+        self._drop_cacheable = (*self._drop, *passthrough.CONDITIONAL) if cacheable else self._drop
+        self._policies = {r.id: Policy.for_route(r, config) for r in rules.routes}
+        self._pass_policies = {safe: Policy.for_passthrough(safe, config) for safe in (True, False)}
+        self._described = described_requests(rules.routes, self._policies)
+
+    def swap(self, config: Config, rules: RuleSet) -> None:
+        """Take a validated config and rule set (hot reload). Routing, parameter parsing and
+        request building run without an await in between, so a request in flight keeps the
+        route it matched, and nothing here is ever half-swapped from its point of view."""
+        self.__init__(config, rules, self.fetcher)  # type: ignore[misc]
+
+    async def handle(self, request: web.Request, info: RequestInfo) -> Answer:
+        raw_path = request.rel_url.raw_path
+        credential = credential_of(request.headers)  # "": anonymous
+        if self._suffix:
+            host = (request.host or "").split(":", 1)[0].lower()
+            if host.endswith(self._suffix):
+                service = host[: -len(self._suffix)]
+                return await self._passthrough(request, info, credential, service, raw_path)
+        if _CLEAN_PREFIX.match(raw_path):
+            return await self._clean(request, info, credential, raw_path)
+        service, _, rest = raw_path.lstrip("/").partition("/")
+        return await self._passthrough(request, info, credential, service, "/" + rest)
+
+    # -- clean routes ------------------------------------------------------------------
+
+    async def _clean(
+        self, request: web.Request, info: RequestInfo, credential: str, raw_path: str
+    ) -> Answer:
+        route, raw_params = self._match(request.method, raw_path)
+        raw_query = request.rel_url.raw_query_string
+        try:
+            # aiohttp decodes invalid UTF-8 in the query to U+FFFD, which would silently
+            # send a different value upstream: refuse it like an invalid path.
+            unquote_to_bytes(raw_query).decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_request("the query string is not valid UTF-8") from None
+        info.route = route.id
+        values = clean.values_of(route, raw_params, request.rel_url.query)
+        ureq = clean.upstream_request(route, values, request.headers)
+        fetched = await self.fetcher.fetch(
+            ureq, self._policies[route.id], info.request_id, credential
+        )
+        try:
+            return await self._clean_answer(route, values, fetched, raw_path, info)
+        except BaseException:
+            if fetched.lease is not None:
+                fetched.lease.release()  # no answer will be written
+            raise
+
+    def _match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+        try:
+            route, raw_params, exists = self.rules.router.match(method, raw_path)
+        except UnicodeDecodeError:
+            raise bad_request("the path is not valid UTF-8") from None
+        if route is not None:
+            return route, raw_params
+        if exists:
+            methods = self.rules.router.methods(raw_path)
+            if "GET" in methods and "HEAD" not in methods:
+                methods = [*methods, "HEAD"]  # the router answers HEAD with GET
+            allowed = ", ".join(methods)
+            raise HTTPProblem(
+                405,
+                f"{method} is not allowed here (allowed: {allowed})",
+                headers={"Allow": allowed},
+            )
+        raise not_found(f"no route matches {raw_path}", code="no_route")
+
+    async def _clean_answer(
+        self,
+        route: Route,
+        values: dict[str, Any],
+        fetched: Fetched,
+        raw_path: str,
+        info: RequestInfo,
+    ) -> Answer:
+        entry = fetched.entry
+        if not 200 <= entry.status < 300:
+            problem = clean.upstream_problem(route, entry.status, entry.body, entry.headers)
+            return self._problem(problem, fetched, raw_path, info)
+        requested = values.get(route.order_param) if route.order_param else None
+        # How any entry of this key becomes this answer's body (the front door's fast path
+        # from Redis renders with it too: see prepared.SharedFast).
+        renderer = functools.partial(clean.render, route, requested)
+        try:
+            body, etag = self.fetcher.rendered(fetched, route.id, requested, renderer)
+        except UpstreamError:
+            # A 200 we cannot use (not JSON, unexpected shape) must not stay in the cache
+            # for the route's whole TTL: drop it, so the next request asks Roblox again.
+            if fetched.cached:
+                await self.fetcher.purge_key(fetched.key)
+            raise
+        except HTTPProblem as problem:  # the route found nothing in it (require, empty)
+            return self._problem(problem, fetched, raw_path, info)
+        return Answer(
+            200,
+            body,
+            content_type=clean.JSON,
+            etag=etag,
+            fetched=fetched,
+            route=route.id,
+            renderer=renderer,
+        )
+
+    def _problem(
+        self, problem: HTTPProblem, fetched: Fetched, raw_path: str, info: RequestInfo
+    ) -> Answer:
+        """A problem answer that still says how the cache got it (``X-Cache``, ``Age``…).
+        Its body names the request, so its ETag is weak: the entry's, not the bytes'."""
+        body = problem_body(problem, instance=instance_of(raw_path), request_id=info.request_id)
+        etag = f"W/{fetched.entry.etag}" if fetched.cached and fetched.entry.etag else ""
+        return Answer(
+            problem.status,
+            body,
+            headers=tuple(problem.headers.items()),
+            content_type=PROBLEM_JSON,
+            etag=etag,
+            fetched=fetched,
+            route=info.route,
+        )
+
+    def cache_key_for(self, raw_path: str, query: MultiMapping[str]) -> str | None:
+        """The cache key an anonymous GET of this URL uses (for purging one URL)."""
+        if _CLEAN_PREFIX.match(raw_path):
+            route, raw_params, _ = self.rules.router.match("GET", raw_path)
+            if route is None:
+                return None
+            values = clean.values_of(route, raw_params, query)
+            send = self._policies[route.id].send
+            return decide.cache_key(clean.upstream_request(route, values, CIMultiDict()), send)
+        service, _, rest = raw_path.lstrip("/").partition("/")
+        if service not in self._allowed:
+            return None
+        qs = "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in query.items())
+        ureq = UpstreamRequest(service, "GET", passthrough.canonical_path("/" + rest), qs)
+        return decide.cache_key(ureq)
+
+    def route_prefix(self, route: Route) -> str:
+        b = route.backend
+        return decide.route_prefix(b.method, b.service, b.path.text)
+
+    # -- passthrough -------------------------------------------------------------------
+
+    async def _passthrough(
+        self,
+        request: web.Request,
+        info: RequestInfo,
+        credential: str,
+        service: str,
+        raw_path: str,
+    ) -> Answer:
+        if service not in self._allowed:
+            raise passthrough.unknown_service(service, self._allowed)
+        ureq = await passthrough.upstream_request(
+            request,
+            service,
+            raw_path,
+            max_body=self._max_body,
+            drop=self._drop,
+            drop_cacheable=self._drop_cacheable,
+        )
+        info.route = "passthrough:" + service
+        fetched = await self.fetcher.fetch(ureq, self.policy_for(ureq), info.request_id, credential)
+        entry = fetched.entry
+        return Answer(
+            entry.status,
+            entry.body,
+            headers=entry.headers,
+            etag=entry.etag if fetched.cached else "",
+            fetched=fetched,
+            route=info.route,
+        )
+
+    def policy_for(self, ureq: UpstreamRequest) -> Policy:
+        """The policy of a passthrough request: its rule's when a rule describes the same
+        upstream request, else the passthrough default."""
+        default = self._pass_policies[ureq.safe_read]
+        if not ureq.safe_read:
+            return default
+        described = self._described.get(ureq.service)
+        if described is None:
+            return default
+        policy, _, _ = described.match(ureq.method, ureq.path)
+        return policy if policy is not None else default
