@@ -77,6 +77,15 @@ async def wait_up(port: int, path: str) -> None:
     raise SystemExit(f"nothing answers on port {port}")
 
 
+async def metric(port: int, name: str) -> float:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/_bloxproxy/metrics") as resp:
+            for line in (await resp.text()).splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+    return float("nan")
+
+
 async def burst(port: int, pid: int, n: int) -> dict[str, object]:
     samples: list[float] = []
     done = asyncio.Event()
@@ -122,7 +131,9 @@ def main() -> int:
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "BLOXPROXY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{up_port}/{{service}}",
-        "BLOXPROXY_UPSTREAM_MAX_INFLIGHT_BYTES": "1024GiB" if args.budget == "unbounded" else args.budget,
+        "BLOXPROXY_UPSTREAM_MAX_INFLIGHT_BYTES": "1024GiB"
+        if args.budget == "unbounded"
+        else args.budget,
         "BLOXPROXY_LIMITS_UPSTREAM_RATE": "10000",
         "BLOXPROXY_LIMITS_UPSTREAM_MAX_WAIT": "60s",
         "BLOXPROXY_LOGGING_ACCESS_LOG": "false",
@@ -131,14 +142,31 @@ def main() -> int:
         env["BLOXPROXY_CACHE_PASSTHROUGH_TTL"] = "0"
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--upstream-port", str(up_port), "--size-mib",
-             str(args.size_mib)],
-            env=env, start_new_session=True,
+            [
+                sys.executable,
+                __file__,
+                "--upstream-port",
+                str(up_port),
+                "--size-mib",
+                str(args.size_mib),
+            ],
+            env=env,
+            start_new_session=True,
         ),
         subprocess.Popen(
-            [sys.executable, "-m", "bloxproxy", "serve", "--config", str(ROOT / "config.yaml"),
-             "--port", str(proxy_port)],
-            env=env, start_new_session=True, stderr=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "bloxproxy",
+                "serve",
+                "--config",
+                str(ROOT / "config.yaml"),
+                "--port",
+                str(proxy_port),
+            ],
+            env=env,
+            start_new_session=True,
+            stderr=subprocess.DEVNULL,
         ),
     ]
     try:
@@ -149,6 +177,7 @@ def main() -> int:
         right_after = rss_mib(pid)
         time.sleep(5)
         idle = rss_mib(pid)
+        peak_reserved = asyncio.run(metric(proxy_port, "bloxproxy_upstream_inflight_bytes_peak"))
         out = {
             "requests": args.requests,
             "size_mib": args.size_mib,
@@ -158,6 +187,7 @@ def main() -> int:
             "rss_peak_mib": round(float(result["peak_mib"]), 1),  # type: ignore[arg-type]
             "rss_after_mib": round(right_after, 1),
             "rss_idle_5s_mib": round(idle, 1),
+            "budget_peak_mib": round(peak_reserved / 2**20, 1),
             "wall_s": result["wall_s"],
             "statuses": result["statuses"],
         }

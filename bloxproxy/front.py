@@ -42,6 +42,7 @@ from .prepared import (
     SharedFast,
     WireResponse,
     body_size,
+    drop_body,
     fast_entry,
     http_response,
     route_ahead,
@@ -246,6 +247,7 @@ class Front:
         except (ConnectionError, RuntimeError):
             pass  # the client went away mid-answer: nothing more to write, nothing to keep
         finally:
+            drop_body(resp)  # an idle keep-alive connection must not pin it
             lease.release()
 
     def _l1_on(self) -> bool:

@@ -17,7 +17,8 @@ aiohttp's private API used here, and nowhere else in the front door (aiohttp is 
 below 4; ``tests/test_prepared.py`` fails loudly if any of it changes):
 ``aiohttp.http_writer._serialize_headers`` (its C header serializer, which refuses CR/LF),
 ``StreamResponse``'s ``_payload_writer``, ``_eof_sent``, ``_req``, ``_keep_alive``,
-``_headers`` and ``_cookies``, and ``Application._handle`` (:func:`route_ahead`).
+``_headers`` and ``_cookies``, ``Response._body`` (:func:`drop_body`), and
+``Application._handle`` (:func:`route_ahead`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ __all__ = [
     "SharedFast",
     "WireResponse",
     "body_size",
+    "drop_body",
     "fast_entry",
     "http_response",
     "route_ahead",
@@ -339,6 +341,18 @@ def body_size(resp: web.StreamResponse) -> int:
     if isinstance(resp, web.Response) and isinstance(resp.body, bytes):
         return len(resp.body)
     return 0
+
+
+def drop_body(resp: web.StreamResponse) -> None:
+    """Let go of an answer's body once it has been written out: aiohttp keeps a keep-alive
+    connection's last response (its handler's result) until the next request comes, so an
+    idle connection would otherwise pin a large body in memory for as long as it stays."""
+    if not resp.prepared:
+        return
+    if type(resp) is WireResponse:
+        resp._wire_body = b""
+    elif isinstance(resp, web.Response):
+        resp._body = None
 
 
 def route_ahead(app: web.Application, dispatch: Handler) -> Handler:

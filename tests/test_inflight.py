@@ -10,7 +10,9 @@ the wait runs out, and the budget is whole again afterwards.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import tracemalloc
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -247,3 +249,41 @@ async def test_an_answer_stays_counted_until_it_is_written_out(
         await writer.wait_closed()
     assert len(asked) == 4
     assert bodies.used == 0 and bodies.peak <= 2 * BIG
+
+
+async def test_idle_keep_alive_connections_do_not_pin_their_last_large_answer(
+    aiohttp_client: Callable[..., Awaitable[Client]],
+    big_upstream: tuple[TestServer, list[str]],
+) -> None:
+    """aiohttp keeps a keep-alive connection's last response until its next request: ten
+    clients that each got a 4 MiB miss and then sit idle must not keep 40 MiB alive."""
+    server, _ = big_upstream
+    config = config_mod.load(
+        None,
+        env={
+            "BLOXPROXY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{server.port}/{{service}}",
+            "BLOXPROXY_UPSTREAM_MAX_RESPONSE_SIZE": str(2 * BIG),
+            "BLOXPROXY_LIMITS_UPSTREAM_RATE": "1000",
+            "BLOXPROXY_CACHE_PASSTHROUGH_TTL": "0",
+        },
+    )
+    client = await aiohttp_client(create_app(config))
+    tracemalloc.start()
+    try:
+        idle = []
+        for i in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+            writer.write(f"GET /users/v1/big/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            assert len(await asyncio.wait_for(reader.readexactly(length), 10)) == BIG
+            idle.append(writer)  # connected and idle: no next request
+        await asyncio.sleep(0.05)
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 2 * BIG, f"{held / 2**20:.1f} MiB still held by idle connections"
+    for writer in idle:
+        writer.close()
+        await writer.wait_closed()

@@ -45,6 +45,7 @@ def test_aiohttp_still_has_what_prepared_relies_on() -> None:
     for name in ("_payload_writer", "_eof_sent", "_req", "_keep_alive", "_headers", "_cookies"):
         assert hasattr(resp, name), f"web.StreamResponse has no {name} any more"
     assert callable(web.Application._handle), "web.Application has no _handle any more"
+    assert hasattr(web.Response(body=b"x"), "_body"), "web.Response keeps its body elsewhere"
     assert "_body" in aiohttp.ClientResponse.__init__.__code__.co_names or hasattr(
         aiohttp.ClientResponse, "_body"
     ), "aiohttp.ClientResponse keeps its read body elsewhere now (upstream.client.read_body)"
