@@ -127,13 +127,12 @@ def main() -> int:
         serve_upstream(args.upstream_port, size)
         return 0
     up_port, proxy_port = free_port(), free_port()
+    budget = "1024GiB" if args.budget == "unbounded" else args.budget
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
         "BLOXPROXY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{up_port}/{{service}}",
-        "BLOXPROXY_UPSTREAM_MAX_INFLIGHT_BYTES": "1024GiB"
-        if args.budget == "unbounded"
-        else args.budget,
+        "BLOXPROXY_UPSTREAM_MAX_INFLIGHT_BYTES": budget,
         "BLOXPROXY_LIMITS_UPSTREAM_RATE": "10000",
         "BLOXPROXY_LIMITS_UPSTREAM_MAX_WAIT": "60s",
         "BLOXPROXY_LOGGING_ACCESS_LOG": "false",
