@@ -196,9 +196,11 @@ def _make_handler(state: FakeRoblox) -> Callable[[web.Request], Awaitable[web.St
         query = tuple(request.query.items())
         state.record(Recorded(method, service, path, query, headers, body, raw_path, state.clock()))
         found = ROUTER.match(service, method, segments)
+        limit = state.ip_limit
         verdict = state.take_token(request.remote or "", service)
         refused = verdict is not None and not verdict.allowed
         cloud = _is_cloud(service, segments)
+        rate = _rate_headers(limit, verdict) if cloud and limit and verdict else {}
         fault: Fault | None = None if refused else state.take_fault(method, service, path)
         if state.latency > 0:
             await asyncio.sleep(state.latency)
@@ -206,8 +208,6 @@ def _make_handler(state: FakeRoblox) -> Callable[[web.Request], Awaitable[web.St
         api_key = headers.get("x-api-key") or headers.get("authorization") or None
         credential = cookie or api_key
         tag = viewer_tag(credential).encode() if credential else None
-        limit = state.ip_limit
-        rate = _rate_headers(limit, verdict) if cloud and limit and verdict else {}
         if fault is not None:
             if fault.delay > 0:
                 await asyncio.sleep(fault.delay)

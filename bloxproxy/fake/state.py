@@ -71,7 +71,7 @@ class FakeRoblox:
         self.latency: float = latency
         self.clock = clock
         self.csrf_ttl: float | None = None
-        #: User ids whose avatar headshot is ``Pending`` (imageUrl null).
+        #: User ids whose avatar thumbnails (headshot, full, bust) are ``Pending``.
         self.pending_thumbnails: set[int] = {PENDING_THUMBNAIL_USER_ID}
         self._secret = csrf_secret
         self._csrf_epoch = 0
