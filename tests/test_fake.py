@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
+import subprocess
+import sys
 import time
 
 import aiohttp
@@ -12,16 +14,20 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from pytest_aiohttp import AiohttpClient
+from multidict import CIMultiDict
+from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from bloxproxy.fake import (
     FAKE_STATE,
     PENDING_THUMBNAIL_USER_ID,
     FakeRoblox,
     Fault,
+    IpLimit,
+    answer,
     create_fake_app,
     run_fake,
 )
+from tests.conftest import FakeClock
 
 Client = TestClient[web.Request, web.Application]
 
@@ -342,10 +348,11 @@ async def test_thumbnails(client: Client) -> None:
     url = "/thumbnails/v1/users/avatar-headshot?userIds=1,2,156,45348281,4&size=150x150&format=Png"
     status, body = await get(client, url)
     assert status == 200 and isinstance(body, dict)
-    assert [d["targetId"] for d in body["data"]] == [45348281, 156, 2, 1]  # reversed, 4 dropped
+    got = [d["targetId"] for d in body["data"]]
+    assert sorted(got) == [1, 2, 156, 45348281] and got != [1, 2, 156, 45348281]  # 4 dropped
     pending = next(d for d in body["data"] if d["targetId"] == PENDING_THUMBNAIL_USER_ID)
     assert pending == {"targetId": 2, "state": "Pending", "imageUrl": None}
-    done = body["data"][0]
+    done = next(d for d in body["data"] if d["targetId"] == 1)
     assert done["state"] == "Completed"
     assert done["imageUrl"].startswith("https://tr.rbxcdn.com/")
     assert done["imageUrl"].endswith("/150/150/AvatarHeadshot/Png")
@@ -368,7 +375,7 @@ async def test_thumbnails(client: Client) -> None:
     assert (status, body) == (400, err(1, "There are too many requested Ids."))
     _, icons = await get(client, "/thumbnails/v1/games/icons?universeIds=1685831367,3531439676,5")
     assert isinstance(icons, dict)
-    assert [d["targetId"] for d in icons["data"]] == [3531439676, 1685831367]
+    assert [d["targetId"] for d in icons["data"]] == [3531439676, 1685831367]  # never as asked
     assert (await get(client, "/thumbnails/v1/games/icons?universeIds=1&returnPolicy=X"))[0] == 400
     _, groups = await get(client, "/thumbnails/v1/groups/icons?groupIds=7,5850082&size=420x420")
     assert isinstance(groups, dict) and [d["targetId"] for d in groups["data"]] == [5850082, 7]
@@ -627,7 +634,12 @@ async def test_control_api(client: Client, state: FakeRoblox) -> None:
     await get(client, "/users/v1/users/1")
     assert await get(client, "/_fake/stats") == (
         200,
-        {"total": 2, "counts": {"GET users /v1/users/1": 2}},
+        {
+            "total": 2,
+            "counts": {"GET users /v1/users/1": 2},
+            "statuses": {"200": 2},
+            "limited": 0,
+        },
     )
     assert state.total == 2  # control requests are not counted
     status, recent = await get(client, "/_fake/requests?limit=1")
@@ -679,6 +691,485 @@ async def test_run_fake_serves_until_cancelled() -> None:
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/users/v1/users/1") as resp:
                         assert resp.status == 200
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.01)
+            else:
+                pytest.fail("run_fake did not start")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+# -- batch caps and synthetic populations ---------------------------------------------------------
+async def test_batch_caps_at_the_documented_sizes(client: Client) -> None:
+    def ids(n: int) -> list[int]:
+        return list(range(5_000_000, 5_000_000 + n))
+
+    def csv(n: int) -> str:
+        return ",".join(map(str, ids(n)))
+
+    status, body = await post(client, "/users/v1/users", {"userIds": ids(200)})
+    assert status == 200 and isinstance(body, dict) and len(body["data"]) == 200
+    names = [f"User{i}" for i in ids(100)]
+    status, body = await post(client, "/users/v1/usernames/users", {"usernames": names})
+    assert status == 200 and isinstance(body, dict) and len(body["data"]) == 100
+    status, body = await post(client, "/presence/v1/presence/users", {"userIds": ids(50)})
+    assert status == 200 and isinstance(body, dict) and len(body["userPresences"]) == 50
+    universes = ",".join(str(10_000_000 + i) for i in range(50))
+    status, body = await get(client, f"/games/v1/games?universeIds={universes}")
+    assert status == 200 and isinstance(body, dict) and len(body["data"]) == 50
+    assert (await get(client, f"/games/v1/games?universeIds={universes},10000050"))[0] == 400
+    groups = ",".join(str(20_000_000 + i) for i in range(101))
+    assert await get(client, f"/groups/v2/groups?groupIds={groups}") == (
+        400,
+        err(2, "Too many ids in request."),
+    )
+    status, body = await get(client, f"/groups/v2/groups?groupIds={groups.rsplit(',', 1)[0]}")
+    assert status == 200 and isinstance(body, dict) and len(body["data"]) == 100
+    too_many = err(1, "There are too many requested Ids.")
+    for path in ("users/avatar-headshot", "users/avatar", "users/avatar-bust"):
+        status, body = await get(client, f"/thumbnails/v1/{path}?userIds={csv(100)}")
+        assert status == 200 and isinstance(body, dict) and len(body["data"]) == 100, path
+        assert await get(client, f"/thumbnails/v1/{path}?userIds={csv(101)}") == (400, too_many)
+    many = ",".join(str(20_000_000 + i) for i in range(101))
+    assert await get(client, f"/thumbnails/v1/groups/icons?groupIds={many}") == (400, too_many)
+    assert await get(client, f"/thumbnails/v1/games/icons?universeIds={many}") == (400, too_many)
+
+
+async def test_synthetic_users_usernames_presence_and_bans(client: Client) -> None:
+    status, body = await post(
+        client, "/users/v1/usernames/users", {"usernames": ["USER7654321", "user7654321x"]}
+    )
+    assert (status, body) == (
+        200,
+        {
+            "data": [
+                {
+                    "requestedUsername": "USER7654321",
+                    "hasVerifiedBadge": False,
+                    "id": 7654321,
+                    "name": "User7654321",
+                    "displayName": "User7654321",
+                }
+            ]
+        },
+    )
+    banned = 1_000_999
+    status, profile = await get(client, f"/users/v1/users/{banned}")
+    assert status == 200 and isinstance(profile, dict) and profile["isBanned"] is True
+    both = {"userIds": [banned, 1_000_998]}
+    _, kept = await post(client, "/users/v1/users", both)
+    _, excluded = await post(client, "/users/v1/users", {**both, "excludeBannedUsers": True})
+    assert isinstance(kept, dict) and [u["id"] for u in kept["data"]] == [banned, 1_000_998]
+    assert isinstance(excluded, dict) and [u["id"] for u in excluded["data"]] == [1_000_998]
+    by_name = {"usernames": [f"User{banned}"], "excludeBannedUsers": True}
+    assert await post(client, "/users/v1/usernames/users", by_name) == (200, {"data": []})
+    bad = {"userIds": [1], "excludeBannedUsers": "yes"}
+    assert (await post(client, "/users/v1/users", bad))[0] == 400
+    _, presence = await post(
+        client, "/presence/v1/presence/users", {"userIds": [3_000_001, 3_000_002, 3_000_003]}
+    )
+    assert isinstance(presence, dict)
+    kinds = {
+        p["userId"]: (p["userPresenceType"], p["lastLocation"]) for p in presence["userPresences"]
+    }
+    assert kinds == {
+        3_000_001: (1, "Website"),
+        3_000_002: (2, "RoCamping"),
+        3_000_003: (0, "Website"),
+    }
+    _, shots = await get(client, "/thumbnails/v1/users/avatar-headshot?userIds=9999999,10000000")
+    assert isinstance(shots, dict) and [d["targetId"] for d in shots["data"]] == [9_999_999]
+
+
+async def test_synthetic_groups_and_universes(client: Client) -> None:
+    gid = 23_456_789
+    status, info = await get(client, f"/groups/v1/groups/{gid}")
+    assert status == 200 and isinstance(info, dict)
+    assert (info["name"], info["owner"], info["memberCount"]) == (f"Group{gid}", None, 0)
+    _, v2 = await get(client, f"/groups/v2/groups?groupIds={gid},7")
+    assert isinstance(v2, dict) and {g["id"]: g["owner"] for g in v2["data"]} == {
+        gid: None,
+        7: {"id": 1, "type": "User"},
+    }
+    _, roles = await get(client, f"/groups/v1/groups/{gid}/roles")
+    assert isinstance(roles, dict) and [r["rank"] for r in roles["roles"]] == [0, 1, 255]
+    _, members = await get(client, f"/groups/v1/groups/{gid}/users")
+    assert isinstance(members, dict) and members["data"] == []
+    assert (await get(client, "/groups/v1/groups/30000000"))[0] == 400
+    _, icon = await get(client, f"/thumbnails/v1/groups/icons?groupIds={gid}")
+    assert isinstance(icon, dict) and icon["data"][0]["targetId"] == gid
+
+    uid = 12_345_678
+    _, games = await get(client, f"/games/v1/games?universeIds={uid},20000000")
+    assert isinstance(games, dict) and len(games["data"]) == 1
+    game = games["data"][0]
+    assert set(game) == set(answer_json("GET", "games", "/v1/games?universeIds=3531439676")[0])
+    assert (game["id"], game["name"], game["rootPlaceId"]) == (uid, f"Game{uid}", uid + 10**11)
+    assert game["creator"]["type"] == "User" and 1_000_000 <= game["creator"]["id"] <= 9_999_999
+    place = f"/apis/universes/v1/places/{uid + 10**11}/universe"
+    assert await get(client, place) == (200, {"universeId": uid})
+    _, votes = await get(client, f"/games/v1/games/votes?universeIds={uid}")
+    assert isinstance(votes, dict) and votes["data"][0]["id"] == uid
+    _, dev = await get(client, f"/develop/v1/universes/{uid}")
+    assert isinstance(dev, dict) and dev["rootPlaceId"] == uid + 10**11
+    _, badges = await get(client, f"/badges/v1/universes/{uid}/badges")
+    assert isinstance(badges, dict) and badges["data"] == []
+    _, icons = await get(client, f"/thumbnails/v1/games/icons?universeIds={uid},20000000")
+    assert isinstance(icons, dict) and [d["targetId"] for d in icons["data"]] == [uid]
+
+
+def answer_json(method: str, service: str, url: str, body: bytes = b"") -> list[dict[str, object]]:
+    path, _, query = url.partition("?")
+    pairs = [tuple(p.split("=", 1)) for p in query.split("&") if p]
+    reply = answer(FakeRoblox(), method, service, path, [(k, v) for k, v in pairs], body)
+    data = orjson.loads(reply.body)["data"]
+    assert isinstance(data, list)
+    return data
+
+
+async def test_in_process_answer_is_what_the_server_sends(client: Client) -> None:
+    cases = [
+        ("GET", "users", "/v1/users/2345678", (), b""),
+        ("GET", "users", "/v1/users/4", (), b""),
+        ("POST", "presence", "/v1/presence/users", (), b'{"userIds":[2345671,2345672]}'),
+        ("GET", "thumbnails", "/v1/users/avatar-headshot", (("userIds", "3,1,156,2345678"),), b""),
+    ]
+    fresh = FakeRoblox()
+    for method, service, path, query, body in cases:
+        url = f"/{service}{path}"
+        async with client.request(method, url, params=query, data=body) as resp:
+            raw = await resp.read()
+            status = resp.status
+        expected = answer(fresh, method, service, path, query, body)
+        assert (status, raw) == (expected.status, expected.body), url
+
+
+# -- thumbnails -----------------------------------------------------------------------------------
+async def test_thumbnail_order_is_shuffled_deterministically(client: Client) -> None:
+    ids = list(range(3_000_000, 3_000_030))
+    url = "/thumbnails/v1/users/avatar?size=150x150&userIds=" + ",".join(map(str, ids))
+    _, first = await get(client, url)
+    _, again = await get(client, url)
+    assert isinstance(first, dict) and first == again
+    got = [d["targetId"] for d in first["data"]]
+    assert sorted(got) == ids and got != ids
+    assert first["data"][0]["imageUrl"].endswith("/150/150/Avatar/Png")
+    _, two = await get(client, "/thumbnails/v1/users/avatar-bust?userIds=156,1&size=420x420")
+    assert isinstance(two, dict) and [d["targetId"] for d in two["data"]] == [1, 156]
+    assert two["data"][0]["imageUrl"].endswith("/420/420/AvatarBust/Png")
+    assert (await get(client, "/thumbnails/v1/users/avatar-bust?userIds=1&size=720x720"))[0] == 400
+    assert (await get(client, "/thumbnails/v1/users/avatar?userIds=1&size=30x30"))[0] == 200
+
+
+async def test_thumbnail_batch(client: Client) -> None:
+    items = [
+        {"requestId": "a", "type": "AvatarHeadShot", "targetId": 156, "size": "150x150",
+         "format": "Png", "isCircular": False},
+        {"requestId": "b", "type": "GameIcon", "targetId": 1685831367, "size": "512x512",
+         "format": "webp"},
+        {"requestId": "c", "type": "GroupIcon", "targetId": 7},
+        {"type": "AvatarHeadShot", "targetId": 4, "size": "48x48"},
+        {"requestId": "e", "type": "AvatarBust", "targetId": 2, "size": "48x48"},
+    ]  # fmt: skip
+    status, body = await post(client, "/thumbnails/v1/batch", items)
+    assert status == 200 and isinstance(body, dict)
+    by_id = {d["requestId"]: d for d in body["data"]}
+    assert [d["requestId"] for d in body["data"]] != ["a", "b", "c", None, "e"]
+    assert by_id["a"]["imageUrl"].endswith("/150/150/AvatarHeadshot/Png")
+    assert by_id["a"]["state"] == "Completed" and by_id["a"]["errorCode"] == 0
+    assert by_id["b"]["imageUrl"].endswith("/512/512/Image/Webp")
+    assert by_id["c"]["imageUrl"].endswith("/150/150/Image/Png")
+    assert by_id[None] == {
+        "requestId": None,
+        "errorCode": 0,
+        "errorMessage": "",
+        "targetId": 4,
+        "state": "Error",
+        "imageUrl": None,
+    }
+    assert (by_id["e"]["state"], by_id["e"]["imageUrl"]) == ("Pending", None)  # user 2
+    for bad, code in (
+        ([{"type": "Screenshot", "targetId": 1}], 7),
+        ([{"type": "GroupIcon", "targetId": 7, "size": "48x48"}], 3),
+        ([{"type": "GroupIcon", "targetId": 7, "format": "Jpeg"}], 2),
+        ([{"type": "GroupIcon", "targetId": "7"}], 4),
+        ([{"type": "AvatarHeadShot", "targetId": 1}] * 101, 1),
+    ):
+        status, reply = await post(client, "/thumbnails/v1/batch", bad)
+        assert status == 400 and isinstance(reply, dict), bad
+        assert reply["errors"][0]["code"] == code, bad
+    assert (await post(client, "/thumbnails/v1/batch", {"not": "a list"}))[0] == 400
+    cookie = {"Cookie": f".ROBLOSECURITY={COOKIE}"}  # a documented read: no CSRF token
+    assert (await post(client, "/thumbnails/v1/batch", items[:1], headers=cookie))[0] == 200
+
+
+async def test_scripted_thumbnail_states(client: Client, state: FakeRoblox) -> None:
+    state.script_thumbnail(156, ["Pending", "Pending", "Completed"], "AvatarHeadShot")
+    state.script_thumbnail(7, ["Blocked"])
+    url = "/thumbnails/v1/users/avatar-headshot?userIds=156"
+    seen = []
+    for _ in range(4):
+        _, body = await get(client, url)
+        assert isinstance(body, dict)
+        seen.append((body["data"][0]["state"], body["data"][0]["imageUrl"] is None))
+    assert seen == [
+        ("Pending", True),
+        ("Pending", True),
+        ("Completed", False),
+        ("Completed", False),
+    ]
+    _, other = await get(client, "/thumbnails/v1/users/avatar?userIds=156")  # another type
+    assert isinstance(other, dict) and other["data"][0]["state"] == "Completed"
+    for _ in range(2):  # the last state stays
+        _, icon = await get(client, "/thumbnails/v1/groups/icons?groupIds=7")
+        assert isinstance(icon, dict) and icon["data"][0] == {
+            "targetId": 7,
+            "state": "Blocked",
+            "imageUrl": None,
+        }
+    with pytest.raises(ValueError, match="unknown thumbnail state"):
+        state.script_thumbnail(1, ["Done"])
+    script = {"targetId": 1, "states": ["InReview", "Completed"], "type": "AvatarHeadShot"}
+    assert await post(client, "/_fake/thumbnails", script) == (200, {"ok": True})
+    assert await get(client, "/_fake/thumbnails") == (200, {"scripted": 3})
+    _, body = await get(client, "/thumbnails/v1/users/avatar-headshot?userIds=1")
+    assert isinstance(body, dict) and body["data"][0]["state"] == "InReview"
+    for bad in (
+        {"targetId": 1, "states": ["Nope"]},
+        {"targetId": "1", "states": []},
+        {"targetId": 1, "states": "Pending"},
+        {"targetId": 1, "states": [], "type": "Selfie"},
+    ):
+        assert (await post(client, "/_fake/thumbnails", bad))[0] == 400, bad
+    state.reset()
+    assert state.thumbnail_scripts() == 0
+
+
+# -- per-client-IP rate limit ---------------------------------------------------------------------
+LEGACY_429 = {"errors": [{"code": 4, "message": "Too many requests."}]}
+
+
+@pytest.fixture
+async def limited(aiohttp_server: AiohttpServer, clock: FakeClock) -> tuple[str, FakeRoblox]:
+    """A real fake server limited to 4 requests/s per client IP, on the injected clock."""
+    server = await aiohttp_server(create_fake_app(clock=clock, ip_limit=IpLimit.parse("4/s")))
+    return f"http://127.0.0.1:{server.port}", server.app[FAKE_STATE]
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, **kw: object
+) -> tuple[int, CIMultiDict[str], object]:
+    async with session.get(url, **kw) as resp:  # type: ignore[arg-type]
+        return resp.status, resp.headers.copy(), orjson.loads(await resp.read())
+
+
+async def test_ip_limit_is_a_token_bucket_on_the_clock(
+    limited: tuple[str, FakeRoblox], clock: FakeClock
+) -> None:
+    base, state = limited
+    async with aiohttp.ClientSession() as session:
+        for _ in range(4):
+            assert (await fetch(session, base + "/users/v1/users/1"))[0] == 200
+        status, headers, body = await fetch(session, base + "/users/v1/users/1")
+        assert (status, body) == (429, LEGACY_429)
+        assert not any(k.lower().startswith(("retry-after", "x-ratelimit")) for k in headers)
+        clock.advance(0.24)
+        assert (await fetch(session, base + "/users/v1/users/1"))[0] == 429
+        clock.advance(0.01)  # 0.25 s: one token back
+        assert (await fetch(session, base + "/users/v1/users/1"))[0] == 200
+        assert (await fetch(session, base + "/users/v1/users/1"))[0] == 429
+        clock.advance(60)  # refills to the burst, not beyond
+        statuses = [(await fetch(session, base + "/users/v1/users/1"))[0] for _ in range(5)]
+        assert statuses == [200, 200, 200, 200, 429]
+        _, _, stats = await fetch(session, base + "/_fake/stats")
+    assert stats == {
+        "total": 13,  # refused requests reached the fake: they count as upstream calls
+        "counts": {"GET users /v1/users/1": 13},
+        "statuses": {"200": 9, "429": 4},
+        "limited": 4,
+    }
+    assert state.limited == 4 and state.total == 13
+
+
+async def test_ip_limit_counts_every_connection_of_one_ip(
+    limited: tuple[str, FakeRoblox], clock: FakeClock
+) -> None:
+    base, state = limited
+    sessions = [
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) for _ in range(3)
+    ]
+    other_ip = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0)))
+    try:
+        statuses = []
+        for i in range(6):  # round robin over three pools, a new connection every request
+            statuses.append((await fetch(sessions[i % 3], base + "/users/v1/users/1"))[0])
+        assert statuses == [200] * 4 + [429] * 2
+        # another client IP (the loopback's 127.0.0.2) has a bucket of its own
+        statuses = [(await fetch(other_ip, base + "/users/v1/users/1"))[0] for _ in range(5)]
+        assert statuses == [200] * 4 + [429]
+        assert state.limited == 3
+    finally:
+        for session in (*sessions, other_ip):
+            await session.close()
+
+
+async def test_ip_limit_per_service_and_documented_codes(
+    limited: tuple[str, FakeRoblox], clock: FakeClock
+) -> None:
+    base, state = limited
+    state.ip_limit = IpLimit.parse("1/s", per_service=True)
+    async with aiohttp.ClientSession() as session:
+        assert (await fetch(session, base + "/users/v1/users/1"))[0] == 200
+        assert (await fetch(session, base + "/users/v1/users/1"))[0] == 429
+        assert (await fetch(session, base + "/groups/v1/groups/7"))[0] == 200  # its own bucket
+        assert (await fetch(session, base + "/games/v1/games?universeIds=1685831367"))[0] == 200
+        status, _, body = await fetch(session, base + "/games/v1/games?universeIds=1685831367")
+        assert (status, body) == (
+            429,
+            {"errors": [{"code": 4, "message": "Too many requests have been made."}]},
+        )
+        items = {"items": [{"itemType": 2, "id": 429}]}
+        url = base + "/catalog/v1/catalog/items/details"
+        async with session.post(url, json=items) as resp:
+            assert resp.status == 403  # the CSRF handshake uses the catalog's one token
+        async with session.post(url, json=items) as resp:
+            assert resp.status == 429
+            assert await resp.json() == {
+                "errors": [{"code": 8, "message": "The flood limit has been exceeded."}]
+            }
+        # a refused request consumes no scripted fault
+        state.script("users", "/v1/users/1", [Fault(status=503)])
+        assert (await fetch(session, base + "/users/v1/users/1"))[0] == 429
+        assert state.pending_faults() == 1
+        clock.advance(1)
+        assert (await fetch(session, base + "/users/v1/users/1"))[0] == 503
+        # credentialed 429s are tagged like every other JSON answer
+        status, _, body = await fetch(
+            session, base + "/users/v1/users/1", headers={"x-api-key": "k"}
+        )
+        assert status == 429 and body == {"_fakeViewer": tag("k"), **LEGACY_429}
+    state.ip_limit = None
+    async with aiohttp.ClientSession() as session:
+        statuses = {(await fetch(session, base + "/users/v1/users/1"))[0] for _ in range(10)}
+    assert statuses == {200}
+
+
+async def test_open_cloud_sends_rate_limit_headers(
+    limited: tuple[str, FakeRoblox], clock: FakeClock
+) -> None:
+    base, state = limited
+    state.ip_limit = IpLimit.parse("2/s")
+    key = {"x-api-key": "secret"}
+    async with aiohttp.ClientSession() as session:
+        status, headers, body = await fetch(session, base + "/apis/cloud/v2/users/156", headers=key)
+        assert status == 200 and isinstance(body, dict)
+        assert (body["path"], body["id"], body["name"]) == ("users/156", "156", "builderman")
+        assert headers["x-ratelimit-limit"] == "2, 2;w=1"
+        assert (headers["x-ratelimit-remaining"], headers["x-ratelimit-reset"]) == ("1", "1")
+        assert "retry-after" not in headers
+        status, headers, _ = await fetch(session, base + "/apis/cloud/v2/groups/7", headers=key)
+        assert status == 200 and headers["x-ratelimit-remaining"] == "0"
+        status, headers, body = await fetch(session, base + "/apis/cloud/v2/users/156", headers=key)
+        assert status == 429 and headers["retry-after"] == "1"
+        assert (headers["x-ratelimit-remaining"], headers["x-ratelimit-reset"]) == ("0", "1")
+        assert body == {
+            "_fakeViewer": tag("secret"),
+            "code": "RESOURCE_EXHAUSTED",
+            "message": "Too many requests.",
+        }
+        clock.advance(10)
+        status, headers, body = await fetch(session, base + "/apis/cloud/v2/users/4", headers=key)
+        assert status == 404 and headers["x-ratelimit-remaining"] == "1"
+        assert body == {
+            "_fakeViewer": tag("secret"),
+            "code": "NOT_FOUND",
+            "message": "User not found.",
+        }
+        status, headers, body = await fetch(session, base + "/apis/cloud/v2/users/156")
+        assert (status, body) == (401, {"errors": [{"code": 0, "message": "Invalid API Key"}]})
+        assert "x-ratelimit-limit" in headers
+        # legacy paths of the same host send none
+        status, headers, _ = await fetch(session, base + "/apis/universes/v1/places/1/universe")
+        assert status == 429 and "x-ratelimit-limit" not in headers
+    state.ip_limit = None
+    async with aiohttp.ClientSession() as session:
+        status, headers, _ = await fetch(session, base + "/apis/cloud/v2/users/156", headers=key)
+    assert status == 200 and "x-ratelimit-limit" not in headers
+
+
+@pytest.mark.parametrize(
+    ("text", "rate", "burst", "header"),
+    [
+        ("40/s", 40.0, 40, "40, 40;w=1"),
+        ("40", 40.0, 40, "40, 40;w=1"),
+        ("2400/min", 40.0, 40, "40, 40;w=1"),
+        ("100/10s", 10.0, 10, "10, 10;w=1"),
+        ("30/m", 0.5, 1, "1, 1;w=2"),
+        ("7200/h", 2.0, 2, "2, 2;w=1"),
+    ],
+)
+def test_ip_limit_parse(text: str, rate: float, burst: int, header: str) -> None:
+    limit = IpLimit.parse(text)
+    assert (limit.rate, limit.burst, limit.limit_header()) == (rate, burst, header)
+
+
+def test_ip_limit_parse_errors() -> None:
+    assert IpLimit.parse("20/s", burst=40).limit_header() == "40, 40;w=2"
+    for bad in ("", "x", "40/fortnight", "0/s", "40/0s", "-1/s"):
+        with pytest.raises(ValueError):
+            IpLimit.parse(bad)
+    with pytest.raises(ValueError):
+        IpLimit(40, 0)
+
+
+async def test_ip_limit_control_api(client: Client, state: FakeRoblox) -> None:
+    assert await get(client, "/_fake/ip-limit") == (200, {"rate": None})
+    on = {"rate": 40.0, "burst": 40, "per_service": False}
+    assert await post(client, "/_fake/ip-limit", {"rate": "40/s"}) == (200, on)
+    assert state.ip_limit == IpLimit(40, 40)
+    assert await get(client, "/_fake/ip-limit") == (200, on)
+    wide = {"rate": 2.5, "burst": 10, "per_service": True}
+    assert await post(client, "/_fake/ip-limit", wide) == (200, wide)
+    assert await post(client, "/_fake/ip-limit", {"rate": None}) == (200, {"rate": None})
+    assert state.ip_limit is None
+    for bad in (
+        {"rate": "fast"},
+        {"rate": 0},
+        {"rate": True},
+        {"rate": 40, "burst": 0},
+        {"rate": 40, "burst": 1.5},
+        {"rate": 40, "per_service": "yes"},
+        {"rate": 40, "window": 1},
+    ):
+        status, reply = await post(client, "/_fake/ip-limit", bad)
+        assert status == 400 and isinstance(reply, dict) and "error" in reply, bad
+    assert state.ip_limit is None
+
+
+def test_cli_rejects_a_bad_ip_limit() -> None:
+    for args in (["--ip-limit", "lots"], ["--ip-burst", "5"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "bloxproxy.fake", *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert done.returncode == 2 and "--ip-" in done.stderr, done.stderr
+
+
+async def test_run_fake_with_an_ip_limit() -> None:
+    port = _free_port()
+    task = asyncio.create_task(run_fake("127.0.0.1", port, ip_limit=IpLimit(1, 1)))
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/_fake/ip-limit") as resp:
+                        assert await resp.json() == {"rate": 1.0, "burst": 1, "per_service": False}
                         break
                 except aiohttp.ClientConnectionError:
                     await asyncio.sleep(0.01)

@@ -5,17 +5,25 @@ Every Roblox service is served under one host as ``/{service}/{path}``: ``GET
 are collapsed before matching and literal segments match case-insensitively.  Unknown
 service/path -> 404 ``{"errors":[{"code":0,"message":"NotFound"}]}``.
 
-Per request, in order: record it, take the next scripted fault, sleep ``state.latency``, sleep
-the fault's ``delay``, answer the fault (or normally), then -- for JSON object answers to a
-request carrying a credential (non-empty ``.ROBLOSECURITY`` cookie, ``x-api-key`` or
-``Authorization``) -- add ``"_fakeViewer": <first 16 hex of sha256(credential)>``.  That
-includes error bodies and ``status`` faults; verbatim fault bodies (``malformed_json``,
-``body``, ``body_size``) are left untouched.
+Per request, in order: record it; charge it to the per-client-IP limit when one is set
+(``state.ip_limit``; refused -> the endpoint's 429, no scripted fault consumed); take the
+next scripted fault; sleep ``state.latency``; sleep the fault's ``delay``; answer the fault
+(or normally); then -- for JSON object answers to a request carrying a credential (non-empty
+``.ROBLOSECURITY`` cookie, ``x-api-key`` or ``Authorization``) -- add ``"_fakeViewer": <first
+16 hex of sha256(credential)>``.  That includes error bodies and ``status`` faults; verbatim
+fault bodies (``malformed_json``, ``body``, ``body_size``) are left untouched.  Answers on
+Open Cloud paths (``apis`` ``/cloud/...``) carry ``x-ratelimit-limit``/``-remaining``/
+``-reset`` while a limit is set, and ``retry-after`` on its 429; legacy 429s carry neither.
 
-CSRF (PROTOCOL.md): POST/PATCH/PUT/DELETE with a non-empty ``.ROBLOSECURITY`` cookie (and
-catalog items/details always) need ``X-CSRF-TOKEN: state.csrf_token(cookie)``; otherwise 403
-"Token Validation Failed" with the valid token in the ``x-csrf-token`` response header.
-POST users /v1/users, /v1/usernames/users and presence /v1/presence/users are exempt.
+CSRF (the X-CSRF-TOKEN handshake Roblox documents on its mutating endpoints): POST/PATCH/
+PUT/DELETE with a non-empty ``.ROBLOSECURITY`` cookie (and catalog items/details always)
+need ``X-CSRF-TOKEN: state.csrf_token(cookie)``; otherwise 403 "Token Validation Failed" with
+the valid token in the ``x-csrf-token`` response header.  The documented reads POST users
+/v1/users, /v1/usernames/users, presence /v1/presence/users and thumbnails /v1/batch are
+exempt.
+
+:func:`answer` computes the normal answer to a request in-process (what a direct call with
+no limit or fault gets), for load generators that check what a proxy returned.
 """
 
 from __future__ import annotations
@@ -26,17 +34,27 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from aiohttp import web
 
-from .common import NOT_FOUND, TOKEN_FAILED_BODY, Ctx, Reply, Route, is_digits
+from .common import NOT_FOUND, RATE_LIMITED, TOKEN_FAILED_BODY, Ctx, Reply, Route, is_digits
 from .control import handle_control
 from .faults import JSON_CT, Fault, extra_headers, fault_response
+from .limits import IpLimit, Verdict
+from .routes_cloud import CLOUD_RATE_LIMITED
+from .routes_cloud import ROUTES as CLOUD_ROUTES
 from .routes_content import ROUTES as CONTENT_ROUTES
 from .routes_media import ROUTES as MEDIA_ROUTES
+from .routes_thumbnails import ROUTES as THUMBNAIL_ROUTES
 from .routes_users import ROUTES as USER_ROUTES
 from .state import DEFAULT_LOG_LIMIT, FakeRoblox, Recorded, viewer_tag
 
 FAKE_STATE: web.AppKey[FakeRoblox] = web.AppKey("FAKE_STATE", FakeRoblox)
 
-ALL_ROUTES: tuple[Route, ...] = (*USER_ROUTES, *CONTENT_ROUTES, *MEDIA_ROUTES)
+ALL_ROUTES: tuple[Route, ...] = (
+    *USER_ROUTES,
+    *CONTENT_ROUTES,
+    *MEDIA_ROUTES,
+    *THUMBNAIL_ROUTES,
+    *CLOUD_ROUTES,
+)
 MUTATING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 _BASE_HEADERS = {"Content-Type": JSON_CT, "Cache-Control": "no-cache"}
 
@@ -93,25 +111,61 @@ def roblosecurity(cookie_headers: Iterable[str]) -> str | None:
 
 def _answer(
     state: FakeRoblox,
+    found: tuple[Route, dict[str, int]] | None,
     method: str,
-    service: str,
-    segments: list[str],
-    request: web.Request,
+    query_items: Iterable[tuple[str, str]],
     body: bytes,
     cookie: str | None,
+    api_key: str | None,
+    csrf_header: str | None,
 ) -> Reply:
-    found = ROUTER.match(service, method, segments)
     if found is None:
         return NOT_FOUND
     route, params = found
     if route.csrf == "always" or (route.csrf == "auto" and cookie and method in MUTATING):
         expected = state.csrf_token(cookie)
-        if request.headers.get("X-CSRF-TOKEN") != expected:
+        if csrf_header != expected:
             return Reply(403, TOKEN_FAILED_BODY, {"x-csrf-token": expected})
     query: dict[str, str] = {}
-    for key, value in request.query.items():
+    for key, value in query_items:
         query.setdefault(key.lower(), value)
-    return route.handler(Ctx(state, method, params, query, body, cookie))
+    return route.handler(Ctx(state, method, params, query, body, cookie, api_key))
+
+
+def answer(
+    state: FakeRoblox,
+    method: str,
+    service: str,
+    path: str,
+    query: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    *,
+    cookie: str | None = None,
+    api_key: str | None = None,
+    csrf_token: str | None = None,
+) -> Reply:
+    """The fake's normal answer to ``method /{service}{path}?query`` computed in-process:
+    no recording, rate limit, fault, latency or ``_fakeViewer`` tag.  Thumbnail states
+    scripted on ``state`` are consumed as by a real request."""
+    segments = [s for s in path.split("/") if s]
+    found = ROUTER.match(service.lower(), method.upper(), segments)
+    return _answer(state, found, method.upper(), query, body, cookie, api_key, csrf_token)
+
+
+def _is_cloud(service: str, segments: list[str]) -> bool:
+    return service == "apis" and bool(segments) and segments[0].lower() == "cloud"
+
+
+def _rate_headers(limit: IpLimit, verdict: Verdict) -> dict[str, str]:
+    """Open Cloud's rate-limit headers for one answer."""
+    headers = {
+        "x-ratelimit-limit": limit.limit_header(),
+        "x-ratelimit-remaining": str(verdict.remaining),
+        "x-ratelimit-reset": str(verdict.reset),
+    }
+    if not verdict.allowed:
+        headers["retry-after"] = str(verdict.retry_after)
+    return headers
 
 
 async def _reset_mid_body(
@@ -141,11 +195,18 @@ def _make_handler(state: FakeRoblox) -> Callable[[web.Request], Awaitable[web.St
         headers = {k.lower(): v for k, v in request.headers.items()}
         query = tuple(request.query.items())
         state.record(Recorded(method, service, path, query, headers, body, raw_path, state.clock()))
-        fault: Fault | None = state.take_fault(method, service, path)
+        found = ROUTER.match(service, method, segments)
+        limit = state.ip_limit
+        verdict = state.take_token(request.remote or "", service)
+        refused = verdict is not None and not verdict.allowed
+        cloud = _is_cloud(service, segments)
+        rate = _rate_headers(limit, verdict) if cloud and limit and verdict else {}
+        fault: Fault | None = None if refused else state.take_fault(method, service, path)
         if state.latency > 0:
             await asyncio.sleep(state.latency)
         cookie = roblosecurity(request.headers.getall("Cookie", ()))
-        credential = cookie or headers.get("x-api-key") or headers.get("authorization")
+        api_key = headers.get("x-api-key") or headers.get("authorization") or None
+        credential = cookie or api_key
         tag = viewer_tag(credential).encode() if credential else None
         if fault is not None:
             if fault.delay > 0:
@@ -157,8 +218,15 @@ def _make_handler(state: FakeRoblox) -> Callable[[web.Request], Awaitable[web.St
             if not fault.reset_mid_body:
                 special = fault_response(fault, tag)
                 if special is not None:
+                    special.headers.update(rate)
+                    state.note_status(special.status)
                     return special
-        reply = _answer(state, method, service, segments, request, body, cookie)
+        if refused:
+            route_429 = found[0].too_many if found is not None else None
+            reply = route_429 or (CLOUD_RATE_LIMITED if cloud else RATE_LIMITED)
+        else:
+            csrf = request.headers.get("X-CSRF-TOKEN")
+            reply = _answer(state, found, method, query, body, cookie, api_key, csrf)
         out = reply.body
         if tag is not None and out[:1] == b"{":
             rest = b"}" if out == b"{}" else b"," + out[1:]
@@ -166,6 +234,8 @@ def _make_handler(state: FakeRoblox) -> Callable[[web.Request], Awaitable[web.St
         resp_headers = dict(_BASE_HEADERS)
         if reply.headers:
             resp_headers.update(reply.headers)
+        resp_headers.update(rate)
+        state.note_status(reply.status)
         if fault is not None:
             resp_headers.update(extra_headers(fault))
             if fault.reset_mid_body:
@@ -180,22 +250,26 @@ def create_fake_app(
     latency: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
     log_limit: int = DEFAULT_LOG_LIMIT,
+    ip_limit: IpLimit | None = None,
 ) -> web.Application:
     """Build the fake Roblox app; its :class:`FakeRoblox` state is ``app[FAKE_STATE]``.
 
-    ``clock`` timestamps recorded requests and drives CSRF expiry (``state.csrf_ttl``);
-    ``log_limit`` bounds ``state.requests`` (counters are unbounded).
+    ``clock`` timestamps recorded requests, drives CSRF expiry (``state.csrf_ttl``) and
+    refills the per-client-IP limit ``ip_limit`` (None = off; ``state.ip_limit`` changes
+    it later); ``log_limit`` bounds ``state.requests`` (counters are unbounded).
     """
     app = web.Application()
-    state = FakeRoblox(latency=latency, clock=clock, log_limit=log_limit)
+    state = FakeRoblox(latency=latency, clock=clock, log_limit=log_limit, ip_limit=ip_limit)
     app[FAKE_STATE] = state
     app.router.add_route("*", "/{tail:.*}", _make_handler(state))
     return app
 
 
-async def run_fake(host: str, port: int, latency: float = 0.0) -> None:
+async def run_fake(
+    host: str, port: int, latency: float = 0.0, *, ip_limit: IpLimit | None = None
+) -> None:
     """Serve the fake on ``host:port`` until cancelled (no per-request access log)."""
-    runner = web.AppRunner(create_fake_app(latency=latency), access_log=None)
+    runner = web.AppRunner(create_fake_app(latency=latency, ip_limit=ip_limit), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()

@@ -35,6 +35,7 @@ class Ctx:
     query: dict[str, str]  # first value per query name; names lower-cased (ASP.NET style)
     body: bytes
     cookie: str | None  # non-empty .ROBLOSECURITY value, else None
+    api_key: str | None = None  # non-empty x-api-key or Authorization header, else None
 
 
 Handler = Callable[[Ctx], Reply]
@@ -45,13 +46,17 @@ CsrfPolicy = Literal["auto", "exempt", "always"]
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """One Roblox endpoint: ``{name}`` segments in ``pattern`` match digits only."""
+    """One Roblox endpoint: ``{name}`` segments in ``pattern`` match digits only.
+
+    ``too_many`` is the endpoint's documented 429 answer, sent when the per-client-IP limit
+    refuses a request (default :data:`RATE_LIMITED`)."""
 
     service: str
     method: str
     pattern: str
     handler: Handler
     csrf: CsrfPolicy = "auto"
+    too_many: Reply | None = None
 
 
 def ok(obj: object) -> Reply:
@@ -69,6 +74,9 @@ def error(status: int, code: int, message: str, user_facing: bool = True) -> Rep
 
 
 NOT_FOUND = error(404, 0, "NotFound", False)
+# The legacy 429 (users search documents "4: Too many requests."); no userFacingMessage, as
+# in the fake's scripted 429 faults.
+RATE_LIMITED = error(429, 4, "Too many requests.", False)
 UNAUTHORIZED = error(401, 0, "Authorization has been denied for this request.", False)
 TOKEN_FAILED_BODY = orjson.dumps({"errors": [{"code": 0, "message": "Token Validation Failed"}]})
 # guesses: the catalog documents no code for these

@@ -1,7 +1,14 @@
 """HTTP control API of the fake, under the reserved ``/_fake/`` prefix.
 
-* ``GET  /_fake/stats``    -> ``{"total": N, "counts": {"GET users /v1/users/1": n, ...}}``
-* ``POST /_fake/reset``    -> clears log, counters and scripted faults
+* ``GET  /_fake/stats``    -> ``{"total": N, "counts": {"GET users /v1/users/1": n, ...},
+  "statuses": {"200": n, "429": n, ...}, "limited": N}`` (``limited``: 429s given by the
+  per-client-IP limit; ``statuses``: every answer sent, scripted ones included)
+* ``POST /_fake/reset``    -> clears log, counters, scripted faults and thumbnail states,
+  refills the rate-limit buckets
+* ``GET|POST /_fake/ip-limit`` ``{"rate": 40 | "40/s" | "2400/min" | null, "burst"?: 40,
+  "per_service"?: false}`` -> the limit now in force (``{"rate": null}`` = off)
+* ``GET|POST /_fake/thumbnails`` ``{"targetId": 2, "states": ["Pending", "Completed"],
+  "type"?: "AvatarHeadShot"}`` -> ``{"ok": true}``; ``GET`` -> ``{"scripted": n}``
 * ``GET|POST /_fake/latency`` ``{"seconds": 0.02}`` -> ``{"seconds": ...}``
 * ``POST /_fake/faults``   ``{"service","path","method"?,"faults":[{...Fault fields...}]}``
   (``{}`` or ``{"status": 200}`` = normal answer); ``GET`` -> ``{"pending": n}``
@@ -16,6 +23,8 @@ import orjson
 from aiohttp import web
 
 from .faults import JSON_CT, Fault
+from .limits import IpLimit
+from .routes_thumbnails import THUMBNAIL_TYPES
 from .state import FakeRoblox
 
 
@@ -69,6 +78,60 @@ async def _faults(request: web.Request, state: FakeRoblox) -> web.Response:
     return _json({"ok": True, "queued": len(faults)})
 
 
+def _limit_json(state: FakeRoblox) -> dict[str, object]:
+    limit = state.ip_limit
+    return {"rate": None} if limit is None else limit.to_json()
+
+
+async def _ip_limit(request: web.Request, state: FakeRoblox) -> web.Response:
+    if request.method == "GET":
+        return _json(_limit_json(state))
+    body = await _read_object(request)
+    if body is None:
+        return _bad('expected {"rate": <requests/s or "40/s">, "burst"?: n, "per_service"?: b}')
+    unknown = sorted(set(body) - {"rate", "burst", "per_service"})
+    if unknown:
+        return _bad(f"unknown key(s) {unknown}; allowed: rate, burst, per_service")
+    rate, burst, per_service = body.get("rate"), body.get("burst"), body.get("per_service", False)
+    if not isinstance(per_service, bool):
+        return _bad(f"'per_service' must be true or false, not {per_service!r}")
+    if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)):
+        return _bad(f"'burst' must be an integer >= 1, not {burst!r}")
+    try:
+        if rate is None:
+            limit = None
+        elif isinstance(rate, str):
+            limit = IpLimit.parse(rate, burst=burst, per_service=per_service)
+        elif isinstance(rate, int | float) and not isinstance(rate, bool):
+            limit = IpLimit.per_second(rate, burst=burst, per_service=per_service)
+        else:
+            return _bad(f"'rate' must be a number, a string like '40/s' or null, not {rate!r}")
+    except ValueError as exc:
+        return _bad(str(exc))
+    state.ip_limit = limit
+    return _json(_limit_json(state))
+
+
+async def _thumbnails(request: web.Request, state: FakeRoblox) -> web.Response:
+    if request.method == "GET":
+        return _json({"scripted": state.thumbnail_scripts()})
+    body = await _read_object(request)
+    if body is None:
+        return _bad('expected {"targetId": n, "states": [...], "type"?: "AvatarHeadShot"}')
+    target, states, kind = body.get("targetId"), body.get("states"), body.get("type")
+    if isinstance(target, bool) or not isinstance(target, int):
+        return _bad(f"'targetId' must be an integer, not {target!r}")
+    if not isinstance(states, list) or not all(isinstance(s, str) for s in states):
+        return _bad("'states' must be a list of thumbnail states such as 'Pending'")
+    if kind is not None and kind not in THUMBNAIL_TYPES:
+        return _bad(f"'type' must be one of {sorted(THUMBNAIL_TYPES)} or null, not {kind!r}")
+    try:
+        state.script_thumbnail(target, states, kind)
+    except ValueError as exc:
+        return _bad(str(exc))
+    return _json({"ok": True})
+
+
 def _requests(request: web.Request, state: FakeRoblox) -> web.Response:
     raw_limit = request.query.get("limit", "100")
     if not (raw_limit.isascii() and raw_limit.isdigit()):
@@ -96,6 +159,8 @@ _METHODS = {
     "latency": ("GET", "POST"),
     "faults": ("GET", "POST"),
     "requests": ("GET",),
+    "ip-limit": ("GET", "POST"),
+    "thumbnails": ("GET", "POST"),
 }
 
 
@@ -107,7 +172,15 @@ async def handle_control(request: web.Request, state: FakeRoblox, name: str) -> 
     if request.method not in allowed:
         return _json({"error": f"use {' or '.join(allowed)}"}, 405)
     if name == "stats":
-        return _json({"total": state.total, "counts": state.counts()})
+        statuses = {str(k): v for k, v in sorted(state.statuses().items())}
+        return _json(
+            {
+                "total": state.total,
+                "counts": state.counts(),
+                "statuses": statuses,
+                "limited": state.limited,
+            }
+        )
     if name == "reset":
         state.reset()
         return _json({"ok": True})
@@ -115,4 +188,8 @@ async def handle_control(request: web.Request, state: FakeRoblox, name: str) -> 
         return await _latency(request, state)
     if name == "faults":
         return await _faults(request, state)
+    if name == "ip-limit":
+        return await _ip_limit(request, state)
+    if name == "thumbnails":
+        return await _thumbnails(request, state)
     return _requests(request, state)

@@ -1,16 +1,27 @@
-"""Fixture data for the fake Roblox upstream: users, friends and groups.
+"""Fixture data for the fake Roblox upstream: users, friends, presence and groups.
 
-Everything here is plain, deterministic data (no randomness).  Values copied from the
-catalog samples (``/work/shared/roblox/endpoints.yaml``) are marked *sample*; everything
-else is a plausible fixture value chosen for the fake and marked *guess*.
+Everything here is plain, deterministic data (no randomness).  Values copied from public
+samples (Roblox answers recorded in github.com/MaximumADHD/Roblox-Client-Tracker's
+GraphqlHttpArtifacts, captures in wrapper docs such as openblox's JSDoc examples) are marked
+*sample*; everything else is a plausible fixture value chosen for the fake and marked
+*guess*.
 
 Games and badges live in :mod:`bloxproxy.fake.data_content`; assets, catalog items and
 avatars in :mod:`bloxproxy.fake.data_market`.
 
-Synthetic users: every id in ``SYNTHETIC_MIN..SYNTHETIC_MAX`` (1,000,000 - 9,999,999) exists
-with name and displayName ``f"User{id}"``, a fixed creation date, no friends/followers and an
-offline presence, so benchmarks can use thousands of distinct ids.  User id 4 does not exist
-(the catalog's documented 404 example).
+Synthetic populations, computed on demand (never stored), so benchmarks can use millions of
+distinct ids:
+
+* users ``SYNTHETIC_MIN..SYNTHETIC_MAX`` (1,000,000 - 9,999,999): name and displayName
+  ``User<id>`` (``POST /v1/usernames/users`` finds ``user1000123`` -> 1000123, any case), a
+  fixed creation date, no friends or followers; presence by the id's last digit (1: Online
+  on the website, 2: InGame in RoCamping, otherwise Offline); ids ending in 999 are banned
+  (``isBanned: true``, left out by ``excludeBannedUsers``); every one has thumbnails.
+* groups ``SYNTHETIC_GROUP_MIN..SYNTHETIC_GROUP_MAX`` (20,000,000 - 29,999,999):
+  ``Group<id>``, no owner (``owner: null``, as Roblox shows abandoned groups), no members,
+  the three standard roles.
+
+User id 4 does not exist (the catalog's documented 404 example).
 """
 
 from __future__ import annotations
@@ -20,6 +31,9 @@ from dataclasses import dataclass
 SYNTHETIC_MIN = 1_000_000
 SYNTHETIC_MAX = 9_999_999
 SYNTHETIC_CREATED = "2015-06-01T00:00:00Z"  # guess: fixed date for every synthetic user
+SYNTHETIC_GROUP_MIN = 20_000_000
+SYNTHETIC_GROUP_MAX = 29_999_999
+SYNTHETIC_GROUP_CREATED = "2016-03-01T00:00:00Z"  # guess
 
 #: The user whose avatar headshot is always ``Pending`` with ``imageUrl: null``.
 PENDING_THUMBNAIL_USER_ID = 2
@@ -44,6 +58,7 @@ class User:
     description: str = ""
     verified: bool = False
     previous_names: tuple[str, ...] = ()  # username history, oldest first
+    banned: bool = False
 
 
 def _u(uid: int, name: str, display: str | None = None, created: str = "") -> User:
@@ -93,7 +108,7 @@ def find_user(uid: int) -> User | None:
     user = NAMED_USERS.get(uid)
     if user is None and SYNTHETIC_MIN <= uid <= SYNTHETIC_MAX:
         name = f"User{uid}"
-        user = User(uid, name, name, SYNTHETIC_CREATED)
+        user = User(uid, name, name, SYNTHETIC_CREATED, banned=uid % 1000 == 999)
     return user
 
 
@@ -128,17 +143,30 @@ SOCIAL_COUNTS: dict[int, tuple[int, int, int]] = {
 FRIENDS: dict[int, range] = {45348281: range(3_000_000, 3_000_047)}
 
 # presence overrides (guess): builderman online on the website, MightyPart in RoCamping.
-PRESENCE: dict[int, dict[str, object]] = {
-    156: {"userPresenceType": 1, "lastLocation": "Website"},
-    45348281: {
-        "userPresenceType": 2,
-        "lastLocation": "RoCamping",
-        "placeId": 4922741943,
-        "rootPlaceId": 4922741943,
-        "gameId": "0d082876-876f-4e00-90d7-91d4f9c8f5fb",
-        "universeId": 1685831367,
-    },
+_ONLINE: dict[str, object] = {"userPresenceType": 1, "lastLocation": "Website"}
+_IN_ROCAMPING: dict[str, object] = {
+    "userPresenceType": 2,
+    "lastLocation": "RoCamping",
+    "placeId": 4922741943,
+    "rootPlaceId": 4922741943,
+    "gameId": "0d082876-876f-4e00-90d7-91d4f9c8f5fb",
+    "universeId": 1685831367,
 }
+PRESENCE: dict[int, dict[str, object]] = {156: _ONLINE, 45348281: _IN_ROCAMPING}
+
+
+def presence_of(uid: int) -> dict[str, object]:
+    """The fields of a user's presence that differ from Offline (named or synthetic)."""
+    found = PRESENCE.get(uid)
+    if found is not None:
+        return found
+    if SYNTHETIC_MIN <= uid <= SYNTHETIC_MAX:
+        digit = uid % 10
+        if digit == 1:
+            return _ONLINE
+        if digit == 2:
+            return _IN_ROCAMPING
+    return {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +186,7 @@ class Group:
     id: int
     name: str
     description: str
-    owner_id: int
+    owner_id: int | None  # None: an ownerless (abandoned) group
     created: str
     roles: tuple[Role, ...]
     members: tuple[tuple[int, Role], ...]
@@ -195,6 +223,21 @@ GROUPS: dict[int, Group] = {
         ((45348281, _MPG_OWNER), *((uid, _MPG_MEMBER) for uid in range(2_000_000, 2_000_101))),
     ),
 }
+
+
+def find_group(gid: int) -> Group | None:
+    """The group with this id (named or synthetic), or None."""
+    group = GROUPS.get(gid)
+    if group is None and SYNTHETIC_GROUP_MIN <= gid <= SYNTHETIC_GROUP_MAX:
+        base = 4 * gid  # guess: role ids unique per synthetic group
+        roles = (
+            Role(base + 1, "Guest", 0, "A non-group member."),
+            Role(base + 2, "Member", 1, "A regular group member."),
+            Role(base + 3, "Owner", 255, "The group's owner."),
+        )
+        group = Group(gid, f"Group{gid}", "", None, SYNTHETIC_GROUP_CREATED, roles, ())
+    return group
+
 
 # user id -> [(group id, role)] for /v1/users/{userId}/groups/roles
 MEMBERSHIPS: dict[int, list[tuple[int, Role]]] = {}

@@ -2,11 +2,21 @@
 
 Values copied from the catalog samples are marked *sample*; the rest are plausible fixture
 values (*guess*).  Response dicts are in the exact (camelCase or PascalCase) shape Roblox sends.
+
+Synthetic universes, computed on demand: every id in
+``SYNTHETIC_UNIVERSE_MIN..SYNTHETIC_UNIVERSE_MAX`` (10,000,000 - 19,999,999) is a public game
+``Game<id>`` made by a synthetic user, whose root place is ``id + SYNTHETIC_PLACE_OFFSET``;
+it has votes, an icon and a develop record, no game passes and no badges.
 """
 
 from __future__ import annotations
 
+from .data import SYNTHETIC_MAX, SYNTHETIC_MIN
+
 JsonObj = dict[str, object]
+SYNTHETIC_UNIVERSE_MIN = 10_000_000
+SYNTHETIC_UNIVERSE_MAX = 19_999_999
+SYNTHETIC_PLACE_OFFSET = 100_000_000_000  # guess: root place id = universe id + this
 
 ROCAMPING_UNIVERSE, ROCAMPING_PLACE = 1685831367, 4922741943
 SELFIE_UNIVERSE, SELFIE_PLACE = 3531439676, 9468764549
@@ -234,3 +244,105 @@ UNIVERSE_BADGES: dict[int, list[int]] = {
 }
 # user id -> badge ids (guess); every other existing user has none
 USER_BADGES: dict[int, list[int]] = {45348281: list(range(2124533401, 2124533406))}
+
+
+# -- synthetic universes ------------------------------------------------------------------------
+_SYNTHETIC_CREATED, _SYNTHETIC_UPDATED = "2019-01-01T00:00:00Z", "2024-01-01T00:00:00Z"  # guess
+
+
+def _synthetic(uid: int) -> bool:
+    return SYNTHETIC_UNIVERSE_MIN <= uid <= SYNTHETIC_UNIVERSE_MAX
+
+
+def _creator_of(uid: int) -> int:
+    """The synthetic user who made synthetic universe ``uid``."""
+    return SYNTHETIC_MIN + (uid - SYNTHETIC_UNIVERSE_MIN) % (SYNTHETIC_MAX - SYNTHETIC_MIN + 1)
+
+
+def _visits(uid: int) -> int:
+    return (uid * 7919) % 10_000_000
+
+
+def universe_exists(uid: int) -> bool:
+    """Whether ``games/v1/games`` knows the universe (named or synthetic)."""
+    return uid in GAMES or _synthetic(uid)
+
+
+def find_game(uid: int) -> JsonObj | None:
+    """The ``games/v1/games`` entry of a universe, or None."""
+    game = GAMES.get(uid)
+    if game is not None or not _synthetic(uid):
+        return game
+    creator = _creator_of(uid)
+    visits = _visits(uid)
+    name = f"Game{uid}"
+    return {
+        "id": uid,
+        "rootPlaceId": uid + SYNTHETIC_PLACE_OFFSET,
+        "name": name,
+        "description": "",
+        "sourceName": name,
+        "sourceDescription": "",
+        "creator": {
+            "id": creator,
+            "name": f"User{creator}",
+            "type": "User",
+            "isRNVAccount": False,
+            "hasVerifiedBadge": False,
+        },
+        "price": None,
+        "allowedGearGenres": ["All"],
+        "allowedGearCategories": [],
+        "isGenreEnforced": False,
+        "copyingAllowed": False,
+        "playing": uid % 50,
+        "visits": visits,
+        "maxPlayers": 10 + uid % 40,
+        "created": _SYNTHETIC_CREATED,
+        "updated": _SYNTHETIC_UPDATED,
+        "studioAccessToApisAllowed": False,
+        "createVipServersAllowed": False,
+        "universeAvatarType": "MorphToR15",
+        "genre": "All",
+        "isAllGenre": True,
+        "isFavoritedByUser": False,
+        "favoritedCount": visits // 50,
+    }
+
+
+def find_votes(uid: int) -> tuple[int, int] | None:
+    """(upVotes, downVotes) of a universe, or None."""
+    votes = VOTES.get(uid)
+    if votes is None and _synthetic(uid):
+        votes = (_visits(uid) // 100, _visits(uid) // 1000)
+    return votes
+
+
+def find_develop_universe(uid: int) -> JsonObj | None:
+    """The ``develop/v1/universes/{id}`` record of a universe, or None."""
+    found = DEVELOP_UNIVERSES.get(uid)
+    if found is not None or not _synthetic(uid):
+        return found
+    creator = _creator_of(uid)
+    return {
+        "id": uid,
+        "name": f"Game{uid}",
+        "description": "",
+        "isArchived": False,
+        "rootPlaceId": uid + SYNTHETIC_PLACE_OFFSET,
+        "isActive": True,
+        "privacyType": "Public",
+        "creatorType": "User",
+        "creatorTargetId": creator,
+        "creatorName": f"User{creator}",
+        "created": _SYNTHETIC_CREATED,
+        "updated": _SYNTHETIC_UPDATED,
+    }
+
+
+def universe_of_place(place_id: int) -> int | None:
+    """The universe of a place (named or a synthetic root place), or None."""
+    found = PLACES.get(place_id)
+    if found is None and _synthetic(place_id - SYNTHETIC_PLACE_OFFSET):
+        found = place_id - SYNTHETIC_PLACE_OFFSET
+    return found

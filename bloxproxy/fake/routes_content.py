@@ -1,4 +1,12 @@
-"""Fake groups, games, universes (apis), badges and develop endpoints."""
+"""Fake groups, games, universes (apis), badges and develop endpoints.
+
+Batch caps (official OpenAPI unless marked): games ``/v1/games?universeIds=`` at most 50
+("Cannot exceed a maximum of 50 IDs."; 400 code 9), games votes 100 (openblox JSDoc),
+groups ``/v2/groups?groupIds=`` 100 (guess: only code 2 "Too many ids in request." is
+documented).  Unknown ids are left out of batch answers.  Synthetic groups and universes
+(see :mod:`bloxproxy.fake.data` and :mod:`bloxproxy.fake.data_content`) answer everywhere
+their named twins do.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +23,17 @@ from .common import (
     ok,
     paginate,
 )
-from .data import GROUPS, MEMBERSHIPS, Group, Role, find_user, user_exists
+from .data import GROUPS, MEMBERSHIPS, Group, Role, find_group, find_user, user_exists
 from .data_content import (
     BADGES,
-    DEVELOP_UNIVERSES,
     GAME_PASSES,
-    GAMES,
-    PLACES,
     UNIVERSE_BADGES,
     USER_BADGES,
-    VOTES,
+    find_develop_universe,
+    find_game,
+    find_votes,
+    universe_exists,
+    universe_of_place,
 )
 
 GROUP_INVALID = error(400, 1, "Group is invalid or does not exist.")
@@ -35,6 +44,7 @@ GROUPS_TOO_MANY = error(400, 2, "Too many ids in request.")
 GROUPS_UNPARSABLE = error(400, 3, "Ids could not be parsed from request.")
 NO_UNIVERSES = error(400, 8, "No universe IDs were specified.")  # recorded message for code 8
 TOO_MANY_UNIVERSES = error(400, 9, "Too many universe IDs were requested.")
+GAMES_RATE_LIMITED = error(429, 4, "Too many requests have been made.", False)
 BADGE_INVALID = error(404, 1, "Badge is invalid or does not exist.")
 GAME_INVALID = error(404, 3, "The game is invalid or does not exist.")
 BADGE_BAD_CURSOR = error(
@@ -66,7 +76,7 @@ def _group_info(group: Group) -> JsonObj:
         "id": group.id,
         "name": group.name,
         "description": group.description,
-        "owner": _member_user(group.owner_id),
+        "owner": None if group.owner_id is None else _member_user(group.owner_id),
         "shout": None,
         "memberCount": len(group.members),
         "isBuildersClubOnly": False,
@@ -85,13 +95,17 @@ _GROUP_MEMBERS = {
 
 def group_info(ctx: Ctx) -> Reply:
     """GET groups /v1/groups/{groupId}."""
-    cached = _GROUP_INFO_BYTES.get(ctx.params["groupId"])
-    return GROUP_INVALID if cached is None else Reply(200, cached)
+    gid = ctx.params["groupId"]
+    cached = _GROUP_INFO_BYTES.get(gid)
+    if cached is not None:
+        return Reply(200, cached)
+    group = find_group(gid)
+    return GROUP_INVALID if group is None else ok(_group_info(group))
 
 
 def group_roles(ctx: Ctx) -> Reply:
     """GET groups /v1/groups/{groupId}/roles."""
-    group = GROUPS.get(ctx.params["groupId"])
+    group = find_group(ctx.params["groupId"])
     if group is None:
         return THE_GROUP_INVALID
     roles = [
@@ -112,7 +126,9 @@ def group_members(ctx: Ctx) -> Reply:
     gid = ctx.params["groupId"]
     members = _GROUP_MEMBERS.get(gid)
     if members is None:
-        return THE_GROUP_INVALID
+        if find_group(gid) is None:
+            return THE_GROUP_INVALID
+        members = ()
     return paginate(ctx, members, f"groupId:{gid}", bad_cursor=GROUP_BAD_CURSOR)
 
 
@@ -137,14 +153,15 @@ def groups_v2(ctx: Ctx) -> Reply:
         return GROUPS_TOO_MANY
     data: list[JsonObj] = []
     for gid in dict.fromkeys(ids):
-        group = GROUPS.get(gid)
+        group = find_group(gid)
         if group is not None:
+            owner = None if group.owner_id is None else {"id": group.owner_id, "type": "User"}
             data.append(
                 {
                     "id": group.id,
                     "name": group.name,
                     "description": group.description,
-                    "owner": {"id": group.owner_id, "type": "User"},
+                    "owner": owner,
                     "created": group.created,
                     "hasVerifiedBadge": False,
                 }
@@ -166,7 +183,7 @@ def games(ctx: Ctx) -> Reply:
     ids = _universe_ids(ctx, 50)
     if isinstance(ids, Reply):
         return ids
-    return ok({"data": [GAMES[uid] for uid in ids if uid in GAMES]})
+    return ok({"data": [game for game in map(find_game, ids) if game is not None]})
 
 
 def votes(ctx: Ctx) -> Reply:
@@ -174,11 +191,11 @@ def votes(ctx: Ctx) -> Reply:
     ids = _universe_ids(ctx, MAX_VOTE_IDS)
     if isinstance(ids, Reply):
         return ids
-    data = [
-        {"id": uid, "upVotes": VOTES[uid][0], "downVotes": VOTES[uid][1]}
-        for uid in ids
-        if uid in VOTES
-    ]
+    data: list[JsonObj] = []
+    for uid in ids:
+        found = find_votes(uid)
+        if found is not None:
+            data.append({"id": uid, "upVotes": found[0], "downVotes": found[1]})
     return ok({"data": data})
 
 
@@ -190,7 +207,7 @@ def game_passes(ctx: Ctx) -> Reply:
 
 def place_universe(ctx: Ctx) -> Reply:
     """GET apis /universes/v1/places/{placeId}/universe -> ``{"universeId": N|null}``."""
-    return ok({"universeId": PLACES.get(ctx.params["placeId"])})
+    return ok({"universeId": universe_of_place(ctx.params["placeId"])})
 
 
 def badge_info(ctx: Ctx) -> Reply:
@@ -207,7 +224,9 @@ def universe_badges(ctx: Ctx) -> Reply:
     uid = ctx.params["universeId"]
     ids = UNIVERSE_BADGES.get(uid)
     if ids is None:
-        return GAME_INVALID
+        if not universe_exists(uid):
+            return GAME_INVALID
+        ids = []
     sort_by = _SORT_BY.get(ctx.query.get("sortby", "rank").lower())
     if sort_by is None:
         return BAD_REQUEST
@@ -229,7 +248,7 @@ def user_badges(ctx: Ctx) -> Reply:
 
 def develop_universe(ctx: Ctx) -> Reply:
     """GET develop /v1/universes/{universeId}."""
-    universe = DEVELOP_UNIVERSES.get(ctx.params["universeId"])
+    universe = find_develop_universe(ctx.params["universeId"])
     return UNIVERSE_INVALID if universe is None else ok(universe)
 
 
@@ -239,7 +258,7 @@ ROUTES = [
     Route("groups", "GET", "/v1/groups/{groupId}/users", group_members),
     Route("groups", "GET", "/v1/users/{userId}/groups/roles", user_group_roles),
     Route("groups", "GET", "/v2/groups", groups_v2),
-    Route("games", "GET", "/v1/games", games),
+    Route("games", "GET", "/v1/games", games, too_many=GAMES_RATE_LIMITED),
     Route("games", "GET", "/v1/games/votes", votes),
     Route("games", "GET", "/v1/games/{universeId}/game-passes", game_passes),
     Route("apis", "GET", "/universes/v1/places/{placeId}/universe", place_universe),

@@ -1,4 +1,14 @@
-"""Fake users, friends and presence endpoints (users/friends/presence.roblox.com)."""
+"""Fake users, friends and presence endpoints (users/friends/presence.roblox.com).
+
+Batch caps: ``POST users /v1/users`` ``{"userIds":[...],"excludeBannedUsers":bool}`` at most
+200 ids (official schema ``MultiGetByUserIdRequest``, ``maxItems`` 200; 400 code 1 "Too many
+ids."); ``POST users /v1/usernames/users`` at most 100 names (the number clients chunk at;
+400 code 2 "Too many usernames." is documented), case-insensitive, previous names too, each
+match echoing ``requestedUsername``; ``POST presence /v1/presence/users`` at most 50 ids (400
+code 2 "Too many User Ids being sent in the request.", reported in github.com/fekie/roboat
+PR #73).  Unknown ids and names are left out; duplicates answered once.  The three POSTs are
+documented reads and need no CSRF token.
+"""
 
 from __future__ import annotations
 
@@ -23,13 +33,13 @@ from .common import (
 from .data import (
     FRIENDS,
     NAMED_USERS,
-    PRESENCE,
     SOCIAL_COUNTS,
     SYNTHETIC_MAX,
     SYNTHETIC_MIN,
     User,
     find_user,
     find_user_by_name,
+    presence_of,
     search_users,
     user_exists,
 )
@@ -50,7 +60,7 @@ def _profile(u: User) -> JsonObj:
     return {
         "description": u.description,
         "created": u.created,
-        "isBanned": False,
+        "isBanned": u.banned,
         "externalAppDisplayName": None,
         "hasVerifiedBadge": u.verified,
         "id": u.id,
@@ -87,30 +97,45 @@ def get_user(ctx: Ctx) -> Reply:
     return USER_INVALID if user is None else ok(_profile(user))
 
 
+MAX_USER_IDS = 200
+MAX_USERNAMES = 100
+MAX_PRESENCE_IDS = 50
+
+
+def _exclude_banned(body: JsonObj) -> bool | None:
+    value = body.get("excludeBannedUsers", False)
+    return value if isinstance(value, bool) else None
+
+
 def users_by_ids(ctx: Ctx) -> Reply:
     """POST /v1/users ``{"userIds":[...],"excludeBannedUsers":bool}``; unknown ids omitted."""
     body = json_body(ctx)
     ids = None if body is None else int_list(body.get("userIds", []))
-    if ids is None:
+    exclude = None if body is None else _exclude_banned(body)
+    if ids is None or exclude is None:
         return BAD_REQUEST
-    if len(ids) > 200:
+    if len(ids) > MAX_USER_IDS:
         return TOO_MANY_IDS
     users = (find_user(uid) for uid in dict.fromkeys(ids))
-    return ok({"data": [_brief(u) for u in users if u is not None]})
+    return ok({"data": [_brief(u) for u in users if u is not None and not (exclude and u.banned)]})
 
 
 def users_by_names(ctx: Ctx) -> Reply:
-    """POST /v1/usernames/users; case-insensitive, also matches previous usernames."""
+    """POST /v1/usernames/users ``{"usernames":[...],"excludeBannedUsers":bool}``;
+    case-insensitive, also matches previous usernames."""
     body = json_body(ctx)
     names = None if body is None else body.get("usernames", [])
+    exclude = None if body is None else _exclude_banned(body)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return BAD_REQUEST
-    if len(names) > 100:
+    if exclude is None:
+        return BAD_REQUEST
+    if len(names) > MAX_USERNAMES:
         return TOO_MANY_NAMES
     data: list[JsonObj] = []
-    for name in names:
+    for name in dict.fromkeys(names):
         user = find_user_by_name(name)
-        if user is not None:
+        if user is not None and not (exclude and user.banned):
             data.append({"requestedUsername": name, **_brief(user)})
     return ok({"data": data})
 
@@ -222,7 +247,7 @@ def presence(ctx: Ctx) -> Reply:
     ids = None if body is None else int_list(body.get("userIds", []))
     if ids is None:
         return BAD_REQUEST
-    if len(ids) > 50:
+    if len(ids) > MAX_PRESENCE_IDS:
         return TOO_MANY_PRESENCE
     data: list[JsonObj] = []
     for uid in dict.fromkeys(ids):
@@ -235,7 +260,7 @@ def presence(ctx: Ctx) -> Reply:
                 "gameId": None,
                 "universeId": None,
             }
-            entry.update(PRESENCE.get(uid, {}))
+            entry.update(presence_of(uid))
             entry["userId"] = uid
             data.append(entry)
     return ok({"userPresences": data})

@@ -1,4 +1,5 @@
-"""Mutable state of a fake Roblox upstream: request log, counters, latency, faults, CSRF."""
+"""Mutable state of a fake Roblox upstream: request log, counters, latency, faults, CSRF,
+the per-client-IP rate limit and scripted thumbnail states."""
 
 from __future__ import annotations
 
@@ -12,10 +13,18 @@ from dataclasses import dataclass
 
 from .data import PENDING_THUMBNAIL_USER_ID
 from .faults import Fault
+from .limits import IpLimit, IpLimiter, Verdict
 
 #: Default number of requests kept in :attr:`FakeRoblox.requests` (about 1 KB each; the
 #: counters are unbounded).
 DEFAULT_LOG_LIMIT = 20_000
+
+#: Thumbnail states Roblox answers: Completed, Pending and Blocked (noblox.js typings), plus
+#: Error, InReview, Moderated (ro.py ``ThumbnailState``) and TemporarilyUnavailable (typed
+#: Roblox clients).  Every state but Completed comes with ``imageUrl: null`` in the fake.
+THUMBNAIL_STATES = frozenset(
+    {"Completed", "Pending", "Blocked", "Error", "InReview", "Moderated", "TemporarilyUnavailable"}
+)
 
 
 def normalize_path(path: str) -> str:
@@ -45,8 +54,9 @@ class Recorded:
 class FakeRoblox:
     """State shared by the fake's handlers; usable in-process by tests.
 
-    ``clock`` timestamps :class:`Recorded` entries and drives CSRF token expiry
-    (``csrf_ttl`` seconds, None = tokens never expire).
+    ``clock`` timestamps :class:`Recorded` entries, drives CSRF token expiry (``csrf_ttl``
+    seconds, None = tokens never expire) and refills the per-client-IP rate limit
+    (``ip_limit``, None = off; see :mod:`bloxproxy.fake.limits`).
     """
 
     def __init__(
@@ -56,11 +66,12 @@ class FakeRoblox:
         clock: Callable[[], float] = time.monotonic,
         log_limit: int = DEFAULT_LOG_LIMIT,
         csrf_secret: bytes = b"bloxproxy-fake-roblox",
+        ip_limit: IpLimit | None = None,
     ) -> None:
         self.latency: float = latency
         self.clock = clock
         self.csrf_ttl: float | None = None
-        #: User ids whose avatar headshot is ``Pending`` (imageUrl null).
+        #: User ids whose avatar thumbnails (headshot, full, bust) are ``Pending``.
         self.pending_thumbnails: set[int] = {PENDING_THUMBNAIL_USER_ID}
         self._secret = csrf_secret
         self._csrf_epoch = 0
@@ -68,6 +79,11 @@ class FakeRoblox:
         self._counts: dict[tuple[str, str, str], int] = {}
         self._total = 0
         self._faults: dict[tuple[str | None, str, str], deque[Fault]] = {}
+        self._statuses: dict[int, int] = {}
+        self._limited = 0
+        self._limiter: IpLimiter | None = None
+        self.ip_limit = ip_limit
+        self._thumbnail_scripts: dict[tuple[str | None, int], deque[str]] = {}
 
     # -- request log and counters -------------------------------------------------------------
     def record(self, entry: Recorded) -> None:
@@ -99,12 +115,52 @@ class FakeRoblox:
         """All counters as ``{"GET users /v1/users/1": n, ...}``."""
         return {f"{m} {s} {p}": n for (m, s, p), n in self._counts.items()}
 
+    def note_status(self, status: int) -> None:
+        """Count an answer's status (called by the app for every answer it sends)."""
+        self._statuses[status] = self._statuses.get(status, 0) + 1
+
+    def statuses(self) -> dict[int, int]:
+        """Answers sent per status since the last reset (dropped connections not included)."""
+        return dict(self._statuses)
+
+    @property
+    def limited(self) -> int:
+        """Requests refused with 429 by the per-client-IP limit since the last reset."""
+        return self._limited
+
     def reset(self) -> None:
-        """Clear the request log, the counters and all scripted faults (latency is kept)."""
+        """Clear the request log, the counters, all scripted faults and thumbnail states, and
+        refill the rate-limit buckets (latency and the ``ip_limit`` setting are kept)."""
         self._log.clear()
         self._counts.clear()
         self._total = 0
         self._faults.clear()
+        self._statuses.clear()
+        self._limited = 0
+        self._thumbnail_scripts.clear()
+        if self._limiter is not None:
+            self._limiter.clear()
+
+    # -- per-client-IP rate limit -------------------------------------------------------------
+    @property
+    def ip_limit(self) -> IpLimit | None:
+        """The per-client-IP limit (None = off, the default).  Setting it refills the buckets."""
+        return None if self._limiter is None else self._limiter.limit
+
+    @ip_limit.setter
+    def ip_limit(self, limit: IpLimit | None) -> None:
+        # through self.clock at call time, so a test may swap the clock after setting a limit
+        self._limiter = None if limit is None else IpLimiter(limit, lambda: self.clock())
+
+    def take_token(self, ip: str, service: str) -> Verdict | None:
+        """Charge one request from ``ip`` to ``service`` to the limit (None when it is off);
+        a refused request is counted in :attr:`limited`."""
+        if self._limiter is None:
+            return None
+        verdict = self._limiter.take(ip, service)
+        if not verdict.allowed:
+            self._limited += 1
+        return verdict
 
     # -- scripted faults ----------------------------------------------------------------------
     def script(
@@ -135,6 +191,45 @@ class FakeRoblox:
     def pending_faults(self) -> int:
         """Number of scripted faults not consumed yet."""
         return sum(len(q) for q in self._faults.values())
+
+    # -- thumbnail states ---------------------------------------------------------------------
+    def script_thumbnail(
+        self, target_id: int, states: Iterable[str], thumbnail_type: str | None = None
+    ) -> None:
+        """Answer ``target_id``'s thumbnails with ``states`` in turn, one per appearance in an
+        answer; the last state then stays (``["Pending", "Completed"]``: Pending once, then
+        Completed).  ``thumbnail_type`` (a ``POST /v1/batch`` type such as ``AvatarHeadShot``
+        or ``GameIcon``) limits the script to one kind; None = every kind.  An empty list
+        removes the script."""
+        queue = deque(states)
+        bad = sorted(set(queue) - THUMBNAIL_STATES)
+        if bad:
+            raise ValueError(f"unknown thumbnail state(s) {bad}; use {sorted(THUMBNAIL_STATES)}")
+        key = (thumbnail_type, target_id)
+        if queue:
+            self._thumbnail_scripts[key] = queue
+        else:
+            self._thumbnail_scripts.pop(key, None)
+
+    def thumbnail_state(self, thumbnail_type: str, target_id: int, user: bool = False) -> str:
+        """The state of one thumbnail in an answer being built (consumes a scripted state).
+        Unscripted: Pending for users in :attr:`pending_thumbnails` (``user`` kinds), else
+        Completed."""
+        if self._thumbnail_scripts:
+            for key in ((thumbnail_type, target_id), (None, target_id)):
+                queue = self._thumbnail_scripts.get(key)
+                if queue:
+                    state = queue[0]
+                    if len(queue) > 1:
+                        queue.popleft()
+                    return state
+        if user and target_id in self.pending_thumbnails:
+            return "Pending"
+        return "Completed"
+
+    def thumbnail_scripts(self) -> int:
+        """Number of thumbnail scripts in place."""
+        return len(self._thumbnail_scripts)
 
     # -- CSRF ---------------------------------------------------------------------------------
     def csrf_token(self, cookie: str | None) -> str:
