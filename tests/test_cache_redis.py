@@ -231,6 +231,7 @@ async def test_redis_down_at_start(
     assert "redis" in found[0].getMessage()
 
 
+@pytest.mark.redis  # starts its own redis-server
 async def test_redis_down_at_start_then_up(
     make_proxy: ProxyFactory, fake: FakeRoblox, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -260,6 +261,7 @@ async def test_redis_down_at_start_then_up(
         server.stop()
 
 
+@pytest.mark.redis  # starts its own redis-server
 async def test_redis_killed_mid_run_then_back(
     make_proxy: ProxyFactory, fake: FakeRoblox, caplog: pytest.LogCaptureFixture
 ) -> None:
