@@ -584,15 +584,7 @@ def _shown_default(default: object) -> str:
     """A default as written in YAML, in a Markdown code span."""
     if isinstance(default, tuple) and len(default) > 6:
         return f"{len(default)} Roblox services (see `DEFAULT_SERVICES`)"
-    if isinstance(default, bool):
-        text = "true" if default else "false"
-    elif isinstance(default, tuple):
-        text = "[" + ", ".join(default) + "]"
-    elif default == "":
-        text = '""'
-    else:
-        text = str(default)
-    return f"`{text}`"
+    return schema.shown_default(default)
 
 
 if __name__ == "__main__":
