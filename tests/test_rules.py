@@ -1,5 +1,5 @@
 """Tests for bloxproxy.rules: the shipped rule files, every validation error, compilation,
-and docs/RULES.md staying in step with the rule vocabulary."""
+and the worked examples of docs/RULES.md."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bloxproxy import normalize, rules
+from bloxproxy import normalize, rule_fields, rules
 from bloxproxy.config import DEFAULT_SERVICES
 from bloxproxy.errors import ConfigError
 from bloxproxy.rules import CacheCondition, Route, RuleSet, load_rules, match_condition
@@ -127,7 +127,7 @@ def test_shipped_routes_match_through_the_router(shipped: RuleSet) -> None:
 
 
 def test_shipped_batch_routes_respect_roblox_limits(shipped: RuleSet) -> None:
-    # users by id <= 200, games?universeIds= <= 50, presence <= 50 (DESIGN.md)
+    # Roblox's batch limits: users by id <= 200, games?universeIds= <= 50, presence <= 50
     limits = {"/v1/users": 200, "/v1/universes": 50, "/v1/presence": 50}
     for endpoint, most in limits.items():
         (ids,) = [p for p in route(shipped, endpoint).query_params if p.name == "ids"]
@@ -444,7 +444,7 @@ def test_file_level_tags_and_cache_false(tmp_path: Path) -> None:
     ],
 )
 def test_when_path(text: str, expected: tuple[str | int, ...]) -> None:
-    assert rules._when_path_reader(text) == expected
+    assert rule_fields.when_path(text) == expected
 
 
 def test_order_by_follows_the_only_list_param(tmp_path: Path) -> None:
@@ -1081,6 +1081,17 @@ ERRORS = [
         [(5, "backend.path: required, e.g. /v1/users/{user_id}")],
         id="missing-backend-path",
     ),
+    pytest.param(
+        """\
+        service: users
+        routes:
+          - endpoint: /v1/users
+            backend:
+              path: 5
+        """,
+        [(5, "backend.path: expected a path template like /v1/users/{user_id}, got 5")],
+        id="backend-path-not-a-string",
+    ),
     *[
         pytest.param(
             f"""\
@@ -1561,6 +1572,22 @@ ERRORS = [
         ],
         id="bad-doc-fields",
     ),
+    pytest.param(
+        # every key is read, so a route whose backend fails still reports its other keys
+        """\
+        service: users
+        routes:
+          - endpoint: /v1/users
+            summary: [a]
+            cache: {ttl: soon}
+        """,
+        [
+            (3, "backend: required (the upstream request)"),
+            (4, "summary: expected a string, got ['a']"),
+            (5, "cache.ttl: expected a duration like '30s', '500ms' or '5m', got 'soon'"),
+        ],
+        id="independent-keys-beside-a-failed-backend",
+    ),
     # --- duplicates across routes ---
     pytest.param(
         """\
@@ -1733,49 +1760,8 @@ def test_rule_files_expands_directories_sorted(tmp_path: Path) -> None:
     ]
 
 
-# --- docs/RULES.md stays in step with the vocabulary ----------------------------------------
-
-KEY_CONSTANTS = [
-    "FILE_KEYS",
-    "ROUTE_KEYS",
-    "PARAM_KEYS",
-    "BACKEND_KEYS",
-    "RESPONSE_KEYS",
-    "PAGINATION_KEYS",
-    "CACHE_KEYS",
-    "WHEN_KEYS",
-    "LIMITS_KEYS",
-]
-
-
-def documented_keys(constant: str) -> list[str]:
-    """The keys of the table under the docs/RULES.md heading that names ``constant``."""
-    text = (ROOT / "docs" / "RULES.md").read_text(encoding="utf-8")
-    heading = re.search(rf"^#+ .*`{constant}`.*$", text, re.MULTILINE)
-    assert heading is not None, f"docs/RULES.md has no heading naming `{constant}`"
-    keys: list[str] = []
-    in_table = False
-    for line in text[heading.end() :].splitlines()[1:]:
-        if line.startswith("|"):
-            in_table = True
-            cell = line.split("|")[1].strip()
-            match = re.fullmatch(r"`([a-z_]+)`", cell)
-            if match:
-                keys.append(match.group(1))
-        elif in_table or line.startswith("#"):
-            break
-    return keys
-
-
-@pytest.mark.parametrize("constant", KEY_CONSTANTS)
-def test_rules_md_documents_every_key(constant: str) -> None:
-    keys = documented_keys(constant)
-    assert sorted(keys) == sorted(getattr(rules, constant))
-    assert len(keys) == len(set(keys))
-
-
-def test_key_constants_are_all_listed() -> None:
-    assert sorted(KEY_CONSTANTS) == sorted(n for n in dir(rules) if n.endswith("_KEYS"))
+# --- docs/RULES.md ---------------------------------------------------------------------------
+# (its key tables are generated from bloxproxy/rule_fields.py: tests/test_docs.py)
 
 
 def test_rules_md_worked_examples_are_shipped_routes(shipped: RuleSet) -> None:
