@@ -35,7 +35,7 @@ from .middlewares import REQUEST_ID_HEADER
 from .observe import AccessLog, Metrics
 from .proxy import Proxy
 from .ratelimit import RedisBuckets
-from .rules import RuleSet, load_rules
+from .rules import RuleSet, load_configured
 from .upstream import Upstream, create_session
 
 CONFIG = web.AppKey("config", Config)
@@ -93,7 +93,7 @@ def create_app(
     )
     app = web.Application(client_max_size=config.server.max_body_size)
     app[CONFIG] = config
-    app[RULES] = rules if rules is not None else load_rules(config.rule_paths())
+    app[RULES] = rules if rules is not None else load_configured(config)
     app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
     app[METRICS] = metrics
     app[FRONT] = front

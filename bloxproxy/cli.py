@@ -123,6 +123,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     _config, rules = loaded
+    for override in rules.overrides:  # a notice, not a problem: the user's rule wins
+        print(override)
     print(
         f"ok: config {args.config or '<defaults>'}, {len(rules.routes)} routes "
         f"from {len(rules.files)} rule file(s)"

@@ -142,8 +142,10 @@ ROUTE = Block(
         Key(
             "id",
             "Stable route id, `[a-z0-9_.-]+` (convention: `family.name`, e.g. `users.get`), "
-            "unique across all files. Used by `POST /_bloxproxy/admin/purge` "
-            '(`{"route": "users.get"}`) and as the OpenAPI operation id.',
+            "unique across all files, except that a route in your own files (`rules.paths`) "
+            "with a shipped route's id replaces that route. Used by "
+            '`POST /_bloxproxy/admin/purge` (`{"route": "users.get"}`) and as the OpenAPI '
+            "operation id.",
             route_id,
             shown='`"GET <endpoint>"`',
         ),

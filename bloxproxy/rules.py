@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from . import normalize, rule_fields, schema
 from .errors import ConfigError, Problem
@@ -40,6 +40,9 @@ from .rule_fields import (
 )
 from .templates import PathTemplate, QueryTemplate, Renderer, TemplateError, compile_body
 from .yamlsrc import MarkedDict, MarkedList, Where, load_file
+
+if TYPE_CHECKING:
+    from .config import Config
 
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
@@ -120,6 +123,18 @@ class Route:
     file: str
 
 
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A route of the user's rule files that replaces the shipped route with its id."""
+
+    route_id: str
+    where: Where  # the user's route
+    shipped: Where  # the shipped route it replaces
+
+    def __str__(self) -> str:
+        return f"{self.where}: overrides shipped rule {self.route_id} ({self.shipped})"
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """All routes of all rule files, with the router built from them."""
@@ -127,6 +142,7 @@ class RuleSet:
     routes: tuple[Route, ...]
     router: Router[Route] = field(repr=False)
     files: tuple[str, ...] = ()
+    overrides: tuple[Override, ...] = ()  # shipped routes replaced by the user's
 
     def by_id(self, route_id: str) -> Route | None:
         return next((r for r in self.routes if r.id == route_id), None)
@@ -143,19 +159,33 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def load_rules(paths: Iterable[Path]) -> RuleSet:
-    """Load and compile every rule file; raise one ConfigError listing every problem."""
+def load_configured(config: Config) -> RuleSet:
+    """The rules a config names: the shipped ones (unless ``rules.shipped: false``) and,
+    beside them, the files of ``rules.paths``."""
+    return load_rules(config.user_rule_paths(), shipped=config.shipped_rule_paths())
+
+
+def load_rules(paths: Iterable[Path], shipped: Iterable[Path] = ()) -> RuleSet:
+    """Load and compile the rule files of ``paths`` beside those of ``shipped`` (the rules
+    that come with bloxproxy); raise one ConfigError listing every problem.
+
+    A route of ``paths`` whose id is a shipped route's replaces that route (listed in
+    :attr:`RuleSet.overrides`); every other clash (one id twice among the user's files, one
+    endpoint for two ids) is a problem. A file named in both is loaded once, as shipped.
+    """
     problems: list[Problem] = []
-    routes: list[Route] = []
-    paths = list(paths)
-    files = rule_files(paths)
-    for path in files:
-        try:
-            data = load_file(str(path), display_name=_display(path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        routes.extend(_load_file(data, _display(path), problems))
+    paths, shipped = list(paths), list(shipped)
+    shipped_files = rule_files(shipped)
+    known = {f.resolve() for f in shipped_files}
+    user_files = [f for f in rule_files(paths) if f.resolve() not in known]
+    shipped_routes = _load_files(shipped_files, problems)
+    user_routes = _load_files(user_files, problems)
+    replacing = {r.id: r for r in reversed(user_routes)}  # the first of each id
+    overrides = tuple(
+        Override(r.id, replacing[r.id].where, r.where) for r in shipped_routes if r.id in replacing
+    )
+    kept = [r for r in shipped_routes if r.id not in replacing]
+    routes = [*kept, *user_routes]
     router: Router[Route] = Router()
     seen_ids: dict[str, Route] = {}
     added: list[Route] = []
@@ -172,15 +202,37 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
         except DuplicateRoute as exc:
             other = next((r for r in added if _clashes(r, route)), None)
             see = f" (see {other.where})" if other is not None else ""
+            if (
+                other is not None
+                and other.endpoint == route.endpoint
+                and any(other is k for k in kept)
+            ):
+                see = (
+                    f" (see {other.where}: the shipped route {other.id}; "
+                    f"give this route id: {other.id} to replace it)"
+                )
             problems.append(Problem(route.where, f"endpoint: {exc}{see}"))
         else:
             added.append(route)
+    files = [*shipped_files, *user_files]
     if not files:
-        where = ", ".join(str(p) for p in paths) or "rules"
+        where = ", ".join(str(p) for p in [*shipped, *paths]) or "rules"
         problems.append(Problem(Where(where, 0), "no rule files found"))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))
-    return RuleSet(tuple(routes), router, tuple(str(f) for f in files))
+    return RuleSet(tuple(routes), router, tuple(str(f) for f in files), overrides)
+
+
+def _load_files(files: Iterable[Path], problems: list[Problem]) -> list[Route]:
+    routes: list[Route] = []
+    for path in files:
+        try:
+            data = load_file(str(path), display_name=_display(path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        routes.extend(_load_file(data, _display(path), problems))
+    return routes
 
 
 def _clashes(a: Route, b: Route) -> bool:

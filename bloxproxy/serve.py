@@ -37,7 +37,7 @@ from . import config as config_mod
 from .config import Config
 from .errors import ConfigError, Problem
 from .middlewares import use_problem_errors
-from .rules import RuleSet, load_rules, rule_files
+from .rules import RuleSet, load_configured, rule_files
 
 log = logging.getLogger("bloxproxy")
 
@@ -79,7 +79,7 @@ def load_all(path: str | None, env: dict[str, str] | None = None) -> tuple[Confi
         problems.extend(exc.problems)
     rules: RuleSet | None = None
     try:
-        rules = load_rules((config or config_mod.salvage_rule_paths(path, env)).rule_paths())
+        rules = load_configured(config or config_mod.salvage_rule_paths(path, env))
     except ConfigError as exc:
         problems.extend(exc.problems)
     if problems or config is None or rules is None:
@@ -173,7 +173,13 @@ def reload_app(app: web.Application, path: str | None, overrides: Overrides) -> 
         len(rules.files),
         extra={"event": "reloaded"},
     )
+    log_overrides(rules)
     return True
+
+
+def log_overrides(rules: RuleSet) -> None:
+    for override in rules.overrides:
+        log.info("rules: %s", override, extra={"event": "rule_override"})
 
 
 def watched_files(config: Config, path: str | None) -> list[Path]:
@@ -254,6 +260,7 @@ async def serve(
         len(rules.routes),
         os.getpid(),
     )
+    log_overrides(rules)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

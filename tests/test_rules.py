@@ -98,7 +98,7 @@ def test_shipped_clean_route_exists(shipped: RuleSet, endpoint: str) -> None:
 
 def test_shipped_rules_cover_more_than_ten_services(shipped: RuleSet) -> None:
     services = {r.backend.service for r in shipped.routes}
-    assert services == {
+    assert services >= {
         "apis", "avatar", "badges", "develop", "economy", "friends", "games", "groups",
         "presence", "thumbnails", "users",
     }  # fmt: skip
@@ -109,11 +109,13 @@ def test_shipped_rules_cover_more_than_ten_services(shipped: RuleSet) -> None:
 
 def test_shipped_routes_are_documented(shipped: RuleSet) -> None:
     for r in shipped.routes:
-        assert r.summary, r.id
-        assert r.tags, r.id
-        assert re.fullmatch(r"[a-z]+\.[a-z_]+", r.id), r.id
+        assert r.summary, f"{r.where}: {r.id}: give the route a summary"
+        assert r.tags, f"{r.where}: {r.id}: give the route (or its file) tags"
+        assert re.fullmatch(r"[a-z]+\.[a-z_]+", r.id), (
+            f"{r.where}: {r.id}: use an id like users.get"
+        )
         for p in r.path_params:
-            assert p.example is not None, (r.id, p.name)
+            assert p.example is not None, f"{r.where}: {r.id}: give params.{p.name} an example"
 
 
 def test_shipped_routes_match_through_the_router(shipped: RuleSet) -> None:
@@ -1758,6 +1760,119 @@ def test_rule_files_expands_directories_sorted(tmp_path: Path) -> None:
         tmp_path / "d.yaml",
         single,
     ]
+
+
+# --- the user's rules beside the shipped ones ----------------------------------------------
+
+SHIPPED_LIKE = """\
+service: users
+routes:
+  - id: users.get
+    endpoint: /v1/users/{user_id}
+    params: {user_id: {type: int}}
+    backend: {path: "/v1/users/{user_id}"}
+  - id: users.batch
+    endpoint: /v1/users
+    backend: {path: /v1/users}
+"""
+
+
+@pytest.fixture
+def shipped_dir(in_tmp: Path) -> Path:
+    (in_tmp / "shipped").mkdir()
+    write(in_tmp / "shipped", SHIPPED_LIKE, "users.yaml")
+    (in_tmp / "mine").mkdir()
+    return in_tmp / "shipped"
+
+
+def test_a_user_rule_with_a_shipped_id_replaces_it(shipped_dir: Path, in_tmp: Path) -> None:
+    write(
+        in_tmp / "mine",
+        """\
+        # my users.get: another endpoint and a longer TTL
+        service: users
+        routes:
+          - id: users.get
+            endpoint: /v1/people/{user_id}
+            params: {user_id: {type: int}}
+            backend: {path: "/v1/users/{user_id}"}
+            cache: {ttl: 1h}
+          - id: mine.extra
+            endpoint: /v1/extra
+            backend: {path: /v1/extra}
+        """,
+        "users.yaml",
+    )
+    rs = load_rules([in_tmp / "mine"], shipped=[shipped_dir])
+    assert [r.id for r in rs.routes] == ["users.batch", "users.get", "mine.extra"]
+    mine = rs.by_id("users.get")
+    assert mine is not None and (mine.endpoint, mine.cache.ttl) == ("/v1/people/{user_id}", 3600.0)
+    assert rs.router.match("GET", "/v1/users/1")[0] is None  # the shipped one is gone
+    assert [str(o) for o in rs.overrides] == [
+        "mine/users.yaml:4: overrides shipped rule users.get (shipped/users.yaml:3)"
+    ]
+    assert rs.files == (str(shipped_dir / "users.yaml"), str(in_tmp / "mine" / "users.yaml"))
+
+
+def test_user_rules_without_clashes_add_routes(shipped_dir: Path, in_tmp: Path) -> None:
+    text = "service: users\nroutes:\n  - {id: x.y, endpoint: /v1/y, backend: {path: /y}}\n"
+    write(in_tmp / "mine", text, "y.yaml")
+    rs = load_rules([in_tmp / "mine"], shipped=[shipped_dir])
+    assert [r.id for r in rs.routes] == ["users.get", "users.batch", "x.y"]
+    assert rs.overrides == ()
+    # no file of one's own (an empty directory) is no problem beside the shipped rules
+    (in_tmp / "empty").mkdir()
+    assert len(load_rules([in_tmp / "empty"], shipped=[shipped_dir]).routes) == 2
+
+
+def test_two_user_files_with_one_id_are_an_error(shipped_dir: Path, in_tmp: Path) -> None:
+    route = "routes:\n  - {id: users.get, endpoint: /v1/%s, backend: {path: /x}}\n"
+    write(in_tmp / "mine", "service: users\n" + route % "a", "a.yaml")
+    write(in_tmp / "mine", "service: users\n" + route % "b", "b.yaml")
+    assert problems_of_sets([in_tmp / "mine"], [shipped_dir]) == [
+        "mine/b.yaml:3: id: 'users.get' is already used at mine/a.yaml:3"
+    ]
+
+
+def test_a_user_endpoint_clashing_with_a_shipped_one_is_an_error(
+    shipped_dir: Path, in_tmp: Path
+) -> None:
+    write(
+        in_tmp / "mine",
+        "service: users\nroutes:\n  - {id: mine.users, endpoint: /v1/users, backend: {path: /x}}\n",
+        "m.yaml",
+    )
+    assert problems_of_sets([in_tmp / "mine"], [shipped_dir]) == [
+        "mine/m.yaml:3: endpoint: GET /v1/users is defined twice (see shipped/users.yaml:7: "
+        "the shipped route users.batch; give this route id: users.batch to replace it)"
+    ]
+
+
+def test_a_file_named_in_both_sets_is_loaded_once_as_shipped(shipped_dir: Path) -> None:
+    rs = load_rules([shipped_dir, shipped_dir / "users.yaml"], shipped=[shipped_dir])
+    assert (len(rs.routes), rs.overrides, rs.files) == (2, (), (str(shipped_dir / "users.yaml"),))
+
+
+def test_problems_of_shipped_and_user_files_are_all_reported(
+    shipped_dir: Path, in_tmp: Path
+) -> None:
+    write(shipped_dir, "service: users\nroutes: 5\n", "broken.yaml")
+    write(in_tmp / "mine", "service: users\nservce: x\nroutes: []\n", "m.yaml")
+    assert problems_of_sets([in_tmp / "mine"], [shipped_dir]) == [
+        "mine/m.yaml:2: servce: unknown key (allowed: routes, service, tags)",
+        "shipped/broken.yaml:2: routes: expected a list of routes",
+    ]
+
+
+def test_no_rule_files_in_either_set(in_tmp: Path) -> None:
+    (in_tmp / "none").mkdir()
+    assert problems_of_sets([], [in_tmp / "none"]) == [f"{in_tmp / 'none'}: no rule files found"]
+
+
+def problems_of_sets(paths: list[Path], shipped: list[Path]) -> list[str]:
+    with pytest.raises(ConfigError) as exc_info:
+        load_rules(paths, shipped=shipped)
+    return [str(p) for p in exc_info.value.problems]
 
 
 # --- docs/RULES.md ---------------------------------------------------------------------------
