@@ -348,7 +348,8 @@ def _tune_gc() -> None:
 
 
 def _use_uvloop() -> None:
-    """uvloop when installed (+15 % on the hit path here, PERF-NOTES); asyncio otherwise."""
+    """uvloop when installed (hits x 1.17, misses x 1.12: bench/RESULTS.md, case 8); asyncio
+    otherwise."""
     if os.environ.get("BLOXPROXY_NO_UVLOOP"):
         return
     with contextlib.suppress(ImportError):
