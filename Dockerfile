@@ -12,8 +12,9 @@
 # Mount points (see README "Running in a container or as a sidecar"):
 #   /etc/bloxproxy/config.yaml  the config read at start ($BLOXPROXY_CONFIG); the image holds
 #                               the repository's config.yaml, which is the defaults
-#   /etc/bloxproxy/rules        your rule files; read when BLOXPROXY_RULES_PATHS=/etc/bloxproxy/rules
-#                               is set, otherwise the rules packaged with bloxproxy are used
+#   /etc/bloxproxy/rules        your own rule files; with BLOXPROXY_RULES_PATHS=/etc/bloxproxy/rules
+#                               they are loaded beside the rules packaged with bloxproxy (same id:
+#                               yours replaces the packaged one)
 # The health check reads BLOXPROXY_SERVER_PORT: change the port with that variable.
 #
 # tests/test_deploy.py checks this file and runs its entrypoint in a virtual environment built

@@ -33,8 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--body", action="append", required=True, metavar="PATH=FILE",
-                   help="answer GET PATH with the bytes of FILE (repeatable)")
+    p.add_argument(
+        "--body",
+        action="append",
+        required=True,
+        metavar="PATH=FILE",
+        help="answer GET PATH with the bytes of FILE (repeatable)",
+    )
     p.add_argument("--content-type", default="application/json; charset=utf-8")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
@@ -46,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def make_app(bodies: dict[str, bytes], content_type: str) -> web.Application:
     app = web.Application()
     for path, body in bodies.items():
+
         async def handler(request: web.Request, body: bytes = body) -> web.Response:
             return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -53,8 +59,9 @@ def make_app(bodies: dict[str, bytes], content_type: str) -> web.Application:
     return app
 
 
-def make_raw_handler(bodies: dict[str, bytes], content_type: str) -> Callable[
-        [web.BaseRequest], Awaitable[web.StreamResponse]]:
+def make_raw_handler(
+    bodies: dict[str, bytes], content_type: str
+) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
     from email.utils import formatdate
 
     from aiohttp.http import SERVER_SOFTWARE
@@ -70,9 +77,11 @@ def make_raw_handler(bodies: dict[str, bytes], content_type: str) -> Callable[
         now = int(time.time())
         second, head = heads.get(request.path, (-1, b""))
         if second != now:  # the Date header changes once a second
-            head = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
-                    f"Content-Length: {len(body)}\r\nDate: {formatdate(now, usegmt=True)}\r\n"
-                    f"Server: {SERVER_SOFTWARE}\r\n\r\n").encode()
+            head = (
+                f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body)}\r\nDate: {formatdate(now, usegmt=True)}\r\n"
+                f"Server: {SERVER_SOFTWARE}\r\n\r\n"
+            ).encode()
             heads[request.path] = (now, head)
         return WireResponse(200, head, body)
 
@@ -82,14 +91,17 @@ def make_raw_handler(bodies: dict[str, bytes], content_type: str) -> Callable[
 async def serve(args: argparse.Namespace, bodies: dict[str, bytes]) -> None:
     runner: web.BaseRunner[Any]
     if args.raw:
-        runner = web.ServerRunner(web.Server(make_raw_handler(bodies, args.content_type)),
-                                  handle_signals=False)
+        runner = web.ServerRunner(
+            web.Server(make_raw_handler(bodies, args.content_type)), handle_signals=False
+        )
     else:
-        runner = web.AppRunner(make_app(bodies, args.content_type), access_log=None,
-                               handle_signals=False)
+        runner = web.AppRunner(
+            make_app(bodies, args.content_type), access_log=None, handle_signals=False
+        )
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, reuse_port=args.reuse_port or None,
-                       backlog=1024)
+    site = web.TCPSite(
+        runner, args.host, args.port, reuse_port=args.reuse_port or None, backlog=1024
+    )
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

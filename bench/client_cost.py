@@ -36,9 +36,9 @@ import run  # bench/run.py: the fake's process, readiness checks and cleanup
 sys.path.insert(0, str(run.ROOT))
 
 from bloxproxy import config as config_mod
-from bloxproxy.upstream.guard import Guard
 from bloxproxy.observe import Metrics
 from bloxproxy.upstream.client import Upstream, UpstreamRequest, create_session
+from bloxproxy.upstream.guard import Guard
 
 Call = Callable[[int], Awaitable[int]]
 
@@ -81,8 +81,12 @@ class _Conn(asyncio.Protocol):
         return await self.waiter
 
 
-async def measure(make: Callable[[], Awaitable[tuple[Call, Callable[[], Awaitable[None]]]]],
-                  calls: int, concurrency: int, first_id: int) -> tuple[float, float]:
+async def measure(
+    make: Callable[[], Awaitable[tuple[Call, Callable[[], Awaitable[None]]]]],
+    calls: int,
+    concurrency: int,
+    first_id: int,
+) -> tuple[float, float]:
     call, close = await make()
     try:
         await call(first_id)  # warm: the connection, lazily built state
@@ -104,10 +108,13 @@ async def measure(make: Callable[[], Awaitable[tuple[Call, Callable[[], Awaitabl
 
 def clients(fake_port: int) -> dict[str, Callable[[], Awaitable[tuple[Call, Any]]]]:
     base = f"http://{run.HOST}:{fake_port}"
-    cfg = config_mod.load(None, env={
-        "BLOXPROXY_UPSTREAM_BASE_URL": base + "/{service}",
-        "BLOXPROXY_LIMITS_UPSTREAM_RATE": "1000000",
-    })
+    cfg = config_mod.load(
+        None,
+        env={
+            "BLOXPROXY_UPSTREAM_BASE_URL": base + "/{service}",
+            "BLOXPROXY_LIMITS_UPSTREAM_RATE": "1000000",
+        },
+    )
 
     async def plain() -> tuple[Call, Any]:
         session = aiohttp.ClientSession(auto_decompress=False)
@@ -137,8 +144,11 @@ def clients(fake_port: int) -> dict[str, Callable[[], Awaitable[tuple[Call, Any]
         pool: list[_Conn] = []
 
         async def call(uid: int) -> int:
-            conn = pool.pop() if pool else (
-                await loop.create_connection(_Conn, run.HOST, fake_port))[1]
+            conn = (
+                pool.pop()
+                if pool
+                else (await loop.create_connection(_Conn, run.HOST, fake_port))[1]
+            )
             status, _ = await conn.get(f"/users/v1/users/{uid}")
             pool.append(conn)
             return status
@@ -161,8 +171,10 @@ async def main_async(args: argparse.Namespace, fake_port: int) -> None:
         for name, make in makers.items():
             results[name].append(await measure(make, args.calls, args.concurrency, first))
             first += args.calls + 1
-    print(f"{'client':16} {'CPU us/call':>12} {'calls/s':>9}   (median of {args.rounds}; "
-          f"{args.calls} calls, {args.concurrency} at a time)")
+    print(
+        f"{'client':16} {'CPU us/call':>12} {'calls/s':>9}   (median of {args.rounds}; "
+        f"{args.calls} calls, {args.concurrency} at a time)"
+    )
     for name, rows in results.items():
         cpu = statistics.median(r[0] for r in rows)
         rate = statistics.median(r[1] for r in rows)

@@ -55,6 +55,7 @@ LEVELS = ("+gc", "+observe", "+cache", "+coalesce", "+guard")  # levels 0-4 of `
 
 # -- the servers ----------------------------------------------------------------------------
 
+
 def make_app(level: int, upstream: str, config: str) -> Any:
     import aiohttp
     from aiohttp import web
@@ -63,14 +64,17 @@ def make_app(level: int, upstream: str, config: str) -> Any:
     from bloxproxy.cache import decide
     from bloxproxy.cache.entry import KEPT_HEADERS, Entry, make_etag
     from bloxproxy.cache.store import MemoryStore
-    from bloxproxy.upstream.guard import Guard
     from bloxproxy.observe import AccessLog, Metrics
     from bloxproxy.upstream.client import Upstream, UpstreamRequest, create_session
+    from bloxproxy.upstream.guard import Guard
 
-    cfg = config_mod.load(config, env={
-        "BLOXPROXY_UPSTREAM_BASE_URL": upstream + "/{service}",
-        "BLOXPROXY_LIMITS_UPSTREAM_RATE": "1000000",
-    })
+    cfg = config_mod.load(
+        config,
+        env={
+            "BLOXPROXY_UPSTREAM_BASE_URL": upstream + "/{service}",
+            "BLOXPROXY_LIMITS_UPSTREAM_RATE": "1000000",
+        },
+    )
     observe, cache, coalesce, guard = (level >= n for n in (1, 2, 3, 4))
     metrics = Metrics()
     access = AccessLog(fmt=cfg.logging.format)
@@ -85,10 +89,8 @@ def make_app(level: int, upstream: str, config: str) -> Any:
             g = Guard(cfg, metrics=metrics)
             state["upstream"] = Upstream(cfg, create_session(cfg), g.middleware)
         else:
-            connector = aiohttp.TCPConnector(limit=cfg.upstream.max_connections,
-                                             limit_per_host=0)
-            state["session"] = aiohttp.ClientSession(connector=connector,
-                                                     auto_decompress=False)
+            connector = aiohttp.TCPConnector(limit=cfg.upstream.max_connections, limit_per_host=0)
+            state["session"] = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         access.start()
         yield
         await access.stop()
@@ -101,13 +103,13 @@ def make_app(level: int, upstream: str, config: str) -> Any:
         if guard:
             r = await state["upstream"].send(UpstreamRequest("users", "GET", path), rid)
             return r.status, r.headers, r.body
-        async with state["session"].get(upstream + "/users" + path,
-                                         allow_redirects=False) as resp:
+        async with state["session"].get(upstream + "/users" + path, allow_redirects=False) as resp:
             body = await resp.read()
             return resp.status, tuple(resp.headers.items()), body
 
-    async def joined(key: str, path: str, rid: str
-                     ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
+    async def joined(
+        key: str, path: str, rid: str
+    ) -> tuple[int, tuple[tuple[str, str], ...], bytes]:
         task = inflight.get(key)
         if task is None:
             task = inflight[key] = asyncio.get_running_loop().create_task(fetch(path, rid))
@@ -156,9 +158,16 @@ def make_app(level: int, upstream: str, config: str) -> Any:
             headers["Content-Type"] = ctype
         if cache:
             now = time.time()
-            entry = Entry(status, tuple((k, v) for k, v in up_headers
-                                        if k.lower() in KEPT_HEADERS),
-                          body, now, 60.0, 30.0, 300.0, make_etag(body))
+            entry = Entry(
+                status,
+                tuple((k, v) for k, v in up_headers if k.lower() in KEPT_HEADERS),
+                body,
+                now,
+                60.0,
+                30.0,
+                300.0,
+                make_etag(body),
+            )
             l1.set_nowait(key, entry)
             headers["X-Cache"] = "MISS"
             headers["Cache-Control"] = decide.cache_control(entry, now, True)
@@ -169,8 +178,16 @@ def make_app(level: int, upstream: str, config: str) -> Any:
             headers["X-Request-ID"] = rid
             headers["Server-Timing"] = f"total;dur={total * 1000:.1f}"
             metrics.observe_request("passthrough:users", status, "MISS", total)
-            access.write(rid, "GET", request.rel_url.raw_path[:512], "passthrough:users",
-                         status, "MISS", total, total)
+            access.write(
+                rid,
+                "GET",
+                request.rel_url.raw_path[:512],
+                "passthrough:users",
+                status,
+                "MISS",
+                total,
+                total,
+            )
         return web.Response(status=status, body=body, headers=headers)
 
     app.cleanup_ctx.append(ctx)
@@ -188,11 +205,13 @@ def tune_gc() -> None:
 async def serve(args: argparse.Namespace) -> None:
     import naive_proxy  # bench/naive_proxy.py: the same serving loop as the baseline
 
-    await naive_proxy.serve_app(make_app(args.level, args.upstream, args.config), run.HOST,
-                                args.port, started=tune_gc)
+    await naive_proxy.serve_app(
+        make_app(args.level, args.upstream, args.config), run.HOST, args.port, started=tune_gc
+    )
 
 
 # -- the measurement ------------------------------------------------------------------------
+
 
 def proc_cpu(pid: int) -> float:
     """CPU seconds (user + system) the process ``pid`` used so far."""
@@ -202,9 +221,19 @@ def proc_cpu(pid: int) -> float:
 
 def floor_proc(ctx: run.Ctx, fake: run.Fake, level: int) -> tuple[run.Proc, int]:
     port = run.free_port()
-    argv = [run.PY, str(Path(__file__).resolve()), "serve", "--level", str(level),
-            "--port", str(port), "--upstream", f"http://{run.HOST}:{fake.port}",
-            "--config", str(run.SRC / "config.yaml")]
+    argv = [
+        run.PY,
+        str(Path(__file__).resolve()),
+        "serve",
+        "--level",
+        str(level),
+        "--port",
+        str(port),
+        "--upstream",
+        f"http://{run.HOST}:{fake.port}",
+        "--config",
+        str(run.SRC / "config.yaml"),
+    ]
     proc = run.Proc(f"floor{level}-{port}", argv, ctx.logdir, run.child_env()).start()
     run.wait_ready(proc, port, "/users/v1/users/1")
     return proc, port
@@ -212,8 +241,7 @@ def floor_proc(ctx: run.Ctx, fake: run.Fake, level: int) -> tuple[run.Proc, int]
 
 def measure_all(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bloxproxy-miss-floor-"))
-    ctx = run.Ctx(runs=args.runs, duration=args.duration, quick=False, workdir=tmp,
-                  logdir=tmp)
+    ctx = run.Ctx(runs=args.runs, duration=args.duration, quick=False, workdir=tmp, logdir=tmp)
     out: dict[str, Any] = {"machine": run.machine(), "args": vars(args), "groups": {}}
     try:
         out["source"] = run.snapshot(tmp / "src")
@@ -232,12 +260,20 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
         procs.append(pproc)
         ids = run.Ids(2_000_000)
         with run.running(*procs):
+
             def one(side: str, conns: int, duration: float) -> dict[str, Any]:
                 start = ids.next  # every side gets new ids: the cached ones must miss
                 port, pid = sides[side]
                 cpu = proc_cpu(pid)
-                r = run.wrk(ctx, port, "/", conns=conns, duration=duration,
-                            script="unique.lua", args=["/users/v1/users/{id}", str(start)])
+                r = run.wrk(
+                    ctx,
+                    port,
+                    "/",
+                    conns=conns,
+                    duration=duration,
+                    script="unique.lua",
+                    args=["/users/v1/users/{id}", str(start)],
+                )
                 # the server's own CPU per answer (a few requests may still be in flight)
                 r["cpu_us"] = (proc_cpu(pid) - cpu) / max(1, r["requests"]) * 1e6
                 ids.advance(start + r["requests"] + conns + 100)
@@ -246,10 +282,13 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
             for side in sides:  # warm-up, not recorded
                 one(side, 64, 2)
             for conns in args.conns:
+
                 def measure(i: int, side: str, conns: int = conns) -> dict[str, Any]:
                     r = one(side, conns, ctx.duration)
-                    ctx.say(f"  c{conns} run {i} {side:10} {run.wrk_line(r)}  "
-                            f"{r['cpu_us']:.0f} µs CPU/answer")
+                    ctx.say(
+                        f"  c{conns} run {i} {side:10} {run.wrk_line(r)}  "
+                        f"{r['cpu_us']:.0f} µs CPU/answer"
+                    )
                     return r
 
                 kept, _ = run.rounds(ctx, list(sides), measure, f"c{conns} ")
@@ -262,8 +301,10 @@ def measure_all(args: argparse.Namespace) -> dict[str, Any]:
 def report(out: dict[str, Any]) -> str:
     lines = []
     for g, kept in out["groups"].items():
-        lines.append(f"\nfake 0 ms, {g}: rps (median, spread), ratio to naive, and the "
-                     f"server's CPU per answer (median) and what the level added to it")
+        lines.append(
+            f"\nfake 0 ms, {g}: rps (median, spread), ratio to naive, and the "
+            f"server's CPU per answer (median) and what the level added to it"
+        )
         before = 0.0
         for side, runs in kept.items():
             rps = [r["rps"] for r in runs]
@@ -271,9 +312,11 @@ def report(out: dict[str, Any]) -> str:
             cpu = run.med([r["cpu_us"] for r in runs])
             step = f"{cpu - before:+.0f}" if before else ""
             before = cpu
-            lines.append(f"  {side:10} {run.med(rps):8,.0f}  ({min(rps):,.0f}–{max(rps):,.0f})"
-                         f"  × {run.med(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
-                         f"  {cpu:5.0f} µs {step:>5}")
+            lines.append(
+                f"  {side:10} {run.med(rps):8,.0f}  ({min(rps):,.0f}–{max(rps):,.0f})"
+                f"  × {run.med(ratios):.2f} ({min(ratios):.2f}–{max(ratios):.2f})"
+                f"  {cpu:5.0f} µs {step:>5}"
+            )
     return "\n".join(lines)
 
 

@@ -36,7 +36,9 @@ def make_app(upstream: str, max_connections: int) -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         body = await request.read() if request.body_exists else None
         async with request.app[SESSION].request(
-            request.method, base + request.rel_url.raw_path_qs, data=body,
+            request.method,
+            base + request.rel_url.raw_path_qs,
+            data=body,
             allow_redirects=False,
         ) as resp:
             data = await resp.read()
@@ -55,8 +57,9 @@ async def serve(args: argparse.Namespace) -> None:
     await serve_app(make_app(args.upstream, args.max_connections), args.host, args.port)
 
 
-async def serve_app(app: web.Application, host: str, port: int,
-                    started: Callable[[], None] | None = None) -> None:
+async def serve_app(
+    app: web.Application, host: str, port: int, started: Callable[[], None] | None = None
+) -> None:
     """Serve ``app`` until SIGINT or SIGTERM (``started``: called once it listens)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

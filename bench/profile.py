@@ -84,8 +84,15 @@ def summarize(raw: Path, top: int = 25) -> str:
     return "\n".join(lines)
 
 
-def profile(ctx: run.Ctx, what: str, duration: int, rate: int, native: bool,
-            out: Path, blocking: bool = True) -> str:
+def profile(
+    ctx: run.Ctx,
+    what: str,
+    duration: int,
+    rate: int,
+    native: bool,
+    out: Path,
+    blocking: bool = True,
+) -> str:
     path, miss, l2 = SCENARIOS[what]
     if not l2:
         env = run.FAST_LIMIT if miss else None
@@ -98,8 +105,18 @@ def profile(ctx: run.Ctx, what: str, duration: int, rate: int, native: bool,
         return _profile(ctx, what, path, miss, env, duration, rate, native, out, blocking)
 
 
-def _profile(ctx: run.Ctx, what: str, path: str, miss: bool, env: dict[str, str] | None,
-             duration: int, rate: int, native: bool, out: Path, blocking: bool) -> str:
+def _profile(
+    ctx: run.Ctx,
+    what: str,
+    path: str,
+    miss: bool,
+    env: dict[str, str] | None,
+    duration: int,
+    rate: int,
+    native: bool,
+    out: Path,
+    blocking: bool,
+) -> str:
     fake = run.Fake(ctx).start()
     pproc, pport = run.proxy(ctx, fake, env)
     with run.running(fake.proc, pproc):
@@ -110,14 +127,30 @@ def _profile(ctx: run.Ctx, what: str, path: str, miss: bool, env: dict[str, str]
         cmd = ["wrk", "-t1", "-c64", f"-d{duration + 3}s", *script, url]
         if miss:
             cmd += ["--", path, "2000000"]
-        wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=dict(os.environ, BENCH_LUA_DIR=str(run.LUA)))
+        wrk = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(os.environ, BENCH_LUA_DIR=str(run.LUA)),
+        )
         try:
             time.sleep(1.5)
             raw = out.with_name(f"{out.name}-{what}.collapsed")
-            spy = [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
-                   "record", "--pid", str(pproc.pid), "--duration", str(duration),
-                   "--rate", str(rate), "--format", "raw", "-o", str(raw)]
+            spy = [
+                shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")),
+                "record",
+                "--pid",
+                str(pproc.pid),
+                "--duration",
+                str(duration),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "-o",
+                str(raw),
+            ]
             if native:
                 spy.append("--native")
             if not blocking:
@@ -126,10 +159,12 @@ def _profile(ctx: run.Ctx, what: str, path: str, miss: bool, env: dict[str, str]
         finally:
             stdout, _ = wrk.communicate(timeout=duration + 60)
     rps = re.search(r"Requests/sec:\s*([\d.]+)", stdout)
-    head = (f"== {what}: {path} under wrk -t1 -c64 "
-            f"({float(rps.group(1)) if rps else float('nan'):,.0f} rps while sampled, "
-            f"py-spy {rate} Hz{' --native' if native else ''}"
-            f"{'' if blocking else ' --nonblocking'}) ==")
+    head = (
+        f"== {what}: {path} under wrk -t1 -c64 "
+        f"({float(rps.group(1)) if rps else float('nan'):,.0f} rps while sampled, "
+        f"py-spy {rate} Hz{' --native' if native else ''}"
+        f"{'' if blocking else ' --nonblocking'}) =="
+    )
     text = head + "\n" + summarize(raw)
     out.with_name(f"{out.name}-{what}.txt").write_text(text + "\n")
     return text
@@ -141,29 +176,44 @@ def main() -> int:
     p.add_argument("--duration", type=int, default=10)
     p.add_argument("--rate", type=int, default=250)
     p.add_argument("--native", action="store_true", help="include native (C) frames")
-    p.add_argument("--nonblocking", action="store_true",
-                   help="sample without pausing the proxy (faster, but many stacks come out "
-                        "partial; the default pauses it for each sample: whole stacks)")
+    p.add_argument(
+        "--nonblocking",
+        action="store_true",
+        help="sample without pausing the proxy (faster, but many stacks come out "
+        "partial; the default pauses it for each sample: whole stacks)",
+    )
     p.add_argument("--out", default=str(run.BENCH / "out" / "profile"))
     args = p.parse_args()
     if shutil.which("wrk") is None:
-        print("wrk is not installed; install it with:\n    apt-get install -y wrk",
-              file=sys.stderr)
+        print("wrk is not installed; install it with:\n    apt-get install -y wrk", file=sys.stderr)
         return 2
     if not (shutil.which("py-spy") or Path(sys.executable).with_name("py-spy").exists()):
-        print("py-spy is not installed; install it with:\n    .venv/bin/pip install py-spy",
-              file=sys.stderr)
+        print(
+            "py-spy is not installed; install it with:\n    .venv/bin/pip install py-spy",
+            file=sys.stderr,
+        )
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="bloxproxy-profile-"))
-    ctx = run.Ctx(runs=1, duration=args.duration, quick=False, workdir=tmp, logdir=tmp,
-                  quiet_wait=0)
+    ctx = run.Ctx(
+        runs=1, duration=args.duration, quick=False, workdir=tmp, logdir=tmp, quiet_wait=0
+    )
     try:
         run.snapshot(tmp / "src")
         for what in args.what.split(","):
-            print(profile(ctx, what.strip(), args.duration, args.rate, args.native, out,
-                          not args.nonblocking), flush=True)
+            print(
+                profile(
+                    ctx,
+                    what.strip(),
+                    args.duration,
+                    args.rate,
+                    args.native,
+                    out,
+                    not args.nonblocking,
+                ),
+                flush=True,
+            )
             print()
     finally:
         run.stop_all()

@@ -63,6 +63,7 @@ SYNTHETIC_MIN, SYNTHETIC_MAX = 1_000_000, 9_999_999
 
 # -- processes -----------------------------------------------------------------------------
 
+
 class BenchError(RuntimeError):
     pass
 
@@ -73,8 +74,9 @@ _LIVE: list[Proc] = []
 class Proc:
     """A server subprocess in a process group of its own, logging to a file."""
 
-    def __init__(self, name: str, argv: Sequence[str], logdir: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: Sequence[str], logdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = logdir / f"{name}.log"
@@ -89,8 +91,14 @@ class Proc:
     def start(self) -> Proc:
         with self.log_path.open("ab") as log:
             self.popen = subprocess.Popen(
-                self.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=self.env, cwd=SRC, start_new_session=True)
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.env,
+                cwd=SRC,
+                start_new_session=True,
+            )
         _LIVE.append(self)
         return self
 
@@ -170,12 +178,20 @@ def snapshot(dest: Path, attempts: int = 6) -> dict[str, Any]:
         shutil.copy2(ROOT / "config.yaml", dest / "config.yaml")
         check = subprocess.run(
             [PY, "-c", "import bloxproxy.app, bloxproxy.cli, bloxproxy.fake, bloxproxy.serve"],
-            cwd=dest, env=dict(os.environ, PYTHONPATH=str(dest)), capture_output=True,
-            text=True, check=False)
+            cwd=dest,
+            env=dict(os.environ, PYTHONPATH=str(dest)),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if check.returncode == 0:
             break
-        print(f"snapshot of bloxproxy does not import (attempt {attempt + 1}):\n"
-              f"{check.stderr[-600:]}", file=sys.stderr, flush=True)
+        print(
+            f"snapshot of bloxproxy does not import (attempt {attempt + 1}):\n"
+            f"{check.stderr[-600:]}",
+            file=sys.stderr,
+            flush=True,
+        )
         time.sleep(10)
     else:
         raise BenchError("the bloxproxy package in the checkout does not import")
@@ -184,12 +200,16 @@ def snapshot(dest: Path, attempts: int = 6) -> dict[str, Any]:
     for f in files:
         digest.update(str(f.relative_to(dest)).encode() + b"\0" + f.read_bytes() + b"\0")
     SRC = dest
-    return {"sha256": digest.hexdigest(), "files": len(files),
-            "note": "servers ran from a copy of bloxproxy/, rules/ and config.yaml taken at "
-                    "start; sha256 over their paths and contents"}
+    return {
+        "sha256": digest.hexdigest(),
+        "files": len(files),
+        "note": "servers ran from a copy of bloxproxy/, rules/ and config.yaml taken at "
+        "start; sha256 over their paths and contents",
+    }
 
 
 # -- HTTP and /proc helpers ---------------------------------------------------------------
+
 
 @dataclass
 class Answer:
@@ -198,8 +218,9 @@ class Answer:
     body: bytes
 
 
-def call(method: str, port: int, path: str, body: bytes | None = None,
-         timeout: float = 10.0) -> Answer:
+def call(
+    method: str, port: int, path: str, body: bytes | None = None, timeout: float = 10.0
+) -> Answer:
     """One request on a new connection (so SO_REUSEPORT spreads them over workers)."""
     conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
     try:
@@ -212,8 +233,7 @@ def call(method: str, port: int, path: str, body: bytes | None = None,
         conn.close()
 
 
-def wait_ready(proc: Proc, port: int, path: str, timeout: float = 30.0,
-               listeners: int = 1) -> None:
+def wait_ready(proc: Proc, port: int, path: str, timeout: float = 30.0, listeners: int = 1) -> None:
     """Poll ``GET path`` until 200 and ``listeners`` sockets listen on the port."""
     deadline = time.monotonic() + timeout
     last = ""
@@ -221,14 +241,17 @@ def wait_ready(proc: Proc, port: int, path: str, timeout: float = 30.0,
         if not proc.alive():
             raise BenchError(f"{proc.name} exited while starting:\n{proc.log_tail()}")
         try:
-            if call("GET", port, path, timeout=2).status == 200 and \
-                    count_listeners(port) >= listeners:
+            if (
+                call("GET", port, path, timeout=2).status == 200
+                and count_listeners(port) >= listeners
+            ):
                 return
         except OSError as exc:
             last = str(exc)
         time.sleep(0.05)
-    raise BenchError(f"{proc.name} not ready on port {port} after {timeout:g}s ({last}):\n"
-                     f"{proc.log_tail()}")
+    raise BenchError(
+        f"{proc.name} not ready on port {port} after {timeout:g}s ({last}):\n{proc.log_tail()}"
+    )
 
 
 def count_listeners(port: int) -> int:
@@ -294,8 +317,10 @@ def cpu_busy() -> float:
 def own_cpu() -> float:
     """CPU seconds used by this script, its reaped children (wrk) and its live descendants
     (the servers and their workers)."""
-    total = sum(resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
-                for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    total = sum(
+        resource.getrusage(w).ru_utime + resource.getrusage(w).ru_stime
+        for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
     for pid in descendants(os.getpid())[1:]:
         with contextlib.suppress(OSError, IndexError, ValueError):
             f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -337,13 +362,26 @@ def metric(port: int, name: str) -> float:
 
 # -- servers ------------------------------------------------------------------------------
 
+
 class Fake:
     def __init__(self, ctx: Ctx, latency: float = 0.0) -> None:
         self.port = free_port()
-        self.proc = Proc(f"fake-{self.port}", [PY, "-m", "bloxproxy.fake", "--host", HOST,
-                                               "--port", str(self.port),
-                                               "--latency", str(latency)],
-                         ctx.logdir, child_env())
+        self.proc = Proc(
+            f"fake-{self.port}",
+            [
+                PY,
+                "-m",
+                "bloxproxy.fake",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--latency",
+                str(latency),
+            ],
+            ctx.logdir,
+            child_env(),
+        )
 
     def start(self) -> Fake:
         self.proc.start()
@@ -364,11 +402,22 @@ class Fake:
         call("POST", self.port, "/_fake/latency", json.dumps({"seconds": seconds}).encode())
 
 
-def proxy(ctx: Ctx, fake: Fake, env: dict[str, str] | None = None, workers: int = 1,
-          name: str = "proxy") -> tuple[Proc, int]:
+def proxy(
+    ctx: Ctx, fake: Fake, env: dict[str, str] | None = None, workers: int = 1, name: str = "proxy"
+) -> tuple[Proc, int]:
     port = free_port()
-    argv = [PY, "-m", "bloxproxy", "serve", "--config", str(SRC / "config.yaml"),
-            "--host", HOST, "--port", str(port)]
+    argv = [
+        PY,
+        "-m",
+        "bloxproxy",
+        "serve",
+        "--config",
+        str(SRC / "config.yaml"),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+    ]
     if workers > 1:
         argv += ["--workers", str(workers)]
     e = child_env({"BLOXPROXY_UPSTREAM_BASE_URL": fake.base_url, **(env or {})})
@@ -377,8 +426,9 @@ def proxy(ctx: Ctx, fake: Fake, env: dict[str, str] | None = None, workers: int 
     return proc, port
 
 
-def bare(ctx: Ctx, bodies: dict[str, bytes], workers: int = 1,
-         raw: bool = False) -> tuple[Proc, int]:
+def bare(
+    ctx: Ctx, bodies: dict[str, bytes], workers: int = 1, raw: bool = False
+) -> tuple[Proc, int]:
     port = free_port()
     argv = [PY, str(BENCH / "bare.py"), "--port", str(port), "--workers", str(workers)]
     if raw:
@@ -394,31 +444,61 @@ def bare(ctx: Ctx, bodies: dict[str, bytes], workers: int = 1,
 
 def naive(ctx: Ctx, fake: Fake) -> tuple[Proc, int]:
     port = free_port()
-    proc = Proc(f"naive-{port}", [PY, str(BENCH / "naive_proxy.py"), "--port", str(port),
-                                  "--upstream", f"http://{HOST}:{fake.port}"],
-                ctx.logdir, child_env()).start()
+    proc = Proc(
+        f"naive-{port}",
+        [
+            PY,
+            str(BENCH / "naive_proxy.py"),
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://{HOST}:{fake.port}",
+        ],
+        ctx.logdir,
+        child_env(),
+    ).start()
     wait_ready(proc, port, "/users/v1/users/1")
     return proc, port
 
 
 # -- wrk ----------------------------------------------------------------------------------
 
-def wrk(ctx: Ctx, port: int, path: str, *, conns: int = 64, duration: float | None = None,
-        script: str = "static.lua", args: Sequence[str] = (), max_seconds: float = 0,
-        done_file: Path | None = None) -> dict[str, Any]:
+
+def wrk(
+    ctx: Ctx,
+    port: int,
+    path: str,
+    *,
+    conns: int = 64,
+    duration: float | None = None,
+    script: str = "static.lua",
+    args: Sequence[str] = (),
+    max_seconds: float = 0,
+    done_file: Path | None = None,
+) -> dict[str, Any]:
     """Run wrk (one thread) and return its BENCH_JSON numbers plus rps and ms latencies."""
     seconds = max_seconds or (duration if duration is not None else ctx.duration)
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{round(seconds)}s", "--timeout", "5s",
-           "-s", str(LUA / script), f"http://{HOST}:{port}{path}"]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{round(seconds)}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(LUA / script),
+        f"http://{HOST}:{port}{path}",
+    ]
     if args:
         cmd += ["--", *args]
     env = dict(os.environ, BENCH_LUA_DIR=str(LUA))
     if done_file is not None:
         done_file.unlink(missing_ok=True)
-    waited, before = (wait_quiet(ctx.quiet_wait) if ctx.quiet_wait > 0 else (0.0, 0.0))
+    waited, before = wait_quiet(ctx.quiet_wait) if ctx.quiet_wait > 0 else (0.0, 0.0)
     with CpuWatch() as watch:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         try:
             if done_file is not None:
                 # the script made it when its sequence was answered: stop wrk now
@@ -435,16 +515,18 @@ def wrk(ctx: Ctx, port: int, path: str, *, conns: int = 64, duration: float | No
                 proc.wait()
     line = next((x for x in stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
     if proc.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({proc.returncode}): {' '.join(cmd)}\n"
-                         f"{stdout[-2000:]}\n{stderr[-2000:]}")
+        raise BenchError(
+            f"wrk failed ({proc.returncode}): {' '.join(cmd)}\n{stdout[-2000:]}\n{stderr[-2000:]}"
+        )
     r: dict[str, Any] = json.loads(line.removeprefix("BENCH_JSON "))
     secs = r["duration_us"] / 1e6
     r["seconds"] = secs
     r["rps"] = r["requests"] / secs if secs else 0.0
     for k in ("p50", "p90", "p99", "p999"):
         r[f"{k}_ms"] = r[f"{k}_us"] / 1000
-    r["errors"] = sum(r[k] for k in ("errors_connect", "errors_read", "errors_write",
-                                     "errors_timeout"))
+    r["errors"] = sum(
+        r[k] for k in ("errors_connect", "errors_read", "errors_write", "errors_timeout")
+    )
     r["conns"] = conns
     r["cmd"] = " ".join(cmd)
     r["foreign_cpu_cores"] = watch.foreign
@@ -465,6 +547,7 @@ def wrk_line(r: dict[str, Any]) -> str:
 
 # -- results ------------------------------------------------------------------------------
 
+
 @dataclass
 class Row:
     case: str
@@ -484,17 +567,26 @@ class Row:
             med, spread = self.text, "—"
         else:
             med = self.fmt.format(self.median)
-            spread = (f"{self.fmt.format(min(self.values))}–{self.fmt.format(max(self.values))}"
-                      if len(self.values) > 1 else "—")
+            spread = (
+                f"{self.fmt.format(min(self.values))}–{self.fmt.format(max(self.values))}"
+                if len(self.values) > 1
+                else "—"
+            )
         verdict = "—" if self.ok is None else ("✓" if self.ok else "✗")
         return [self.case, self.what, med, spread, self.target or "info", verdict]
 
     def to_json(self) -> dict[str, Any]:
-        return {"case": self.case, "what": self.what, "values": self.values,
-                "median": None if self.text else self.median,
-                "min": min(self.values) if self.values and not self.text else None,
-                "max": max(self.values) if self.values and not self.text else None,
-                "text": self.text or None, "target": self.target or None, "ok": self.ok}
+        return {
+            "case": self.case,
+            "what": self.what,
+            "values": self.values,
+            "median": None if self.text else self.median,
+            "min": min(self.values) if self.values and not self.text else None,
+            "max": max(self.values) if self.values and not self.text else None,
+            "text": self.text or None,
+            "target": self.target or None,
+            "ok": self.ok,
+        }
 
 
 def med(xs: Sequence[float]) -> float:
@@ -534,15 +626,21 @@ class Ctx:
 def pct_rows(case: str, label: str, runs: Sequence[dict[str, Any]]) -> Row:
     p50 = [r["p50_ms"] for r in runs]
     p99 = [r["p99_ms"] for r in runs]
-    return Row(case, f"{label} p50 / p99 ms", p50 + p99,
-               text=f"{med(p50):.2f} / {med(p99):.2f}  ({min(p50):.2f}–{max(p50):.2f} / "
-                    f"{min(p99):.2f}–{max(p99):.2f})")
+    return Row(
+        case,
+        f"{label} p50 / p99 ms",
+        p50 + p99,
+        text=f"{med(p50):.2f} / {med(p99):.2f}  ({min(p50):.2f}–{max(p50):.2f} / "
+        f"{min(p99):.2f}–{max(p99):.2f})",
+    )
 
 
 # -- case helpers -------------------------------------------------------------------------
 
-def rounds(ctx: Ctx, sides: Sequence[str], measure: Callable[[int, str], dict[str, Any]],
-           label: str = "") -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
+
+def rounds(
+    ctx: Ctx, sides: Sequence[str], measure: Callable[[int, str], dict[str, Any]], label: str = ""
+) -> tuple[dict[str, list[dict[str, Any]]], list[dict[str, Any]]]:
     """``ctx.runs`` rounds, each measuring every side once in order (A, B, A, B, ...).
 
     A round during which other processes on the machine used more than ``ctx.noisy`` cores
@@ -591,6 +689,7 @@ def check_hit(port: int, path: str) -> str:
 
 # -- case 1 & 2: hit path vs bare aiohttp -------------------------------------------------
 
+
 def case_hit(ctx: Ctx, workers: int) -> None:
     case = "1" if workers == 1 else "2"
     ctx.say(f"\n== case {case}: hit path, {workers} process(es), default config ==")
@@ -607,9 +706,13 @@ def case_hit(ctx: Ctx, workers: int) -> None:
         with running(bproc, rproc):
             ctx.uvloop[f"case{case}_proxy"] = uses_uvloop(pproc.pid)
             ctx.uvloop[f"case{case}_bare"] = uses_uvloop(bproc.pid)
-            sides = {"bare_clean": (bport, CLEAN_HIT), "proxy_clean": (pport, CLEAN_HIT),
-                     "bare_pass": (bport, PASS_HIT), "proxy_pass": (pport, PASS_HIT),
-                     "raw_clean": (rport, CLEAN_HIT)}
+            sides = {
+                "bare_clean": (bport, CLEAN_HIT),
+                "proxy_clean": (pport, CLEAN_HIT),
+                "bare_pass": (bport, PASS_HIT),
+                "proxy_pass": (pport, PASS_HIT),
+                "raw_clean": (rport, CLEAN_HIT),
+            }
             for port, path in sides.values():  # warm-up, not recorded
                 wrk(ctx, port, path, duration=2)
             upstream_before = fake.total()
@@ -624,41 +727,72 @@ def case_hit(ctx: Ctx, workers: int) -> None:
 
             runs, discarded = rounds(ctx, list(sides), measure)
             upstream_calls = fake.total() - upstream_before
-    ratios = {k: [p["rps"] / b["rps"] for p, b in zip(runs[f"proxy_{k}"], runs[f"bare_{k}"],
-                                                      strict=True)]
-              for k in ("clean", "pass")}
+    ratios = {
+        k: [p["rps"] / b["rps"] for p, b in zip(runs[f"proxy_{k}"], runs[f"bare_{k}"], strict=True)]
+        for k in ("clean", "pass")
+    }
     label = "1 proc" if workers == 1 else "2 procs"
     rows = [
-        Row(case, f"bare aiohttp rps ({label}, clean bytes)",
-            [r["rps"] for r in runs["bare_clean"]]),
+        Row(
+            case, f"bare aiohttp rps ({label}, clean bytes)", [r["rps"] for r in runs["bare_clean"]]
+        ),
         Row(case, f"proxy clean hit rps {CLEAN_HIT}", [r["rps"] for r in runs["proxy_clean"]]),
-        Row(case, "clean hit rps / bare", ratios["clean"], "{:.2f}", "≥ 0.80",
-            med(ratios["clean"]) >= 0.80),
-        Row(case, f"bare aiohttp rps ({label}, passthrough bytes)",
-            [r["rps"] for r in runs["bare_pass"]]),
-        Row(case, f"proxy passthrough hit rps {PASS_HIT}",
-            [r["rps"] for r in runs["proxy_pass"]]),
-        Row(case, "passthrough hit rps / bare", ratios["pass"], "{:.2f}", "≥ 0.80",
-            med(ratios["pass"]) >= 0.80),
-        Row(case, f"reference: bare.py --raw rps ({label}, clean bytes, prepared)",
-            [r["rps"] for r in runs["raw_clean"]]),
-        Row(case, "reference: clean hit rps / bare.py --raw",
-            [p["rps"] / b["rps"] for p, b in zip(runs["proxy_clean"], runs["raw_clean"],
-                                                  strict=True)], "{:.2f}"),
+        Row(
+            case,
+            "clean hit rps / bare",
+            ratios["clean"],
+            "{:.2f}",
+            "≥ 0.80",
+            med(ratios["clean"]) >= 0.80,
+        ),
+        Row(
+            case,
+            f"bare aiohttp rps ({label}, passthrough bytes)",
+            [r["rps"] for r in runs["bare_pass"]],
+        ),
+        Row(case, f"proxy passthrough hit rps {PASS_HIT}", [r["rps"] for r in runs["proxy_pass"]]),
+        Row(
+            case,
+            "passthrough hit rps / bare",
+            ratios["pass"],
+            "{:.2f}",
+            "≥ 0.80",
+            med(ratios["pass"]) >= 0.80,
+        ),
+        Row(
+            case,
+            f"reference: bare.py --raw rps ({label}, clean bytes, prepared)",
+            [r["rps"] for r in runs["raw_clean"]],
+        ),
+        Row(
+            case,
+            "reference: clean hit rps / bare.py --raw",
+            [
+                p["rps"] / b["rps"]
+                for p, b in zip(runs["proxy_clean"], runs["raw_clean"], strict=True)
+            ],
+            "{:.2f}",
+        ),
         pct_rows(case, "bare (clean bytes)", runs["bare_clean"]),
         pct_rows(case, "proxy clean hit", runs["proxy_clean"]),
         pct_rows(case, "bare (passthrough bytes)", runs["bare_pass"]),
         pct_rows(case, "proxy passthrough hit", runs["proxy_pass"]),
     ]
     ctx.rows.extend(rows)
-    ctx.cases[case] = {"workers": workers, "conns": 64, "runs": runs, "ratios": ratios,
-                       "discarded_rounds": discarded,
-                       "upstream_calls_during_runs": upstream_calls,
-                       "config": "config.yaml as shipped (access log on, to a file; metrics "
-                                 "on), upstream = the fake"}
+    ctx.cases[case] = {
+        "workers": workers,
+        "conns": 64,
+        "runs": runs,
+        "ratios": ratios,
+        "discarded_rounds": discarded,
+        "upstream_calls_during_runs": upstream_calls,
+        "config": "config.yaml as shipped (access log on, to a file; metrics "
+        "on), upstream = the fake",
+    }
 
 
 # -- case 3: miss path vs naive proxy -----------------------------------------------------
+
 
 class Ids:
     """Never-repeating synthetic user ids for the proxy (its cache must never hit)."""
@@ -673,8 +807,9 @@ class Ids:
 
 
 def case_miss(ctx: Ctx) -> None:
-    ctx.say("\n== case 3: miss path (unique keys) vs naive proxy; "
-            "upstream limit raised to 1e6/s ==")
+    ctx.say(
+        "\n== case 3: miss path (unique keys) vs naive proxy; upstream limit raised to 1e6/s =="
+    )
     fake = Fake(ctx).start()
     nproc, nport = naive(ctx, fake)
     pproc, pport = proxy(ctx, fake, FAST_LIMIT)
@@ -694,8 +829,15 @@ def case_miss(ctx: Ctx) -> None:
             # the baselines cache nothing, so they may reuse ids; the proxy never may
             start = ids.next if side.startswith("proxy") else SYNTHETIC_MIN
             fake.reset()
-            r = wrk(ctx, port, "/", conns=conns, duration=duration, script="unique.lua",
-                    args=[template, str(start)])
+            r = wrk(
+                ctx,
+                port,
+                "/",
+                conns=conns,
+                duration=duration,
+                script="unique.lua",
+                args=[template, str(start)],
+            )
             if side.startswith("proxy"):
                 # answered + what was still in flight when wrk stopped, plus a margin
                 ids.advance(start + r["requests"] + conns + 100)
@@ -714,25 +856,26 @@ def case_miss(ctx: Ctx) -> None:
             for conns in conn_counts:
                 g = f"{int(latency * 1000)}ms_c{conns}"
 
-                def measure(i: int, side: str, g: str = g, conns: int = conns
-                            ) -> dict[str, Any]:
+                def measure(i: int, side: str, g: str = g, conns: int = conns) -> dict[str, Any]:
                     r = one(side, conns, ctx.duration)
                     # every answer a miss: one upstream call each, plus at most one per
                     # connection for requests still in flight when wrk stopped
-                    r["all_misses"] = (r["requests"] <= r["upstream_calls"]
-                                       <= r["requests"] + conns)
-                    calls = (f"  upstream calls {r['upstream_calls']:,} for {r['requests']:,} "
-                             f"answers" if side.startswith("proxy") else "")
+                    r["all_misses"] = r["requests"] <= r["upstream_calls"] <= r["requests"] + conns
+                    calls = (
+                        f"  upstream calls {r['upstream_calls']:,} for {r['requests']:,} answers"
+                        if side.startswith("proxy")
+                        else ""
+                    )
                     ctx.say(f"  {g:9} run {i} {side:12} {wrk_line(r)}{calls}")
                     return r
 
                 groups[g], discarded[g] = rounds(ctx, list(sides), measure, f"{g} ")
     for g, runs in groups.items():
+
         def ratio(side: str, runs: dict[str, list[dict[str, Any]]] = runs) -> list[float]:
             return [a["rps"] / b["rps"] for a, b in zip(runs[side], runs["naive"], strict=True)]
 
-        def added(side: str, p: str, runs: dict[str, list[dict[str, Any]]] = runs
-                  ) -> list[float]:
+        def added(side: str, p: str, runs: dict[str, list[dict[str, Any]]] = runs) -> list[float]:
             return [a[p] - d[p] for a, d in zip(runs[side], runs["direct"], strict=True)]
 
         rps = {s: med([r["rps"] for r in runs[s]]) for s in sides}
@@ -744,54 +887,113 @@ def case_miss(ctx: Ctx) -> None:
         clean50, clean99 = added("proxy_clean", "p50_ms"), added("proxy_clean", "p99_ms")
         if g.endswith("_c1"):  # info only: the targets are about 8 and 64 connections
             ctx.rows += [
-                Row("3", f"{tag} rps direct | naive | passthrough | clean", [],
-                    text=" | ".join(f"{rps[s]:,.0f}" for s in sides)),
-                Row("3", f"{tag} added p50 / p99 ms: naive | passthrough | clean",
+                Row(
+                    "3",
+                    f"{tag} rps direct | naive | passthrough | clean",
+                    [],
+                    text=" | ".join(f"{rps[s]:,.0f}" for s in sides),
+                ),
+                Row(
+                    "3",
+                    f"{tag} added p50 / p99 ms: naive | passthrough | clean",
                     naive50 + naive99 + pass50 + pass99 + clean50 + clean99,
                     text=f"{med(naive50):.2f} / {med(naive99):.2f} | "
-                         f"{med(pass50):.2f} / {med(pass99):.2f} | "
-                         f"{med(clean50):.2f} / {med(clean99):.2f}"),
+                    f"{med(pass50):.2f} / {med(pass99):.2f} | "
+                    f"{med(clean50):.2f} / {med(clean99):.2f}",
+                ),
             ]
             continue
         rows = [
-            Row("3", f"{tag} rps direct | naive | passthrough | clean", [],
-                text=" | ".join(f"{rps[s]:,.0f}" for s in sides)),
-            Row("3", f"{tag} passthrough miss rps / naive", ratio("proxy_pass"), "{:.2f}",
-                "≥ 0.90", med(ratio("proxy_pass")) >= 0.90),
-            Row("3", f"{tag} clean miss rps / naive", ratio("proxy_clean"), "{:.2f}",
-                "≥ 0.90", med(ratio("proxy_clean")) >= 0.90),
+            Row(
+                "3",
+                f"{tag} rps direct | naive | passthrough | clean",
+                [],
+                text=" | ".join(f"{rps[s]:,.0f}" for s in sides),
+            ),
+            Row(
+                "3",
+                f"{tag} passthrough miss rps / naive",
+                ratio("proxy_pass"),
+                "{:.2f}",
+                "≥ 0.90",
+                med(ratio("proxy_pass")) >= 0.90,
+            ),
+            Row(
+                "3",
+                f"{tag} clean miss rps / naive",
+                ratio("proxy_clean"),
+                "{:.2f}",
+                "≥ 0.90",
+                med(ratio("proxy_clean")) >= 0.90,
+            ),
         ]
         if c64:
             rows += [
-                Row("3", f"{tag} passthrough added p50 ms (vs direct)", pass50, "{:.2f}",
-                    f"≤ naive {med(naive50):.2f}", med(pass50) <= med(naive50)),
-                Row("3", f"{tag} passthrough added p99 ms (vs direct)", pass99, "{:.2f}",
-                    f"≤ naive {med(naive99):.2f}", med(pass99) <= med(naive99)),
+                Row(
+                    "3",
+                    f"{tag} passthrough added p50 ms (vs direct)",
+                    pass50,
+                    "{:.2f}",
+                    f"≤ naive {med(naive50):.2f}",
+                    med(pass50) <= med(naive50),
+                ),
+                Row(
+                    "3",
+                    f"{tag} passthrough added p99 ms (vs direct)",
+                    pass99,
+                    "{:.2f}",
+                    f"≤ naive {med(naive99):.2f}",
+                    med(pass99) <= med(naive99),
+                ),
             ]
         else:
             rows += [
-                Row("3", f"{tag} passthrough added p50 ms (vs direct)", pass50, "{:.2f}",
-                    "≤ 1.00", med(pass50) <= 1.0),
+                Row(
+                    "3",
+                    f"{tag} passthrough added p50 ms (vs direct)",
+                    pass50,
+                    "{:.2f}",
+                    "≤ 1.00",
+                    med(pass50) <= 1.0,
+                ),
                 Row("3", f"{tag} passthrough added p99 ms (vs direct)", pass99, "{:.2f}"),
             ]
-        rows.append(Row("3", f"{tag} added p50 / p99 ms: naive | clean",
-                        naive50 + naive99 + clean50 + clean99,
-                        text=f"{med(naive50):.2f} / {med(naive99):.2f} | "
-                             f"{med(clean50):.2f} / {med(clean99):.2f}"))
+        rows.append(
+            Row(
+                "3",
+                f"{tag} added p50 / p99 ms: naive | clean",
+                naive50 + naive99 + clean50 + clean99,
+                text=f"{med(naive50):.2f} / {med(naive99):.2f} | "
+                f"{med(clean50):.2f} / {med(clean99):.2f}",
+            )
+        )
         ctx.rows.extend(rows)
-    all_misses = [r["all_misses"] for runs in groups.values() for side in ("proxy_pass",
-                  "proxy_clean") for r in runs[side]]
-    ctx.rows.append(Row("3", "every proxy answer was a miss (upstream calls = answers, "
-                        "+ ≤ conns in flight)", [float(sum(all_misses))], "{:.0f}",
-                        f"{len(all_misses)} of {len(all_misses)} runs",
-                        all(all_misses)))
-    ctx.cases["3"] = {"groups": groups, "discarded_rounds": discarded,
-                      "upstream_limit": FAST_LIMIT,
-                      "note": "direct = wrk straight at the fake; added = side − direct, "
-                              "per round"}
+    all_misses = [
+        r["all_misses"]
+        for runs in groups.values()
+        for side in ("proxy_pass", "proxy_clean")
+        for r in runs[side]
+    ]
+    ctx.rows.append(
+        Row(
+            "3",
+            "every proxy answer was a miss (upstream calls = answers, + ≤ conns in flight)",
+            [float(sum(all_misses))],
+            "{:.0f}",
+            f"{len(all_misses)} of {len(all_misses)} runs",
+            all(all_misses),
+        )
+    )
+    ctx.cases["3"] = {
+        "groups": groups,
+        "discarded_rounds": discarded,
+        "upstream_limit": FAST_LIMIT,
+        "note": "direct = wrk straight at the fake; added = side − direct, per round",
+    }
 
 
 # -- case 4: coalescing -------------------------------------------------------------------
+
 
 async def storm(port: int, path: str, n: int) -> dict[str, Any]:
     import aiohttp
@@ -818,14 +1020,21 @@ async def storm(port: int, path: str, n: int) -> dict[str, Any]:
         results = await asyncio.gather(*tasks, return_exceptions=True)
         elapsed = time.perf_counter() - t0
     errors = [repr(r) for r in results if isinstance(r, BaseException)]
-    return {"x_cache": counts, "statuses": statuses, "errors": len(errors),
-            "error_samples": errors[:3], "seconds": elapsed}
+    return {
+        "x_cache": counts,
+        "statuses": statuses,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "seconds": elapsed,
+    }
 
 
 def case_coalesce(ctx: Ctx) -> None:
     n = 1000
-    ctx.say(f"\n== case 4: coalescing, {n} concurrent identical requests on a cold key, "
-            "fake latency 50 ms, default config ==")
+    ctx.say(
+        f"\n== case 4: coalescing, {n} concurrent identical requests on a cold key, "
+        "fake latency 50 ms, default config =="
+    )
     fake = Fake(ctx, latency=0.05).start()
     pproc, pport = proxy(ctx, fake)
     runs: dict[str, list[dict[str, Any]]] = {"clean": [], "pass": []}
@@ -840,22 +1049,33 @@ def case_coalesce(ctx: Ctx) -> None:
                 r["upstream_calls"] = fake.total()
                 r["path"] = path
                 runs[kind].append(r)
-                ctx.say(f"  run {i + 1} {kind:5} {path:24} upstream calls {r['upstream_calls']}"
-                        f"  X-Cache {r['x_cache']}  statuses {r['statuses']}  "
-                        f"errors {r['errors']}  {r['seconds']:.2f}s")
+                ctx.say(
+                    f"  run {i + 1} {kind:5} {path:24} upstream calls {r['upstream_calls']}"
+                    f"  X-Cache {r['x_cache']}  statuses {r['statuses']}  "
+                    f"errors {r['errors']}  {r['seconds']:.2f}s"
+                )
     for kind, label in (("clean", "clean route"), ("pass", "passthrough")):
         calls = [float(r["upstream_calls"]) for r in runs[kind]]
         ok = all(c == 1 for c in calls) and all(
-            r["errors"] == 0 and r["statuses"] == {"200": n} for r in runs[kind])
-        ctx.rows.append(Row("4", f"upstream calls for {n} concurrent cold {label} requests",
-                            calls, "{:.0f}", "= 1 (every run)", ok))
+            r["errors"] == 0 and r["statuses"] == {"200": n} for r in runs[kind]
+        )
+        ctx.rows.append(
+            Row(
+                "4",
+                f"upstream calls for {n} concurrent cold {label} requests",
+                calls,
+                "{:.0f}",
+                "= 1 (every run)",
+                ok,
+            )
+        )
         coalesced = [float(r["x_cache"].get("COALESCED", 0)) for r in runs[kind]]
-        ctx.rows.append(Row("4", f"  of which answered COALESCED ({label})", coalesced,
-                            "{:.0f}"))
+        ctx.rows.append(Row("4", f"  of which answered COALESCED ({label})", coalesced, "{:.0f}"))
     ctx.cases["4"] = {"requests": n, "fake_latency_s": 0.05, "runs": runs}
 
 
 # -- case 5: realistic mix ----------------------------------------------------------------
+
 
 def zipf_sequence(n: int, users: int, seed: int = 20260101) -> tuple[list[str], int]:
     """Deterministic request paths: Zipf(1.1) user popularity; 70 % clean single lookups,
@@ -866,7 +1086,7 @@ def zipf_sequence(n: int, users: int, seed: int = 20260101) -> tuple[list[str], 
     cum: list[float] = []
     total = 0.0
     for k in range(1, users + 1):
-        total += k ** -1.1
+        total += k**-1.1
         cum.append(total)
 
     def pick(k: int = 1) -> list[int]:
@@ -899,9 +1119,11 @@ def zipf_sequence(n: int, users: int, seed: int = 20260101) -> tuple[list[str], 
 def case_mix(ctx: Ctx) -> None:
     n, users = (20_000, 2_000) if ctx.quick else (100_000, 10_000)
     latency = 0.02
-    ctx.say(f"\n== case 5: realistic mix, {n:,} requests over {users:,} users, Zipf(1.1), "
-            f"fake latency {latency * 1000:.0f} ms, upstream limit raised to 1e6/s, "
-            "cold cache each run ==")
+    ctx.say(
+        f"\n== case 5: realistic mix, {n:,} requests over {users:,} users, Zipf(1.1), "
+        f"fake latency {latency * 1000:.0f} ms, upstream limit raised to 1e6/s, "
+        "cold cache each run =="
+    )
     paths, distinct = zipf_sequence(n, users)
     seq = ctx.workdir / "zipf.txt"
     seq.write_text("\n".join(paths) + "\n")
@@ -913,8 +1135,16 @@ def case_mix(ctx: Ctx) -> None:
         with running(fake.proc, pproc):
             ctx.uvloop["case5_proxy"] = uses_uvloop(pproc.pid)
             done = ctx.workdir / "sequence.done"
-            r = wrk(ctx, pport, "/", conns=64, script="sequence.lua",
-                    args=[str(seq), str(n), str(done)], max_seconds=600, done_file=done)
+            r = wrk(
+                ctx,
+                pport,
+                "/",
+                conns=64,
+                script="sequence.lua",
+                args=[str(seq), str(n), str(done)],
+                max_seconds=600,
+                done_file=done,
+            )
             r["upstream_calls"] = fake.total()
         c = r["counts"]
         answered = sum(v for k, v in c.items() if k.startswith("xcache_"))
@@ -923,13 +1153,16 @@ def case_mix(ctx: Ctx) -> None:
         r["answered"] = answered
         r["client_rps"] = answered / r["seconds"]
         r["hit_ratio"] = c.get("xcache_HIT", 0) / answered
-        r["served_without_upstream"] = (c.get("xcache_HIT", 0) + c.get("xcache_COALESCED", 0)
-                                        + c.get("xcache_STALE", 0)) / answered
+        r["served_without_upstream"] = (
+            c.get("xcache_HIT", 0) + c.get("xcache_COALESCED", 0) + c.get("xcache_STALE", 0)
+        ) / answered
         r["upstream_per_1000"] = 1000 * r["upstream_calls"] / answered
-        ctx.say(f"  run {i} answered {answered:,} in {r['seconds']:.1f}s = "
-                f"{r['client_rps']:,.0f} rps, hit ratio {r['hit_ratio']:.3f}, upstream calls "
-                f"{r['upstream_calls']:,} ({r['upstream_per_1000']:.1f}/1000), counts {c}, "
-                f"other jobs {r['foreign_cpu_cores']:.2f} cores")
+        ctx.say(
+            f"  run {i} answered {answered:,} in {r['seconds']:.1f}s = "
+            f"{r['client_rps']:,.0f} rps, hit ratio {r['hit_ratio']:.3f}, upstream calls "
+            f"{r['upstream_calls']:,} ({r['upstream_per_1000']:.1f}/1000), counts {c}, "
+            f"other jobs {r['foreign_cpu_cores']:.2f} cores"
+        )
         return r
 
     kept, discarded = rounds(ctx, ["mix"], measure)
@@ -937,42 +1170,66 @@ def case_mix(ctx: Ctx) -> None:
     ideal = 1000 * distinct / n
     ctx.rows += [
         Row("5", "client rps (64 conns, cold start)", [r["client_rps"] for r in runs]),
-        Row("5", "hit ratio (X-Cache: HIT / answers)", [r["hit_ratio"] for r in runs],
-            "{:.3f}"),
-        Row("5", "answered without own upstream call (HIT+COALESCED+STALE)",
-            [r["served_without_upstream"] for r in runs], "{:.3f}"),
-        Row("5", "upstream calls per 1,000 client requests",
-            [r["upstream_per_1000"] for r in runs], "{:.1f}", f"info; ideal {ideal:.1f}"),
+        Row("5", "hit ratio (X-Cache: HIT / answers)", [r["hit_ratio"] for r in runs], "{:.3f}"),
+        Row(
+            "5",
+            "answered without own upstream call (HIT+COALESCED+STALE)",
+            [r["served_without_upstream"] for r in runs],
+            "{:.3f}",
+        ),
+        Row(
+            "5",
+            "upstream calls per 1,000 client requests",
+            [r["upstream_per_1000"] for r in runs],
+            "{:.1f}",
+            f"info; ideal {ideal:.1f}",
+        ),
         pct_rows("5", "client", runs),
     ]
-    ctx.cases["5"] = {"requests": n, "users": users, "zipf_s": 1.1, "seed": 20260101,
-                      "mix": "70% clean /v1/users/{id}, 15% passthrough /users/v1/users/{id}, "
-                             "15% clean /v1/users?ids= (2-10 ids)",
-                      "sequence_sha256": digest, "distinct_upstream_requests": distinct,
-                      "fake_latency_s": latency, "upstream_limit": FAST_LIMIT, "runs": runs,
-                      "discarded_rounds": discarded}
+    ctx.cases["5"] = {
+        "requests": n,
+        "users": users,
+        "zipf_s": 1.1,
+        "seed": 20260101,
+        "mix": "70% clean /v1/users/{id}, 15% passthrough /users/v1/users/{id}, "
+        "15% clean /v1/users?ids= (2-10 ids)",
+        "sequence_sha256": digest,
+        "distinct_upstream_requests": distinct,
+        "fake_latency_s": latency,
+        "upstream_limit": FAST_LIMIT,
+        "runs": runs,
+        "discarded_rounds": discarded,
+    }
 
 
 # -- case 6: memory -----------------------------------------------------------------------
 
+
 def fill_sequence(start: int, n: int) -> list[str]:
     """n distinct typical entries: alternately a clean and a passthrough user lookup."""
-    return [(f"/v1/users/{start + i}" if i % 2 == 0 else f"/users/v1/users/{start + i}")
-            for i in range(n)]
+    return [
+        (f"/v1/users/{start + i}" if i % 2 == 0 else f"/users/v1/users/{start + i}")
+        for i in range(n)
+    ]
 
 
 def case_memory(ctx: Ctx) -> None:
     budget = (16 if ctx.quick else 64) * 1024 * 1024
     n = 20_000 if ctx.quick else 100_000
-    ctx.say(f"\n== case 6: memory, fill L1 with {n:,} entries under a "
-            f"{budget // 2**20} MiB budget (max_entries raised to 1e6 so the byte budget "
-            "binds; upstream limit raised to 1e6/s) ==")
+    ctx.say(
+        f"\n== case 6: memory, fill L1 with {n:,} entries under a "
+        f"{budget // 2**20} MiB budget (max_entries raised to 1e6 so the byte budget "
+        "binds; upstream limit raised to 1e6/s) =="
+    )
     warm_file = ctx.workdir / "warm.txt"
     warm_file.write_text("\n".join(fill_sequence(4_000_000, 2000)) + "\n")
     fill_file = ctx.workdir / "fill.txt"
     fill_file.write_text("\n".join(fill_sequence(5_000_000, n)) + "\n")
-    env = {**FAST_LIMIT, "BLOXPROXY_CACHE_MAX_BYTES": str(budget),
-           "BLOXPROXY_CACHE_MAX_ENTRIES": "1000000"}
+    env = {
+        **FAST_LIMIT,
+        "BLOXPROXY_CACHE_MAX_BYTES": str(budget),
+        "BLOXPROXY_CACHE_MAX_ENTRIES": "1000000",
+    }
     runs = []
     for i in range(ctx.runs):
         fake = Fake(ctx).start()
@@ -980,14 +1237,30 @@ def case_memory(ctx: Ctx) -> None:
         with running(fake.proc, pproc):
             ctx.uvloop["case6_proxy"] = uses_uvloop(pproc.pid)
             done = ctx.workdir / "sequence.done"
-            w = wrk(ctx, pport, "/", conns=64, script="sequence.lua",
-                    args=[str(warm_file), "2000", str(done)], max_seconds=120, done_file=done)
+            w = wrk(
+                ctx,
+                pport,
+                "/",
+                conns=64,
+                script="sequence.lua",
+                args=[str(warm_file), "2000", str(done)],
+                max_seconds=120,
+                done_file=done,
+            )
             time.sleep(1.0)
             rss0 = proc_status(pproc.pid, "VmRSS")
             l1b0 = metric(pport, "bloxproxy_cache_l1_bytes")
             l1n0 = metric(pport, "bloxproxy_cache_l1_entries")
-            f = wrk(ctx, pport, "/", conns=64, script="sequence.lua",
-                    args=[str(fill_file), str(n), str(done)], max_seconds=600, done_file=done)
+            f = wrk(
+                ctx,
+                pport,
+                "/",
+                conns=64,
+                script="sequence.lua",
+                args=[str(fill_file), str(n), str(done)],
+                max_seconds=600,
+                done_file=done,
+            )
             filled = sum(v for k, v in f["counts"].items() if k.startswith("xcache_"))
             if filled != n:
                 raise BenchError(f"case 6: {filled} of {n} fill requests answered")
@@ -998,34 +1271,63 @@ def case_memory(ctx: Ctx) -> None:
             l1n1 = metric(pport, "bloxproxy_cache_l1_entries")
             upstream = fake.total()
         r: dict[str, Any] = {
-             "rss_before": rss0, "rss_after": rss1, "vm_hwm": hwm, "l1_bytes_before": l1b0,
-             "l1_bytes_after": l1b1, "l1_entries_before": l1n0, "l1_entries_after": l1n1,
-             "growth": rss1 - rss0, "growth_over_budget": (rss1 - rss0) / budget,
-             "growth_over_l1_bytes_added": (rss1 - rss0) / max(1.0, l1b1 - l1b0),
-             "upstream_calls": upstream, "warm": w, "fill": f}
+            "rss_before": rss0,
+            "rss_after": rss1,
+            "vm_hwm": hwm,
+            "l1_bytes_before": l1b0,
+            "l1_bytes_after": l1b1,
+            "l1_entries_before": l1n0,
+            "l1_entries_after": l1n1,
+            "growth": rss1 - rss0,
+            "growth_over_budget": (rss1 - rss0) / budget,
+            "growth_over_l1_bytes_added": (rss1 - rss0) / max(1.0, l1b1 - l1b0),
+            "upstream_calls": upstream,
+            "warm": w,
+            "fill": f,
+        }
         runs.append(r)
-        ctx.say(f"  run {i + 1} RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB "
-                f"(+{r['growth'] / 2**20:.1f} MiB = {r['growth_over_budget']:.2f} × budget), "
-                f"L1 {l1n1:,.0f} entries / {l1b1 / 2**20:.1f} MiB accounted, "
-                f"fill {f['rps']:,.0f} rps, counts {f['counts']}")
-    mib = 2 ** 20
+        ctx.say(
+            f"  run {i + 1} RSS {rss0 / 2**20:.1f} -> {rss1 / 2**20:.1f} MiB "
+            f"(+{r['growth'] / 2**20:.1f} MiB = {r['growth_over_budget']:.2f} × budget), "
+            f"L1 {l1n1:,.0f} entries / {l1b1 / 2**20:.1f} MiB accounted, "
+            f"fill {f['rps']:,.0f} rps, counts {f['counts']}"
+        )
+    mib = 2**20
     ctx.rows += [
-        Row("6", f"RSS growth / budget ({budget // mib} MiB), {n:,} entries",
-            [r["growth_over_budget"] for r in runs], "{:.2f}", "≤ 1.20",
-            med([r["growth_over_budget"] for r in runs]) <= 1.20),
+        Row(
+            "6",
+            f"RSS growth / budget ({budget // mib} MiB), {n:,} entries",
+            [r["growth_over_budget"] for r in runs],
+            "{:.2f}",
+            "≤ 1.20",
+            med([r["growth_over_budget"] for r in runs]) <= 1.20,
+        ),
         Row("6", "RSS growth MiB", [r["growth"] / mib for r in runs], "{:.1f}"),
-        Row("6", "L1 bytes accounted after fill, MiB", [r["l1_bytes_after"] / mib for r in runs],
-            "{:.1f}"),
+        Row(
+            "6",
+            "L1 bytes accounted after fill, MiB",
+            [r["l1_bytes_after"] / mib for r in runs],
+            "{:.1f}",
+        ),
         Row("6", "L1 entries after fill", [r["l1_entries_after"] for r in runs]),
-        Row("6", "RSS growth / L1 bytes added (accounting accuracy)",
-            [r["growth_over_l1_bytes_added"] for r in runs], "{:.2f}"),
+        Row(
+            "6",
+            "RSS growth / L1 bytes added (accounting accuracy)",
+            [r["growth_over_l1_bytes_added"] for r in runs],
+            "{:.2f}",
+        ),
     ]
-    ctx.cases["6"] = {"budget_bytes": budget, "entries_requested": n,
-                      "fill": "alternating /v1/users/{id} and /users/v1/users/{id}, distinct ids",
-                      "env": env, "runs": runs}
+    ctx.cases["6"] = {
+        "budget_bytes": budget,
+        "entries_requested": n,
+        "fill": "alternating /v1/users/{id} and /users/v1/users/{id}, distinct ids",
+        "env": env,
+        "runs": runs,
+    }
 
 
 # -- case 7: Redis L2 hit -----------------------------------------------------------------
+
 
 def case_redis(ctx: Ctx) -> None:
     import redis as redis_py
@@ -1040,16 +1342,21 @@ def case_redis(ctx: Ctx) -> None:
         fake = Fake(ctx).start()
         env = {"BLOXPROXY_CACHE_REDIS_URL": server.url}
         l1proc, l1port = proxy(ctx, fake, env, name="proxy-l1")
-        l2proc, l2port = proxy(ctx, fake, {**env, "BLOXPROXY_CACHE_MAX_ENTRIES": "0"},
-                               name="proxy-l2")
+        l2proc, l2port = proxy(
+            ctx, fake, {**env, "BLOXPROXY_CACHE_MAX_ENTRIES": "0"}, name="proxy-l2"
+        )
         rc = redis_py.Redis.from_url(server.url)
         with running(fake.proc, l1proc, l2proc):
             ctx.uvloop["case7_proxy"] = uses_uvloop(l2proc.pid)
             for path in (CLEAN_HIT, PASS_HIT):
                 warm_hit(l2port, path)  # stored in Redis by the first miss
                 warm_hit(l1port, path)  # L1 filled from L2
-            sides = {"l1_clean": (l1port, CLEAN_HIT), "l2_clean": (l2port, CLEAN_HIT),
-                     "l1_pass": (l1port, PASS_HIT), "l2_pass": (l2port, PASS_HIT)}
+            sides = {
+                "l1_clean": (l1port, CLEAN_HIT),
+                "l2_clean": (l2port, CLEAN_HIT),
+                "l1_pass": (l1port, PASS_HIT),
+                "l2_pass": (l2port, PASS_HIT),
+            }
             for port, path in sides.values():
                 wrk(ctx, port, path, duration=2)
 
@@ -1061,34 +1368,49 @@ def case_redis(ctx: Ctx) -> None:
                 gets1 = rc.info("commandstats").get("cmdstat_get", {}).get("calls", 0)
                 r["pre_x_cache"] = pre
                 r["redis_gets_per_request"] = (gets1 - gets0) / max(1, r["requests"])
-                ctx.say(f"  run {i} {side:9} {wrk_line(r)}  Redis GETs/request "
-                            f"{r['redis_gets_per_request']:.2f}")
+                ctx.say(
+                    f"  run {i} {side:9} {wrk_line(r)}  Redis GETs/request "
+                    f"{r['redis_gets_per_request']:.2f}"
+                )
                 return r
 
             runs, discarded = rounds(ctx, list(sides), measure)
         rc.close()
-        redis_version = subprocess.run([server.binary, "--version"], capture_output=True,
-                                       text=True, check=False).stdout.strip()
+        redis_version = subprocess.run(
+            [server.binary, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
     finally:
         server.stop()
     rows = []
     for kind, label in (("clean", f"clean {CLEAN_HIT}"), ("pass", f"passthrough {PASS_HIT}")):
-        ratio = [a["rps"] / b["rps"] for a, b in zip(runs[f"l2_{kind}"], runs[f"l1_{kind}"],
-                                                     strict=True)]
+        ratio = [
+            a["rps"] / b["rps"] for a, b in zip(runs[f"l2_{kind}"], runs[f"l1_{kind}"], strict=True)
+        ]
         rows += [
             Row("7", f"L1 hit rps, {label}", [r["rps"] for r in runs[f"l1_{kind}"]]),
             Row("7", f"L2 (Redis) hit rps, {label}", [r["rps"] for r in runs[f"l2_{kind}"]]),
-            Row("7", f"L2 hit rps / L1 hit rps, {label}", ratio, "{:.2f}", "≥ 0.50",
-                med(ratio) >= 0.5),
+            Row(
+                "7",
+                f"L2 hit rps / L1 hit rps, {label}",
+                ratio,
+                "{:.2f}",
+                "≥ 0.50",
+                med(ratio) >= 0.5,
+            ),
             pct_rows("7", f"L2 hit {kind}", runs[f"l2_{kind}"]),
         ]
     ctx.rows += rows
-    ctx.cases["7"] = {"redis": redis_version, "runs": runs, "discarded_rounds": discarded,
-                      "config": "both proxies: config.yaml + BLOXPROXY_CACHE_REDIS_URL; the L2 "
-                                "one also BLOXPROXY_CACHE_MAX_ENTRIES=0"}
+    ctx.cases["7"] = {
+        "redis": redis_version,
+        "runs": runs,
+        "discarded_rounds": discarded,
+        "config": "both proxies: config.yaml + BLOXPROXY_CACHE_REDIS_URL; the L2 "
+        "one also BLOXPROXY_CACHE_MAX_ENTRIES=0",
+    }
 
 
 # -- machine and main ---------------------------------------------------------------------
+
 
 def version(dist: str) -> str | None:
     try:
@@ -1102,19 +1424,32 @@ def machine() -> dict[str, Any]:
     models = re.findall(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
     mem = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
-    wrk_v = subprocess.run(["wrk", "--version"] if shutil.which("wrk") else ["true"],
-                           capture_output=True, text=True, check=False)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT, check=False).stdout.strip() or None
+    wrk_v = subprocess.run(
+        ["wrk", "--version"] if shutil.which("wrk") else ["true"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    commit = (
+        subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
+        ).stdout.strip()
+        or None
+    )
     return {
         "cpu_model": models[0] if models else platform.processor(),
-        "cpu_count_proc": len(models), "nproc": nproc,
+        "cpu_count_proc": len(models),
+        "nproc": nproc,
         "mem_total_bytes": int(mem.group(1)) * 1024 if mem else None,
         "uname": " ".join(platform.uname()),
         "python": sys.version.split()[0],
-        "aiohttp": version("aiohttp"), "uvloop": version("uvloop"), "orjson": version("orjson"),
-        "redis_py": version("redis"), "bloxproxy": version("bloxproxy"),
-        "wrk": (wrk_v.stdout + wrk_v.stderr).splitlines()[0] if (wrk_v.stdout + wrk_v.stderr)
+        "aiohttp": version("aiohttp"),
+        "uvloop": version("uvloop"),
+        "orjson": version("orjson"),
+        "redis_py": version("redis"),
+        "bloxproxy": version("bloxproxy"),
+        "wrk": (wrk_v.stdout + wrk_v.stderr).splitlines()[0]
+        if (wrk_v.stdout + wrk_v.stderr)
         else None,
         "git_commit": commit,
     }
@@ -1122,15 +1457,19 @@ def machine() -> dict[str, Any]:
 
 # -- case 8: the event loop (uvloop or asyncio) ---------------------------------------------
 
+
 def case_loop(ctx: Ctx) -> None:
     """uvloop is an optional dependency (``bloxproxy serve`` uses it when installed): what it
     is worth, for a hit and for a miss, against the same proxy on asyncio's own loop."""
-    ctx.say("\n== case 8: the proxy on uvloop vs on asyncio's loop (BLOXPROXY_NO_UVLOOP=1); "
-            "hit and miss (fake 0 ms, upstream limit raised) ==")
+    ctx.say(
+        "\n== case 8: the proxy on uvloop vs on asyncio's loop (BLOXPROXY_NO_UVLOOP=1); "
+        "hit and miss (fake 0 ms, upstream limit raised) =="
+    )
     fake = Fake(ctx).start()
     uproc, uport = proxy(ctx, fake, FAST_LIMIT, name="proxy-uvloop")
-    aproc, aport = proxy(ctx, fake, {**FAST_LIMIT, "BLOXPROXY_NO_UVLOOP": "1"},
-                         name="proxy-asyncio")
+    aproc, aport = proxy(
+        ctx, fake, {**FAST_LIMIT, "BLOXPROXY_NO_UVLOOP": "1"}, name="proxy-asyncio"
+    )
     ids = Ids(8_000_000)
     with running(fake.proc, uproc, aproc):
         ctx.uvloop["case8_uvloop"] = uses_uvloop(uproc.pid)
@@ -1139,8 +1478,12 @@ def case_loop(ctx: Ctx) -> None:
             raise BenchError("uvloop is not installed, or BLOXPROXY_NO_UVLOOP was not obeyed")
         for port in (uport, aport):
             warm_hit(port, CLEAN_HIT)
-        sides = {"hit_uvloop": uport, "hit_asyncio": aport,
-                 "miss_uvloop": uport, "miss_asyncio": aport}
+        sides = {
+            "hit_uvloop": uport,
+            "hit_asyncio": aport,
+            "miss_uvloop": uport,
+            "miss_asyncio": aport,
+        }
 
         def measure(i: int, side: str) -> dict[str, Any]:
             port = sides[side]
@@ -1148,8 +1491,9 @@ def case_loop(ctx: Ctx) -> None:
                 r = wrk(ctx, port, CLEAN_HIT)
             else:
                 start = ids.next
-                r = wrk(ctx, port, "/", script="unique.lua",
-                        args=["/users/v1/users/{id}", str(start)])
+                r = wrk(
+                    ctx, port, "/", script="unique.lua", args=["/users/v1/users/{id}", str(start)]
+                )
                 ids.advance(start + r["requests"] + 164)
             ctx.say(f"  run {i} {side:12} {wrk_line(r)}")
             return r
@@ -1161,18 +1505,31 @@ def case_loop(ctx: Ctx) -> None:
     for kind, label in (("hit", f"clean hit {CLEAN_HIT}"), ("miss", "passthrough miss")):
         u, a = runs[f"{kind}_uvloop"], runs[f"{kind}_asyncio"]
         rows += [
-            Row("8", f"{label} rps: uvloop | asyncio", [],
-                text=f"{med([r['rps'] for r in u]):,.0f} | {med([r['rps'] for r in a]):,.0f}"),
-            Row("8", f"{label} rps uvloop / asyncio",
-                [x["rps"] / y["rps"] for x, y in zip(u, a, strict=True)], "{:.2f}"),
+            Row(
+                "8",
+                f"{label} rps: uvloop | asyncio",
+                [],
+                text=f"{med([r['rps'] for r in u]):,.0f} | {med([r['rps'] for r in a]):,.0f}",
+            ),
+            Row(
+                "8",
+                f"{label} rps uvloop / asyncio",
+                [x["rps"] / y["rps"] for x, y in zip(u, a, strict=True)],
+                "{:.2f}",
+            ),
         ]
     ctx.rows.extend(rows)
-    ctx.cases["8"] = {"runs": runs, "discarded_rounds": discarded, "conns": 64,
-                      "config": "config.yaml as shipped + upstream limit raised; the asyncio "
-                                "side with BLOXPROXY_NO_UVLOOP=1"}
+    ctx.cases["8"] = {
+        "runs": runs,
+        "discarded_rounds": discarded,
+        "conns": 64,
+        "config": "config.yaml as shipped + upstream limit raised; the asyncio "
+        "side with BLOXPROXY_NO_UVLOOP=1",
+    }
 
 
 # -- case 9: the economy workload (bench/economy.py) ----------------------------------------
+
 
 def case_economy(ctx: Ctx) -> None:
     if str(BENCH) not in sys.path:
@@ -1180,14 +1537,18 @@ def case_economy(ctx: Ctx) -> None:
     import economy
 
     limits = "40" if ctx.quick else "40,80,20"
-    ctx.say(f"\n== case 9: economy workload (bench/economy.py), fake limits {limits} per s "
-            "per client IP; none | nginx | bloxproxy ==")
+    ctx.say(
+        f"\n== case 9: economy workload (bench/economy.py), fake limits {limits} per s "
+        "per client IP; none | nginx | bloxproxy =="
+    )
     try:
         res = economy.main(["--limits", limits], src=SRC, logdir=ctx.logdir, write=False)
     except RuntimeError as exc:
         raise BenchError(str(exc)) from exc
-    ctx.rows += [Row("9", r["what"], r["values"], "{:.3f}", r["target"], r["ok"], r["text"])
-                 for r in res["rows"]]
+    ctx.rows += [
+        Row("9", r["what"], r["values"], "{:.3f}", r["target"], r["ok"], r["text"])
+        for r in res["rows"]
+    ]
     ctx.cases["9"] = res
 
 
@@ -1205,35 +1566,51 @@ CASES: dict[str, Callable[[Ctx], None]] = {
 
 
 def estimate(cases: Sequence[str], runs: int, duration: float, quick: bool) -> float:
-    per = {"1": 5 * runs * duration + 25, "2": 5 * runs * duration + 30,
-           "3": 20 * runs * duration + 20, "4": 5 + 3 * runs, "5": runs * (8 if quick else 35),
-           "6": runs * (8 if quick else 30), "7": 4 * runs * duration + 25,
-           "8": 4 * (runs + 1) * duration + 20, "9": 60 if quick else 180}
+    per = {
+        "1": 5 * runs * duration + 25,
+        "2": 5 * runs * duration + 30,
+        "3": 20 * runs * duration + 20,
+        "4": 5 + 3 * runs,
+        "5": runs * (8 if quick else 35),
+        "6": runs * (8 if quick else 30),
+        "7": 4 * runs * duration + 25,
+        "8": 4 * (runs + 1) * duration + 20,
+        "9": 60 if quick else 180,
+    }
     return sum(per[c] for c in cases)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Run the bloxproxy benchmarks (see bench/README.md).")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: 1 run of 3 s per side, smaller cases 5 and 6")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 1 run of 3 s per side, smaller cases 5 and 6",
+    )
     p.add_argument("--cases", default="1,2,3,4,5,6,7,8,9", help="comma-separated case numbers")
     p.add_argument("--runs", type=int, default=None, help="rounds per case (default 3)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds per wrk measurement (default 10)")
+    p.add_argument(
+        "--duration", type=float, default=None, help="seconds per wrk measurement (default 10)"
+    )
     p.add_argument("--out", default=str(BENCH / "out" / "results.json"))
-    p.add_argument("--quiet-wait", type=float, default=10.0, metavar="S",
-                   help="before each measurement wait up to S seconds until other processes "
-                        "use < 0.25 cores (0: do not wait)")
-    p.add_argument("--keep-logs", action="store_true",
-                   help="keep the servers' logs (the path is printed)")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="before each measurement wait up to S seconds until other processes "
+        "use < 0.25 cores (0: do not wait)",
+    )
+    p.add_argument(
+        "--keep-logs", action="store_true", help="keep the servers' logs (the path is printed)"
+    )
     args = p.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         p.error(f"unknown case(s) {', '.join(unknown)}; choose from 1-9")
     if shutil.which("wrk") is None and set(cases) - {"9"}:  # case 9 brings its own client
-        print("wrk is not installed; install it with:\n    apt-get install -y wrk",
-              file=sys.stderr)
+        print("wrk is not installed; install it with:\n    apt-get install -y wrk", file=sys.stderr)
         return 2
     runs = args.runs or (1 if args.quick else 3)
     duration = args.duration or (3.0 if args.quick else 10.0)
@@ -1247,8 +1624,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGHUP, interrupted)
     tmp = Path(tempfile.mkdtemp(prefix="bloxproxy-bench-"))
-    ctx = Ctx(runs=runs, duration=duration, quick=args.quick, workdir=tmp, logdir=tmp,
-              quiet_wait=args.quiet_wait)
+    ctx = Ctx(
+        runs=runs,
+        duration=duration,
+        quick=args.quick,
+        workdir=tmp,
+        logdir=tmp,
+        quiet_wait=args.quiet_wait,
+    )
     started = datetime.datetime.now(datetime.UTC)
     t0 = time.monotonic()
     info = machine()
@@ -1257,10 +1640,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         return 1
-    print(f"bloxproxy bench: cases {','.join(cases)}, {runs} run(s), {duration:g} s per wrk "
-          f"measurement, about {estimate(cases, runs, duration, args.quick) / 60:.0f} min; "
-          f"{info['nproc']} cores ({info['cpu_model']}), Python {info['python']}, "
-          f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}; logs in {tmp}", flush=True)
+    print(
+        f"bloxproxy bench: cases {','.join(cases)}, {runs} run(s), {duration:g} s per wrk "
+        f"measurement, about {estimate(cases, runs, duration, args.quick) / 60:.0f} min; "
+        f"{info['nproc']} cores ({info['cpu_model']}), Python {info['python']}, "
+        f"aiohttp {info['aiohttp']}, uvloop {info['uvloop']}; logs in {tmp}",
+        flush=True,
+    )
     failed: dict[str, str] = {}
     try:
         for c in cases:
@@ -1277,20 +1663,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_all()
     elapsed = time.monotonic() - t0
     if ctx.foreign:
-        ctx.rows.append(Row("all", "CPU used by other jobs during wrk runs, cores (of "
-                            f"{NCPU})", ctx.foreign, "{:.2f}", "≈ 0"))
+        ctx.rows.append(
+            Row(
+                "all",
+                f"CPU used by other jobs during wrk runs, cores (of {NCPU})",
+                ctx.foreign,
+                "{:.2f}",
+                "≈ 0",
+            )
+        )
     text = table(ctx.rows)
     print("\n" + text)
-    print(f"\n{runs} run(s) × {duration:g} s; median over runs, spread = min–max; verdict: "
-          "the median against the target. Took {:.1f} min.".format(elapsed / 60))
+    print(
+        f"\n{runs} run(s) × {duration:g} s; median over runs, spread = min–max; verdict: "
+        "the median against the target. Took {:.1f} min.".format(elapsed / 60)
+    )
     if failed:
         print("failed cases: " + ", ".join(failed), file=sys.stderr)
     result = {
         "date": started.isoformat(timespec="seconds"),
-        "command": " ".join([Path(PY).name, *sys.argv]) if argv is None
+        "command": " ".join([Path(PY).name, *sys.argv])
+        if argv is None
         else " ".join(["bench/run.py", *argv]),
-        "params": {"cases": cases, "runs": runs, "duration_s": duration, "quick": args.quick,
-                   "wrk": "wrk -t1 (one thread), --timeout 5s", "host": HOST},
+        "params": {
+            "cases": cases,
+            "runs": runs,
+            "duration_s": duration,
+            "quick": args.quick,
+            "wrk": "wrk -t1 (one thread), --timeout 5s",
+            "host": HOST,
+        },
         "machine": info,
         "proxy_used_uvloop": ctx.uvloop,
         "elapsed_s": round(elapsed, 1),

@@ -47,7 +47,7 @@ from .observe import AccessLog, Metrics
 from .pipeline import Pipeline
 from .ratelimit import RedisBuckets
 from .requestids import REQUEST_ID_HEADER
-from .rules import RuleSet, load_rules
+from .rules import RuleSet, load_configured
 from .upstream.client import Upstream, create_session
 from .upstream.guard import Guard
 from .upstream.inflight import ByteBudget, release_free_memory
@@ -83,7 +83,7 @@ def create_app(
     )
     app = web.Application(client_max_size=config.server.max_body_size)
     app[CONFIG] = config
-    app[RULES] = rules if rules is not None else load_rules(config.rule_paths())
+    app[RULES] = rules if rules is not None else load_configured(config)
     app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
     app[METRICS] = metrics
     app[FRONT] = front

@@ -123,6 +123,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if loaded is None:
         return 1
     _config, rules = loaded
+    for override in rules.overrides:  # a notice, not a problem: the user's rule wins
+        print(override)
     print(
         f"ok: config {args.config or '<defaults>'}, {len(rules.routes)} routes "
         f"from {len(rules.files)} rule file(s)"
@@ -130,7 +132,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """``600.0`` as ``10m``, ``1.5`` as ``1.5s``, ``0`` as ``-``."""
     if seconds == 0:
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
@@ -146,14 +149,14 @@ def routes_table(rules: RuleSet) -> str:
         query = "&".join(f"{k}={v}" for k, v in b.query.items)
         upstream = f"{b.method} {b.service}{b.path.text}" + (f"?{query}" if query else "")
         c = r.cache
-        ttl = _duration(c.ttl) if c.enabled else "off"
+        ttl = duration_text(c.ttl) if c.enabled else "off"
         rows.append(
             (
                 f"{r.method} {r.endpoint}",
                 upstream,
                 ttl,
-                _duration(c.stale_while_revalidate),
-                _duration(c.stale_if_error),
+                duration_text(c.stale_while_revalidate),
+                duration_text(c.stale_if_error),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

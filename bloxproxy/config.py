@@ -14,6 +14,7 @@ it (``python -m bloxproxy.config``) and a test keeps the two in step.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import os
@@ -195,8 +196,15 @@ class RulesConfig:
     paths: tuple[str, ...] = opt(
         (),
         schema.string_list,
-        "Rule files or directories of `*.yaml`, relative to the config file. "
-        "Empty: the rules shipped with bloxproxy.",
+        "Your rule files or directories of `*.yaml`, relative to the config file, loaded "
+        "beside the shipped rules. A route whose `id` is a shipped route's replaces it "
+        "(`bloxproxy check` lists each one); any other clash is an error.",
+    )
+    shipped: bool = opt(
+        True,
+        schema.boolean,
+        "Load the rules shipped with bloxproxy (`rules/` in a checkout). `false`: only "
+        "`rules.paths`.",
     )
 
 
@@ -396,11 +404,18 @@ class Config:
         override = self.upstream.services.get(service)
         return override if override else self.upstream.base_url.replace("{service}", service)
 
-    def rule_paths(self) -> list[Path]:
-        if not self.rules.paths:
-            return [shipped_rules_dir()]
+    def shipped_rule_paths(self) -> list[Path]:
+        """The shipped rules, unless ``rules.shipped`` is false."""
+        return [shipped_rules_dir()] if self.rules.shipped else []
+
+    def user_rule_paths(self) -> list[Path]:
+        """``rules.paths``, relative to the config file (or the working directory)."""
         base = Path(self.source).parent if self.source else Path.cwd()
         return [(base / p) for p in self.rules.paths]
+
+    def rule_paths(self) -> list[Path]:
+        """Every rule path: the shipped rules, then the user's (what ``--watch`` polls)."""
+        return [*self.shipped_rule_paths(), *self.user_rule_paths()]
 
 
 def schema_map(value: object) -> dict[str, object]:
@@ -532,17 +547,21 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
 
 
 def salvage_rule_paths(path: str | None, env: Mapping[str, str] | None = None) -> Config:
-    """The defaults plus whatever valid ``rules.paths`` an invalid config file names, so that
-    ``check`` can still validate the rules the user meant alongside the config's errors."""
+    """The defaults plus whatever valid ``rules.paths`` and ``rules.shipped`` an invalid
+    config file names, so that ``check`` can still validate the rules the user meant
+    alongside the config's errors."""
     config = Config(source=path or "")
     if path is None:
         return config
     try:
-        raw = load_file(path, env=os.environ if env is None else env)
-        paths = schema.string_list(raw["rules"]["paths"])
-    except (ConfigError, KeyError, TypeError, ValueError):
+        section = load_file(path, env=os.environ if env is None else env)["rules"]
+    except (ConfigError, KeyError, TypeError):
         return config
-    return dataclasses.replace(config, rules=RulesConfig(paths=paths))
+    found: dict[str, Any] = {}
+    for name, reader in (("paths", schema.string_list), ("shipped", schema.boolean)):
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            found[name] = reader(section[name])
+    return dataclasses.replace(config, rules=RulesConfig(**found))
 
 
 def reference_markdown() -> str:
@@ -591,15 +610,7 @@ def _shown_default(default: object) -> str:
     """A default as written in YAML, in a Markdown code span."""
     if isinstance(default, tuple) and len(default) > 6:
         return f"{len(default)} Roblox services (see `DEFAULT_SERVICES`)"
-    if isinstance(default, bool):
-        text = "true" if default else "false"
-    elif isinstance(default, tuple):
-        text = "[" + ", ".join(default) + "]"
-    elif default == "":
-        text = '""'
-    else:
-        text = str(default)
-    return f"`{text}`"
+    return schema.shown_default(default)
 
 
 if __name__ == "__main__":

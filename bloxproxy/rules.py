@@ -7,100 +7,45 @@ limited. :func:`load_rules` validates every file and reports *every* problem as
 broken file never replaces a working rule set. Everything a request needs is compiled
 here, once: parameter parsers, templates, the normalization plan, the router.
 
-The vocabulary is documented in ``docs/RULES.md``; the field tables there are kept in step
-with the ``*_KEYS`` constants below by a test.
+Every key of a rule file is declared once, in :mod:`bloxproxy.rule_fields` (its reader,
+default and reference text); this module reads the files through those declarations and
+keeps what is relational: parameters against the endpoint, templates against the
+parameters, ``order_by`` against the list parameters, routes against each other. The key
+tables of ``docs/RULES.md`` are generated from the declarations.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from . import normalize, schema
-from .config import SERVICE_NAME_RE
+from . import normalize, rule_fields, schema
 from .errors import ConfigError, Problem, Where
-from .params import PARAM_TYPES, Param, ParamError
+from .params import Param, ParamError
 from .router import DuplicateRoute, Router
+from .rule_fields import (
+    BACKEND,
+    CACHE,
+    FILE,
+    LIMITS,
+    ORDER_BY,
+    PAGINATION,
+    PARAM,
+    RESPONSE,
+    ROUTE,
+    WHEN,
+)
 from .templates import PathTemplate, QueryTemplate, Renderer, TemplateError, compile_body
 from .yamlsrc import MarkedDict, MarkedList, load_file
 
-FILE_KEYS = ("service", "tags", "routes")
-ROUTE_KEYS = (
-    "endpoint",
-    "id",
-    "method",
-    "summary",
-    "description",
-    "tags",
-    "deprecated",
-    "params",
-    "query",
-    "backend",
-    "response",
-    "cache",
-    "limits",
-    "example",
-)
-PARAM_KEYS = (
-    "type",
-    "description",
-    "required",
-    "default",
-    "example",
-    "enum",
-    "min",
-    "max",
-    "min_length",
-    "max_length",
-    "pattern",
-    "min_items",
-    "max_items",
-)
-BACKEND_KEYS = (
-    "service",
-    "method",
-    "path",
-    "query",
-    "list_format",
-    "body",
-    "headers",
-    "forward_headers",
-    "credentials",
-    "safe_read",
-)
-RESPONSE_KEYS = (
-    "pick",
-    "pagination",
-    "allow",
-    "deny",
-    "rename",
-    "case",
-    "order_by",
-    "empty",
-    "shape",
-    "status_map",
-    "require",
-)
-PAGINATION_KEYS = ("items", "next", "previous")
-CACHE_KEYS = (
-    "enabled",
-    "ttl",
-    "stale_while_revalidate",
-    "stale_if_error",
-    "not_found_ttl",
-    "credentials",
-    "when",
-)
-WHEN_KEYS = ("path", "equals", "in", "ttl")
-LIMITS_KEYS = ("bucket",)
+if TYPE_CHECKING:
+    from .config import Config
 
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
-_CLEAN_PATH_RE = re.compile(r"^/v[0-9]+(/[A-Za-z0-9._~-]+|/\{[a-z_][a-z0-9_]*\})+$")
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
-_ID_RE = re.compile(r"^[a-z0-9_.-]+$")
 # Never forwarded from a clean route even if listed: credentials go through
 # `backend.credentials`, hop-by-hop and framing headers are ours to set.
 _FORBIDDEN_FORWARD = frozenset(
@@ -115,7 +60,6 @@ _FORBIDDEN_FORWARD = frozenset(
         "roblox-id",
     }
 )
-_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +123,18 @@ class Route:
     file: str
 
 
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A route of the user's rule files that replaces the shipped route with its id."""
+
+    route_id: str
+    where: Where  # the user's route
+    shipped: Where  # the shipped route it replaces
+
+    def __str__(self) -> str:
+        return f"{self.where}: overrides shipped rule {self.route_id} ({self.shipped})"
+
+
 @dataclass(frozen=True)
 class RuleSet:
     """All routes of all rule files, with the router built from them."""
@@ -186,6 +142,7 @@ class RuleSet:
     routes: tuple[Route, ...]
     router: Router[Route] = field(repr=False)
     files: tuple[str, ...] = ()
+    overrides: tuple[Override, ...] = ()  # shipped routes replaced by the user's
 
     def by_id(self, route_id: str) -> Route | None:
         return next((r for r in self.routes if r.id == route_id), None)
@@ -202,19 +159,33 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
-def load_rules(paths: Iterable[Path]) -> RuleSet:
-    """Load and compile every rule file; raise one ConfigError listing every problem."""
+def load_configured(config: Config) -> RuleSet:
+    """The rules a config names: the shipped ones (unless ``rules.shipped: false``) and,
+    beside them, the files of ``rules.paths``."""
+    return load_rules(config.user_rule_paths(), shipped=config.shipped_rule_paths())
+
+
+def load_rules(paths: Iterable[Path], shipped: Iterable[Path] = ()) -> RuleSet:
+    """Load and compile the rule files of ``paths`` beside those of ``shipped`` (the rules
+    that come with bloxproxy); raise one ConfigError listing every problem.
+
+    A route of ``paths`` whose id is a shipped route's replaces that route (listed in
+    :attr:`RuleSet.overrides`); every other clash (one id twice among the user's files, one
+    endpoint for two ids) is a problem. A file named in both is loaded once, as shipped.
+    """
     problems: list[Problem] = []
-    routes: list[Route] = []
-    paths = list(paths)
-    files = rule_files(paths)
-    for path in files:
-        try:
-            data = load_file(str(path), display_name=_display(path))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-            continue
-        routes.extend(_load_file(data, _display(path), problems))
+    paths, shipped = list(paths), list(shipped)
+    shipped_files = rule_files(shipped)
+    known = {f.resolve() for f in shipped_files}
+    user_files = [f for f in rule_files(paths) if f.resolve() not in known]
+    shipped_routes = _load_files(shipped_files, problems)
+    user_routes = _load_files(user_files, problems)
+    replacing = {r.id: r for r in reversed(user_routes)}  # the first of each id
+    overrides = tuple(
+        Override(r.id, replacing[r.id].where, r.where) for r in shipped_routes if r.id in replacing
+    )
+    kept = [r for r in shipped_routes if r.id not in replacing]
+    routes = [*kept, *user_routes]
     router: Router[Route] = Router()
     seen_ids: dict[str, Route] = {}
     added: list[Route] = []
@@ -231,15 +202,37 @@ def load_rules(paths: Iterable[Path]) -> RuleSet:
         except DuplicateRoute as exc:
             other = next((r for r in added if _clashes(r, route)), None)
             see = f" (see {other.where})" if other is not None else ""
+            if (
+                other is not None
+                and other.endpoint == route.endpoint
+                and any(other is k for k in kept)
+            ):
+                see = (
+                    f" (see {other.where}: the shipped route {other.id}; "
+                    f"give this route id: {other.id} to replace it)"
+                )
             problems.append(Problem(route.where, f"endpoint: {exc}{see}"))
         else:
             added.append(route)
+    files = [*shipped_files, *user_files]
     if not files:
-        where = ", ".join(str(p) for p in paths) or "rules"
+        where = ", ".join(str(p) for p in [*shipped, *paths]) or "rules"
         problems.append(Problem(Where(where, 0), "no rule files found"))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))
-    return RuleSet(tuple(routes), router, tuple(str(f) for f in files))
+    return RuleSet(tuple(routes), router, tuple(str(f) for f in files), overrides)
+
+
+def _load_files(files: Iterable[Path], problems: list[Problem]) -> list[Route]:
+    routes: list[Route] = []
+    for path in files:
+        try:
+            data = load_file(str(path), display_name=_display(path))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        routes.extend(_load_file(data, _display(path), problems))
+    return routes
 
 
 def _clashes(a: Route, b: Route) -> bool:
@@ -266,10 +259,10 @@ def _load_file(data: object, name: str, problems: list[Problem]) -> list[Route]:
     top = schema.mapping(data, Where(name, 1), "rule file", problems)
     if top is None:
         return []
-    schema.check_keys(top, FILE_KEYS, problems)
-    service = schema.read(top, "service", _service_name, problems, None)
-    tags = schema.read(top, "tags", schema.string_list, problems, ())
-    raw_routes = top.get("routes")
+    values = FILE.read(top, problems, "")
+    if "routes" not in top:
+        return []  # FILE.read reported it
+    raw_routes = top["routes"]
     if not isinstance(raw_routes, MarkedList):
         problems.append(Problem(top.at("routes"), "routes: expected a list of routes"))
         return []
@@ -279,17 +272,10 @@ def _load_file(data: object, name: str, problems: list[Problem]) -> list[Route]:
         if route_map is None:
             continue
         before = len(problems)
-        route = _load_route(route_map, name, service, tags, problems)
+        route = _load_route(route_map, name, values["service"], values["tags"], problems)
         if route is not None and len(problems) == before:
             out.append(route)
     return out
-
-
-def _service_name(value: object) -> str:
-    text = schema.string(value)
-    if not SERVICE_NAME_RE.match(text):
-        raise ValueError(f"expected a service name like 'users', got {text!r}")
-    return text
 
 
 def _load_route(
@@ -299,21 +285,12 @@ def _load_route(
     file_tags: tuple[str, ...],
     problems: list[Problem],
 ) -> Route | None:
-    schema.check_keys(d, ROUTE_KEYS, problems)
-    endpoint = d.get("endpoint")
-    if not isinstance(endpoint, str) or not _CLEAN_PATH_RE.match(endpoint):
-        problems.append(
-            Problem(
-                d.at("endpoint"),
-                "endpoint: expected a clean path like "
-                f"'/v1/users/{{user_id}}' (first segment v<N>), got {endpoint!r}",
-            )
-        )
-        return None
-    method = schema.read(d, "method", schema.choice("GET"), problems, "GET")
-    route_id = schema.read(d, "id", _route_id, problems, "")
-    if not route_id:
-        route_id = f"{method} {endpoint}"
+    values = ROUTE.read(d, problems, "")
+    endpoint: str | None = values["endpoint"]
+    if endpoint is None:
+        return None  # its parameters and templates cannot be checked against it
+    method: str = values["method"]
+    route_id: str = values["id"] or f"{method} {endpoint}"
 
     path_names = re.findall(r"\{([a-z_][a-z0-9_]*)\}", endpoint)
     if len(set(path_names)) != len(path_names):
@@ -337,25 +314,12 @@ def _load_route(
     known = frozenset(declared) | frozenset(query_names)
 
     backend = _load_backend(d, file_service, known, problems)
-    plan, order_param, status_map = _load_response(d, query_params, problems)
-    require: tuple[normalize.Path, ...] = ()
-    response = d.get("response")
-    if isinstance(response, MarkedDict) and "require" in response:
-        texts = schema.read(response, "require", schema.string_list, problems, (), "response")
-        try:
-            require = tuple(normalize.parse_path(t) for t in texts)
-        except ValueError as exc:
-            problems.append(Problem(response.at("require"), f"response.require: {exc}"))
+    response = _load_response(d, query_params, problems)
     cache = _load_cache(d, problems)
-    limits = d.get("limits")
-    bucket = backend.service if backend else ""
-    if limits is not None:
-        lm = schema.mapping(limits, d.at("limits"), "limits", problems)
-        if lm is not None:
-            schema.check_keys(lm, LIMITS_KEYS, problems, "limits")
-            bucket = schema.read(lm, "bucket", _service_name, problems, bucket, "limits")
-    if backend is None or plan is None:
+    bucket = _load_bucket(d, backend.service if backend else "", problems)
+    if backend is None or response is None:
         return None
+    plan, order_param, status_map, require = response
     return Route(
         id=route_id,
         method=method,
@@ -369,21 +333,14 @@ def _load_route(
         require=require,
         cache=cache,
         bucket=bucket,
-        summary=schema.read(d, "summary", schema.string, problems, ""),
-        description=schema.read(d, "description", schema.string, problems, ""),
-        tags=schema.read(d, "tags", schema.string_list, problems, file_tags),
-        deprecated=schema.read(d, "deprecated", schema.boolean, problems, False),
-        example=d.get("example"),
+        summary=values["summary"],
+        description=values["description"],
+        tags=file_tags if values["tags"] is None else values["tags"],
+        deprecated=values["deprecated"],
+        example=values["example"],
         where=d.where,
         file=file,
     )
-
-
-def _route_id(value: object) -> str:
-    text = schema.string(value)
-    if not _ID_RE.match(text):
-        raise ValueError(f"expected an id like 'users.get', got {text!r}")
-    return text
 
 
 def _declared_names(d: MarkedDict, key: str) -> list[str]:
@@ -423,25 +380,16 @@ def _load_param(
     m: MarkedDict, name: str, location: Literal["path", "query"], ctx: str, problems: list[Problem]
 ) -> Param | None:
     before = len(problems)
-    schema.check_keys(m, PARAM_KEYS, problems, ctx)
-    ptype = schema.read(m, "type", schema.choice(*PARAM_TYPES), problems, "string", ctx)
-    if "type" not in m:
-        problems.append(Problem(m.where, f"{ctx}.type: required ({', '.join(PARAM_TYPES)})"))
+    # A path parameter is always required: its `required` is not even read.
+    v = PARAM.read(m, problems, ctx, skip=("required",) if location == "path" else ())
+    ptype = v["type"]
     is_int = ptype in ("int", "int_list")
-    scalar = schema.integer if is_int else None
     kwargs: dict[str, Any] = {
         "name": name,
         "location": location,
         "type": ptype,
-        "required": location == "path"
-        or schema.read(m, "required", schema.boolean, problems, False, ctx),
-        "description": schema.read(m, "description", schema.string, problems, "", ctx),
-        "min": schema.read(m, "min", schema.integer(), problems, None, ctx),
-        "max": schema.read(m, "max", schema.integer(), problems, None, ctx),
-        "min_length": schema.read(m, "min_length", schema.integer(0), problems, 0, ctx),
-        "max_length": schema.read(m, "max_length", schema.integer(1), problems, 1000, ctx),
-        "min_items": schema.read(m, "min_items", schema.integer(1), problems, 1, ctx),
-        "max_items": schema.read(m, "max_items", schema.integer(1), problems, 100, ctx),
+        "required": location == "path" or v["required"],
+        **{k: v[k] for k in _PARAM_FIELDS},
     }
     if ("min" in m or "max" in m) and not is_int:
         problems.append(
@@ -456,16 +404,9 @@ def _load_param(
                 f"{ctx}: min_items/max_items apply to list parameters only",
             )
         )
-    if "pattern" in m:
-        pattern = schema.read(m, "pattern", schema.string, problems, None, ctx)
-        if pattern is not None:
-            try:
-                kwargs["pattern"] = re.compile(pattern)
-            except re.error as exc:
-                problems.append(Problem(m.at("pattern"), f"{ctx}.pattern: invalid regex: {exc}"))
     if "enum" in m:
         enum = m["enum"]
-        item_reader = scalar() if scalar else schema.string
+        item_reader = schema.integer() if is_int else schema.string
         try:
             if not isinstance(enum, list) or not enum:
                 raise ValueError("expected a non-empty list")
@@ -491,22 +432,31 @@ def _load_param(
             if key == "default":
                 if location == "path":
                     problems.append(Problem(m.at(key), f"{ctx}: path parameters have no default"))
-                param = _replace(param, default=value)
+                param = replace(param, default=value)
             else:
-                param = _replace(param, example=value)
+                param = replace(param, example=value)
     return param
 
 
-def _replace(param: Param, **changes: Any) -> Param:
-    from dataclasses import replace
-
-    return replace(param, **changes)
+# The PARAM keys a Param takes as read (type and required are decided above).
+_PARAM_FIELDS = (
+    "description",
+    "min",
+    "max",
+    "min_length",
+    "max_length",
+    "pattern",
+    "min_items",
+    "max_items",
+)
 
 
 def _load_backend(
     d: MarkedDict, file_service: str | None, known: frozenset[str], problems: list[Problem]
 ) -> Backend | None:
-    raw = d.get("backend")
+    if "backend" not in d:
+        return None  # ROUTE.read reported it
+    raw = d["backend"]
     if raw is None:
         problems.append(Problem(d.where, "backend: required (the upstream request)"))
         return None
@@ -514,30 +464,24 @@ def _load_backend(
     if b is None:
         return None
     before = len(problems)
-    schema.check_keys(b, BACKEND_KEYS, problems, "backend")
-    service = schema.read(b, "service", _service_name, problems, file_service, "backend")
+    v = BACKEND.read(b, problems, "backend")
+    service: str | None = file_service if v["service"] is None else v["service"]
     if service is None:
         problems.append(Problem(b.where, "backend.service: required (here or at file level)"))
-    method = schema.read(b, "method", schema.choice(*_METHODS), problems, "GET", "backend")
-    path_text = b.get("path")
+    method: str = v["method"]
     path = None
-    if not isinstance(path_text, str):
-        problems.append(Problem(b.at("path"), "backend.path: required, e.g. /v1/users/{user_id}"))
-    else:
+    if v["path"] is not None:
         try:
-            path = PathTemplate.compile(path_text, known)
+            path = PathTemplate.compile(v["path"], known)
         except TemplateError as exc:
             problems.append(Problem(b.at("path"), f"backend.path: {exc}"))
-    list_format = schema.read(
-        b, "list_format", schema.choice("csv", "repeat"), problems, "csv", "backend"
-    )
-    query = QueryTemplate((), list_format)
+    query = QueryTemplate((), v["list_format"])
     if "query" in b:
         qm = schema.mapping(b["query"], b.at("query"), "backend.query", problems)
         if qm is not None:
             try:
                 query = QueryTemplate.compile(
-                    {k: v for k, v in qm.items() if not k.startswith("_")}, known, list_format
+                    {k: x for k, x in qm.items() if not k.startswith("_")}, known, v["list_format"]
                 )
             except TemplateError as exc:
                 problems.append(Problem(b.at("query"), f"backend.query: {exc}"))
@@ -549,8 +493,8 @@ def _load_backend(
             body = compile_body(b["body"], known)
         except TemplateError as exc:
             problems.append(Problem(b.at("body"), f"backend.body: {exc}"))
-    headers = schema.read(b, "headers", schema.string_map, problems, {}, "backend")
-    forward = schema.read(b, "forward_headers", schema.string_list, problems, (), "backend")
+    headers: dict[str, str] = v["headers"]
+    forward: tuple[str, ...] = v["forward_headers"]
     for name in (*headers, *forward):
         if not _HEADER_RE.match(name) or name.lower() in _FORBIDDEN_FORWARD:
             problems.append(
@@ -559,10 +503,7 @@ def _load_backend(
                     f"backend: header {name!r} cannot be set or forwarded here",
                 )
             )
-    credentials = schema.read(
-        b, "credentials", schema.choice("none", "forward"), problems, "none", "backend"
-    )
-    safe_read = schema.read(b, "safe_read", schema.boolean, problems, method == "GET", "backend")
+    safe_read: bool = method == "GET" if v["safe_read"] is None else v["safe_read"]
     if len(problems) > before or service is None or path is None:
         return None
     return Backend(
@@ -571,124 +512,117 @@ def _load_backend(
         path,
         query,
         body,
-        tuple((k, v) for k, v in headers.items()),
+        tuple((k, x) for k, x in headers.items()),
         tuple(h.lower() for h in forward),
-        credentials,
+        v["credentials"],
         safe_read,
     )
 
 
-def _path(value: object) -> normalize.Path:
-    return normalize.parse_path(schema.string(value))
+_Response = tuple[normalize.Plan, str | None, Mapping[int, int], tuple[normalize.Path, ...]]
 
 
 def _load_response(
     d: MarkedDict, query_params: list[Param], problems: list[Problem]
-) -> tuple[normalize.Plan | None, str | None, Mapping[int, int]]:
+) -> _Response | None:
+    """The plan, the list parameter ``order_by`` follows, ``status_map`` and ``require``."""
     raw = d.get("response")
     if raw is None:
-        return normalize.Plan(), None, {}
+        return normalize.Plan(), None, {}, ()
     r = schema.mapping(raw, d.at("response"), "response", problems)
     if r is None:
-        return None, None, {}
+        return None
     before = len(problems)
-    ctx = "response"
-    schema.check_keys(r, RESPONSE_KEYS, problems, ctx)
-    pick = schema.read(r, "pick", _path, problems, None, ctx)
-    pagination = None
-    if "pagination" in r:
-        pv = r["pagination"]
-        if pv is True:
-            pagination = normalize.Pagination()
-        else:
-            pm = schema.mapping(pv, r.at("pagination"), "response.pagination", problems)
-            if pm is not None:
-                schema.check_keys(pm, PAGINATION_KEYS, problems, "response.pagination")
-                default = normalize.Pagination()
-                prev_default = default.previous_cursor
-                previous = (
-                    None
-                    if "previous" in pm and pm["previous"] is None
-                    else schema.read(
-                        pm, "previous", _path, problems, prev_default, "response.pagination"
-                    )
-                )
-                pagination = normalize.Pagination(
-                    items=schema.read(
-                        pm, "items", _path, problems, default.items, "response.pagination"
-                    ),
-                    next_cursor=schema.read(
-                        pm, "next", _path, problems, default.next_cursor, "response.pagination"
-                    ),
-                    previous_cursor=previous,
-                )
-    allow = schema.read(r, "allow", schema.string_list, problems, None, ctx)
-    deny = schema.read(r, "deny", schema.string_list, problems, (), ctx)
-    rename = schema.read(r, "rename", schema.string_map, problems, {}, ctx)
-    case = schema.read(r, "case", schema.choice("snake", "camel", "keep"), problems, "snake", ctx)
+    v = RESPONSE.read(r, problems, "response")
+    pagination = _load_pagination(r, problems)
+    order_by, order_param = _load_order_by(r, query_params, problems)
+    status_map = _load_status_map(r, problems)
     fields = normalize.FieldOps(
-        allow=frozenset(allow) if allow is not None else None,
-        deny=frozenset(deny),
-        rename=dict(rename),
-        case=case,
+        allow=frozenset(v["allow"]) if v["allow"] is not None else None,
+        deny=frozenset(v["deny"]),
+        rename=dict(v["rename"]),
+        case=v["case"],
     )
-    order_by = None
-    order_param = None
-    if "order_by" in r:
-        ov = r["order_by"]
-        key_text, param_name = ov, None
-        if isinstance(ov, MarkedDict):
-            schema.check_keys(ov, ("key", "param"), problems, "response.order_by")
-            key_text, param_name = ov.get("key"), ov.get("param")
-        list_params = [p.name for p in query_params if p.is_list]
-        if param_name is None and len(list_params) == 1:
-            param_name = list_params[0]
-        if param_name not in list_params:
-            problems.append(
-                Problem(
-                    r.at("order_by"),
-                    "response.order_by: needs a list query "
-                    f"parameter to follow (list parameters: {list_params})",
-                )
-            )
-        try:
-            order_by = normalize.OrderBy(_path(key_text))
-            order_param = param_name
-        except ValueError as exc:
-            problems.append(Problem(r.at("order_by"), f"response.order_by: {exc}"))
-    empty = schema.read(r, "empty", schema.choice("keep", "not_found"), problems, "keep", ctx)
-    shape = schema.read(r, "shape", schema.choice("auto", "object", "list"), problems, "auto", ctx)
-    status_map: dict[int, int] = {}
-    if "status_map" in r:
-        sm = schema.mapping(r["status_map"], r.at("status_map"), "response.status_map", problems)
-        for k, v in (sm or {}).items():
-            if not (
-                k.isdigit() and 400 <= int(k) <= 599 and isinstance(v, int) and 400 <= v <= 599
-            ):
-                problems.append(
-                    Problem(
-                        sm.at(k) if sm else r.where,
-                        "response.status_map: expected upstream "
-                        f"status: our status (4xx/5xx), got {k}: {v!r}",
-                    )
-                )
-            else:
-                status_map[int(k)] = v
-    if len(problems) > before:
-        return None, None, {}
     try:
+        # Built even when another key failed (it then holds that key's default): its own
+        # check (pagination with shape: object) is about two keys that were both read.
         plan = normalize.Plan(
-            pick=pick,
+            pick=v["pick"],
             pagination=pagination,
             fields=fields,
             order_by=order_by,
-            empty_is_404=empty == "not_found",
-            shape=shape,
+            empty_is_404=v["empty"] == "not_found",
+            shape=v["shape"],
         )
     except ValueError as exc:
         problems.append(Problem(r.where, f"response: {exc}"))
-        return None, None, {}
-    return plan, order_param, status_map
+        return None
+    if len(problems) > before:
+        return None
+    return plan, order_param, status_map, v["require"]
+
+
+def _load_pagination(r: MarkedDict, problems: list[Problem]) -> normalize.Pagination | None:
+    if "pagination" not in r:
+        return None
+    if r["pagination"] is True:
+        return normalize.Pagination()
+    pm = schema.mapping(r["pagination"], r.at("pagination"), "response.pagination", problems)
+    if pm is None:
+        return None
+    v = PAGINATION.read(pm, problems, "response.pagination")
+    return normalize.Pagination(
+        items=v["items"], next_cursor=v["next"], previous_cursor=v["previous"]
+    )
+
+
+def _load_order_by(
+    r: MarkedDict, query_params: list[Param], problems: list[Problem]
+) -> tuple[normalize.OrderBy | None, str | None]:
+    """``order_by`` and the list query parameter it follows (relational: the route's list
+    parameters decide which one, and whether there is one)."""
+    if "order_by" not in r:
+        return None, None
+    ov = r["order_by"]
+    key_text, param_name = ov, None
+    if isinstance(ov, MarkedDict):
+        ORDER_BY.read(ov, problems, "response.order_by")
+        key_text, param_name = ov.get("key"), ov.get("param")
+    list_params = [p.name for p in query_params if p.is_list]
+    if param_name is None and len(list_params) == 1:
+        param_name = list_params[0]
+    if param_name not in list_params:
+        problems.append(
+            Problem(
+                r.at("order_by"),
+                "response.order_by: needs a list query "
+                f"parameter to follow (list parameters: {list_params})",
+            )
+        )
+    try:
+        return normalize.OrderBy(rule_fields.path(key_text)), param_name
+    except ValueError as exc:
+        problems.append(Problem(r.at("order_by"), f"response.order_by: {exc}"))
+        return None, None
+
+
+def _load_status_map(r: MarkedDict, problems: list[Problem]) -> dict[int, int]:
+    status_map: dict[int, int] = {}
+    if "status_map" not in r:
+        return status_map
+    sm = schema.mapping(r["status_map"], r.at("status_map"), "response.status_map", problems)
+    for k, v in (sm or {}).items():
+        if not (k.isdigit() and 400 <= int(k) <= 599 and isinstance(v, int) and 400 <= v <= 599):
+            problems.append(
+                Problem(
+                    sm.at(k) if sm else r.where,
+                    "response.status_map: expected upstream "
+                    f"status: our status (4xx/5xx), got {k}: {v!r}",
+                )
+            )
+        else:
+            status_map[int(k)] = v
+    return status_map
 
 
 def _load_cache(d: MarkedDict, problems: list[Problem]) -> CachePolicy:
@@ -700,60 +634,51 @@ def _load_cache(d: MarkedDict, problems: list[Problem]) -> CachePolicy:
     c = schema.mapping(raw, d.at("cache"), "cache", problems)
     if c is None:
         return CachePolicy()
-    ctx = "cache"
-    schema.check_keys(c, CACHE_KEYS, problems, ctx)
-    conditions: list[CacheCondition] = []
-    when = c.get("when")
-    if when is not None:
-        if not isinstance(when, MarkedList):
-            problems.append(Problem(c.at("when"), "cache.when: expected a list of conditions"))
-        else:
-            for i, item in enumerate(when):
-                wctx = f"cache.when[{i}]"
-                w = schema.mapping(item, when.at(i), wctx, problems)
-                if w is None:
-                    continue
-                schema.check_keys(w, WHEN_KEYS, problems, wctx)
-                if "path" not in w or "ttl" not in w or ("equals" in w) == ("in" in w):
-                    problems.append(
-                        Problem(w.where, f"{wctx}: needs path, ttl and one of equals/in")
-                    )
-                    continue
-                values = (w["equals"],) if "equals" in w else w["in"]
-                if not isinstance(values, list | tuple):
-                    problems.append(Problem(w.at("in"), f"{wctx}.in: expected a list"))
-                    continue
-                path = schema.read(w, "path", _when_path_reader, problems, None, wctx)
-                ttl = schema.read(w, "ttl", schema.duration, problems, None, wctx)
-                if path is not None and ttl is not None:
-                    conditions.append(CacheCondition(path, tuple(values), ttl, str(w["path"])))
+    v = CACHE.read(c, problems, "cache")
     return CachePolicy(
-        enabled=schema.read(c, "enabled", schema.boolean, problems, True, ctx),
-        ttl=schema.read(c, "ttl", schema.duration, problems, 60.0, ctx),
-        stale_while_revalidate=schema.read(
-            c, "stale_while_revalidate", schema.duration, problems, 0.0, ctx
-        ),
-        stale_if_error=schema.read(c, "stale_if_error", schema.duration, problems, 0.0, ctx),
-        not_found_ttl=schema.read(c, "not_found_ttl", schema.duration, problems, None, ctx),
-        credentials=schema.read(
-            c, "credentials", schema.choice("bypass", "per_credential"), problems, "bypass", ctx
-        ),
-        when=tuple(conditions),
+        enabled=v["enabled"],
+        ttl=v["ttl"],
+        stale_while_revalidate=v["stale_while_revalidate"],
+        stale_if_error=v["stale_if_error"],
+        not_found_ttl=v["not_found_ttl"],
+        credentials=v["credentials"],
+        when=_load_when(c, problems),
     )
 
 
-def _when_path_reader(value: object) -> tuple[str | int, ...]:
-    """``data[*].state``: a path where ``[*]`` means "any item of this list"."""
-    text = schema.string(value)
-    parts: list[str | int] = []
-    for chunk in text.split("[*]"):
-        if chunk.startswith("."):
-            chunk = chunk[1:]
-        if chunk:
-            parts.extend(normalize.parse_path(chunk))
-        parts.append("*")
-    parts.pop()  # the split adds one marker too many
-    return tuple(parts)
+def _load_when(c: MarkedDict, problems: list[Problem]) -> tuple[CacheCondition, ...]:
+    when = c.get("when")
+    if when is None:
+        return ()
+    if not isinstance(when, MarkedList):
+        problems.append(Problem(c.at("when"), "cache.when: expected a list of conditions"))
+        return ()
+    conditions: list[CacheCondition] = []
+    for i, item in enumerate(when):
+        ctx = f"cache.when[{i}]"
+        w = schema.mapping(item, when.at(i), ctx, problems)
+        if w is None:
+            continue
+        v = WHEN.read(w, problems, ctx)
+        if "path" not in w or "ttl" not in w or ("equals" in w) == ("in" in w):
+            problems.append(Problem(w.where, f"{ctx}: needs path, ttl and one of equals/in"))
+            continue
+        values = (v["equals"],) if "equals" in w else v["in"]
+        if values is not None and v["path"] is not None and v["ttl"] is not None:
+            conditions.append(CacheCondition(v["path"], values, v["ttl"], str(w["path"])))
+    return tuple(conditions)
+
+
+def _load_bucket(d: MarkedDict, service: str, problems: list[Problem]) -> str:
+    """``limits.bucket``, else the route's service (``""`` when the backend failed)."""
+    limits = d.get("limits")
+    if limits is None:
+        return service
+    lm = schema.mapping(limits, d.at("limits"), "limits", problems)
+    if lm is None:
+        return service
+    bucket: str | None = LIMITS.read(lm, problems, "limits")["bucket"]
+    return service if bucket is None else bucket
 
 
 def match_condition(cond: CacheCondition, body: object) -> bool:

@@ -1,14 +1,22 @@
-"""Small typed readers for YAML values, shared by the config and rule loaders.
+"""Small typed readers for YAML values, and the declared keys built on them, shared by the
+config and rule loaders.
 
 Each reader takes the raw value and returns the typed value or raises ``ValueError``
 whose message says what was expected and what was found; the loaders prefix
 ``file:line: key:`` to it. Keeping them pure makes the error wording testable as a table.
+
+A :class:`Key` declares one key once: its reader, its default (written the way a user
+writes it, ``"10s"``) and its reference text. The config declares its keys as dataclass
+fields (``config.opt``), the rules as :class:`Block` declarations (``rule_fields.py``);
+both references are generated from them.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import Problem, Where
@@ -166,3 +174,108 @@ def mapping(value: object, where: Where, what: str, problems: list[Problem]) -> 
         return value
     problems.append(Problem(where, f"{what}: expected a mapping, got {show(value)}"))
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One declared key: how to read it, its default, and its reference text.
+
+    ``reader`` None means the owner reads the key itself, because its value depends on
+    other keys (a template naming the route's parameters); the key is still allowed,
+    documented and, when ``required``, reported missing. ``required`` is the problem
+    written when the key is absent (empty: optional). ``shown`` overrides how the
+    reference shows the default (``"file `service`"``); ``applies`` says which parameter
+    types a parameter key applies to.
+    """
+
+    name: str
+    doc: str
+    reader: Callable[[object], Any] | None = None
+    default: Any = None
+    shown: str | None = None
+    required: str = ""
+    applies: str = ""
+
+    def typed_default(self) -> Any:
+        """The default as the reader returns it: ``"10s"`` becomes ``10.0``."""
+        if isinstance(self.default, str) and self.reader is not None:
+            return self.reader(self.default)
+        return copy.copy(self.default)
+
+    def shown_default(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        if self.required:
+            return "required"
+        return shown_default(self.default)
+
+
+def shown_default(default: object) -> str:
+    """A default as written in YAML, in a Markdown code span (``none`` for no value)."""
+    if default is None:
+        return "none"
+    if isinstance(default, bool):
+        text = "true" if default else "false"
+    elif isinstance(default, tuple | list):
+        text = "[" + ", ".join(str(v) for v in default) + "]"
+    elif default == "":
+        text = '""'
+    else:
+        text = str(default)
+    return f"`{text}`"
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A mapping whose keys are declared: a rule file, a route, its ``backend``…
+
+    :meth:`read` reports unknown keys (listing the allowed ones; ``_`` keys are comments)
+    and missing required ones, and reads every key that has a reader, in declaration
+    order; :meth:`table` is the block's reference table.
+    """
+
+    name: str  # what the reference calls it: "backend", "cache.when"
+    keys: tuple[Key, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.keys)
+
+    def __getitem__(self, name: str) -> Key:
+        for key in self.keys:
+            if key.name == name:
+                return key
+        raise KeyError(name)
+
+    def read(
+        self,
+        data: MarkedDict,
+        problems: list[Problem],
+        context: str,
+        *,
+        skip: Collection[str] = (),
+    ) -> dict[str, Any]:
+        """Every key that has a reader (but those in ``skip``): its value, or its default when
+        absent or invalid (the problem recorded as ``file:line: context.key: why``)."""
+        check_keys(data, self.names, problems, context)
+        prefix = f"{context}." if context else ""
+        values: dict[str, Any] = {}
+        for key in self.keys:
+            if key.name in skip:
+                continue
+            if key.required and key.name not in data:
+                problems.append(Problem(data.at(key.name), f"{prefix}{key.name}: {key.required}"))
+            if key.reader is not None:
+                default = key.typed_default()
+                values[key.name] = read(data, key.name, key.reader, problems, default, context)
+        return values
+
+    def table(self) -> str:
+        """The reference table: key, (applies to,) default, meaning."""
+        applies = any(k.applies for k in self.keys)
+        head = ["key", *(["applies to"] if applies else []), "default", "meaning"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for k in self.keys:
+            cells = [f"`{k.name}`", *([k.applies] if applies else []), k.shown_default(), k.doc]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"

@@ -37,7 +37,7 @@ from . import config as config_mod
 from .config import Config
 from .connections import use_problem_errors
 from .errors import ConfigError, Problem
-from .rules import RuleSet, load_rules, rule_files
+from .rules import RuleSet, load_configured, rule_files
 
 log = logging.getLogger("bloxproxy")
 
@@ -79,7 +79,7 @@ def load_all(path: str | None, env: dict[str, str] | None = None) -> tuple[Confi
         problems.extend(exc.problems)
     rules: RuleSet | None = None
     try:
-        rules = load_rules((config or config_mod.salvage_rule_paths(path, env)).rule_paths())
+        rules = load_configured(config or config_mod.salvage_rule_paths(path, env))
     except ConfigError as exc:
         problems.extend(exc.problems)
     if problems or config is None or rules is None:
@@ -174,7 +174,13 @@ def reload_app(app: web.Application, path: str | None, overrides: Overrides) -> 
         len(rules.files),
         extra={"event": "reloaded"},
     )
+    log_overrides(rules)
     return True
+
+
+def log_overrides(rules: RuleSet) -> None:
+    for override in rules.overrides:
+        log.info("rules: %s", override, extra={"event": "rule_override"})
 
 
 def watched_files(config: Config, path: str | None) -> list[Path]:
@@ -255,6 +261,7 @@ async def serve(
         len(rules.routes),
         os.getpid(),
     )
+    log_overrides(rules)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -342,7 +349,8 @@ def _tune_gc() -> None:
 
 
 def _use_uvloop() -> None:
-    """uvloop when installed (+15 % on the hit path, docs/PERFORMANCE.md); else asyncio."""
+    """uvloop when installed (hits x 1.17, misses x 1.12: bench/RESULTS.md, case 8); asyncio
+    otherwise."""
     if os.environ.get("BLOXPROXY_NO_UVLOOP"):
         return
     with contextlib.suppress(ImportError):

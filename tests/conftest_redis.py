@@ -6,7 +6,9 @@ Load with ``pytest_plugins = ["tests.conftest_redis"]`` in ``tests/conftest.py``
 * ``redis_url`` (function): its URL, after FLUSHALL (and a restart if a test killed it).
 * ``redis_client`` (function): a ``redis.asyncio.Redis`` on ``redis_url``, closed after.
 
-Tests that use these fixtures get the ``redis`` marker, so ``-m "not redis"`` skips them.
+Tests that use these fixtures get the ``redis`` marker, so ``-m "not redis"`` skips them;
+tests that start a :class:`~tests.redis_server.RedisServer` of their own carry
+``@pytest.mark.redis`` explicitly.
 """
 
 from __future__ import annotations

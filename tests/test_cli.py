@@ -41,8 +41,9 @@ def write(path: Path, text: str) -> Path:
 def test_check_ok(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
     assert cli.main(argv) == 0
     out, err = capsys.readouterr()
-    routes = len(load_rules([ROOT / "rules"]).routes)
-    assert re.fullmatch(rf"ok: config \S+, {routes} routes from 9 rule file\(s\)\n", out)
+    shipped = load_rules([ROOT / "rules"])
+    counts = f"{len(shipped.routes)} routes from {len(shipped.files)} rule file"
+    assert re.fullmatch(rf"ok: config \S+, {counts}\(s\)\n", out)
     assert err == ""
 
 
@@ -138,6 +139,48 @@ def test_check_reports_configured_rules_even_when_the_config_is_broken(
     )
 
 
+def test_check_lists_user_rules_that_replace_shipped_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write(tmp_path / "config.yaml", "rules:\n  paths: [my-rules]\n")
+    write(
+        tmp_path / "my-rules" / "users.yaml",
+        """\
+        service: users
+        routes:
+          - id: users.get
+            endpoint: /v1/users/{user_id}
+            params: {user_id: {type: int, min: 1}}
+            backend: {path: "/v1/users/{user_id}"}
+            cache: {ttl: 1h}
+        """,
+    )
+    assert cli.main(["check", "-c", str(config)]) == 0
+    out, err = capsys.readouterr()
+    shipped = load_rules([ROOT / "rules"])
+    users_get = shipped.by_id("users.get")
+    assert users_get is not None
+    assert err == ""
+    assert out.splitlines() == [
+        f"my-rules/users.yaml:3: overrides shipped rule users.get ({users_get.where})",
+        f"ok: config {config}, {len(shipped.routes)} routes from "
+        f"{len(shipped.files) + 1} rule file(s)",
+    ]
+
+
+def test_check_salvages_rules_shipped_from_a_broken_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(tmp_path / "config.yaml", "server:\n  port: x\nrules:\n  shipped: false\n")
+    assert cli.main(["check", "-c", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{config}:2: server.port: expected an integer, got 'x'",
+        "rules: no rule files found",  # neither shipped rules nor rules.paths
+        "2 problem(s) found",
+    ]
+
+
 def test_check_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "nope.yaml"
     assert cli.main(["check", "-c", str(missing)]) == 1
@@ -183,7 +226,7 @@ def test_routes_shows_disabled_cache(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    config = write(tmp_path / "config.yaml", "rules:\n  paths: [r.yaml]\n")
+    config = write(tmp_path / "config.yaml", "rules:\n  paths: [r.yaml]\n  shipped: false\n")
     write(
         tmp_path / "r.yaml",
         """\

@@ -157,6 +157,7 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
         "my-rules, extra.yaml",
         ("my-rules", "extra.yaml"),
     ),
+    (("rules", "shipped"), "false", "false", False),
     (("cache", "enabled"), "false", "false", False),
     (("cache", "max_bytes"), "1GiB", "1GiB", 1024**3),
     (("cache", "max_entries"), "0", "0", 0),
@@ -684,13 +685,12 @@ def test_rule_paths_default_to_the_shipped_rules() -> None:
 def test_rule_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     path = write(
-        tmp_path, "rules:\n  paths: [rules, ../shared/extra.yaml, /abs/r]\n", "conf/c.yaml"
+        tmp_path, "rules:\n  paths: [rules, ../common/extra.yaml, /abs/r]\n", "conf/c.yaml"
     )
-    assert load(path, env={}).rule_paths() == [
-        tmp_path / "conf" / "rules",
-        tmp_path / "conf" / "../shared/extra.yaml",
-        Path("/abs/r"),
-    ]
+    mine = [tmp_path / "conf" / "rules", tmp_path / "conf" / "../common/extra.yaml", Path("/abs/r")]
+    cfg = load(path, env={})
+    assert cfg.user_rule_paths() == mine
+    assert cfg.rule_paths() == [ROOT / "rules", *mine]  # beside the shipped rules
 
 
 def test_rule_paths_without_a_file_are_relative_to_the_cwd(
@@ -698,6 +698,13 @@ def test_rule_paths_without_a_file_are_relative_to_the_cwd(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = load(None, env={"BLOXPROXY_RULES_PATHS": "mine"})
+    assert cfg.rule_paths() == [ROOT / "rules", tmp_path / "mine"]
+
+
+def test_rules_shipped_false_leaves_only_the_users_rules(tmp_path: Path) -> None:
+    path = write(tmp_path, "rules:\n  paths: [mine]\n  shipped: false\n")
+    cfg = load(path, env={})
+    assert cfg.shipped_rule_paths() == []
     assert cfg.rule_paths() == [tmp_path / "mine"]
 
 

@@ -31,8 +31,8 @@
     The Dockerfile's ``ENV`` is then applied (with ``/opt/bloxproxy`` and ``/etc/bloxproxy``
     mapped to temporary directories, the latter filled from the runtime stage's ``COPY``
     lines) and the ``ENTRYPOINT`` runs from an empty working directory: ``check`` passes on
-    the packaged rules (not the repository's ``rules/``), the rules mount point replaces
-    them when ``BLOXPROXY_RULES_PATHS`` names it, and ``serve`` answers the health route, a
+    the packaged rules (not the repository's ``rules/``), the rules mount point adds to them
+    when ``BLOXPROXY_RULES_PATHS`` names it, and ``serve`` answers the health route, a
     clean route (``--fake-upstream``), the ``HEALTHCHECK`` command, and stops cleanly on
     SIGTERM. The whole module takes a few seconds.
 
@@ -598,27 +598,57 @@ def test_check_in_the_image_uses_the_packaged_rules(image: Image, tmp_path: Path
     assert Path(where).name == "shipped_rules"
 
 
-def test_rules_mount_point_replaces_the_packaged_rules(image: Image, tmp_path: Path) -> None:
+# A rule file of one's own, as the mount point or the sidecar's ConfigMap would hold it.
+MY_RULES = """\
+service: thumbnails
+routes:
+  - id: mine.group_icons
+    endpoint: /v1/mine/group-icons
+    summary: Icons of groups
+    query:
+      ids: {type: int_list, required: true, min: 1, max_items: 100}
+    backend:
+      path: /v1/groups/icons
+      query: {groupIds: "{ids}"}
+    response: {pick: data}
+"""
+
+
+def test_rules_mount_point_adds_to_the_packaged_rules(image: Image, tmp_path: Path) -> None:
     mount = image.etc / "rules"  # the image's /etc/bloxproxy/rules
     env = image.environ(BLOXPROXY_RULES_PATHS=image.host_path(f"{IMAGE_ETC}/rules"))
     assert Path(env["BLOXPROXY_RULES_PATHS"]) == mount and mount.is_dir()
-    empty = subprocess.run(
-        [*image.entrypoint, "check"],
-        env=env,
-        cwd=tmp_path,
-        text=True,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert empty.returncode == 1 and "no rule files found" in empty.stderr
-    shutil.copy(ROOT / "rules" / "presence.yaml", mount)
+    shipped = load_rules([ROOT / "rules"])
+    counts = f", {len(shipped.routes)} routes from {len(shipped.files)} rule file(s)"
+    assert counts in run([*image.entrypoint, "check"], env=env, cwd=tmp_path).stdout  # empty
+    (mount / "mine.yaml").write_text(MY_RULES, encoding="utf-8")
+    shutil.copy(ROOT / "rules" / "presence.yaml", mount)  # a copy of a packaged file
     try:
         done = run([*image.entrypoint, "check"], env=env, cwd=tmp_path)
+        alone = subprocess.run(
+            [*image.entrypoint, "check"],
+            env={**env, "BLOXPROXY_RULES_SHIPPED": "false"},
+            cwd=tmp_path,
+            text=True,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
     finally:
+        (mount / "mine.yaml").unlink()
         (mount / "presence.yaml").unlink()
-    one = load_rules([ROOT / "rules" / "presence.yaml"])
-    assert f", {len(one.routes)} routes from 1 rule file(s)" in done.stdout
+    notice, ok = done.stdout.splitlines()
+    # the copy's route replaces the packaged one, in the venv's bloxproxy/shipped_rules
+    assert re.fullmatch(
+        rf"{re.escape(str(mount))}/presence\.yaml:5: overrides shipped rule presence\.batch "
+        r"\(/\S+/site-packages/bloxproxy/shipped_rules/presence\.yaml:5\)",
+        notice,
+    ), notice
+    assert ok.endswith(
+        f", {len(shipped.routes) + 1} routes from {len(shipped.files) + 2} rule file(s)"
+    )
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.endswith(", 2 routes from 2 rule file(s)\n")
 
 
 def free_port() -> int:
@@ -740,7 +770,7 @@ def effective_check(
     code = cli.main(["check"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.startswith("ok: config ")
+    assert out.splitlines()[-1].startswith("ok: config ")  # after any override notices
     return config_mod.load(env.get("BLOXPROXY_CONFIG"))
 
 
@@ -892,7 +922,7 @@ def test_kubernetes_sidecar(
     assert rules_path == f"{IMAGE_ETC}/rules"
     rules_cm = volumes[mounts[rules_path]["name"]]["configMap"]["name"]
     assert rules_cm in by_kind.get("ConfigMap", {}) or re.search(
-        rf"kubectl create configmap {rules_cm} --from-file=rules/", texts
+        rf"kubectl create configmap {rules_cm} --from-file=my-rules/", texts
     ), f"ConfigMap {rules_cm}: neither defined nor created from rules/ in the instructions"
     for volume in volumes.values():
         if "configMap" in volume and volume["configMap"]["name"] != rules_cm:
@@ -902,8 +932,8 @@ def test_kubernetes_sidecar(
 
     # `bloxproxy check` with that config file, that environment and the rules mounted
     (etc_dir / "config.yaml").write_text(config_text, encoding="utf-8")
-    for rule in rule_files([ROOT / "rules"]):  # kubectl create configmap --from-file=rules/
-        shutil.copy(rule, etc_dir / "rules" / rule.name)
+    # kubectl create configmap --from-file=my-rules/: rules of one's own, beside the packaged
+    (etc_dir / "rules" / "mine.yaml").write_text(MY_RULES, encoding="utf-8")
     config = effective_check(monkeypatch, capsys, mapped({**image_env, **env}, etc_dir))
     assert config.server.host == "127.0.0.1"
     port = config.server.port

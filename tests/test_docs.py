@@ -1,24 +1,180 @@
-"""The README's route list and the docs follow the shipped rules."""
+"""The generated parts of the docs follow the code and the shipped rules, byte for byte."""
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+import shlex
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from bloxproxy.rules import load_rules
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bloxproxy import cli, docgen, rule_fields
+from bloxproxy import config as config_mod
+from bloxproxy.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
+REGENERATE = "out of date: run `python -m bloxproxy.docgen` and commit the result"
 
 
-def test_readme_lists_every_shipped_route() -> None:
-    readme = (ROOT / "README.md").read_text()
-    listed = set(re.findall(r"^\| `GET (/v1/[^`?\s]*)", readme, re.MULTILINE))
-    routes = {r.endpoint for r in load_rules([ROOT / "rules"]).routes}
-    assert routes - listed == set(), "routes missing from the README's route table"
-    assert listed - routes == set(), "README lists routes that do not exist"
+@pytest.fixture(scope="module")
+def generated() -> dict[Path, str]:
+    return docgen.generated(ROOT)
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/RULES.md", "docs/CONFIG.md"])
+def test_generated_parts_are_current(generated: dict[Path, str], name: str) -> None:
+    # README.md: the route table (from rules/*.yaml); docs/RULES.md: the key tables (from
+    # bloxproxy/rule_fields.py); docs/CONFIG.md: all of it (from bloxproxy/config.py).
+    path = ROOT / name
+    assert path.read_text(encoding="utf-8") == generated[path], f"{name} is {REGENERATE}"
+
+
+def test_every_rule_block_has_its_table_in_rules_md() -> None:
+    text = (ROOT / "docs" / "RULES.md").read_text(encoding="utf-8")
+    for block in rule_fields.BLOCKS:
+        assert text.count(f"<!-- generated: {block.name} keys -->") == 1, block.name
+        for key in block.keys:
+            assert f"| `{key.name}` |" in text, (block.name, key.name)
+
+
+PARTS = {"a": lambda: "new a\n", "b": lambda: "new b\n"}
+
+
+def test_fill_replaces_only_the_generated_parts() -> None:
+    text = (
+        "intro\n<!-- generated: a -->\nold a\nstill old\n<!-- end generated -->\nmiddle\n"
+        "<!-- generated: b -->\n<!-- end generated -->\nend\n"
+    )
+    assert docgen.fill(text, PARTS, "x.md") == (
+        "intro\n<!-- generated: a -->\nnew a\n<!-- end generated -->\nmiddle\n"
+        "<!-- generated: b -->\nnew b\n<!-- end generated -->\nend\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "<!-- generated: a -->\n<!-- end generated -->\n<!-- generated: c -->\n",
+            "x.md:3: unknown generated part 'c' (known: a, b)",
+        ),
+        (
+            "<!-- generated: a -->\n<!-- end generated -->\n"
+            "<!-- generated: a -->\n<!-- end generated -->\n",
+            "x.md:3: generated part 'a' appears twice",
+        ),
+        (
+            "<!-- generated: a -->\n<!-- end generated -->\n<!-- generated: b -->\nold\n",
+            "x.md:3: generated part 'b' is never closed",
+        ),
+        (
+            "<!-- generated: a -->\n<!-- generated: b -->\n",
+            "x.md:2: 'b' opens inside 'a'",
+        ),
+        ("<!-- end generated -->\n", "x.md:1: 'end generated' without a start"),
+        (
+            "<!-- generated: a -->\n<!-- end generated -->\n",
+            "x.md: no place for the generated part(s) b",
+        ),
+    ],
+)
+def test_fill_refuses_broken_markers(text: str, message: str) -> None:
+    with pytest.raises(docgen.DocError) as exc_info:
+        docgen.fill(text, PARTS, "x.md")
+    assert str(exc_info.value) == message
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/RULES.md"])
+def test_links_within_a_page_resolve(name: str) -> None:
+    text = (ROOT / name).read_text(encoding="utf-8")
+    anchors = {_anchor(h) for h in re.findall(r"^#+ (.*)$", text, re.MULTILINE)}
+    for target in re.findall(r"\]\(#([^)]+)\)", text):
+        assert target in anchors, f"{name}: no heading for #{target}"
+
+
+# --- the walk-through of docs/RULES.md runs as written ------------------------------------
+
+
+def walkthrough() -> str:
+    text = (ROOT / "docs" / "RULES.md").read_text(encoding="utf-8")
+    start = text.index("## Adding an endpoint, end to end")
+    return text[start : text.index("\n## ", start)]
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    """Its fenced blocks, in order: (language, body)."""
+    return re.findall(r"^```(\w+)\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+def _same_counts(line: str) -> str:
+    # The route and file counts follow the shipped rules: a rule added there changes them.
+    return re.sub(r"\d+ routes from \d+ rule file", "N routes from M rule file", line)
+
+
+async def test_adding_an_endpoint_end_to_end(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fake_server: TestServer,
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("BLOXPROXY_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    found = blocks(walkthrough())
+    files = [body for lang, body in found if lang == "yaml"]
+    for body in files:  # each starts with its file name: "# my-rules/groups.yaml"
+        name = re.fullmatch(r"# (\S+)\n", body.split("\n", 1)[0] + "\n")
+        assert name, body
+        (tmp_path / name[1]).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name[1]).write_text(body, encoding="utf-8")
+    assert len(files) == 3
+
+    commands = 0
+    for (lang, body), (next_lang, shown) in itertools.pairwise(found):
+        argv = shlex.split(body)
+        if lang != "sh" or argv[0] != "bloxproxy" or argv[1] not in ("check", "routes"):
+            continue
+        assert next_lang == "text"
+        assert cli.main(argv[1:]) == 0
+        out = capsys.readouterr().out.replace(f"{ROOT}/", "")  # rules/…, as from a checkout
+        if argv[1] == "check":
+            assert [_same_counts(x) for x in out.splitlines()] == [
+                _same_counts(x) for x in shown.splitlines()
+            ]
+        else:  # an excerpt; the columns' widths follow the other routes
+            rows = [x.split() for x in out.splitlines()]
+            for line in shown.splitlines():
+                assert line.split() in rows, line
+        commands += 1
+    assert commands == 2
+
+    # `serve --fake-upstream`, then the curl: the same app in front of the bundled fake
+    curl = next(body for lang, body in found if lang == "sh" and "curl" in body)
+    url = re.search(r"'http://127\.0\.0\.1:8080(/\S+)'", curl)
+    assert url is not None
+    fake = f"http://127.0.0.1:{fake_server.port}/{{service}}"
+    config = config_mod.load("my-config.yaml", env={"BLOXPROXY_UPSTREAM_BASE_URL": fake})
+    client = await aiohttp_client(create_app(config))
+    async with client.get(url[1]) as resp:
+        assert resp.status == 200
+        answer = orjson.loads(await resp.read())
+    assert answer == orjson.loads(next(body for lang, body in found if lang == "json"))
 
 
 def test_architecture_names_existing_modules() -> None:
-    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text(encoding="utf-8")
     for name in re.findall(r"\| `([a-z_/]+\.py)`", text):
         assert (ROOT / "bloxproxy" / name).is_file(), name

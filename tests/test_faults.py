@@ -608,6 +608,8 @@ async def replicas(make_proxy: ProxyFactory, url: str) -> tuple[Client, Client]:
 
 @pytest.fixture
 def own_redis() -> Any:
+    """A private redis-server, for tests that kill or hang it. pytest cannot mark a fixture,
+    so each test using it carries ``@pytest.mark.redis`` itself."""
     server = RedisServer()
     server.start()
     try:
@@ -616,6 +618,7 @@ def own_redis() -> Any:
         server.stop()
 
 
+@pytest.mark.redis  # own_redis is a redis-server of its own
 async def test_redis_absent_at_start_then_started(
     make_proxy: ProxyFactory, own_redis: RedisServer
 ) -> None:
@@ -641,6 +644,7 @@ async def test_redis_absent_at_start_then_started(
         await asyncio.wait_for(shared.listening.wait(), 10.0)
 
 
+@pytest.mark.redis  # own_redis is a redis-server of its own
 async def test_redis_killed_under_load_then_restarted(
     make_proxy: ProxyFactory, own_redis: RedisServer
 ) -> None:
@@ -667,6 +671,7 @@ async def test_redis_killed_under_load_then_restarted(
     await l2_is_used(a, b, own_redis.url)
 
 
+@pytest.mark.redis  # own_redis is a redis-server of its own
 async def test_redis_hung_under_load(make_proxy: ProxyFactory, own_redis: RedisServer) -> None:
     """Redis stops answering (SIGSTOP: connections stay open, no replies come) under load,
     then resumes. Nothing lost means: every request is 200, and none waits much longer

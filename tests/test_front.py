@@ -341,6 +341,7 @@ async def test_a_body_the_route_refuses_is_the_pipelines_problem(
     assert not await redis_client.exists(KEY)  # and the pipeline dropped it, as always
 
 
+@pytest.mark.redis  # starts its own redis-server
 async def test_redis_gone_sends_the_fast_path_to_the_pipeline(
     make_proxy: ProxyFactory, fake: FakeRoblox
 ) -> None:

@@ -50,7 +50,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from bloxproxy import cli, rules
+from bloxproxy import cli, rule_fields, rules
 from bloxproxy import config as config_mod
 from bloxproxy.app import create_app
 from bloxproxy.config import DEFAULT_SERVICES, Config, shipped_rules_dir
@@ -970,11 +970,11 @@ SCALAR = st.one_of(
     ),
 )
 NESTED: dict[str, tuple[str, ...]] = {
-    "backend": rules.BACKEND_KEYS,
-    "response": rules.RESPONSE_KEYS,
-    "pagination": rules.PAGINATION_KEYS,
-    "cache": rules.CACHE_KEYS,
-    "limits": rules.LIMITS_KEYS,
+    "backend": rule_fields.BACKEND.names,
+    "response": rule_fields.RESPONSE.names,
+    "pagination": rule_fields.PAGINATION.names,
+    "cache": rule_fields.CACHE.names,
+    "limits": rule_fields.LIMITS.names,
 }
 
 
@@ -983,11 +983,11 @@ def _value_for(key: str, depth: int) -> st.SearchStrategy[Any]:
     if depth > 3:
         return leaf
     if key in ("params", "query"):
-        param = st.dictionaries(st.sampled_from(rules.PARAM_KEYS), SCALAR, max_size=4)
+        param = st.dictionaries(st.sampled_from(rule_fields.PARAM.names), SCALAR, max_size=4)
         names = st.sampled_from(["user_id", "id", "ids", "limit", "x", "Bad-Name", ""])
         return st.one_of(leaf, st.dictionaries(names, st.one_of(param, SCALAR), max_size=3))
     if key == "when":
-        item = st.dictionaries(st.sampled_from(rules.WHEN_KEYS), SCALAR, max_size=4)
+        item = st.dictionaries(st.sampled_from(rule_fields.WHEN.names), SCALAR, max_size=4)
         return st.one_of(leaf, st.lists(item, max_size=2))
     if key in NESTED:
         return st.one_of(leaf, _mapping(NESTED[key], depth + 1))
@@ -1071,9 +1071,9 @@ def mutated_good_route(draw: st.DrawFn) -> dict[str, Any]:
             node.pop(key, None)
         elif op == "add" and isinstance(node, dict):
             keys = (
-                NESTED.get(key, rules.ROUTE_KEYS)
+                NESTED.get(key, rule_fields.ROUTE.names)
                 if isinstance(node.get(key), dict)
-                else (rules.ROUTE_KEYS)
+                else (rule_fields.ROUTE.names)
             )
             new = draw(st.sampled_from(keys))
             target = node[key] if isinstance(node.get(key), dict) else node
@@ -1089,9 +1089,9 @@ def rule_documents(draw: st.DrawFn) -> str:
     if kind == "garbage":
         return draw(yaml_text(200))
     if kind == "structured":
-        doc: Any = draw(_mapping(rules.FILE_KEYS, 0))
+        doc: Any = draw(_mapping(rule_fields.FILE.names, 0))
         if "routes" in doc and draw(st.booleans()):
-            doc["routes"] = draw(st.lists(_mapping(rules.ROUTE_KEYS, 1), max_size=3))
+            doc["routes"] = draw(st.lists(_mapping(rule_fields.ROUTE.names, 1), max_size=3))
     else:
         doc = {"service": "users", "routes": [draw(mutated_good_route())]}
     text = yaml.safe_dump(doc, sort_keys=False)

@@ -82,7 +82,7 @@ class Setup:
 
     def write_config(self, extra: str = "") -> None:
         self.config.write_text(
-            "rules: {paths: [rules]}\n"
+            "rules: {paths: [rules], shipped: false}\n"
             f"upstream: {{base_url: 'http://127.0.0.1:{self.fake_port}/{{service}}'}}\n"
             "logging: {access_log: false}\n" + extra
         )

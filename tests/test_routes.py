@@ -3,13 +3,17 @@
 One table row per request: the clean URL a client sends, the upstream call the fake must
 receive (method, service, path, query pairs in order, JSON body) and a partial picture of the
 normalized answer. A meta-test fails when a rule in ``rules/*.yaml`` has no row here, so a
-new rule cannot ship without an end-to-end test.
+new rule cannot ship without an end-to-end test; it prints the row to add, built from the
+rule (and that suggestion is itself run for every shipped route).
 """
 
 from __future__ import annotations
 
+import ast
 import re
+import textwrap
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,8 +24,10 @@ from aiohttp.test_utils import TestClient
 
 from bloxproxy.config import shipped_rules_dir
 from bloxproxy.fake import PENDING_THUMBNAIL_USER_ID, FakeRoblox
+from bloxproxy.fake.app import ROUTER
 from bloxproxy.fake.data import GROUPS
-from bloxproxy.rules import RuleSet, load_rules
+from bloxproxy.params import Param
+from bloxproxy.rules import Route, RuleSet, load_rules
 
 Client = TestClient[web.Request, web.Application]
 
@@ -557,10 +563,133 @@ def last_upstream(fake: FakeRoblox) -> tuple[str, str, str, tuple[tuple[str, str
 
 
 def test_every_shipped_route_has_an_end_to_end_case(shipped_rules: RuleSet) -> None:
-    shipped = {r.id for r in shipped_rules.routes}
     covered = {c.route_id for c in CASES}
-    assert shipped - covered == set(), "rules without an end-to-end case in CASES"
-    assert covered - shipped == set(), "CASES names routes that are not shipped"
+    missing = [r for r in shipped_rules.routes if r.id not in covered]
+    if missing:
+        pytest.fail(
+            f"{len(missing)} rule(s) in rules/ without an end-to-end case: add to CASES in "
+            "tests/test_routes.py (the URL is built from the parameters' examples, the "
+            "upstream request is what the rule makes of it; fill in `expect`):\n\n"
+            + "\n".join(case_source(r) for r in missing),
+            pytrace=False,
+        )
+    unknown = covered - {r.id for r in shipped_rules.routes}
+    assert not unknown, f"CASES rows for routes no rule in rules/ defines: {sorted(unknown)}"
+
+
+def _example(p: Param) -> Any:
+    if p.example is not None:
+        return p.example
+    return {"int": 1, "int_list": (1,), "bool": False}.get(p.type, "x")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def suggested_case(r: Route) -> Case:
+    """The CASES row a new route needs, built from its rule: the URL sends the path
+    parameters and required query parameters (their examples), the upstream request is what
+    the rule makes of that; ``expect`` is left to fill in."""
+    sent = [p for p in (*r.path_params, *r.query_params) if p.required]
+    values = {p.name: p.default for p in r.query_params} | {p.name: _example(p) for p in sent}
+    url = r.endpoint
+    for p in r.path_params:
+        url = url.replace(f"{{{p.name}}}", _text(values[p.name]))
+    query = "&".join(f"{p.name}={_text(values[p.name])}" for p in sent if p.location == "query")
+    url += f"?{query}" if query else ""
+    if r.order_param and values.get(r.order_param):
+        values[r.order_param] = tuple(sorted(values[r.order_param]))
+    b = r.backend
+    return Case(
+        r.id,
+        url,
+        b.method,
+        b.service,
+        b.path.render(values),
+        tuple(b.query.render(values)),
+        body=b.body(values) if b.body is not None else None,
+    )
+
+
+def fake_serves(case: Case) -> bool:
+    return (
+        ROUTER.match(case.service, case.method, [s for s in case.path.split("/") if s]) is not None
+    )
+
+
+def case_source(r: Route) -> str:
+    """:func:`suggested_case` as the code to paste into CASES."""
+    case = suggested_case(r)
+    lines = [
+        f"    # {r.id} ({r.where}): {r.summary}",
+        "    Case(",
+        *(f"        {v!r}," for v in (case.route_id, case.url, case.method, case.service)),
+        f"        {case.path!r},",
+        *([f"        {case.query!r},"] if case.query else []),
+        *([f"        body={case.body!r},"] if case.body is not None else []),
+        "        expect={},  # a partial picture of the normalized answer",
+        "    ),",
+    ]
+    if not fake_serves(case):
+        lines.append(
+            f"    # and the fake does not serve {case.method} {case.service} {case.path}: "
+            "add a Route for it in bloxproxy/fake/routes_*.py"
+        )
+    return "\n".join(lines) + "\n"
+
+
+SHIPPED_IDS = [r.id for r in load_rules([shipped_rules_dir()]).routes]
+
+
+@pytest.mark.parametrize("route_id", SHIPPED_IDS)
+async def test_the_suggested_case_of_every_shipped_route_passes(
+    route_id: str, shipped_rules: RuleSet, proxy: Client, fake: FakeRoblox
+) -> None:
+    # What the meta-test above tells a contributor to paste must be right: here it is,
+    # for every shipped route, run end to end (its `expect` left empty).
+    r = shipped_rules.by_id(route_id)
+    assert r is not None
+    source = case_source(r)
+    ast.parse(textwrap.dedent(source).rstrip().rstrip(","))
+    assert "the fake does not serve" not in source
+    await test_route_end_to_end(suggested_case(r), proxy, fake)
+
+
+def test_the_suggestion_names_a_missing_fake_route(tmp_path: Path) -> None:
+    text = """\
+        service: users
+        routes:
+          - id: users.nope
+            endpoint: /v1/nope/{user_id}
+            summary: Nothing the fake knows
+            params: {user_id: {type: int, example: 156}}
+            query: {ids: {type: int_list, required: true, example: [3, 1]}, n: {type: int}}
+            backend:
+              method: POST
+              path: /v1/nope/{user_id}
+              query: {n: "{n}", fixed: 1}
+              body: {ids: "{ids}"}
+            response: {order_by: id}
+        """
+    (tmp_path / "nope.yaml").write_text(textwrap.dedent(text), encoding="utf-8")
+    (r,) = load_rules([tmp_path / "nope.yaml"]).routes
+    assert case_source(r).splitlines()[1:] == [
+        "    Case(",
+        "        'users.nope',",
+        "        '/v1/nope/156?ids=3,1',",
+        "        'POST',",
+        "        'users',",
+        "        '/v1/nope/156',",
+        "        (('fixed', '1'),),",
+        "        body={'ids': [1, 3]},",
+        "        expect={},  # a partial picture of the normalized answer",
+        "    ),",
+        "    # and the fake does not serve POST users /v1/nope/156: add a Route for it in "
+        "bloxproxy/fake/routes_*.py",
+    ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
