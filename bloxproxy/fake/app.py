@@ -3,7 +3,8 @@
 Every Roblox service is served under one host as ``/{service}/{path}``: ``GET
 /users/v1/users/1`` stands for ``https://users.roblox.com/v1/users/1``.  Duplicate slashes
 are collapsed before matching and literal segments match case-insensitively.  Unknown
-service/path -> 404 ``{"errors":[{"code":0,"message":"NotFound"}]}``.
+service/path -> 404 ``{"errors":[{"code":0,"message":"NotFound"}]}``.  ``HEAD`` of a GET route
+gets the GET's status and headers, without the body.
 
 Per request, in order: record it, take the next scripted fault, sleep ``state.latency``, sleep
 the fault's ``delay``, answer the fault (or normally), then -- for JSON object answers to a
@@ -100,7 +101,9 @@ def _answer(
     body: bytes,
     cookie: str | None,
 ) -> Reply:
-    found = ROUTER.match(service, method, segments)
+    # HEAD is answered like GET, as aiohttp does for its own GET routes: the same status and
+    # headers (Content-Length included), and aiohttp sends no body for a HEAD.
+    found = ROUTER.match(service, "GET" if method == "HEAD" else method, segments)
     if found is None:
         return NOT_FOUND
     route, params = found
