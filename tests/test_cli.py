@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -233,6 +235,15 @@ def test_help(capsys: pytest.CaptureFixture[str], argv: list[str], text: str) ->
         cli.main(argv)
     assert exc_info.value.code == 0
     assert text in " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc_info:
+        cli.main(["--version"])
+    assert exc_info.value.code == 0
+    assert capsys.readouterr().out == f"bloxproxy {importlib.metadata.version('bloxproxy')}\n"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert importlib.metadata.version("bloxproxy") == pyproject["project"]["version"]
 
 
 @pytest.mark.parametrize("argv", [[], ["nope"], ["check", "--bogus"]])
