@@ -106,6 +106,7 @@ def create_app(
     app.router.add_get(RESERVED_PREFIX + "metrics", own(_metrics, gated=False))
     app.router.add_post(RESERVED_PREFIX + "admin/purge", own(admin.purge, gated=False))
     docs_page.add_routes(app, own)  # /openapi.json, /docs (and under /_bloxproxy/)
+    app.router.add_route("*", "/", own(_root, gated=True))  # gated, like the top-level /docs
     app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", own(_reserved, gated=False))
     app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle, expect_handler=_expect)
     front.install(app)  # the fast hit path, ahead of routing
@@ -257,6 +258,16 @@ async def _metrics(request: web.Request) -> web.Response:
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
+
+
+async def _root(request: web.Request) -> web.StreamResponse:
+    """``/`` is no route: say where the routes are (a browser pointed at the proxy lands here)."""
+    raise not_found(
+        "nothing is served at /: the clean API's routes are listed at /docs "
+        "(OpenAPI document: /openapi.json); passthrough is /{service}/{path}, "
+        "e.g. /users/v1/users/1",
+        code="no_route",
+    )
 
 
 _RESERVED_METHODS = {

@@ -283,7 +283,7 @@ class WireResponse(web.StreamResponse):
 
 # The proxy's own routes (app.py, docs_page.py); every other path is the catch-all's.
 _OWN_PREFIX = "/_bloxproxy/"
-_OWN_PATHS = frozenset({"/openapi.json", "/docs"})
+_OWN_PATHS = frozenset({"/openapi.json", "/docs", "/"})
 
 
 def wired(request: web.BaseRequest, resp: web.StreamResponse) -> web.StreamResponse:
