@@ -14,7 +14,7 @@ from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
 from .rules import RuleSet
-from .serve import Overrides, load_all, run_single, supervise
+from .serve import Overrides, load_all, open_listener, open_refusal, run_single, supervise
 
 log = logging.getLogger("bloxproxy")
 
@@ -138,11 +138,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args.config, summary=True)
     if loaded is None:
         return 1
-    _config, rules = loaded
+    config, rules = loaded
     print(
         f"ok: config {args.config or '<defaults>'}, {len(rules.routes)} routes "
         f"from {len(rules.files)} rule file(s)"
     )
+    opened = open_listener(config)
+    if opened is not None and not config.server.allow_open:
+        print(
+            f"warning: serve will refuse to listen on {opened}: {open_refusal(config)}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -195,6 +201,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = Overrides(host=args.host, port=args.port)
     config = overrides.apply(config)
     setup_logging(config.logging)
+    opened = open_listener(config)
+    if opened is not None:
+        if not config.server.allow_open:
+            log.error(
+                "refusing to listen on %s: %s",
+                opened,
+                open_refusal(config),
+                extra={"event": "refused_open"},
+            )
+            return 2
+        log.warning(
+            "listening on %s (server.allow_open: true): anyone who can reach that address "
+            "can use this proxy",
+            opened,
+            extra={"event": "open"},
+        )
     workers = args.workers or config.server.workers
     try:
         if workers > 1:

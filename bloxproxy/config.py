@@ -125,8 +125,20 @@ def _host_suffix(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = opt("127.0.0.1", schema.string, "Address to listen on.")
+    host: str = opt(
+        "127.0.0.1",
+        schema.string,
+        "Address to listen on. Anything but a loopback address (`127.0.0.0/8`, `::1`, "
+        "`localhost`) needs `auth.keys`, or `allow_open`.",
+    )
     port: int = opt(8080, schema.integer(0, 65535), "TCP port to listen on.")
+    allow_open: bool = opt(
+        False,
+        schema.boolean,
+        "Allow listening on a non-loopback address with no `auth.keys`: anyone who reaches "
+        "the address can then use the proxy (and spend your Roblox rate limits). `false`: "
+        "`serve` refuses to start that way (exit 2); `true`: it starts and logs a warning.",
+    )
     host_suffix: str = opt(
         "",
         _host_suffix,

@@ -5,15 +5,19 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import re
+import socket
 import subprocess
 import sys
 import textwrap
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from bloxproxy import cli
+from bloxproxy import config as config_mod
+from bloxproxy import serve as serve_mod
 from bloxproxy.rules import load_rules
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,8 +76,8 @@ def test_check_broken_config(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert out == ""
     assert err.splitlines() == [
         f"{config}:2: server.port: expected an integer, got 'eighty'",
-        f"{config}:3: server.nope: unknown key (allowed: admin_token, host, host_suffix, "
-        "max_body_size, port, shutdown_grace, workers)",
+        f"{config}:3: server.nope: unknown key (allowed: admin_token, allow_open, host, "
+        "host_suffix, max_body_size, port, shutdown_grace, workers)",
         f"{config}:5: cache.negative_ttl: expected a duration like '30s', '500ms' or '5m', "
         "got 'soon'",
         "3 problem(s) found",
@@ -252,6 +256,147 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], argv: list[str]
         cli.main(argv)
     assert exc_info.value.code == 2
     assert "usage: bloxproxy" in capsys.readouterr().err
+
+
+# --- serve: no open proxy by accident -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LocalHost.", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),  # every interface
+        ("10.0.0.5", False),
+        ("192.168.1.2", False),
+        ("::ffff:127.0.0.1", False),  # not taken for loopback: refuse rather than guess
+        ("proxy.example", False),
+        ("localhost.example", False),
+    ],
+)
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert serve_mod.is_loopback(host) is loopback
+
+
+def test_open_listener_is_beyond_loopback_without_keys() -> None:
+    def opened(**env: str) -> str | None:
+        return serve_mod.open_listener(config_mod.load(None, env=env))
+
+    assert opened() is None
+    assert opened(BLOXPROXY_SERVER_HOST="0.0.0.0") == (
+        "0.0.0.0:8080 with no access keys and no client rate limit"
+    )
+    assert opened(BLOXPROXY_SERVER_HOST="", BLOXPROXY_LIMITS_CLIENTS_RATE="5") == (
+        "*:8080 with no access keys"
+    )
+    assert opened(BLOXPROXY_SERVER_HOST="0.0.0.0", BLOXPROXY_AUTH_KEYS="k") is None
+    # allow_open does not make it less open: serve decides what to do about it
+    assert opened(BLOXPROXY_SERVER_HOST="::", BLOXPROXY_SERVER_ALLOW_OPEN="true") is not None
+
+
+def serve_process(*argv: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("BLOXPROXY_")}
+    return subprocess.run(
+        [sys.executable, "-m", "bloxproxy", "serve", *argv],
+        cwd=ROOT,
+        env={**base, "BLOXPROXY_LOGGING_FORMAT": "text", **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+REFUSAL = (
+    "refusing to listen on {where} with no access keys and no client rate limit: anyone who "
+    "can reach that address could use this proxy. Set access keys (auth.keys, e.g. "
+    "BLOXPROXY_AUTH_KEYS=key1,key2; clients send one in X-Bloxproxy-Key), listen on 127.0.0.1 "
+    "(--host, BLOXPROXY_SERVER_HOST), or allow it with server.allow_open: true "
+    "(BLOXPROXY_SERVER_ALLOW_OPEN=true)"
+)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--host", "0.0.0.0"], {}),
+        ([], {"BLOXPROXY_SERVER_HOST": "0.0.0.0"}),  # what the container image sets
+        (["--host", "0.0.0.0", "--workers", "2"], {}),
+        (["--host", "0.0.0.0"], {"BLOXPROXY_SERVER_ALLOW_OPEN": "false"}),
+    ],
+)
+def test_serve_refuses_an_open_address_without_keys(argv: list[str], env: dict[str, str]) -> None:
+    port = free_port()
+    done = serve_process(*argv, "--port", str(port), **env)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.endswith(" ERROR bloxproxy " + REFUSAL.format(where=f"0.0.0.0:{port}")), line
+    with socket.socket() as sock, pytest.raises(ConnectionRefusedError):
+        sock.connect(("127.0.0.1", port))  # it never listened
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port already listened on at 127.0.0.1, so that a serve on 0.0.0.0 gets as far as
+    binding (past every check) and fails there without ever listening beyond loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def test_serve_allowed_open_warns_in_the_log(taken_port: int) -> None:
+    done = serve_process(
+        "--host", "0.0.0.0", "--port", str(taken_port), BLOXPROXY_SERVER_ALLOW_OPEN="true"
+    )
+    lines = done.stderr.splitlines()
+    assert lines[0].endswith(
+        f" WARNING bloxproxy listening on 0.0.0.0:{taken_port} with no access keys and no "
+        "client rate limit (server.allow_open: true): anyone who can reach that address can "
+        "use this proxy"
+    ), lines
+    # it went on to bind (the port is taken here, so that is as far as it gets)
+    assert lines[-1].startswith(f"bloxproxy: cannot listen on 0.0.0.0:{taken_port}: ")
+    assert lines[-1].endswith("address already in use")
+    assert done.returncode == 1
+
+
+def test_serve_with_keys_on_an_open_address_says_nothing_about_it(taken_port: int) -> None:
+    done = serve_process("--host", "0.0.0.0", "--port", str(taken_port), BLOXPROXY_AUTH_KEYS="k")
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"bloxproxy: cannot listen on 0.0.0.0:{taken_port}: ")
+    assert done.returncode == 1
+
+
+def test_check_warns_when_serve_would_refuse(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BLOXPROXY_SERVER_HOST", "0.0.0.0")
+    assert cli.main(["check"]) == 0, "the config is valid"
+    out, err = capsys.readouterr()
+    assert out.startswith("ok: config <defaults>, ")
+    assert (
+        err
+        == "warning: serve will refuse to listen on "
+        + REFUSAL.format(where="0.0.0.0:8080").removeprefix("refusing to listen on ")
+        + "\n"
+    )
+    monkeypatch.setenv("BLOXPROXY_SERVER_ALLOW_OPEN", "true")
+    assert cli.main(["check"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 # --- the real console entry -----------------------------------------------------------------
