@@ -156,33 +156,90 @@ def test_check_missing_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 # --- routes ---------------------------------------------------------------------------------
 
 
-def test_routes_prints_every_route_with_ttls(capsys: pytest.CaptureFixture[str]) -> None:
+def parse_routes(out: str) -> dict[str, tuple[list[str], str]]:
+    """``bloxproxy routes`` as {route id: (its line's cells, its whole upstream request)}."""
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "ROUTE", "TTL", "SWR", "SIE"]
+    indent = lines[0].index("ROUTE")
+    table: dict[str, tuple[list[str], str]] = {}
+    ident = ""
+    for line in lines[1:]:
+        if line.startswith(" "):
+            assert line[:indent] == " " * indent, line
+            rest = line[indent:]
+            assert rest.startswith(("-> ", "   ")), line
+            cells, upstream = table[ident]
+            table[ident] = (cells, upstream + rest[3:])
+        else:
+            ident = line.split()[0]
+            table[ident] = (line.split(), "")
+    return table
+
+
+def test_routes_prints_every_route_with_its_id_upstream_and_ttls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     assert cli.main(["routes", "-c", CONFIG]) == 0
     out, err = capsys.readouterr()
     assert err == ""
-    lines = out.splitlines()
-    assert lines[0].split() == ["ROUTE", "UPSTREAM", "TTL", "SWR", "SIE"]
     rules = load_rules([ROOT / "rules"])
-    assert len(lines) == 1 + len(rules.routes)
-    by_route = {" ".join(line.split()[:2]): line.split() for line in lines[1:]}
+    table = parse_routes(out)
+    assert sorted(table) == sorted(r.id for r in rules.routes)
     for r in rules.routes:
-        cells = by_route[f"GET {r.endpoint}"]
-        assert cells[2] == r.backend.method
-        assert cells[3].startswith(f"{r.backend.service}{r.backend.path.text}")
-    users = by_route["GET /v1/users/{user_id}"]
-    assert users[2:] == ["GET", "users/v1/users/{user_id}", "10m", "1m", "1h"]
-    batch = by_route["GET /v1/users"]
-    assert batch[2:] == ["POST", "users/v1/users", "10m", "1m", "1h"]
-    presence = by_route["GET /v1/presence"]
-    assert presence[-3:] == ["30s", "-", "5m"]
-    members = by_route["GET /v1/groups/{group_id}/members"]
-    assert members[2:] == [
-        "GET",
-        "groups/v1/groups/{group_id}/users?limit={limit}&cursor={cursor}&sortOrder={sort_order}",
-        "2m",
-        "-",
-        "1h",
-    ]
+        cells, upstream = table[r.id]
+        assert cells[1:3] == [r.method, r.endpoint]
+        assert upstream.startswith(f"{r.backend.method} {r.backend.service}{r.backend.path.text}")
+    assert table["users.get"] == (
+        ["users.get", "GET", "/v1/users/{user_id}", "10m", "1m", "1h"],
+        "GET users/v1/users/{user_id}",
+    )
+    assert table["users.batch"][0][3:] == ["10m", "1m", "1h"]
+    assert table["users.batch"][1] == "POST users/v1/users"
+    assert table["presence.batch"][0][-3:] == ["30s", "-", "5m"]
+    assert table["groups.members"] == (
+        ["groups.members", "GET", "/v1/groups/{group_id}/members", "2m", "-", "1h"],
+        "GET groups/v1/groups/{group_id}/users?limit={limit}&cursor={cursor}"
+        "&sortOrder={sort_order}",
+    )
+
+
+def test_routes_fit_100_columns(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["routes", "-c", CONFIG]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 100
+    wrapped = [line for line in lines if line.lstrip().startswith("&")]
+    assert wrapped, "the long upstream queries are wrapped, at a parameter"
+
+
+def test_routes_fit_100_columns_whatever_the_rules(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    config = write(tmp_path / "config.yaml", "rules:\n  paths: [r.yaml]\n")
+    long_id = "presence." + "x" * 60
+    long_segment = "a" * 120
+    write(
+        tmp_path / "r.yaml",
+        f"""\
+        service: presence
+        routes:
+          - id: {long_id}
+            endpoint: /v1/{"very-long-segment/" * 6}end
+            backend:
+              path: /v1/{long_segment}
+              query: {{{", ".join(f"p{i}: v{i}" for i in range(30))}}}
+            cache: {{ttl: 90061s, stale_while_revalidate: 1500ms}}
+        """,
+    )
+    assert cli.main(["routes", "-c", str(config)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 100, lines
+    assert lines[1].startswith(long_id[:29] + "...  GET /v1/very-long-segment/")
+    assert lines[1].split()[-3:] == ["90061s", "1.5s", "-"]
+    upstream = "".join(line.strip().removeprefix("-> ") for line in lines[2:])
+    assert upstream == f"GET presence/v1/{long_segment}?" + "&".join(
+        f"p{i}=v{i}" for i in range(30)
+    ), "nothing of the upstream request is lost"
 
 
 def test_routes_shows_disabled_cache(
@@ -195,18 +252,44 @@ def test_routes_shows_disabled_cache(
         """\
         service: presence
         routes:
-          - endpoint: /v1/live
+          - id: presence.live
+            endpoint: /v1/live
             backend: {path: /v1/live}
             cache: false
-          - endpoint: /v1/slow
+          - id: presence.slow
+            endpoint: /v1/slow
             backend: {path: /v1/slow}
             cache: {ttl: 90s, stale_while_revalidate: 1500ms}
+          - endpoint: /v1/unnamed
+            backend: {path: /v1/unnamed}
         """,
     )
     assert cli.main(["routes", "-c", str(config)]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split() == ["GET", "/v1/live", "GET", "presence/v1/live", "off", "-", "-"]
-    assert lines[2].split() == ["GET", "/v1/slow", "GET", "presence/v1/slow", "90s", "1.5s", "-"]
+    out = capsys.readouterr().out
+    table = parse_routes(out)
+    assert table["presence.live"][0][1:] == ["GET", "/v1/live", "off", "-", "-"]
+    assert table["presence.slow"][0][1:] == ["GET", "/v1/slow", "90s", "1.5s", "-"]
+    # a route without an id has "METHOD endpoint" as its id (what metrics and purge use)
+    assert "\nGET /v1/unnamed  GET /v1/unnamed  " in out
+
+
+def test_routes_into_a_closed_pipe_ends_quietly() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BLOXPROXY_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bloxproxy", "routes"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.read(10)
+    proc.stdout.close()  # like `bloxproxy routes | head -c 10`
+    err = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) in (0, 1)
+    assert b"Traceback" not in err, err.decode()
 
 
 def test_routes_with_broken_rules(
