@@ -26,7 +26,7 @@ from . import admin, docs_page
 from .cache.layer import Fetcher, SharedCache
 from .cache.redis_store import RedisStore
 from .cache.resp import PipelinedGet
-from .clients import ClientGate
+from .clients import ClientGate, client_ip
 from .config import Config
 from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
@@ -81,7 +81,15 @@ def create_app(
         # Pub/sub blocks reading for long stretches: its own client, no read timeout.
         listener = _redis_client(redis_cfg.url, 2, None)
     metrics = Metrics()
-    access = AccessLog(fmt=config.logging.format) if config.logging.access_log else None
+    access = None
+    if config.logging.access_log:
+        hops = config.limits.clients.forwarded_for_hops
+        access = AccessLog(
+            fmt=config.logging.format,
+            fields=config.logging.access_fields,
+            # the address the client limits use: behind trusted proxies, X-Forwarded-For's
+            client=(lambda r: client_ip(r, hops)) if hops else (lambda r: r.remote or ""),
+        )
     client_buckets = RedisBuckets(client, redis_cfg.prefix + "rl:client:") if client else None
     # No aiohttp middlewares: the Front handler does their work (see front.py for why).
     front = Front(

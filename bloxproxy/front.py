@@ -43,7 +43,7 @@ from multidict import CIMultiDict
 from .cache.entry import KEPT_HEADERS, Entry, make_etag
 from .errors import HTTPProblem
 from .middlewares import REQUEST_ID, REQUEST_ID_HEADER, REQUEST_ID_RE, error_response
-from .observe import INFO, AccessLog, Metrics, RequestInfo
+from .observe import INFO, AccessLog, Metrics, RequestInfo, body_bytes
 
 if TYPE_CHECKING:
     from .cache.layer import SharedCache
@@ -476,11 +476,17 @@ class Front:
         h["Server-Timing"] = timing
         if info.fast is not None and generation == self.generation:
             self._remember(request, info.fast)  # unless the rules changed meanwhile
-        self._record(request, rid, info, resp.status, total)
+        self._record(request, rid, info, resp.status, total, body_bytes(request, resp))
         return wired(request, resp)
 
     def _record(
-        self, request: web.Request, rid: str, info: RequestInfo, status: int, total: float
+        self,
+        request: web.Request,
+        rid: str,
+        info: RequestInfo,
+        status: int,
+        total: float,
+        nbytes: int | None = 0,
     ) -> None:
         if self.metrics is not None:
             self.metrics.observe_request(info.route, status, info.cache, total)
@@ -495,6 +501,8 @@ class Front:
                 info.cache,
                 info.upstream,
                 total,
+                request,
+                nbytes,
             )
 
     # -- the fast path ------------------------------------------------------------------
@@ -554,7 +562,16 @@ class Front:
             self.metrics.observe_request(fe.route, fe.status, "HIT", total)
         if self.access is not None:
             self.access.write(
-                rid, "GET", request.rel_url.raw_path[:512], fe.route, fe.status, "HIT", 0.0, total
+                rid,
+                "GET",
+                request.rel_url.raw_path[:512],
+                fe.route,
+                fe.status,
+                "HIT",
+                0.0,
+                total,
+                request,
+                len(body),
             )
         return WireResponse(fe.status, head, body)
 

@@ -200,6 +200,7 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("logging", "level"), "DEBUG", "DEBUG", "DEBUG"),
     (("logging", "format"), "text", "text", "text"),
     (("logging", "access_log"), "false", "false", False),
+    (("logging", "access_fields"), "[status, path]", "status,path", ("status", "path")),
 ]
 OVERRIDE_IDS = [".".join(o[0]) for o in OVERRIDES]
 
