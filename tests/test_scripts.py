@@ -199,6 +199,8 @@ def test_one_rebuild_one_install_and_the_other_run_waits(installed: Installed) -
     installs = [line for line in both if line.startswith("bootstrap: installing ")]
     assert len(installs) == 1, both
     assert "runtime dependencies" in installs[0] and "-e '.[uvloop]'" in installs[0]
+    for run in (installed.serve, installed.bootstrap):
+        assert "Warning" not in run.text().replace("WARNING: ", ""), run.text()
     waiter = boot if installs[0] in serve else serve
     assert waiter == [
         "bootstrap: waiting for another scripts/bootstrap to finish with .venv (lock: .venv.lock)",
