@@ -39,7 +39,7 @@ from .cache.fetcher import Fetcher
 from .cache.redis_store import RedisStore
 from .cache.resp import PipelinedGet
 from .cache.shared import SharedCache
-from .clients import ClientGate
+from .clients import ClientGate, client_ip
 from .config import Config
 from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
@@ -71,7 +71,15 @@ def create_app(
         # Pub/sub blocks reading for long stretches: its own client, no read timeout.
         listener = _redis_client(redis_cfg.url, 2, None)
     metrics = Metrics()
-    access = AccessLog(fmt=config.logging.format) if config.logging.access_log else None
+    access = None
+    if config.logging.access_log:
+        hops = config.limits.clients.forwarded_for_hops
+        access = AccessLog(
+            fmt=config.logging.format,
+            fields=config.logging.access_fields,
+            # the address the client limits use: behind trusted proxies, X-Forwarded-For's
+            client=(lambda r: client_ip(r, hops)) if hops else (lambda r: r.remote or ""),
+        )
     client_buckets = RedisBuckets(client, redis_cfg.prefix + "rl:client:") if client else None
     # No aiohttp middlewares: the Front handler does their work (see front.py for why).
     front = Front(
@@ -96,6 +104,7 @@ def create_app(
     app.router.add_get(RESERVED_PREFIX + "metrics", own(_metrics, gated=False))
     app.router.add_post(RESERVED_PREFIX + "admin/purge", own(admin.purge, gated=False))
     docs_page.add_routes(app, own)  # /openapi.json, /docs (and under /_bloxproxy/)
+    app.router.add_route("*", "/", own(_root, gated=True))  # gated, like the top-level /docs
     app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", own(_reserved, gated=False))
     app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle, expect_handler=_expect)
     front.install(app)  # the fast hit path, ahead of routing
@@ -249,6 +258,16 @@ async def _metrics(request: web.Request) -> web.Response:
     resp = web.Response(body=body)
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
+
+
+async def _root(request: web.Request) -> web.StreamResponse:
+    """``/`` is no route: say where the routes are (a browser pointed at the proxy lands here)."""
+    raise not_found(
+        "nothing is served at /: the clean API's routes are listed at /docs "
+        "(OpenAPI document: /openapi.json); passthrough is /{service}/{path}, "
+        "e.g. /users/v1/users/1",
+        code="no_route",
+    )
 
 
 _RESERVED_METHODS = {

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 
@@ -14,7 +15,7 @@ from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
 from .rules import RuleSet
-from .serve import Overrides, load_all, run_single, supervise
+from .serve import Overrides, load_all, open_listener, open_refusal, run_single, supervise
 
 log = logging.getLogger("bloxproxy")
 
@@ -39,11 +40,27 @@ def _positive(text: str) -> int:
     return value
 
 
+class _Version(argparse.Action):
+    """``--version``: the installed distribution's version, looked up only when asked."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(
+            option_strings, dest, nargs=0, help="print the version of bloxproxy and exit"
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: object) -> None:
+        from .openapi import version
+
+        print(f"bloxproxy {version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bloxproxy",
         description="A caching reverse proxy and protocol adapter for the Roblox web APIs.",
     )
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = sub.add_parser(
@@ -81,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     routes = sub.add_parser(
         "routes",
         help="list the clean routes",
-        description="Print the clean routes, the upstream request each "
-        "becomes, and their cache TTLs.",
+        description="Print the clean routes (id, method and path, cache TTLs) and, under "
+        "each, the upstream request it becomes; in 100 columns.",
     )
     _config_arg(routes)
 
@@ -122,13 +139,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     loaded = _load(args.config, summary=True)
     if loaded is None:
         return 1
-    _config, rules = loaded
+    config, rules = loaded
     for override in rules.overrides:  # a notice, not a problem: the user's rule wins
         print(override)
     print(
         f"ok: config {args.config or '<defaults>'}, {len(rules.routes)} routes "
         f"from {len(rules.files)} rule file(s)"
     )
+    opened = open_listener(config)
+    if opened is not None and not config.server.allow_open:
+        print(
+            f"warning: serve will refuse to listen on {opened}: {open_refusal(config)}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -142,28 +165,61 @@ def duration_text(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def routes_table(rules: RuleSet) -> str:
-    rows = [("ROUTE", "UPSTREAM", "TTL", "SWR", "SIE")]
-    for r in sorted(rules.routes, key=lambda r: r.endpoint):
+ROUTES_WIDTH = 100  # columns `bloxproxy routes` fits in
+_ID_MAX = 32  # a longer route id is cut (ids are usually "<family>.<name>")
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 3, 1)] + "..."
+
+
+def _wrap_request(text: str, width: int) -> list[str]:
+    """An upstream request in lines of at most ``width``: broken before ``?`` and ``&`` (where
+    a reader looks for the next parameter), a piece longer than a line cut into lines."""
+    pieces = [p for p in re.split(r"(?=[?&])", text) if p]
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+        while len(lines[-1]) > width:
+            lines[-1:] = [lines[-1][:width], lines[-1][width:]]
+    return lines
+
+
+def routes_table(rules: RuleSet, width: int = ROUTES_WIDTH) -> str:
+    """The clean routes in ``width`` columns: a line with the route id, method and path and
+    the cache TTLs (fresh, stale-while-revalidate, stale-if-error), and under it the upstream
+    request the route becomes (``-> METHOD service/path?query``), wrapped."""
+    rows = []
+    for r in sorted(rules.routes, key=lambda r: (r.endpoint, r.method)):
         b = r.backend
         query = "&".join(f"{k}={v}" for k, v in b.query.items)
         upstream = f"{b.method} {b.service}{b.path.text}" + (f"?{query}" if query else "")
         c = r.cache
-        ttl = duration_text(c.ttl) if c.enabled else "off"
-        rows.append(
-            (
-                f"{r.method} {r.endpoint}",
-                upstream,
-                ttl,
-                duration_text(c.stale_while_revalidate),
-                duration_text(c.stale_if_error),
-            )
+        ttls = (
+            duration_text(c.ttl) if c.enabled else "off",
+            duration_text(c.stale_while_revalidate),
+            duration_text(c.stale_if_error),
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
-    )
+        rows.append((_cut(r.id, _ID_MAX), f"{r.method} {r.endpoint}", ttls, upstream))
+    head = ("TTL", "SWR", "SIE")
+    ttl_w = [max([len(head[i])] + [len(row[2][i]) for row in rows]) for i in range(3)]
+    ttl_cols = sum(ttl_w) + 2 * len(ttl_w)
+    id_w = max([len("ID")] + [len(row[0]) for row in rows])
+    route_w = min(max([len("ROUTE")] + [len(row[1]) for row in rows]), width - id_w - 2 - ttl_cols)
+
+    def line(ident: str, route: str, cells: tuple[str, ...]) -> str:
+        ttl = "  ".join(cell.ljust(w) for cell, w in zip(cells, ttl_w, strict=True))
+        return f"{ident.ljust(id_w)}  {_cut(route, route_w).ljust(route_w)}  {ttl}".rstrip()
+
+    out = [line("ID", "ROUTE", head)]
+    indent = " " * (id_w + 2)
+    for ident, route, ttls, upstream in rows:
+        out.append(line(ident, route, ttls))
+        for i, part in enumerate(_wrap_request(upstream, width - len(indent) - 3)):
+            out.append(f"{indent}{'-> ' if i == 0 else '   '}{part}")
+    return "\n".join(out)
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
@@ -182,6 +238,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = Overrides(host=args.host, port=args.port)
     config = overrides.apply(config)
     setup_logging(config.logging)
+    opened = open_listener(config)
+    if opened is not None:
+        if not config.server.allow_open:
+            log.error(
+                "refusing to listen on %s: %s",
+                opened,
+                open_refusal(config),
+                extra={"event": "refused_open"},
+            )
+            return 2
+        log.warning(
+            "listening on %s (server.allow_open: true): anyone who can reach that address "
+            "can use this proxy",
+            opened,
+            extra={"event": "open"},
+        )
     workers = args.workers or config.server.workers
     try:
         if workers > 1:
@@ -249,7 +321,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fake-roblox": cmd_fake,
         "openapi": cmd_openapi,
     }
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except BrokenPipeError:
+        # `bloxproxy routes | head`: the reader went away. No traceback; nothing more to
+        # write (stdout is pointed at /dev/null so the flush at exit does not fail again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

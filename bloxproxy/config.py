@@ -126,8 +126,20 @@ def _host_suffix(value: object) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    host: str = opt("127.0.0.1", schema.string, "Address to listen on.")
+    host: str = opt(
+        "127.0.0.1",
+        schema.string,
+        "Address to listen on. Anything but a loopback address (`127.0.0.0/8`, `::1`, "
+        "`localhost`) needs `auth.keys`, or `allow_open`.",
+    )
     port: int = opt(8080, schema.integer(0, 65535), "TCP port to listen on.")
+    allow_open: bool = opt(
+        False,
+        schema.boolean,
+        "Allow listening on a non-loopback address with no `auth.keys`: anyone who reaches "
+        "the address can then use the proxy (and spend your Roblox rate limits). `false`: "
+        "`serve` refuses to start that way (exit 2); `true`: it starts and logs a warning.",
+    )
     host_suffix: str = opt(
         "",
         _host_suffix,
@@ -379,11 +391,55 @@ class AuthConfig:
     )
 
 
+# What an access line can say, in the default order (bloxproxy/observe.py writes them).
+ACCESS_FIELDS = (
+    "time",
+    "request_id",
+    "client",
+    "method",
+    "path",
+    "route",
+    "status",
+    "bytes",
+    "cache",
+    "upstream_ms",
+    "total_ms",
+    "user_agent",
+)
+
+
+def _access_fields(value: object) -> tuple[str, ...]:
+    names = schema.string_list(value)
+    if not names:
+        raise ValueError(
+            f"expected at least one of {', '.join(ACCESS_FIELDS)} (to log no line at all, "
+            "set access_log: false)"
+        )
+    for name in names:
+        if name not in ACCESS_FIELDS:
+            raise ValueError(f"{name!r} is not an access log field ({', '.join(ACCESS_FIELDS)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a field is named twice in {list(names)}")
+    return names
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str = opt("INFO", schema.choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level.")
     format: str = opt("json", schema.choice("json", "text"), "Log line format.")
     access_log: bool = opt(True, schema.boolean, "One log line per request.")
+    access_fields: tuple[str, ...] = opt(
+        ACCESS_FIELDS,
+        _access_fields,
+        "The access line's fields, in the order given. The default is all of them: `time`, "
+        "`request_id`, `client` (the "
+        "peer's address, or the `X-Forwarded-For` entry `limits.clients.forwarded_for_hops` "
+        "trusts), `method`, `path` (no query string), `route` (route id, "
+        "`passthrough:<service>` or `none`), `status`, `bytes` (of the response body), "
+        "`cache` (the `X-Cache` result), `upstream_ms`, `total_ms` and `user_agent` (at most "
+        '256 characters). A JSON line also has `"type": "access"`; a text line is the '
+        "values, space-separated, `-` for none.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,7 +664,7 @@ def reference_markdown() -> str:
 
 def _shown_default(default: object) -> str:
     """A default as written in YAML, in a Markdown code span."""
-    if isinstance(default, tuple) and len(default) > 6:
+    if default is DEFAULT_SERVICES:
         return f"{len(default)} Roblox services (see `DEFAULT_SERVICES`)"
     return schema.shown_default(default)
 

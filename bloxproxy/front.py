@@ -36,7 +36,7 @@ from aiohttp import HttpVersion11, web
 from .answer import Answer
 from .cache import decide
 from .errors import error_response
-from .observe import AccessLog, Metrics, RequestInfo
+from .observe import AccessLog, Metrics, RequestInfo, body_bytes
 from .prepared import (
     FastEntry,
     SharedFast,
@@ -84,7 +84,7 @@ _WRITE_HERE = 64 * 1024
 
 # The proxy's own routes (app.py, docs_page.py); every other path is the catch-all's.
 _OWN_PREFIX = "/_bloxproxy/"
-_OWN_PATHS = frozenset({"/openapi.json", "/docs"})
+_OWN_PATHS = frozenset({"/openapi.json", "/docs", "/"})
 # The per-request headers of a fast answer, and the end of the header block.
 _TAIL = b"X-Request-ID: %s\r\nServer-Timing: cache;desc=HIT;dur=%.2f, total;dur=%.1f\r\n\r\n"
 
@@ -229,7 +229,7 @@ class Front:
         h["Server-Timing"] = timing
         if remember is not None and generation == self.generation:
             self._remember(request, remember)  # unless the rules changed meanwhile
-        self._record(request, rid, info, resp.status, total)
+        self._record(request, rid, info, resp.status, total, body_bytes(request, resp))
         out = wired(request, resp, self.clock())
         if lease is not None:
             await self._write_then_release(request, out, lease)
@@ -254,7 +254,13 @@ class Front:
         return self.l1 is not None and bool(self.l1.max_entries)
 
     def _record(
-        self, request: web.Request, rid: str, info: RequestInfo, status: int, total: float
+        self,
+        request: web.Request,
+        rid: str,
+        info: RequestInfo,
+        status: int,
+        total: float,
+        nbytes: int | None = 0,
     ) -> None:
         if self.metrics is not None:
             self.metrics.observe_request(info.route, status, info.cache, total)
@@ -269,6 +275,8 @@ class Front:
                 info.cache,
                 info.upstream,
                 total,
+                request,
+                nbytes,
             )
 
     # -- the fast path ------------------------------------------------------------------
@@ -328,7 +336,16 @@ class Front:
             self.metrics.observe_request(fe.route, fe.status, "HIT", total)
         if self.access is not None:
             self.access.write(
-                rid, "GET", request.rel_url.raw_path[:512], fe.route, fe.status, "HIT", 0.0, total
+                rid,
+                "GET",
+                request.rel_url.raw_path[:512],
+                fe.route,
+                fe.status,
+                "HIT",
+                0.0,
+                total,
+                request,
+                len(body),
             )
         return WireResponse(fe.status, head, body)
 

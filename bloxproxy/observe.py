@@ -9,20 +9,23 @@ purpose — a cache hit costs a few tens of µs in all, so every microsecond her
 request and every upstream attempt are plain rows turned into metric families only at
 scrape time (:class:`RequestCollector`, :class:`UpstreamCollector`), and access lines are
 formatted by hand into a buffer flushed a few times a second, never through
-:mod:`logging` per request. Nothing secret is logged: no query strings, no headers.
+:mod:`logging` per request. Nothing secret is logged: no query strings, no headers but the
+``User-Agent``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import operator
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
 import orjson
+from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -31,6 +34,8 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from .config import ACCESS_FIELDS
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -259,8 +264,68 @@ class UpstreamCollector(Collector):
             yield family
 
 
+# The access line's fields (``logging.access_fields`` picks and orders them), each as a
+# %-format fragment of a JSON line and of a text line. ``write`` computes the values in
+# ACCESS_FIELDS order; a template built once from the chosen fields formats them (%-format:
+# about half the cost of str.format, and no per-request work for the choice itself).
+_ACCESS_JSON = {
+    "time": '"time":"%s"',
+    "request_id": '"request_id":"%s"',
+    "client": '"client":%s',
+    "method": '"method":"%s"',
+    "path": '"path":%s',
+    "route": '"route":"%s"',
+    "status": '"status":%d',
+    "bytes": '"bytes":%s',
+    "cache": '"cache":"%s"',
+    "upstream_ms": '"upstream_ms":%.2f',
+    "total_ms": '"total_ms":%.2f',
+    "user_agent": '"user_agent":%s',
+}
+_ACCESS_TEXT = {
+    "time": "%s",
+    "request_id": "%s",
+    "client": "%s",
+    "method": "%s",
+    "path": "%s",
+    "route": "%s",
+    "status": "%d",
+    "bytes": "%s",
+    "cache": "%s",
+    "upstream_ms": "%.1fms",
+    "total_ms": "%.1fms",
+    "user_agent": "%s",
+}
+USER_AGENT_MAX = 256  # characters of User-Agent kept in the access line
+_ADDRESS_MAX = 64  # characters of a client address that is not a bare address
+_SEEN_MAX = 1024  # client-sent values remembered in their shown form
+_PLAIN_ADDRESS = frozenset("0123456789abcdefABCDEF.:")
+
+
+def _peer(request: web.Request) -> str:
+    return request.remote or ""
+
+
+def body_bytes(request: web.BaseRequest, resp: web.StreamResponse) -> int | None:
+    """The body bytes an answer sends: none for HEAD, 1xx, 204 and 304; None when not known
+    before it is sent (a streamed body)."""
+    status = resp.status
+    if request.method == "HEAD" or status < 200 or status in (204, 304):
+        return 0
+    return resp.content_length
+
+
 class AccessLog:
-    """JSON (or text) access lines, buffered and flushed every ``interval`` seconds."""
+    """JSON (or text) access lines, buffered and flushed every ``interval`` seconds.
+
+    ``fields`` chooses the line's fields and their order (``logging.access_fields``); the
+    line's template is built from them once, here. A JSON line also says ``"type":"access"``
+    (after ``time`` when that comes first). Values that come from the client — the path (kept
+    percent-encoded), the client address from ``X-Forwarded-For`` and the ``User-Agent``
+    (cut to ``USER_AGENT_MAX`` characters, invalid UTF-8 replaced) — are JSON strings, escaped,
+    in both formats (in text: quoted when they are not plain, ``-`` when absent); the request
+    id, method, route and cache result come from closed character sets.
+    """
 
     def __init__(
         self,
@@ -268,9 +333,32 @@ class AccessLog:
         fmt: str = "json",
         interval: float = 0.2,
         max_buffer: int = 1 << 16,
+        fields: Sequence[str] = ACCESS_FIELDS,
+        client: Callable[[web.Request], str] = _peer,
     ) -> None:
         self._stream = stream if stream is not None else sys.stderr.buffer
         self._json = fmt == "json"
+        unknown = set(fields) - set(ACCESS_FIELDS)
+        if unknown or not fields:
+            raise ValueError(f"access log fields: {sorted(unknown) or 'none'}")
+        if self._json:
+            parts = [_ACCESS_JSON[f] for f in fields]
+            parts.insert(1 if fields[0] == "time" else 0, '"type":"access"')
+            self._template = "{" + ",".join(parts) + "}\n"
+        else:
+            self._template = " ".join(_ACCESS_TEXT[f] for f in fields) + "\n"
+        order = [ACCESS_FIELDS.index(f) for f in fields]
+        # the values of the chosen fields, in their order, from all of them in ACCESS_FIELDS's
+        self._pick: Callable[[tuple[object, ...]], tuple[object, ...]] | None = None
+        if len(order) == 1:
+            self._pick = lambda values, i=order[0]: (values[i],)
+        elif order != list(range(len(ACCESS_FIELDS))):
+            self._pick = operator.itemgetter(*order)
+        self._want_client = "client" in fields
+        self._want_agent = "user_agent" in fields
+        self._client = client
+        self._clients: dict[str, str] = {}  # shown forms of recent addresses, user agents
+        self._agents: dict[str, str] = {}
         self._second = -1
         self._stamp = ""
         self._buf: list[bytes] = []
@@ -289,36 +377,83 @@ class AccessLog:
         cache: str,
         upstream: float,
         total: float,
+        request: web.Request | None = None,
+        nbytes: int | None = None,
     ) -> None:
         now = time.time()
         if int(now) != self._second:  # the date part changes once a second
             self._second = int(now)
             self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         stamp = f"{self._stamp}.{int(now * 1000) % 1000:03d}Z"
+        client = agent = "null" if self._json else "-"
+        if request is not None:
+            if self._want_client:
+                address = self._client(request)
+                if address:
+                    client = self._shown(self._clients, address, _ADDRESS_MAX, not self._json)
+            if self._want_agent:
+                ua = request.headers.get("User-Agent")
+                if ua is not None:
+                    agent = self._shown(self._agents, ua, USER_AGENT_MAX)
         if self._json:
-            # Formatted by hand (same JSON as orjson would write, same keys as the app's
-            # log lines): only the path can hold characters that need escaping. The id,
-            # route, method and cache result come from closed character sets.
-            line = (
-                (
-                    f'{{"time":"{stamp}","type":"access","request_id":"{rid}",'
-                    f'"method":"{method}","path":'
-                ).encode()
-                + orjson.dumps(path)
-                + (
-                    f',"route":"{route}","status":{status},"cache":"{cache}",'
-                    f'"upstream_ms":{upstream * 1000:.2f},"total_ms":{total * 1000:.2f}}}\n'
-                ).encode()
+            values: tuple[object, ...] = (
+                stamp,
+                rid,
+                client,
+                method,
+                orjson.dumps(path).decode(),
+                route,
+                status,
+                "null" if nbytes is None else nbytes,
+                cache,
+                upstream * 1000,
+                total * 1000,
+                agent,
             )
         else:
-            line = (
-                f"{stamp} {rid} {method} {path} {route} {status} {cache or '-'} "
-                f"{upstream * 1000:.1f}ms {total * 1000:.1f}ms\n"
-            ).encode()
-        self._buf.append(line)
-        self._size += len(line)
+            values = (
+                stamp,
+                rid,
+                client,
+                method,
+                path,
+                route,
+                status,
+                "-" if nbytes is None else nbytes,
+                cache or "-",
+                upstream * 1000,
+                total * 1000,
+                agent,
+            )
+        line = self._template % (values if self._pick is None else self._pick(values))
+        data = line.encode()
+        self._buf.append(data)
+        self._size += len(data)
         if self._size >= self._max:
             self.flush()
+
+    @staticmethod
+    def _shown(seen: dict[str, str], text: str, limit: int, plain: bool = False) -> str:
+        """A client-sent value as the line shows it: a JSON string (cut to ``limit``, valid
+        UTF-8), or as is with ``plain`` when it is a bare address. Remembered: clients send
+        the same few user agents and addresses again and again."""
+        shown = seen.get(text)
+        if shown is None:
+            if plain and _PLAIN_ADDRESS.issuperset(text):
+                shown = text
+            else:
+                cut = text[:limit]
+                if not cut.isascii():  # aiohttp keeps undecodable bytes as surrogates
+                    try:
+                        raw = cut.encode("utf-8", "surrogateescape")
+                    except UnicodeEncodeError:  # a surrogate that stands for no byte
+                        raw = cut.encode("utf-8", "replace")
+                    cut = raw.decode("utf-8", "replace")
+                shown = orjson.dumps(cut).decode()
+            if len(seen) >= _SEEN_MAX:
+                seen.clear()
+            seen[text] = shown
+        return shown
 
     def flush(self) -> None:
         if self._buf:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import ipaddress
 import logging
 import multiprocessing
 import os
@@ -47,6 +48,7 @@ log = logging.getLogger("bloxproxy")
 RESTART_ONLY = (
     "server.host",
     "server.port",
+    "server.allow_open",
     "server.workers",
     "server.max_body_size",
     "server.shutdown_grace",
@@ -67,6 +69,41 @@ RESTART_ONLY = (
     "auth",
     "logging",
 )
+
+
+def is_loopback(host: str) -> bool:
+    """``127.0.0.0/8``, ``::1`` or ``localhost``. Anything else may be reachable from other
+    machines: another address, a host name, ``0.0.0.0``/``::``, and ``""`` (every interface)."""
+    name = host.strip().lower().removeprefix("[").removesuffix("]").rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def open_listener(config: Config) -> str | None:
+    """What is open about serving ``config``, or None: a listening address beyond loopback
+    with no access keys lets anyone who reaches it use the proxy (``serve`` refuses that
+    unless ``server.allow_open`` is set)."""
+    server = config.server
+    if config.auth.keys or is_loopback(server.host):
+        return None
+    where = f"{server.host or '*'}:{server.port}"
+    if config.limits.clients.rate > 0:
+        return f"{where} with no access keys"
+    return f"{where} with no access keys and no client rate limit"
+
+
+def open_refusal(config: Config) -> str:
+    """Why ``serve`` does not start on an :func:`open_listener`, and the three ways out."""
+    return (
+        "anyone who can reach that address could use this proxy. Set access keys (auth.keys, "
+        f"e.g. BLOXPROXY_AUTH_KEYS=key1,key2; clients send one in {config.auth.header}), "
+        "listen on 127.0.0.1 (--host, BLOXPROXY_SERVER_HOST), or allow it with "
+        "server.allow_open: true (BLOXPROXY_SERVER_ALLOW_OPEN=true)"
+    )
 
 
 def load_all(path: str | None, env: dict[str, str] | None = None) -> tuple[Config, RuleSet]:

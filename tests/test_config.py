@@ -121,6 +121,7 @@ def test_null_section_and_null_key_are_the_defaults(tmp_path: Path) -> None:
 # (key path, as written in a file, as set in the environment, typed value)
 OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("server", "host"), "0.0.0.0", "0.0.0.0", "0.0.0.0"),
+    (("server", "allow_open"), "true", "true", True),
     (("server", "port"), "9090", "9090", 9090),
     (
         ("server", "host_suffix"),
@@ -201,6 +202,7 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("logging", "level"), "DEBUG", "DEBUG", "DEBUG"),
     (("logging", "format"), "text", "text", "text"),
     (("logging", "access_log"), "false", "false", False),
+    (("logging", "access_fields"), "[status, path]", "status,path", ("status", "path")),
 ]
 OVERRIDE_IDS = [".".join(o[0]) for o in OVERRIDES]
 
@@ -362,7 +364,7 @@ NOT_SERVICE = "is not a service name (lower-case letters, digits, -)"
 SIZE = "expected a size like '64MiB', '512KiB' or a byte count"
 UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, retries, rules, server, upstream"
 UNKNOWN_ALLOWED_SERVER = (
-    "admin_token, host, host_suffix, max_body_size, port, shutdown_grace, workers"
+    "admin_token, allow_open, host, host_suffix, max_body_size, port, shutdown_grace, workers"
 )
 UNKNOWN_ALLOWED_REDIS = "max_connections, prefix, timeout, url"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from bloxproxy.fake import (
     create_fake_app,
     run_fake,
 )
+from bloxproxy.fake import app as fake_app
 from tests.conftest import FakeClock
 
 Client = TestClient[web.Request, web.Application]
@@ -77,6 +79,55 @@ async def get(client: Client, url: str, **kw: object) -> tuple[int, object]:
 async def post(client: Client, url: str, body: object, **kw: object) -> tuple[int, object]:
     async with client.post(url, data=orjson.dumps(body), **kw) as resp:  # type: ignore[arg-type]
         return resp.status, orjson.loads(await resp.read())
+
+
+async def raw_exchange(client: Client, request: bytes) -> bytes:
+    """Everything the server sends for one request on a fresh connection it closes."""
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+# -- HEAD ----------------------------------------------------------------------------------------
+def get_routes() -> list[str]:
+    """A concrete URL for every GET route of the fake ({name} segments take 1)."""
+    urls = []
+    for route in fake_app.ALL_ROUTES:
+        if route.method == "GET":
+            path = re.sub(r"\{[^}]+\}", "1", route.pattern)
+            urls.append(f"/{route.service}{path}")
+    assert len(urls) > 20
+    return urls
+
+
+@pytest.mark.parametrize("url", get_routes())
+async def test_head_answers_every_get_route_with_headers_and_no_body(
+    client: Client, url: str
+) -> None:
+    async with client.get(url) as got:
+        body = await got.read()
+    async with client.head(url) as head:
+        assert head.status == got.status, url
+        same = {k: v for k, v in head.headers.items() if k != "Date"}
+        assert same == {k: v for k, v in got.headers.items() if k != "Date"}
+        assert head.headers["Content-Length"] == str(len(body))
+    wire = await raw_exchange(
+        client, f"HEAD {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert wire.startswith(f"HTTP/1.1 {got.status} ".encode())
+    assert wire.endswith(b"\r\n\r\n"), "headers only: not one byte of body"
+
+
+async def test_head_of_an_unknown_path_is_the_404_without_its_body(client: Client) -> None:
+    async with client.head("/users/v1/nothing-here") as resp:
+        assert resp.status == 404
+        assert await resp.read() == b""
 
 
 # -- shapes and errors ----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ one replacing ``users.get``), ``check`` naming the replacement, ``routes`` listi
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -101,9 +102,16 @@ def test_rules_of_ones_own_beside_the_shipped_ones(clone: Path, mine: Path) -> N
 
     routes = bloxproxy(clone, "-m", "bloxproxy", "routes", "--config", config)
     assert routes.returncode == 0, routes.stderr
-    rows = {line.split()[1]: line.split() for line in routes.stdout.splitlines()[1:]}
-    assert rows["/v1/mine/group-icons"][2:4] == ["GET", "thumbnails/v1/groups/icons?groupIds={ids}"]
-    assert rows["/v1/users/{user_id}"][4] == "1d"  # ours, not the shipped 10m
+    lines = routes.stdout.splitlines()[1:]
+    # a route's line (id, method, endpoint, TTL, SWR, SIE), then "-> its upstream request"
+    rows = {
+        line.split()[2]: (line.split(), nxt.split())
+        for line, nxt in itertools.pairwise(lines)
+        if not line.startswith(" ")
+    }
+    _, mine_upstream = rows["/v1/mine/group-icons"]
+    assert mine_upstream[:3] == ["->", "GET", "thumbnails/v1/groups/icons?groupIds={ids}"]
+    assert rows["/v1/users/{user_id}"][0][3] == "1d"  # ours, not the shipped 10m
     assert "/v1/users/by-username/{username}" in rows  # the shipped rules are all there
 
 

@@ -204,6 +204,29 @@ async def test_own_paths_still_route_and_odd_spellings_are_the_catch_alls(proxy:
             assert resp.content_type == "application/problem+json"
 
 
+async def test_the_root_is_a_404_problem_pointing_at_the_docs(
+    proxy: Client, make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
+    for method in ("GET", "POST", "DELETE"):
+        async with proxy.request(method, "/") as resp:
+            assert resp.status == 404, method
+            assert resp.content_type == "application/problem+json"
+            problem = orjson.loads(await resp.read())
+        assert problem["code"] == "no_route" and problem["instance"] == "/"
+        assert "/docs" in problem["detail"] and "/openapi.json" in problem["detail"]
+        assert problem["request_id"] == resp.headers["X-Request-ID"]
+    async with proxy.head("/") as resp:
+        assert resp.status == 404 and await resp.read() == b""
+    async with proxy.get("/docs") as resp:  # where it points
+        assert resp.status == 200 and resp.content_type == "text/html"
+    assert fake.total == 0, "never an upstream call"
+    keyed = await make_proxy(BLOXPROXY_AUTH_KEYS="k1")
+    async with keyed.get("/") as resp:
+        assert resp.status == 401, "like /docs: behind the access key"
+    async with keyed.get("/", headers={"X-Bloxproxy-Key": "k1"}) as resp:
+        assert resp.status == 404
+
+
 # -- from Redis, with no L1 (SharedFast) ------------------------------------------------------
 
 KEY = "bloxproxy:GET users/v1/users/156"  # the Redis name of both paths' entry

@@ -13,6 +13,7 @@ injected clock; the only real waits are the fake's latency, kept to a tenth of a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import re
@@ -28,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bloxproxy import config as config_mod
 from bloxproxy.answer import Answer as PipelineAnswer
-from bloxproxy.appkeys import ACCESS_LOG, GUARD
+from bloxproxy.appkeys import ACCESS_LOG, FRONT, GUARD
 from bloxproxy.connections import use_problem_errors
 from bloxproxy.errors import ConfigError
 from bloxproxy.fake import FakeRoblox, Fault
@@ -288,21 +289,40 @@ async def test_access_log_json_one_line_per_request(
     make_proxy: ProxyFactory, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
     proxy = await make_proxy(**ACCESS_JSON)
+    agent = {"User-Agent": "my-bot/1.2 (+https://example.com/bot)"}
     answers = [
-        await call(proxy, "/v1/users/1"),
-        await call(proxy, "/v1/users/1"),
-        await call(proxy, "/v1/nope"),
-        await call(proxy, "/users/v1/users/2"),
+        await call(proxy, "/v1/users/1", headers=agent),
+        await call(proxy, "/v1/users/1", headers=agent),
+        await call(proxy, "/v1/nope", headers=agent),
+        await call(proxy, "/users/v1/users/2", headers=agent),
     ]
     records = access_records(proxy, capsysbinary)
     assert len(records) == len(answers)
     for record, answer in zip(records, answers, strict=True):
+        assert list(record) == [
+            "time",
+            "type",
+            "request_id",
+            "client",
+            "method",
+            "path",
+            "route",
+            "status",
+            "bytes",
+            "cache",
+            "upstream_ms",
+            "total_ms",
+            "user_agent",
+        ]
         assert record["type"] == "access"
         assert record["request_id"] == answer.headers["X-Request-ID"]
         assert record["status"] == answer.status
         assert record["cache"] == answer.headers.get("X-Cache", "")
         assert record["method"] == "GET"
         assert record["total_ms"] >= record["upstream_ms"] >= 0
+        assert record["client"] == "127.0.0.1"
+        assert record["bytes"] == len(answer.body) > 0
+        assert record["user_agent"] == agent["User-Agent"]
     assert [(r["path"], r["route"], r["status"], r["cache"]) for r in records] == [
         ("/v1/users/1", "users.get", 200, "MISS"),
         ("/v1/users/1", "users.get", 200, "HIT"),
@@ -317,19 +337,138 @@ async def test_access_log_text_format(
     make_proxy: ProxyFactory, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
     proxy = await make_proxy(**ACCESS_TEXT)
-    miss = await call(proxy, "/v1/users/1")
-    missing = await call(proxy, "/v1/nope")
+    miss = await call(proxy, "/v1/users/1", headers={"User-Agent": 'a "quoted" agent'})
+    missing = await call(proxy, "/v1/nope", skip_auto_headers=["User-Agent"])
     lines = [line.decode() for line in access_lines(proxy, capsysbinary)]
     assert len(lines) == 2
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
     rid = re.escape(miss.headers["X-Request-ID"])
+    size = len(miss.body)
     assert re.fullmatch(
-        rf"{stamp} {rid} GET /v1/users/1 users\.get 200 MISS \d+\.\dms \d+\.\dms", lines[0]
+        rf"{stamp} {rid} 127\.0\.0\.1 GET /v1/users/1 users\.get 200 {size} MISS \d+\.\dms "
+        r'\d+\.\dms "a \\"quoted\\" agent"',
+        lines[0],
     ), lines[0]
     rid = re.escape(missing.headers["X-Request-ID"])
-    assert re.fullmatch(rf"{stamp} {rid} GET /v1/nope none 404 - 0\.0ms \d+\.\dms", lines[1]), (
-        lines[1]
+    size = len(missing.body)
+    assert re.fullmatch(
+        rf"{stamp} {rid} 127\.0\.0\.1 GET /v1/nope none 404 {size} - 0\.0ms \d+\.\dms -",
+        lines[1],
+    ), lines[1]
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+async def test_access_fields_choose_the_fields_and_their_order(
+    make_proxy: ProxyFactory, capsysbinary: pytest.CaptureFixture[bytes], fmt: str
+) -> None:
+    proxy = await make_proxy(
+        BLOXPROXY_LOGGING_FORMAT=fmt,
+        BLOXPROXY_LOGGING_ACCESS_FIELDS="status, path, user_agent, bytes",
     )
+    answer = await call(proxy, "/v1/users/1", headers={"User-Agent": "ua"})
+    (line,) = access_lines(proxy, capsysbinary)
+    if fmt == "json":
+        assert line == b'{"type":"access","status":200,"path":"/v1/users/1","user_agent":"ua",' + (
+            b'"bytes":%d}' % len(answer.body)
+        )
+    else:
+        assert line == b'200 /v1/users/1 "ua" %d' % len(answer.body)
+
+
+async def test_access_fields_one_field(
+    make_proxy: ProxyFactory, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    proxy = await make_proxy(BLOXPROXY_LOGGING_ACCESS_FIELDS="[time]")
+    await call(proxy, "/v1/nope")
+    (line,) = access_lines(proxy, capsysbinary)
+    assert re.fullmatch(rb'\{"time":"[0-9T:.-]+Z","type":"access"\}', line), line
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[status, referer]", "'referer' is not an access log field (time, request_id, "),
+        ("[]", "expected at least one of time, request_id, "),
+        ("[status, status]", "a field is named twice in ['status', 'status']"),
+    ],
+)
+def test_access_fields_are_checked(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as exc_info:
+        config_mod.load(None, env={"BLOXPROXY_LOGGING_ACCESS_FIELDS": value})
+    (problem,) = exc_info.value.problems
+    assert f"logging.access_fields: {message}" in str(problem)
+
+
+async def raw_lines(
+    proxy: Client, capsysbinary: pytest.CaptureFixture[bytes], *requests: bytes
+) -> list[dict[str, Any]]:
+    """Send raw HTTP/1.1 requests on one connection; the access records they leave."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    try:
+        for request in requests:
+            writer.write(request)
+        await writer.drain()
+        with contextlib.suppress(asyncio.TimeoutError):
+            while await asyncio.wait_for(reader.read(65536), 1.0):
+                pass
+    finally:
+        writer.close()
+    return access_records(proxy, capsysbinary)
+
+
+async def test_access_log_user_agent_is_escaped_cut_and_valid_utf8(
+    make_proxy: ProxyFactory, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    proxy = await make_proxy(**ACCESS_JSON)
+    long_agent = b"x" * 1000
+    records = await raw_lines(
+        proxy,
+        capsysbinary,
+        b'GET /v1/nope HTTP/1.1\r\nHost: x\r\nUser-Agent: a "b" \\ c\t}{\r\n\r\n',
+        b"GET /v1/nope HTTP/1.1\r\nHost: x\r\nUser-Agent: " + long_agent + b"\r\n\r\n",
+        b"GET /v1/nope HTTP/1.1\r\nHost: x\r\nUser-Agent: caf\xc3\xa9 \xff\xfe\r\n\r\n",
+        b"GET /v1/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert [r["user_agent"] for r in records] == [
+        'a "b" \\ c\t}{',
+        "x" * 256,
+        "caf\u00e9 \ufffd\ufffd",
+        None,
+    ]
+
+
+async def test_access_log_client_behind_a_trusted_proxy(
+    make_proxy: ProxyFactory, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    proxy = await make_proxy(**ACCESS_TEXT, BLOXPROXY_LIMITS_CLIENTS_FORWARDED_FOR_HOPS="1")
+    await call(proxy, "/v1/nope", headers={"X-Forwarded-For": "203.0.113.9, 198.51.100.7"})
+    await call(proxy, "/v1/nope", headers={"X-Forwarded-For": 'forged "x" y'})
+    await call(proxy, "/v1/nope")
+    lines = [line.decode().split(" ") for line in access_lines(proxy, capsysbinary)]
+    assert lines[0][2] == "198.51.100.7", "the entry the one trusted proxy appended"
+    assert " ".join(lines[1]).count('"forged \\"x\\" y"') == 1, "not plain: quoted, escaped"
+    assert lines[2][2] == "127.0.0.1", "no header: the peer"
+
+
+async def test_access_log_bytes_of_head_304_and_fast_answers(
+    make_proxy: ProxyFactory, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    proxy = await make_proxy(**ACCESS_JSON)
+    first = await call(proxy, "/v1/users/1")
+    await call(proxy, "/v1/users/1")  # a pipeline hit: remembered for the fast path
+    fast = await call(proxy, "/v1/users/1")
+    head = await call(proxy, "/v1/users/1", method="HEAD")
+    unchanged = await call(proxy, "/v1/users/1", headers={"If-None-Match": first.headers["ETag"]})
+    assert (fast.status, head.status, unchanged.status) == (200, 200, 304)
+    records = access_records(proxy, capsysbinary)
+    assert [(r["method"], r["status"], r["bytes"]) for r in records] == [
+        ("GET", 200, len(first.body)),
+        ("GET", 200, len(first.body)),
+        ("GET", 200, len(first.body)),
+        ("HEAD", 200, 0),
+        ("GET", 304, 0),
+    ]
+    assert proxy.server.app[FRONT].fast_answers >= 1
 
 
 async def test_access_log_off_writes_nothing(

@@ -412,8 +412,7 @@ BAD_SERVICES = [
     "/127.0.0.1:1/x",
     "/localhost/x",
     "/user%73/v1/users/1",
-    "/",
-]
+]  # "/" is the proxy's own 404 pointing at /docs (tests/test_front.py)
 
 
 async def test_unknown_or_malformed_service_is_404_without_upstream_request(

@@ -3,7 +3,8 @@
 Every Roblox service is served under one host as ``/{service}/{path}``: ``GET
 /users/v1/users/1`` stands for ``https://users.roblox.com/v1/users/1``.  Duplicate slashes
 are collapsed before matching and literal segments match case-insensitively.  Unknown
-service/path -> 404 ``{"errors":[{"code":0,"message":"NotFound"}]}``.
+service/path -> 404 ``{"errors":[{"code":0,"message":"NotFound"}]}``.  ``HEAD`` of a GET route
+gets the GET's status and headers, without the body.
 
 Per request, in order: record it; charge it to the per-client-IP limit when one is set
 (``state.ip_limit``; refused -> the endpoint's 429, no scripted fault consumed); take the
@@ -195,7 +196,9 @@ def _make_handler(state: FakeRoblox) -> Callable[[web.Request], Awaitable[web.St
         headers = {k.lower(): v for k, v in request.headers.items()}
         query = tuple(request.query.items())
         state.record(Recorded(method, service, path, query, headers, body, raw_path, state.clock()))
-        found = ROUTER.match(service, method, segments)
+        # HEAD is answered like GET, as aiohttp does for its own GET routes: the same status
+        # and headers (Content-Length included), and aiohttp sends no body for a HEAD.
+        found = ROUTER.match(service, "GET" if method == "HEAD" else method, segments)
         limit = state.ip_limit
         verdict = state.take_token(request.remote or "", service)
         refused = verdict is not None and not verdict.allowed
