@@ -17,23 +17,22 @@ drops it from its L1 at once. Answer: ``{"purged": N, "scope": ..., "target": ..
 
 from __future__ import annotations
 
-import hmac
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from aiohttp import web
 from multidict import MultiDict
 
+from .authn import bearer, digests, matches
 from .errors import HTTPProblem, bad_request, not_found
 
 
 def _authorize(request: web.Request, token: str) -> None:
     if not token:
         raise not_found("admin endpoints are disabled (set server.admin_token)", code="no_route")
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    # Constant-time compare: the token must not leak through response timing.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+    # Compared as bytes in constant time (authn.matches): a token that is not UTF-8 is a
+    # wrong token, and the answer's timing says nothing about the right one.
+    if not matches(bearer(request.headers.get("Authorization", "")), digests((token,))):
         raise HTTPProblem(
             401,
             "missing or wrong admin token",

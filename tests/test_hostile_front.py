@@ -1,0 +1,200 @@
+"""Hostile clients at the front door: guessing, odd secrets, slow and vanishing clients.
+
+Every test attacks a real proxy on 127.0.0.1, served by ``serve.start_runner`` (the runner
+``bloxproxy serve`` uses) in front of the fake Roblox; the attacks that need it go out as
+raw bytes on plain sockets (a half-sent head, a body cut off, ``\\xff`` in a token), and
+the file-descriptor flood runs ``bloxproxy serve`` itself in a subprocess under a low
+``RLIMIT_NOFILE``. Throttles run on the injected clock (``clock.advance`` refills them);
+the connection deadlines are real and short (a few tenths of a second).
+
+1. secrets: a non-UTF-8 admin token or access key is a 401 problem, never a 500, and a
+   token holding raw bytes (as the environment gives it) works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bloxproxy.app import METRICS, create_app
+from bloxproxy.fake import FakeRoblox
+from bloxproxy.serve import start_runner
+from tests.conftest import FakeClock, proxy_config
+
+PROBLEM = "application/problem+json"
+TRACEBACK = re.compile(r"Traceback|File \"|\.py\"?, line \d+")
+TOKEN = "admin-token-0123456789"
+KEY = "access-key-0123456789"
+WITHIN = 2.0  # no single exchange of these tests may take longer
+QUIET = {"BLOXPROXY_LOGGING_ACCESS_LOG": "false", "BLOXPROXY_LIMITS_UPSTREAM_RATE": "100000"}
+
+
+# -- the world: a proxy on serve's runner, raw sockets ---------------------------------------
+
+
+@dataclass
+class Proxy:
+    app: web.Application
+    port: int
+    fake: FakeRoblox
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the app's own registry (what /_bloxproxy/metrics would say)."""
+        text = generate_latest(self.app[METRICS].registry).decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+
+Start = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def start(
+    fake_server: TestServer, fake: FakeRoblox, clock: FakeClock
+) -> AsyncIterator[Start]:
+    """``await start(BLOXPROXY_…="…")``: a proxy app on ``start_runner`` and a TCP site."""
+    runners: list[web.AppRunner] = []
+
+    async def make(**env: str) -> Proxy:
+        config = proxy_config(fake_server, **{**QUIET, **env})
+        app = create_app(config, clock=clock, monotonic=clock, sleep=clock.sleep)
+        runner = await start_runner(app, config)
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return Proxy(app, runner.addresses[0][1], fake)
+
+    yield make
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@dataclass
+class Raw:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def problem(self, status: int) -> dict[str, Any]:
+        assert self.status == status, (self.status, self.body[:300])
+        assert self.headers.get("content-type") == PROBLEM, self.headers
+        problem: dict[str, Any] = orjson.loads(self.body)
+        assert problem["status"] == status and problem["title"] and problem["detail"]
+        assert problem["request_id"] == self.headers.get("x-request-id")
+        return problem
+
+
+def parse(data: bytes) -> Raw:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    assert sep, f"no complete HTTP answer: {data[:200]!r}"
+    lines = head.split(b"\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return Raw(int(lines[0].split(b" ")[1]), headers, body)
+
+
+async def connect(port: int, source: str = "127.0.0.1") -> tuple[Any, Any]:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def until_closed(reader: asyncio.StreamReader, seconds: float = WITHIN) -> bytes:
+    """Everything the server sends until it closes the connection (fails after ``seconds``)."""
+    chunks = []
+    async with asyncio.timeout(seconds):
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def exchange(port: int, data: bytes, source: str = "127.0.0.1") -> Raw:
+    """Send ``data`` (which should say ``Connection: close``) and read the whole answer."""
+    reader, writer = await connect(port, source)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return parse(await until_closed(reader))
+    finally:
+        writer.close()
+
+
+def purge(token: bytes, source: str = "127.0.0.1") -> bytes:
+    body = b'{"all": true}'
+    return (
+        b"POST /_bloxproxy/admin/purge HTTP/1.1\r\nHost: proxy\r\nAuthorization: Bearer "
+        + token
+        + b"\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" % len(body)
+        + b"Connection: close\r\n\r\n"
+        + body
+    )
+
+
+def keyed(key: bytes, path: bytes = b"/users/v1/users/1") -> bytes:
+    return (
+        b"GET " + path + b" HTTP/1.1\r\nHost: proxy\r\nX-Bloxproxy-Key: " + key + b"\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+
+
+def error_records(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Log records at ERROR or above, or carrying a traceback, as text."""
+    return [
+        f"{r.name}: {r.getMessage()}"
+        for r in caplog.records
+        if r.levelname in ("ERROR", "CRITICAL") or r.exc_info
+    ]
+
+
+# -- 1. secrets parsed defensively -----------------------------------------------------------
+
+NON_UTF8_TOKENS = [b"\xff\xfe", b"admin-token-0123456789\xff", b"\x80" * 32, b"\xc3\x28"]
+
+
+@pytest.mark.parametrize("token", NON_UTF8_TOKENS, ids=["ff-fe", "suffix", "x80", "bad-pair"])
+async def test_non_utf8_admin_token_is_a_401_never_a_500(
+    start: Start, token: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: ``admin._authorize`` encoded the header strictly — a ``\\xff`` in the
+    bearer token was an unauthenticated 500 (``UnicodeEncodeError``) with a traceback."""
+    proxy = await start(BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN)
+    answer = await exchange(proxy.port, purge(token))
+    answer.problem(401)
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert error_records(caplog) == []
+    # The right token still works on the same proxy.
+    assert (await exchange(proxy.port, purge(TOKEN.encode()))).status == 200
+
+
+async def test_non_utf8_scheme_and_access_key_are_401s(start: Start) -> None:
+    proxy = await start(BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN, BLOXPROXY_AUTH_KEYS=KEY)
+    bad_scheme = purge(b"x").replace(b"Bearer x", b"\xffBearer " + TOKEN.encode())
+    (await exchange(proxy.port, bad_scheme)).problem(401)
+    (await exchange(proxy.port, keyed(b"\xff" + KEY.encode()))).problem(401)
+    assert proxy.fake.total == 0
+
+
+async def test_a_token_holding_raw_bytes_from_the_environment(start: Start) -> None:
+    """An admin token set from a non-UTF-8 environment arrives surrogate-escaped (that is
+    how Python decodes ``os.environ``, and string keys take the text verbatim): exactly
+    those bytes on the wire authenticate. Before, every purge was a 500."""
+    raw = b"token-\xe9\xff"
+    proxy = await start(BLOXPROXY_SERVER_ADMIN_TOKEN=raw.decode("utf-8", "surrogateescape"))
+    assert (await exchange(proxy.port, purge(raw))).status == 200
+    (await exchange(proxy.port, purge(b"token-\xe9\xfe"))).problem(401)
+    (await exchange(proxy.port, purge(b"token-\xc3\xa9\xc3\xbf"))).problem(401)
