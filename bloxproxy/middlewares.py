@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 from aiohttp.web_request import BaseRequest
 
 from .errors import HTTPProblem, problem_response
@@ -51,6 +51,8 @@ def error_response(exc: Exception, request: web.Request, rid: str) -> web.Respon
         problem = exc
     elif isinstance(exc, web.HTTPException) and exc.status >= 400:
         problem = HTTPProblem(exc.status, exc.text or exc.reason)
+    elif isinstance(exc, RequestPayloadError):  # the client's body does not decode
+        problem = HTTPProblem(400, "malformed request body", code="bad_http")
     else:
         log.error("unhandled error", exc_info=exc, extra={"request_id": rid})
         problem = HTTPProblem(

@@ -35,8 +35,8 @@ from aiohttp import web
 
 from . import config as config_mod
 from .config import Config
+from .connections import guard_connections
 from .errors import ConfigError, Problem
-from .middlewares import use_problem_errors
 from .rules import RuleSet, load_rules, rule_files
 
 log = logging.getLogger("bloxproxy")
@@ -288,7 +288,8 @@ def shutdown_timeout(grace: float) -> float:
 async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
     """The runner every server of ours uses (``serve`` and the live tests)."""
     # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
-    # fit; beyond, the client gets a 400 problem (use_problem_errors), never plain text.
+    # fit; beyond, the client gets a 400 problem (middlewares.ProblemRequestHandler, which
+    # connections.GuardedRequestHandler extends), never plain text.
     runner = web.AppRunner(
         app,
         access_log=None,
@@ -298,7 +299,7 @@ async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
         max_field_size=MAX_LINE,
     )
     await runner.setup()
-    use_problem_errors(runner)
+    guard_connections(runner)
     return runner
 
 

@@ -8,7 +8,9 @@ the file-descriptor flood runs ``bloxproxy serve`` itself in a subprocess under 
 the connection deadlines are real and short (a few tenths of a second).
 
 1. secrets: a non-UTF-8 admin token or access key is a 401 problem, never a 500, and a
-   token holding raw bytes (as the environment gives it) works.
+   token holding raw bytes (as the environment gives it) works;
+2. a client hanging up mid-body is its doing: a 499 in the access log and the metrics, no
+   traceback, no "unhandled error" (and a malformed body is the client's 400).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +30,7 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bloxproxy.app import METRICS, create_app
+from bloxproxy.app import ACCESS_LOG, METRICS, create_app
 from bloxproxy.fake import FakeRoblox
 from bloxproxy.serve import start_runner
 from tests.conftest import FakeClock, proxy_config
@@ -198,3 +201,76 @@ async def test_a_token_holding_raw_bytes_from_the_environment(start: Start) -> N
     assert (await exchange(proxy.port, purge(raw))).status == 200
     (await exchange(proxy.port, purge(b"token-\xe9\xfe"))).problem(401)
     (await exchange(proxy.port, purge(b"token-\xc3\xa9\xc3\xbf"))).problem(401)
+
+
+# -- 2. a client hanging up mid-body ---------------------------------------------------------
+
+CUT_BODIES = {
+    "content-length": b"POST /users/v1/users HTTP/1.1\r\nHost: proxy\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n" + b'{"userIds": [1, ',
+    "chunked": b"POST /users/v1/users HTTP/1.1\r\nHost: proxy\r\n"
+    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"400\r\n" + b'{"userIds": [1, ',
+    "admin-purge": b"POST /_bloxproxy/admin/purge HTTP/1.1\r\nHost: proxy\r\n"
+    b"Authorization: Bearer " + TOKEN.encode() + b"\r\nContent-Length: 500\r\n\r\n" + b'{"al',
+}
+
+
+async def poll(condition: Callable[[], bool], what: str, seconds: float = WITHIN) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("request_bytes", CUT_BODIES.values(), ids=CUT_BODIES.keys())
+async def test_client_hanging_up_mid_body_is_a_499_not_a_500(
+    start: Start,
+    request_bytes: bytes,
+    caplog: pytest.LogCaptureFixture,
+    capsysbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    """Regression: ``request.read()`` raised aiohttp's ``ConnectionResetError`` into the
+    handler, which logged it as an "unhandled error" with a traceback and counted a 500."""
+    proxy = await start(BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN, BLOXPROXY_LOGGING_ACCESS_LOG="true")
+    capsysbinary.readouterr()
+    for _ in range(3):
+        _, writer = await connect(proxy.port)
+        writer.write(request_bytes)
+        await writer.drain()
+        await asyncio.sleep(0.05)  # the handler is reading the body now
+        writer.close()
+    await poll(lambda: proxy.metric("bloxproxy_requests_total", status="499") == 3, "3 x 499")
+    assert proxy.metric("bloxproxy_requests_total", status="500") == 0
+    assert error_records(caplog) == []
+    assert not any(TRACEBACK.search(r.getMessage()) for r in caplog.records)
+    proxy.app[ACCESS_LOG].flush()
+    lines = [orjson.loads(line) for line in capsysbinary.readouterr().err.splitlines()]
+    assert [line["status"] for line in lines if line.get("type") == "access"] == [499] * 3
+    assert proxy.fake.total == 0
+
+
+MALFORMED_BODIES = {
+    "bad-gzip": b"POST /users/v1/users HTTP/1.1\r\nHost: proxy\r\nContent-Encoding: gzip\r\n"
+    b"Content-Length: 5\r\nConnection: close\r\n\r\nabcde",
+    "bad-chunk-size": b"POST /users/v1/users HTTP/1.1\r\nHost: proxy\r\n"
+    b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabcdefgh\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED_BODIES.values(), ids=MALFORMED_BODIES.keys())
+async def test_a_malformed_body_is_the_clients_400(
+    start: Start, request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found on the way: a body that does not decode (bad gzip) was a 500 with two
+    tracebacks, ours and aiohttp's lingering read. (A chunk longer than its size is refused
+    by aiohttp's parser before any handler: kept as a guard.)"""
+    proxy = await start()
+    answer = await exchange(proxy.port, request_bytes)
+    assert answer.status == 400, answer
+    if answer.headers.get("content-type") == PROBLEM:  # (aiohttp's parser may answer first)
+        answer.problem(400)
+    await asyncio.sleep(0.05)
+    assert error_records(caplog) == []
+    assert proxy.metric("bloxproxy_requests_total", status="500") == 0
+    assert proxy.fake.total == 0
