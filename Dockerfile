@@ -15,6 +15,11 @@
 #   /etc/bloxproxy/rules        your rule files; read when BLOXPROXY_RULES_PATHS=/etc/bloxproxy/rules
 #                               is set, otherwise the rules packaged with bloxproxy are used
 # The health check reads BLOXPROXY_SERVER_PORT: change the port with that variable.
+# Open files: a Dockerfile cannot set them. Give the container a limit that holds
+# server.max_connections (4096 per worker) plus the upstream and Redis pools:
+#   docker run --ulimit nofile=65536:65536 ...   (Compose: ulimits.nofile, see docker-compose.yml)
+# At start bloxproxy raises its soft limit to the hard one and, if that is still too low,
+# lowers its connection cap to fit; both are logged.
 #
 # tests/test_deploy.py checks this file and runs its entrypoint in a virtual environment built
 # the same way (wheel, then a pip-less venv installed from wheels only).

@@ -28,6 +28,7 @@ from .cache.redis_store import RedisStore
 from .cache.resp import PipelinedGet
 from .clients import ClientGate
 from .config import Config
+from .connections import ConnectionStats
 from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
 from .guard import Guard
@@ -47,6 +48,7 @@ UPSTREAM = web.AppKey("upstream", Upstream)
 METRICS = web.AppKey("metrics", Metrics)
 FRONT = web.AppKey("front", Front)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
+CONNECTIONS = web.AppKey("connections", ConnectionStats)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,8 @@ def create_app(
     app[RULES] = rules if rules is not None else load_rules(config.rule_paths())
     app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
     app[METRICS] = metrics
+    app[CONNECTIONS] = connections = ConnectionStats()  # counted by serve's runner
+    metrics.registry.register(connections)
     app[FRONT] = front
     if access is not None:
         app[ACCESS_LOG] = access

@@ -151,6 +151,34 @@ class ServerConfig:
         "Bearer token for the `/_bloxproxy/admin/*` endpoints. Empty: admin endpoints are off. "
         "Use `${VAR}` or `BLOXPROXY_SERVER_ADMIN_TOKEN` rather than writing it in the file.",
     )
+    header_timeout: float = opt(
+        "10s",
+        schema.duration,
+        "Deadline for a request's head (request line and headers), counted from the "
+        "connection's opening or, between two requests, from the head's first byte. Past it: "
+        "a 408 problem and the connection closed (closed without a word when nothing came "
+        "at all). `0`: none.",
+    )
+    body_timeout: float = opt(
+        "30s",
+        schema.duration,
+        "Deadline for a request's whole body, counted from the end of its head. Past it: a "
+        "408 problem and the connection closed. `0`: none.",
+    )
+    keepalive_timeout: float = opt(
+        "75s",
+        schema.duration,
+        "An idle kept-alive client connection is closed after this long (longer than the "
+        "idle timeout of a load balancer in front, so that it is the one to close). "
+        "`0`: no keep-alive.",
+    )
+    max_connections: int = opt(
+        4096,
+        schema.integer(1, 1_000_000),
+        "Client connections open at once, per worker. Past it, a new connection is answered "
+        "a 503 problem with `Retry-After` and closed at once. Lowered at start when the "
+        "open-file limit cannot hold it beside the upstream and Redis pools (the log says so).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +397,16 @@ class LoggingConfig:
     level: str = opt("INFO", schema.choice("DEBUG", "INFO", "WARNING", "ERROR"), "Log level.")
     format: str = opt("json", schema.choice("json", "text"), "Log line format.")
     access_log: bool = opt(True, schema.boolean, "One log line per request.")
+    repeat_limit: int = opt(
+        10,
+        schema.integer(0),
+        "The same log line (logger, level, first line of text) is written at most this many "
+        "times per `repeat_window`; then one line says how many were left out. Lines of "
+        "every kind together: at most 20 times this per window. `0`: no limit.",
+    )
+    repeat_window: float = opt(
+        "1m", schema.duration, "The window of `repeat_limit` (and of its summary line)."
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,13 @@ from aiohttp import web
 
 from . import config as config_mod
 from .config import Config
-from .connections import guard_connections
+from .connections import (
+    Limits,
+    connection_cap,
+    guard_connections,
+    open_file_limit,
+    raise_file_limit,
+)
 from .errors import ConfigError, Problem
 from .rules import RuleSet, load_rules, rule_files
 
@@ -51,6 +57,10 @@ RESTART_ONLY = (
     "server.max_body_size",
     "server.shutdown_grace",
     "server.admin_token",
+    "server.header_timeout",
+    "server.body_timeout",
+    "server.keepalive_timeout",
+    "server.max_connections",
     "cache.redis",
     "cache.max_bytes",
     "cache.max_entries",
@@ -225,6 +235,9 @@ async def serve(
     """Run one server process until SIGINT/SIGTERM."""
     from .app import create_app
 
+    before, after = raise_file_limit()
+    if after > before:
+        log.info("raised the open-file limit from %d to %d (the hard limit)", before, after)
     runners: list[web.AppRunner] = []
     if fake_upstream:
         from .fake import create_fake_app
@@ -286,7 +299,11 @@ def shutdown_timeout(grace: float) -> float:
 
 
 async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
-    """The runner every server of ours uses (``serve`` and the live tests)."""
+    """The runner every server of ours uses (``serve`` and the live tests): client
+    connections with deadlines and a cap (:mod:`bloxproxy.connections`)."""
+    from .app import CONNECTIONS
+
+    server = config.server
     # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
     # fit; beyond, the client gets a 400 problem (middlewares.ProblemRequestHandler, which
     # connections.GuardedRequestHandler extends), never plain text.
@@ -294,12 +311,25 @@ async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
         app,
         access_log=None,
         handle_signals=False,
-        shutdown_timeout=shutdown_timeout(config.server.shutdown_grace),
+        shutdown_timeout=shutdown_timeout(server.shutdown_grace),
         max_line_size=MAX_LINE,
         max_field_size=MAX_LINE,
+        keepalive_timeout=server.keepalive_timeout,
     )
     await runner.setup()
-    guard_connections(runner)
+    files = open_file_limit()
+    cap = connection_cap(config, files)
+    if cap < server.max_connections:
+        log.warning(
+            "server.max_connections %d lowered to %d: the open-file limit is %d "
+            "(raise it, e.g. docker run --ulimit nofile=65536:65536)",
+            server.max_connections,
+            cap,
+            files,
+            extra={"event": "file_limit"},
+        )
+    limits = Limits(server.header_timeout, server.body_timeout, cap)
+    guard_connections(runner, limits, app[CONNECTIONS].counts("main"))
     return runner
 
 

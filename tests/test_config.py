@@ -132,6 +132,10 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("server", "workers"), "2", "2", 2),
     (("server", "shutdown_grace"), "30s", "30s", 30.0),
     (("server", "admin_token"), "'s3cret: 1'", "s3cret: 1", "s3cret: 1"),
+    (("server", "header_timeout"), "2s", "2s", 2.0),
+    (("server", "body_timeout"), "0", "0", 0.0),
+    (("server", "keepalive_timeout"), "5m", "5m", 300.0),
+    (("server", "max_connections"), "100", "100", 100),
     (
         ("upstream", "base_url"),
         "http://127.0.0.1:9000/{service}/",
@@ -199,6 +203,8 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("logging", "level"), "DEBUG", "DEBUG", "DEBUG"),
     (("logging", "format"), "text", "text", "text"),
     (("logging", "access_log"), "false", "false", False),
+    (("logging", "repeat_limit"), "0", "0", 0),
+    (("logging", "repeat_window"), "10s", "10s", 10.0),
 ]
 OVERRIDE_IDS = [".".join(o[0]) for o in OVERRIDES]
 
@@ -360,7 +366,8 @@ NOT_SERVICE = "is not a service name (lower-case letters, digits, -)"
 SIZE = "expected a size like '64MiB', '512KiB' or a byte count"
 UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, retries, rules, server, upstream"
 UNKNOWN_ALLOWED_SERVER = (
-    "admin_token, host, host_suffix, max_body_size, port, shutdown_grace, workers"
+    "admin_token, body_timeout, header_timeout, host, host_suffix, keepalive_timeout, "
+    "max_body_size, max_connections, port, shutdown_grace, workers"
 )
 UNKNOWN_ALLOWED_REDIS = "max_connections, prefix, timeout, url"
 

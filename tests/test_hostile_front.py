@@ -10,17 +10,27 @@ the connection deadlines are real and short (a few tenths of a second).
 1. secrets: a non-UTF-8 admin token or access key is a 401 problem, never a 500, and a
    token holding raw bytes (as the environment gives it) works;
 2. a client hanging up mid-body is its doing: a 499 in the access log and the metrics, no
-   traceback, no "unhandled error" (and a malformed body is the client's 400).
+   traceback, no "unhandled error" (and a malformed body is the client's 400);
+3. slow clients: a silent connection, a head or a body that never ends, an idle keep-alive
+   connection are all closed on a deadline; connections past the cap are refused at once;
+   under a low file limit a flood of slow connections neither floods the log nor stops the
+   proxy from answering.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
+import socket
+import subprocess
+import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -33,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bloxproxy.app import ACCESS_LOG, METRICS, create_app
 from bloxproxy.fake import FakeRoblox
 from bloxproxy.serve import start_runner
-from tests.conftest import FakeClock, proxy_config
+from tests.conftest import ROOT, FakeClock, proxy_config
 
 PROBLEM = "application/problem+json"
 TRACEBACK = re.compile(r"Traceback|File \"|\.py\"?, line \d+")
@@ -274,3 +284,203 @@ async def test_a_malformed_body_is_the_clients_400(
     assert error_records(caplog) == []
     assert proxy.metric("bloxproxy_requests_total", status="500") == 0
     assert proxy.fake.total == 0
+
+
+# -- 3. slow clients: deadlines and a connection cap -----------------------------------------
+
+SHORT = {
+    "BLOXPROXY_SERVER_HEADER_TIMEOUT": "300ms",
+    "BLOXPROXY_SERVER_BODY_TIMEOUT": "300ms",
+    "BLOXPROXY_SERVER_KEEPALIVE_TIMEOUT": "300ms",
+}
+HALF_HEAD = b"GET /users/v1/users/1 HTTP/1.1\r\nHost: proxy\r\nX-A: "
+
+
+async def test_a_silent_connection_is_closed_after_the_header_timeout(start: Start) -> None:
+    proxy = await start(**SHORT)
+    reader, writer = await connect(proxy.port)
+    began = time.monotonic()
+    assert await until_closed(reader) == b""  # nothing asked, nothing answered
+    assert 0.25 < time.monotonic() - began < 1.5
+    writer.close()
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["stalled", "one-byte-every-50ms"])
+async def test_a_head_that_never_ends_gets_a_408(start: Start, drip: bool) -> None:
+    """The header deadline bounds the whole head, not the gap between two bytes: a client
+    dripping a byte every 50 ms is cut off at the same time as one that stopped."""
+    proxy = await start(**SHORT)
+    reader, writer = await connect(proxy.port)
+    began = time.monotonic()
+    writer.write(HALF_HEAD)
+
+    async def dripping() -> None:
+        with contextlib.suppress(ConnectionError):
+            while drip:
+                await asyncio.sleep(0.05)
+                writer.write(b"a")
+                await writer.drain()
+
+    dripper = asyncio.create_task(dripping())
+    try:
+        answer = parse(await until_closed(reader))
+    finally:
+        dripper.cancel()
+        writer.close()
+    problem = answer.problem(408)
+    assert problem["code"] == "request_timeout"
+    assert answer.headers["connection"] == "close"
+    assert 0.25 < time.monotonic() - began < 1.5
+    assert proxy.metric("bloxproxy_client_timeouts_total", phase="header") == 1
+    assert proxy.fake.total == 0
+
+
+async def test_a_body_that_never_ends_gets_a_408(start: Start) -> None:
+    proxy = await start(**SHORT)
+    reader, writer = await connect(proxy.port)
+    began = time.monotonic()
+    writer.write(
+        b"POST /users/v1/users HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\n\r\n" + b'{"userIds": '
+    )
+    answer = parse(await until_closed(reader))
+    writer.close()
+    assert answer.problem(408)["code"] == "body_timeout"
+    assert 0.25 < time.monotonic() - began < 1.5
+    assert proxy.metric("bloxproxy_requests_total", status="408") == 1
+    assert proxy.metric("bloxproxy_client_timeouts_total", phase="body") == 1
+    assert proxy.fake.total == 0
+
+
+async def test_an_unread_body_that_never_ends_is_cut_off_too(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request refused before its body is read (no access key) while the body keeps not
+    arriving: the answer goes out, the connection is closed by the body deadline, quietly."""
+    proxy = await start(**SHORT, BLOXPROXY_AUTH_KEYS=KEY)
+    reader, writer = await connect(proxy.port)
+    writer.write(b"POST /users/v1/users HTTP/1.1\r\nHost: proxy\r\nContent-Length: 100\r\n\r\n{")
+    data = await until_closed(reader)
+    writer.close()
+    parse(data).problem(401)
+    assert error_records(caplog) == []
+
+
+async def test_an_idle_keep_alive_connection_is_closed(start: Start) -> None:
+    proxy = await start(**SHORT)
+    reader, writer = await connect(proxy.port)
+    writer.write(b"GET /_bloxproxy/healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    await writer.drain()
+    answered = await asyncio.wait_for(reader.readuntil(b'"ok"}'), WITHIN)
+    assert answered.startswith(b"HTTP/1.1 200 ")
+    began = time.monotonic()
+    assert await until_closed(reader) == b""
+    assert 0.2 < time.monotonic() - began < 1.5
+    writer.close()
+
+
+async def test_connections_past_the_cap_are_refused_at_once(start: Start) -> None:
+    proxy = await start(BLOXPROXY_SERVER_MAX_CONNECTIONS="5", BLOXPROXY_SERVER_HEADER_TIMEOUT="5s")
+    held = [await connect(proxy.port) for _ in range(5)]
+    await poll(lambda: proxy.metric("bloxproxy_client_connections") == 5, "5 open")
+    reader, writer = await connect(proxy.port)
+    began = time.monotonic()
+    answer = parse(await until_closed(reader))
+    writer.close()
+    assert time.monotonic() - began < 0.5
+    answer.problem(503)
+    assert answer.headers["retry-after"] == "1"
+    assert proxy.metric("bloxproxy_client_connections_refused_total") == 1
+    held.pop()[1].close()  # a slot frees up: the next connection is served
+    await poll(lambda: proxy.metric("bloxproxy_client_connections") == 4, "4 open")
+    answer = await exchange(proxy.port, keyed(b"-", b"/_bloxproxy/healthz"))
+    assert answer.status == 200
+    for _, w in held:
+        w.close()
+
+
+def _serve_under_a_file_limit(soft: int, hard: int, env: dict[str, str]) -> Any:
+    """``bloxproxy serve`` in a subprocess whose RLIMIT_NOFILE is (soft, hard)."""
+    launcher = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'bloxproxy', 'serve'])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", launcher],
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+async def probe(port: int) -> Raw:
+    """``healthz`` on a fresh connection — unless the proxy refuses the connection (503)
+    first: a client that had already sent its request could then see a reset instead."""
+    reader, writer = await connect(port)
+    try:
+        try:
+            first = await asyncio.wait_for(reader.read(65536), 0.2)
+        except TimeoutError:
+            writer.write(keyed(b"-", b"/_bloxproxy/healthz"))
+            return parse(await until_closed(reader))
+        return parse(first + await until_closed(reader))
+    finally:
+        writer.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def test_a_flood_of_slow_connections_under_a_low_file_limit(tmp_path: Path) -> None:
+    """The reported incident, replayed: 180 slow connections against a process with a low
+    open-file limit. Before, once the descriptors ran out, asyncio logged "socket.accept()
+    out of system resource" with a traceback a thousand times per accept attempt (~11,000
+    lines/s here) and the proxy stopped answering. Now the soft limit is raised to the hard
+    one at start, client connections are capped below it, the slow ones are cut off by the
+    header deadline, and repeated log lines are rate-limited: a few dozen lines in all, and
+    a fresh client is answered (200 or, while the cap is full, a 503 problem) at once."""
+    port = free_port()
+    proc = _serve_under_a_file_limit(
+        64,
+        256,
+        {
+            "BLOXPROXY_SERVER_PORT": str(port),
+            "BLOXPROXY_NO_UVLOOP": "1",  # asyncio's accept loop is the one that floods
+            "BLOXPROXY_SERVER_HEADER_TIMEOUT": "1s",
+            "BLOXPROXY_LOGGING_ACCESS_LOG": "false",
+        },
+    )
+    held = []
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                held.append(await connect(port))
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+                await asyncio.sleep(0.05)
+        for _ in range(180):
+            reader, writer = await connect(port)
+            writer.write(HALF_HEAD)
+            held.append((reader, writer))
+        await asyncio.sleep(0.3)
+        answer = await probe(port)
+        assert answer.status in (200, 503), answer
+        if answer.status == 503:
+            answer.problem(503)
+        await asyncio.sleep(1.0)  # past the header deadline: the slow ones are gone
+        assert (await probe(port)).status == 200
+    finally:
+        for _, writer in held:
+            writer.close()
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    lines = err.decode(errors="replace").splitlines()
+    assert len(lines) < 60, f"{len(lines)} log lines: {Counter(line[:120] for line in lines)}"
+    assert any("open-file limit" in line and "256" in line for line in lines), lines
