@@ -24,15 +24,22 @@ from aiohttp import web
 from multidict import MultiDict
 
 from .authn import bearer, digests, matches
+from .clients import client_ip
 from .errors import HTTPProblem, bad_request, not_found
 
 
-def _authorize(request: web.Request, token: str) -> None:
+async def _authorize(request: web.Request, token: str) -> None:
+    from .app import AUTH_THROTTLE, CONFIG
+
     if not token:
         raise not_found("admin endpoints are disabled (set server.admin_token)", code="no_route")
     # Compared as bytes in constant time (authn.matches): a token that is not UTF-8 is a
-    # wrong token, and the answer's timing says nothing about the right one.
-    if not matches(bearer(request.headers.get("Authorization", "")), digests((token,))):
+    # wrong token, and the answer's timing says nothing about the right one. A wrong one
+    # is a failed attempt: too many from one address and it gets 429s, whatever it sends.
+    ok = matches(bearer(request.headers.get("Authorization", "")), digests((token,)))
+    hops = request.app[CONFIG].limits.clients.forwarded_for_hops
+    await request.app[AUTH_THROTTLE].check(client_ip(request, hops), ok)
+    if not ok:
         raise HTTPProblem(
             401,
             "missing or wrong admin token",
@@ -44,7 +51,7 @@ def _authorize(request: web.Request, token: str) -> None:
 async def purge(request: web.Request) -> web.Response:
     from .app import CONFIG, FETCHER, PROXY
 
-    _authorize(request, request.app[CONFIG].server.admin_token)
+    await _authorize(request, request.app[CONFIG].server.admin_token)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:

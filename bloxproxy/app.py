@@ -19,10 +19,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, web
+from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from . import admin, docs_page
+from .authn import FailureThrottle
 from .cache.layer import Fetcher, SharedCache
 from .cache.redis_store import RedisStore
 from .cache.resp import PipelinedGet
@@ -49,6 +51,7 @@ METRICS = web.AppKey("metrics", Metrics)
 FRONT = web.AppKey("front", Front)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 CONNECTIONS = web.AppKey("connections", ConnectionStats)
+AUTH_THROTTLE = web.AppKey("auth_throttle", FailureThrottle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,16 +88,18 @@ def create_app(
     metrics = Metrics()
     access = AccessLog(fmt=config.logging.format) if config.logging.access_log else None
     client_buckets = RedisBuckets(client, redis_cfg.prefix + "rl:client:") if client else None
+    throttle = _failure_throttle(config, client, metrics, monotonic)
     # No aiohttp middlewares: the Front handler does their work (see front.py for why).
     front = Front(
         metrics=metrics,
         access=access,
-        gate=ClientGate.build(config, client_buckets, monotonic),
+        gate=ClientGate.build(config, client_buckets, monotonic, throttle),
         clock=clock,
         host_routing=bool(config.server.host_suffix),
     )
     app = web.Application(client_max_size=config.server.max_body_size)
     app[CONFIG] = config
+    app[AUTH_THROTTLE] = throttle
     app[RULES] = rules if rules is not None else load_rules(config.rule_paths())
     app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
     app[METRICS] = metrics
@@ -114,6 +119,28 @@ def create_app(
     app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle, expect_handler=_expect)
     front.install(app)  # the fast hit path, ahead of routing
     return app
+
+
+def _failure_throttle(
+    config: Config,
+    client: aioredis.Redis | None,
+    metrics: Metrics,
+    monotonic: Callable[[], float],
+) -> FailureThrottle:
+    """Failed authentication per client address, one budget for keys and the admin token
+    (in Redis when configured: the replicas share it), counted in the metrics."""
+    failures = Counter(
+        "bloxproxy_auth_failures_total",
+        "Failed authentication (a wrong or missing access key, a wrong admin token) by "
+        "outcome: unauthorized (401) or throttled (429).",
+        ["outcome"],
+        registry=metrics.registry,
+    )
+    lim = config.limits.auth_failures
+    buckets = RedisBuckets(client, config.cache.redis.prefix + "rl:auth:") if client else None
+    return FailureThrottle(
+        lim.rate, lim.burst, buckets, monotonic, lambda outcome: failures.labels(outcome).inc()
+    )
 
 
 async def _pipeline(app: web.Application) -> AsyncIterator[None]:

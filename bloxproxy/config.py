@@ -333,12 +333,32 @@ class ClientLimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthFailuresConfig:
+    rate: float = opt(
+        1.0,
+        schema.number(0.0),
+        "Failed authentication attempts (a wrong or missing access key, a wrong admin token) "
+        "per second per client address (as `limits.clients.forwarded_for_hops` finds it). "
+        "Past the limit, everything from that address is a 429 problem with `Retry-After`, "
+        "the right secret included; successful attempts spend nothing. `0`: no limit.",
+    )
+    burst: int = opt(
+        20, schema.integer(1), "Failed attempts an address may make at once before the limit."
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     upstream: UpstreamLimitsConfig = section(
         UpstreamLimitsConfig, "Protecting Roblox: per-service upstream rate limits."
     )
     breaker: BreakerConfig = section(BreakerConfig, "Per-service circuit breaker.")
     clients: ClientLimitsConfig = section(ClientLimitsConfig, "Protecting us: client limits.")
+    auth_failures: AuthFailuresConfig = section(
+        AuthFailuresConfig,
+        "Protecting secrets: guessing access keys and the admin token is throttled per client "
+        "address (in Redis when configured, so replicas share the budget).",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ RESTART_ONLY = (
     "retries.deadline",
     "limits.upstream.shared",
     "limits.clients",
+    "limits.auth_failures",
     "auth",
     "logging",
 )

@@ -194,6 +194,8 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("limits", "clients", "rate"), "100", "100", 100.0),
     (("limits", "clients", "burst"), "200", "200", 200),
     (("limits", "clients", "forwarded_for_hops"), "1", "1", 1),
+    (("limits", "auth_failures", "rate"), "0", "0", 0.0),
+    (("limits", "auth_failures", "burst"), "5", "5", 5),
     (("retries", "attempts"), "1", "1", 1),
     (("retries", "backoff_base"), "10ms", "10ms", pytest.approx(0.01)),
     (("retries", "backoff_max"), "5s", "5s", 5.0),

@@ -14,7 +14,10 @@ the connection deadlines are real and short (a few tenths of a second).
 3. slow clients: a silent connection, a head or a body that never ends, an idle keep-alive
    connection are all closed on a deadline; connections past the cap are refused at once;
    under a low file limit a flood of slow connections neither floods the log nor stops the
-   proxy from answering.
+   proxy from answering;
+4. guessing: failed authentication (access keys and the admin token) is throttled per
+   client address, 429 with ``Retry-After`` past the limit, one budget across replicas
+   with Redis, and successful requests do not spend it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -484,3 +488,114 @@ async def test_a_flood_of_slow_connections_under_a_low_file_limit(tmp_path: Path
     lines = err.decode(errors="replace").splitlines()
     assert len(lines) < 60, f"{len(lines)} log lines: {Counter(line[:120] for line in lines)}"
     assert any("open-file limit" in line and "256" in line for line in lines), lines
+
+
+# -- 4. guessing is throttled ----------------------------------------------------------------
+
+FAILURES = {
+    "BLOXPROXY_LIMITS_AUTH_FAILURES_RATE": "1",
+    "BLOXPROXY_LIMITS_AUTH_FAILURES_BURST": "20",
+}
+
+
+async def statuses(
+    port: int, requests: list[tuple[str, str, dict[str, str]]], source: str = "127.0.0.1"
+) -> list[tuple[int, str | None]]:
+    """Send ``(method, path, headers)`` concurrently from ``source``: (status, Retry-After)."""
+    connector = aiohttp.TCPConnector(local_addr=(source, 0), limit=50)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{port}", connector=connector) as s:
+
+        async def one(method: str, path: str, headers: dict[str, str]) -> tuple[int, str | None]:
+            body = b'{"all": true}' if method == "POST" else None
+            async with asyncio.timeout(WITHIN * 5):
+                async with s.request(method, path, headers=headers, data=body) as resp:
+                    await resp.read()
+                    return resp.status, resp.headers.get("Retry-After")
+
+        return list(await asyncio.gather(*(one(*r) for r in requests)))
+
+
+ADMIN = "/_bloxproxy/admin/purge"
+
+
+@pytest.mark.parametrize("target", ["admin-token", "access-key"])
+async def test_guessing_is_throttled_per_client_address(
+    start: Start, clock: FakeClock, target: str
+) -> None:
+    """300 wrong guesses at once from one address: the first 20 are 401s, the other 280
+    429s with Retry-After; meanwhile that address is refused even with the right secret
+    (otherwise 429-or-200 would still answer every guess), another address is not. Once
+    Retry-After has passed, the right secret works again from the first address."""
+    proxy = await start(BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN, BLOXPROXY_AUTH_KEYS=KEY, **FAILURES)
+
+    def req(secret: str) -> tuple[str, str, dict[str, str]]:
+        if target == "admin-token":
+            return ("POST", ADMIN, {"Authorization": f"Bearer {secret}"})
+        return ("GET", "/users/v1/users/1", {"X-Bloxproxy-Key": secret})
+
+    answers = await statuses(proxy.port, [req(f"guess-{i}") for i in range(300)])
+    counts = Counter(status for status, _ in answers)
+    assert counts == {401: 20, 429: 280}, counts
+    retry_after = {ra for status, ra in answers if status == 429}
+    assert retry_after == {"1"}
+    assert await statuses(proxy.port, [req(TOKEN if target == "admin-token" else KEY)]) == [
+        (429, "1")
+    ]
+    right = req(TOKEN if target == "admin-token" else KEY)
+    assert (await statuses(proxy.port, [right], source="127.0.0.2"))[0][0] == 200
+    clock.advance(1.0)
+    assert (await statuses(proxy.port, [right]))[0][0] == 200
+    assert proxy.fake.total == (0 if target == "admin-token" else 1)
+    assert proxy.metric("bloxproxy_auth_failures_total", outcome="unauthorized") == 20
+    assert proxy.metric("bloxproxy_auth_failures_total", outcome="throttled") == 281
+
+
+async def test_the_throttle_answer_is_a_problem(start: Start) -> None:
+    proxy = await start(BLOXPROXY_AUTH_KEYS=KEY, BLOXPROXY_LIMITS_AUTH_FAILURES_BURST="1")
+    (await exchange(proxy.port, keyed(b"wrong"))).problem(401)
+    answer = await exchange(proxy.port, keyed(b"wrong"))
+    problem = answer.problem(429)
+    assert problem["code"] == "auth_throttled" and problem["retry_after"] >= 1
+    assert answer.headers["retry-after"] == str(problem["retry_after"])
+
+
+async def test_successful_requests_do_not_spend_the_failure_budget(start: Start) -> None:
+    proxy = await start(
+        BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN,
+        BLOXPROXY_AUTH_KEYS=KEY,
+        BLOXPROXY_LIMITS_AUTH_FAILURES_BURST="5",
+    )
+    good = [("GET", "/users/v1/users/1", {"X-Bloxproxy-Key": KEY})] * 200
+    good += [("POST", ADMIN, {"Authorization": f"Bearer {TOKEN}"})] * 20
+    assert {status for status, _ in await statuses(proxy.port, good)} == {200}
+    wrong = [("GET", "/users/v1/users/1", {"X-Bloxproxy-Key": "nope"})] * 6
+    assert [status for status, _ in await statuses(proxy.port, wrong)].count(401) == 5
+
+
+async def test_wrong_keys_and_wrong_tokens_share_one_budget(start: Start) -> None:
+    proxy = await start(
+        BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN,
+        BLOXPROXY_AUTH_KEYS=KEY,
+        BLOXPROXY_LIMITS_AUTH_FAILURES_BURST="4",
+    )
+    mixed = [("GET", "/v1/users/1", {"X-Bloxproxy-Key": "nope"})] * 2
+    mixed += [("POST", ADMIN, {"Authorization": "Bearer nope"})] * 2
+    assert [s for s, _ in await statuses(proxy.port, mixed)] == [401] * 4
+    assert [s for s, _ in await statuses(proxy.port, mixed[:1])] == [429]
+
+
+async def test_failures_are_counted_across_replicas_with_redis(
+    start: Start, redis_url: str
+) -> None:
+    env = {
+        "BLOXPROXY_AUTH_KEYS": KEY,
+        "BLOXPROXY_CACHE_REDIS_URL": redis_url,
+        "BLOXPROXY_CACHE_REDIS_PREFIX": f"bp-{os.getpid()}-{time.monotonic_ns()}:",
+        "BLOXPROXY_LIMITS_AUTH_FAILURES_BURST": "10",
+    }
+    one, two = await start(**env), await start(**env)
+    wrong = [("GET", "/v1/users/1", {"X-Bloxproxy-Key": "nope"})]
+    assert [s for s, _ in await statuses(one.port, wrong * 6)] == [401] * 6
+    assert [s for s, _ in await statuses(two.port, wrong * 4)] == [401] * 4
+    assert [s for s, _ in await statuses(one.port, wrong)] == [429]
+    assert [s for s, _ in await statuses(two.port, wrong)] == [429]
