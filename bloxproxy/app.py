@@ -23,7 +23,7 @@ from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import admin, docs_page
+from . import admin, docs_page, ops
 from .authn import FailureThrottle
 from .cache.layer import Fetcher, SharedCache
 from .cache.redis_store import RedisStore
@@ -110,9 +110,10 @@ def create_app(
         app[ACCESS_LOG] = access
     app.cleanup_ctx.append(_pipeline)
     own = front.wrap  # the proxy's own endpoints: no access key, no client limit
-    app.router.add_get(RESERVED_PREFIX + "healthz", own(_healthz, gated=False))
-    app.router.add_get(RESERVED_PREFIX + "readyz", own(_readyz, gated=False))
-    app.router.add_get(RESERVED_PREFIX + "metrics", own(_metrics, gated=False))
+    # healthz open; readyz's checks and metrics behind the access keys when they are on
+    app.router.add_get(RESERVED_PREFIX + "healthz", own(ops.healthz, gated=False))
+    app.router.add_get(RESERVED_PREFIX + "readyz", own(ops.readyz(app, keyed=True), gated=False))
+    app.router.add_get(RESERVED_PREFIX + "metrics", own(ops.metrics(app, keyed=True), gated=False))
     app.router.add_post(RESERVED_PREFIX + "admin/purge", own(admin.purge, gated=False))
     docs_page.add_routes(app, own)  # /openapi.json, /docs (and under /_bloxproxy/)
     app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", own(_reserved, gated=False))
@@ -255,39 +256,6 @@ def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
     app[FRONT].forget_all()  # remembered answers were rendered by the old rules
     app[GUARD].reload(config)
     app[UPSTREAM].reload(config)
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    """Alive: the process answers."""
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    """Ready: config and rules loaded; Redis reachable when configured. Without Redis the
-    proxy still serves (L1 and upstream), so that is "degraded" (200), not "down"."""
-    app = request.app
-    checks: dict[str, str] = {"config": "ok", "rules": f"{len(app[PROXY].rules.routes)} routes"}
-    status = "ok"
-    redis = app[RUNTIME].redis
-    if redis is not None:
-        try:
-            async with asyncio.timeout(1.0):
-                await redis.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:  # any failure here means "not reachable right now"
-            checks["redis"] = f"unreachable ({type(exc).__name__})"
-            status = "degraded"
-    return web.json_response({"status": status, "checks": checks})
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    """Prometheus text format."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    body = generate_latest(request.app[METRICS].registry)
-    resp = web.Response(body=body)
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp
 
 
 _RESERVED_METHODS = {

@@ -111,6 +111,11 @@ class ClientGate:
         """Are access keys required?"""
         return bool(self._keys)
 
+    @property
+    def header(self) -> str:
+        """The header carrying the access key (``auth.header``)."""
+        return self._header
+
     async def authenticate(self, request: web.Request, given: str) -> None:
         """Raise a 401 problem unless ``given`` is one of the access keys (a 429 one once the
         client's address has failed too often, whatever it sends)."""

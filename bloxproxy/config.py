@@ -179,6 +179,19 @@ class ServerConfig:
         "a 503 problem with `Retry-After` and closed at once. Lowered at start when the "
         "open-file limit cannot hold it beside the upstream and Redis pools (the log says so).",
     )
+    ops_host: str = opt(
+        "127.0.0.1",
+        schema.string,
+        "Address of the ops listener (`ops_port`). Keep it private: it asks for no key.",
+    )
+    ops_port: int = opt(
+        0,
+        schema.integer(0, 65535),
+        "A second listener serving only `/_bloxproxy/healthz`, `readyz` (with its checks) and "
+        "`metrics`, without access keys — e.g. for a Prometheus scraper or probes on a "
+        "private address — with its own small connection cap, so that probes get through "
+        "when the main listener is full. `0`: off.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,6 +589,12 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
         data.where, data.key_where = Where("<defaults>", 0), {}
     _apply_env(data, env, problems)
     config: Config = _materialize(Config, data, problems, "")
+    if config.server.ops_port and config.server.ops_port == config.server.port:
+        section_data = data.get("server")
+        where = section_data.at("ops_port") if isinstance(section_data, MarkedDict) else data.where
+        problems.append(
+            Problem(where, "server.ops_port: must differ from server.port (it asks for no key)")
+        )
     if problems:
         # in file order (unknown keys are found before bad values); $VARIABLES first
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))

@@ -43,6 +43,7 @@ from .connections import (
     raise_file_limit,
 )
 from .errors import ConfigError, Problem
+from .ops import OPS_MAX_CONNECTIONS, create_ops_app
 from .rules import RuleSet, load_rules, rule_files
 
 log = logging.getLogger("bloxproxy")
@@ -61,6 +62,8 @@ RESTART_ONLY = (
     "server.body_timeout",
     "server.keepalive_timeout",
     "server.max_connections",
+    "server.ops_host",
+    "server.ops_port",
     "cache.redis",
     "cache.max_bytes",
     "cache.max_entries",
@@ -260,6 +263,12 @@ async def serve(
         runner, config.server.host, config.server.port, reuse_port=reuse_port or None, backlog=1024
     )
     await site.start()
+    if config.server.ops_port:
+        ops_runner = await start_ops_runner(app, config)
+        runners.insert(0, ops_runner)  # closed first: nothing there needs draining
+        host, port = config.server.ops_host, config.server.ops_port
+        await web.TCPSite(ops_runner, host, port, reuse_port=reuse_port or None).start()
+        log.info("ops endpoints (no access keys) on http://%s:%d/_bloxproxy/", host, port)
     _tune_gc()
     log.info(
         "bloxproxy listening on http://%s:%d (%d clean routes, pid %d)",
@@ -302,24 +311,9 @@ def shutdown_timeout(grace: float) -> float:
 async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
     """The runner every server of ours uses (``serve`` and the live tests): client
     connections with deadlines and a cap (:mod:`bloxproxy.connections`)."""
-    from .app import CONNECTIONS
-
     server = config.server
-    # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
-    # fit; beyond, the client gets a 400 problem (middlewares.ProblemRequestHandler, which
-    # connections.GuardedRequestHandler extends), never plain text.
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=shutdown_timeout(server.shutdown_grace),
-        max_line_size=MAX_LINE,
-        max_field_size=MAX_LINE,
-        keepalive_timeout=server.keepalive_timeout,
-    )
-    await runner.setup()
     files = open_file_limit()
-    cap = connection_cap(config, files)
+    cap = connection_cap(config, files, extra=OPS_MAX_CONNECTIONS if server.ops_port else 0)
     if cap < server.max_connections:
         log.warning(
             "server.max_connections %d lowered to %d: the open-file limit is %d "
@@ -329,8 +323,36 @@ async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
             files,
             extra={"event": "file_limit"},
         )
+    return await _runner(app, app, config, cap, "main")
+
+
+async def start_ops_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The ops listener's runner (``server.ops_port``): ``app``'s healthz, readyz and
+    metrics without access keys (:mod:`bloxproxy.ops`), with a connection cap of its own."""
+    return await _runner(create_ops_app(app), app, config, OPS_MAX_CONNECTIONS, "ops")
+
+
+async def _runner(
+    serving: web.Application, app: web.Application, config: Config, cap: int, listener: str
+) -> web.AppRunner:
+    from .app import CONNECTIONS
+
+    server = config.server
+    # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
+    # fit; beyond, the client gets a 400 problem (middlewares.ProblemRequestHandler, which
+    # connections.GuardedRequestHandler extends), never plain text.
+    runner = web.AppRunner(
+        serving,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout(server.shutdown_grace),
+        max_line_size=MAX_LINE,
+        max_field_size=MAX_LINE,
+        keepalive_timeout=server.keepalive_timeout,
+    )
+    await runner.setup()
     limits = Limits(server.header_timeout, server.body_timeout, cap)
-    guard_connections(runner, limits, app[CONNECTIONS].counts("main"))
+    guard_connections(runner, limits, app[CONNECTIONS].counts(listener))
     return runner
 
 

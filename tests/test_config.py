@@ -136,6 +136,8 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("server", "body_timeout"), "0", "0", 0.0),
     (("server", "keepalive_timeout"), "5m", "5m", 300.0),
     (("server", "max_connections"), "100", "100", 100),
+    (("server", "ops_host"), "10.0.0.5", "10.0.0.5", "10.0.0.5"),
+    (("server", "ops_port"), "9102", "9102", 9102),
     (
         ("upstream", "base_url"),
         "http://127.0.0.1:9000/{service}/",
@@ -334,6 +336,13 @@ def test_env_overrides_the_file(tmp_path: Path) -> None:
             ["$BLOXPROXY_SERVER_PORT: cannot read value '[1'"],
         ),
         (
+            {"BLOXPROXY_SERVER_OPS_PORT": "8080"},
+            [
+                "$BLOXPROXY_SERVER_OPS_PORT: server.ops_port: must differ from server.port "
+                "(it asks for no key)"
+            ],
+        ),
+        (
             {"BLOXPROXY_UPSTREAM_ALLOWED_SERVICES": "users,Games"},
             [
                 "$BLOXPROXY_UPSTREAM_ALLOWED_SERVICES: upstream.allowed_services: 'Games' is "
@@ -369,7 +378,7 @@ SIZE = "expected a size like '64MiB', '512KiB' or a byte count"
 UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, retries, rules, server, upstream"
 UNKNOWN_ALLOWED_SERVER = (
     "admin_token, body_timeout, header_timeout, host, host_suffix, keepalive_timeout, "
-    "max_body_size, max_connections, port, shutdown_grace, workers"
+    "max_body_size, max_connections, ops_host, ops_port, port, shutdown_grace, workers"
 )
 UNKNOWN_ALLOWED_REDIS = "max_connections, prefix, timeout, url"
 

@@ -17,7 +17,9 @@ the connection deadlines are real and short (a few tenths of a second).
    proxy from answering;
 4. guessing: failed authentication (access keys and the admin token) is throttled per
    client address, 429 with ``Retry-After`` past the limit, one budget across replicas
-   with Redis, and successful requests do not spend it.
+   with Redis, and successful requests do not spend it;
+5. ops endpoints: with access keys on, metrics and readiness details need a key
+   (``healthz`` stays open), or a separate ops listener serves them without one..
 """
 
 from __future__ import annotations
@@ -447,13 +449,15 @@ async def test_a_flood_of_slow_connections_under_a_low_file_limit(tmp_path: Path
     lines/s here) and the proxy stopped answering. Now the soft limit is raised to the hard
     one at start, client connections are capped below it, the slow ones are cut off by the
     header deadline, and repeated log lines are rate-limited: a few dozen lines in all, and
-    a fresh client is answered (200 or, while the cap is full, a 503 problem) at once."""
-    port = free_port()
+    a fresh client is answered (200 or, while the cap is full, a 503 problem) at once — and
+    the ops listener, with a cap of its own, answers its probes throughout."""
+    port, ops_port = free_port(), free_port()
     proc = _serve_under_a_file_limit(
         64,
         256,
         {
             "BLOXPROXY_SERVER_PORT": str(port),
+            "BLOXPROXY_SERVER_OPS_PORT": str(ops_port),
             "BLOXPROXY_NO_UVLOOP": "1",  # asyncio's accept loop is the one that floods
             "BLOXPROXY_SERVER_HEADER_TIMEOUT": "1s",
             "BLOXPROXY_LOGGING_ACCESS_LOG": "false",
@@ -478,6 +482,8 @@ async def test_a_flood_of_slow_connections_under_a_low_file_limit(tmp_path: Path
         assert answer.status in (200, 503), answer
         if answer.status == 503:
             answer.problem(503)
+        ops = await get(ops_port, "/_bloxproxy/readyz")  # the ops listener has its own cap
+        assert ops.status == 200 and orjson.loads(ops.body)["status"] == "ok"
         await asyncio.sleep(1.0)  # past the header deadline: the slow ones are gone
         assert (await probe(port)).status == 200
     finally:
@@ -599,3 +605,60 @@ async def test_failures_are_counted_across_replicas_with_redis(
     assert [s for s, _ in await statuses(two.port, wrong * 4)] == [401] * 4
     assert [s for s, _ in await statuses(one.port, wrong)] == [429]
     assert [s for s, _ in await statuses(two.port, wrong)] == [429]
+
+
+# -- 5. ops endpoints behind the keys, or on their own listener ------------------------------
+
+
+async def get(port: int, path: str, headers: dict[str, str] | None = None) -> Raw:
+    lines = [f"GET {path} HTTP/1.1", "Host: proxy", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return await exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+async def test_with_access_keys_metrics_and_readiness_details_need_a_key(start: Start) -> None:
+    """Before, ``/_bloxproxy/metrics`` answered 200 without a key."""
+    proxy = await start(BLOXPROXY_AUTH_KEYS=KEY)
+    (await get(proxy.port, "/_bloxproxy/metrics")).problem(401)
+    (await get(proxy.port, "/_bloxproxy/metrics", {"X-Bloxproxy-Key": "nope"})).problem(401)
+    for headers in ({"X-Bloxproxy-Key": KEY}, {"Authorization": f"Bearer {KEY}"}):
+        answer = await get(proxy.port, "/_bloxproxy/metrics", headers)
+        assert answer.status == 200 and b"bloxproxy_requests_total" in answer.body
+    bare = await get(proxy.port, "/_bloxproxy/readyz")
+    assert (bare.status, orjson.loads(bare.body)) == (200, {"status": "ok"})
+    detailed = await get(proxy.port, "/_bloxproxy/readyz", {"X-Bloxproxy-Key": KEY})
+    assert orjson.loads(detailed.body)["checks"]["config"] == "ok"
+    (await get(proxy.port, "/_bloxproxy/readyz", {"X-Bloxproxy-Key": "nope"})).problem(401)
+    assert (await get(proxy.port, "/_bloxproxy/healthz")).status == 200
+
+
+async def test_without_access_keys_ops_endpoints_stay_open(start: Start) -> None:
+    proxy = await start()
+    assert (await get(proxy.port, "/_bloxproxy/metrics")).status == 200
+    assert "checks" in orjson.loads((await get(proxy.port, "/_bloxproxy/readyz")).body)
+
+
+async def test_the_ops_listener_serves_probes_and_metrics_without_keys(
+    fake_server: TestServer, clock: FakeClock
+) -> None:
+    from bloxproxy.serve import start_ops_runner
+
+    config = proxy_config(fake_server, BLOXPROXY_AUTH_KEYS=KEY, **QUIET)
+    app = create_app(config, clock=clock, monotonic=clock, sleep=clock.sleep)
+    main = await start_runner(app, config)
+    ops = await start_ops_runner(app, config)
+    try:
+        await web.TCPSite(main, "127.0.0.1", 0).start()
+        await web.TCPSite(ops, "127.0.0.1", 0).start()
+        main_port, ops_port = main.addresses[0][1], ops.addresses[0][1]
+        metrics = await get(ops_port, "/_bloxproxy/metrics")
+        assert metrics.status == 200 and b"bloxproxy_requests_total" in metrics.body
+        assert "checks" in orjson.loads((await get(ops_port, "/_bloxproxy/readyz")).body)
+        assert (await get(ops_port, "/_bloxproxy/healthz")).status == 200
+        for path in ("/users/v1/users/1", "/v1/users/1", "/_bloxproxy/admin/purge"):
+            (await get(ops_port, path)).problem(404)
+        (await get(main_port, "/_bloxproxy/metrics")).problem(401)
+        assert fake_server.app is not None
+    finally:
+        await ops.cleanup()
+        await main.cleanup()
