@@ -16,7 +16,7 @@ file descriptor) for as long as it likes, and there is no bound on how many it o
   handler reading it gets :class:`BodyTimeout` (a 408 problem); a body nobody reads is
   not waited for past the deadline either.
 - **a cap on connections** (``server.max_connections``, lowered to fit the open-file limit
-  by :func:`connection_cap`): a connection past it is answered a 503 problem with
+  by :func:`bloxproxy.files.connection_cap`): a connection past it is answered a 503 problem with
   ``Retry-After`` and closed at once, so the process never runs out of descriptors for its
   upstream and Redis connections, nor for accepting at all. (Out of descriptors, asyncio's
   accept loop logs a traceback per attempt, thousands a second, and serves nobody.)
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,7 +50,6 @@ from aiohttp.web_request import BaseRequest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .config import Config
 from .errors import PROBLEM_JSON, HTTPProblem, problem_body
 from .middlewares import REQUEST_ID_HEADER, ProblemRequestHandler, ProblemServer
 
@@ -350,43 +348,3 @@ def guard_connections(runner: web.AppRunner, limits: Limits, counts: Counts) -> 
     server.__class__ = GuardedServer
     guarded = cast(GuardedServer, server)
     guarded.limits, guarded.counts = limits, counts
-
-
-# -- the open-file limit ---------------------------------------------------------------------
-
-FILE_LIMIT_CEILING = 1 << 20  # what "raise to the hard limit" means when that is unlimited
-
-
-def raise_file_limit() -> tuple[int, int]:
-    """Raise the soft open-file limit to the hard one (a container's soft limit is often
-    1024 while the hard one is far higher): ``(before, after)``."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = FILE_LIMIT_CEILING if hard == resource.RLIM_INFINITY else hard
-    if soft != resource.RLIM_INFINITY and soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-        except (ValueError, OSError):
-            return soft, soft
-        return soft, target
-    return soft, soft
-
-
-def open_file_limit() -> int:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    return FILE_LIMIT_CEILING if soft == resource.RLIM_INFINITY else soft
-
-
-# Descriptors the process needs besides client connections: the interpreter, the event
-# loop, listeners, logs, the fake upstream or a watcher — measured at ~20, doubled.
-BASE_FILES = 48
-
-
-def connection_cap(config: Config, file_limit: int, *, extra: int = 0) -> int:
-    """``server.max_connections``, lowered so that client connections leave room in
-    ``file_limit`` for the upstream pool, the Redis pool and ``extra`` (another listener's
-    cap). With a limit too low for all of them, clients get at most half of it."""
-    reserve = BASE_FILES + config.upstream.max_connections + extra
-    if config.cache.redis.url:
-        reserve += config.cache.redis.max_connections + 4  # + pub/sub and pipelined reads
-    room = max(file_limit - reserve, file_limit // 2)
-    return max(1, min(config.server.max_connections, room))

@@ -10,6 +10,11 @@
   ``bloxproxy_reloads_total{result="error"}``, and the old rules keep serving. Settings that
   only take effect at start (listening address, workers, Redis URL, pool and cache sizes) are
   reported as needing a restart and keep their running values.
+- **Client connections** (:func:`start_runner`): header, body and keep-alive deadlines and a
+  cap (:mod:`bloxproxy.connections`), the cap lowered to what the open-file limit holds,
+  whose soft value is raised to the hard one at start (:mod:`bloxproxy.files`). With
+  ``server.ops_port``, a second listener serves healthz, readyz and metrics without keys
+  (:mod:`bloxproxy.ops`).
 - **Workers** (``--workers N``): the supervisor starts N processes that bind the same port
   with ``SO_REUSEPORT``; each has its own L1 and they share Redis when configured. Signals
   are forwarded; a worker that dies is restarted.
@@ -35,14 +40,9 @@ from aiohttp import web
 
 from . import config as config_mod
 from .config import Config
-from .connections import (
-    Limits,
-    connection_cap,
-    guard_connections,
-    open_file_limit,
-    raise_file_limit,
-)
+from .connections import Limits, guard_connections
 from .errors import ConfigError, Problem
+from .files import connection_cap, open_file_limit, raise_file_limit
 from .ops import OPS_MAX_CONNECTIONS, create_ops_app
 from .rules import RuleSet, load_rules, rule_files
 

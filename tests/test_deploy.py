@@ -78,7 +78,7 @@ from bloxproxy import cli
 from bloxproxy import config as config_mod
 from bloxproxy.app import RESERVED_PREFIX, create_app
 from bloxproxy.config import Config
-from bloxproxy.connections import connection_cap
+from bloxproxy.files import connection_cap
 from bloxproxy.rules import load_rules, rule_files
 from bloxproxy.schema import duration
 
