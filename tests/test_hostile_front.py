@@ -341,6 +341,22 @@ async def test_a_head_that_never_ends_gets_a_408(start: Start, drip: bool) -> No
     assert proxy.fake.total == 0
 
 
+async def test_a_second_head_that_never_ends_gets_a_408_too(start: Start) -> None:
+    """On a kept-alive connection the deadline starts with the next head's first byte (the
+    idle time before it is the keep-alive timeout's, longer here)."""
+    proxy = await start(**{**SHORT, "BLOXPROXY_SERVER_KEEPALIVE_TIMEOUT": "5s"})
+    reader, writer = await connect(proxy.port)
+    writer.write(b"GET /_bloxproxy/healthz HTTP/1.1\r\nHost: proxy\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b'"ok"}'), WITHIN)
+    await asyncio.sleep(0.5)  # idle longer than the header deadline: still open
+    began = time.monotonic()
+    writer.write(HALF_HEAD)
+    answer = parse(await until_closed(reader))
+    writer.close()
+    assert answer.problem(408)["code"] == "request_timeout"
+    assert 0.25 < time.monotonic() - began < 1.5
+
+
 async def test_a_body_that_never_ends_gets_a_408(start: Start) -> None:
     proxy = await start(**SHORT)
     reader, writer = await connect(proxy.port)
