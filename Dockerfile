@@ -21,6 +21,11 @@
 #                               they are loaded beside the rules packaged with bloxproxy (same id:
 #                               yours replaces the packaged one)
 # The health check reads BLOXPROXY_SERVER_PORT: change the port with that variable.
+# Open files: a Dockerfile cannot set them. Give the container a limit that holds
+# server.max_connections (4096 per worker) plus the upstream and Redis pools:
+#   docker run --ulimit nofile=65536:65536 ...   (Compose: ulimits.nofile, see docker-compose.yml)
+# At start bloxproxy raises its soft limit to the hard one and, if that is still too low,
+# lowers its connection cap to fit; both are logged.
 #
 # Reproducible: the base image is an exact tag (Python patch release and Debian release),
 # the same in both stages; add "@sha256:..." after it (`docker buildx imagetools inspect

@@ -17,24 +17,28 @@ drops it from its L1 at once. Answer: ``{"purged": N, "scope": ..., "target": ..
 
 from __future__ import annotations
 
-import hmac
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from aiohttp import web
 from multidict import MultiDict
 
-from .appkeys import CONFIG, FETCHER, PIPELINE
+from .appkeys import AUTH_THROTTLE, CONFIG, FETCHER, PIPELINE
+from .authn import bearer, digests, matches
+from .clients import client_ip
 from .errors import HTTPProblem, bad_request, not_found
 
 
-def _authorize(request: web.Request, token: str) -> None:
+async def _authorize(request: web.Request, token: str) -> None:
     if not token:
         raise not_found("admin endpoints are disabled (set server.admin_token)", code="no_route")
-    given = request.headers.get("Authorization", "")
-    scheme, _, value = given.partition(" ")
-    # Constant-time compare: the token must not leak through response timing.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(value.encode(), token.encode()):
+    # Compared as bytes in constant time (authn.matches): a token that is not UTF-8 is a
+    # wrong token, and the answer's timing says nothing about the right one. A wrong one
+    # is a failed attempt: too many from one address and it gets 429s, whatever it sends.
+    ok = matches(bearer(request.headers.get("Authorization", "")), digests((token,)))
+    hops = request.app[CONFIG].limits.clients.forwarded_for_hops
+    await request.app[AUTH_THROTTLE].check(client_ip(request, hops), ok)
+    if not ok:
         raise HTTPProblem(
             401,
             "missing or wrong admin token",
@@ -44,7 +48,7 @@ def _authorize(request: web.Request, token: str) -> None:
 
 
 async def purge(request: web.Request) -> web.Response:
-    _authorize(request, request.app[CONFIG].server.admin_token)
+    await _authorize(request, request.app[CONFIG].server.admin_token)
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:

@@ -18,13 +18,16 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, web
+from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import admin, docs_page
+from . import admin, docs_page, ops
 from .appkeys import (
     ACCESS_LOG,
+    AUTH_THROTTLE,
     CONFIG,
+    CONNECTIONS,
     FETCHER,
     FRONT,
     GUARD,
@@ -35,12 +38,14 @@ from .appkeys import (
     UPSTREAM,
     Runtime,
 )
+from .authn import FailureThrottle
 from .cache.fetcher import Fetcher
 from .cache.redis_store import RedisStore
 from .cache.resp import PipelinedGet
 from .cache.shared import SharedCache
 from .clients import ClientGate, client_ip
 from .config import Config
+from .connections import ConnectionStats
 from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
 from .observe import AccessLog, Metrics
@@ -81,27 +86,32 @@ def create_app(
             client=(lambda r: client_ip(r, hops)) if hops else (lambda r: r.remote or ""),
         )
     client_buckets = RedisBuckets(client, redis_cfg.prefix + "rl:client:") if client else None
+    throttle = _failure_throttle(config, client, metrics, monotonic)
     # No aiohttp middlewares: the Front handler does their work (see front.py for why).
     front = Front(
         metrics=metrics,
         access=access,
-        gate=ClientGate.build(config, client_buckets, monotonic),
+        gate=ClientGate.build(config, client_buckets, monotonic, throttle),
         clock=clock,
         host_routing=bool(config.server.host_suffix),
     )
     app = web.Application(client_max_size=config.server.max_body_size)
     app[CONFIG] = config
+    app[AUTH_THROTTLE] = throttle
     app[RULES] = rules if rules is not None else load_configured(config)
     app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
     app[METRICS] = metrics
+    app[CONNECTIONS] = connections = ConnectionStats()  # counted by serve's runner
+    metrics.registry.register(connections)
     app[FRONT] = front
     if access is not None:
         app[ACCESS_LOG] = access
     app.cleanup_ctx.append(_pipeline)
     own = front.wrap  # the proxy's own endpoints: no access key, no client limit
-    app.router.add_get(RESERVED_PREFIX + "healthz", own(_healthz, gated=False))
-    app.router.add_get(RESERVED_PREFIX + "readyz", own(_readyz, gated=False))
-    app.router.add_get(RESERVED_PREFIX + "metrics", own(_metrics, gated=False))
+    # healthz open; readyz's checks and metrics behind the access keys when they are on
+    app.router.add_get(RESERVED_PREFIX + "healthz", own(ops.healthz, gated=False))
+    app.router.add_get(RESERVED_PREFIX + "readyz", own(ops.readyz(app, keyed=True), gated=False))
+    app.router.add_get(RESERVED_PREFIX + "metrics", own(ops.metrics(app, keyed=True), gated=False))
     app.router.add_post(RESERVED_PREFIX + "admin/purge", own(admin.purge, gated=False))
     docs_page.add_routes(app, own)  # /openapi.json, /docs (and under /_bloxproxy/)
     app.router.add_route("*", "/", own(_root, gated=True))  # gated, like the top-level /docs
@@ -109,6 +119,28 @@ def create_app(
     app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle, expect_handler=_expect)
     front.install(app)  # the fast hit path, ahead of routing
     return app
+
+
+def _failure_throttle(
+    config: Config,
+    client: aioredis.Redis | None,
+    metrics: Metrics,
+    monotonic: Callable[[], float],
+) -> FailureThrottle:
+    """Failed authentication per client address, one budget for keys and the admin token
+    (in Redis when configured: the replicas share it), counted in the metrics."""
+    failures = Counter(
+        "bloxproxy_auth_failures_total",
+        "Failed authentication (a wrong or missing access key, a wrong admin token) by "
+        "outcome: unauthorized (401) or throttled (429).",
+        ["outcome"],
+        registry=metrics.registry,
+    )
+    lim = config.limits.auth_failures
+    buckets = RedisBuckets(client, config.cache.redis.prefix + "rl:auth:") if client else None
+    return FailureThrottle(
+        lim.rate, lim.burst, buckets, monotonic, lambda outcome: failures.labels(outcome).inc()
+    )
 
 
 async def _pipeline(app: web.Application) -> AsyncIterator[None]:
@@ -225,39 +257,6 @@ def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
     app[FRONT].forget_all()  # remembered answers were rendered by the old rules
     app[GUARD].reload(config)
     app[UPSTREAM].reload(config)
-
-
-async def _healthz(request: web.Request) -> web.Response:
-    """Alive: the process answers."""
-    return web.json_response({"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    """Ready: config and rules loaded; Redis reachable when configured. Without Redis the
-    proxy still serves (L1 and upstream), so that is "degraded" (200), not "down"."""
-    app = request.app
-    checks: dict[str, str] = {"config": "ok", "rules": f"{len(app[PIPELINE].rules.routes)} routes"}
-    status = "ok"
-    redis = app[RUNTIME].redis
-    if redis is not None:
-        try:
-            async with asyncio.timeout(1.0):
-                await redis.ping()
-            checks["redis"] = "ok"
-        except Exception as exc:  # any failure here means "not reachable right now"
-            checks["redis"] = f"unreachable ({type(exc).__name__})"
-            status = "degraded"
-    return web.json_response({"status": status, "checks": checks})
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    """Prometheus text format."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    body = generate_latest(request.app[METRICS].registry)
-    resp = web.Response(body=body)
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp
 
 
 async def _root(request: web.Request) -> web.StreamResponse:

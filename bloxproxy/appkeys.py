@@ -10,8 +10,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from .authn import FailureThrottle
 from .cache.fetcher import Fetcher
 from .config import Config
+from .connections import ConnectionStats
 from .front import Front
 from .observe import AccessLog, Metrics
 from .pipeline import Pipeline
@@ -21,7 +23,9 @@ from .upstream.guard import Guard
 
 __all__ = [
     "ACCESS_LOG",
+    "AUTH_THROTTLE",
     "CONFIG",
+    "CONNECTIONS",
     "FETCHER",
     "FRONT",
     "GUARD",
@@ -55,3 +59,5 @@ METRICS = web.AppKey("metrics", Metrics)
 FRONT = web.AppKey("front", Front)
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 RUNTIME = web.AppKey("runtime", Runtime)
+CONNECTIONS = web.AppKey("connections", ConnectionStats)  # counted by serve's runner
+AUTH_THROTTLE = web.AppKey("auth_throttle", FailureThrottle)

@@ -5,6 +5,9 @@ header of our own (``auth.header``, default ``X-Bloxproxy-Key``) — ``x-api-key
 ``Authorization`` belong to Roblox and go through to it. The key header itself is never
 forwarded upstream.
 
+A wrong or missing key is a failed attempt, throttled per client address
+(``limits.auth_failures``, :class:`~bloxproxy.authn.FailureThrottle`).
+
 Client limits (``limits.clients``) are a token bucket per access key, or per client IP when
 keys are off (``X-Forwarded-For`` only when ``forwarded_for_hops`` says a trusted proxy put it
 there). With Redis configured the buckets live there (one atomic script call), so N replicas
@@ -18,19 +21,16 @@ own rules.
 from __future__ import annotations
 
 import hashlib
-import hmac
-import logging
 import math
 import time
 from collections.abc import Callable
 
 from aiohttp import web
 
+from .authn import FailureThrottle, digests, matches, secret_bytes
 from .config import Config
-from .errors import HTTPProblem, StoreUnavailable
-from .ratelimit import Decision, MemoryBuckets, RedisBuckets
-
-log = logging.getLogger("bloxproxy.clients")
+from .errors import HTTPProblem
+from .ratelimit import Decision, FallbackBuckets, RedisBuckets
 
 RESERVED = "/_bloxproxy/"
 
@@ -69,7 +69,9 @@ class ClientGate:
     """Checks one request against the access keys and the client's bucket.
 
     :meth:`check` raises a 401/429 problem or returns the headers the answer must carry;
-    :meth:`decorate` adds them to a response (keeping Roblox's own ``x-ratelimit-*``).
+    :meth:`decorate` adds them to a response (keeping Roblox's own ``x-ratelimit-*``). A
+    wrong or missing key is a failed attempt for ``throttle``, which answers 429 once the
+    client's address has made too many (:mod:`bloxproxy.authn`).
     """
 
     def __init__(
@@ -77,16 +79,19 @@ class ClientGate:
         config: Config,
         redis_buckets: RedisBuckets | None,
         clock: Callable[[], float] = time.monotonic,
+        throttle: FailureThrottle | None = None,
     ) -> None:
-        self._keys = tuple(k.encode() for k in config.auth.keys)
+        self._keys = digests(config.auth.keys)
         self._header = config.auth.header
         lim = self._lim = config.limits.clients
         self._burst = lim.burst or max(1, math.ceil(lim.rate))
         self._window = self._burst / lim.rate if lim.rate > 0 else 0.0
-        self._memory = MemoryBuckets(lim.rate, self._burst, clock) if lim.rate > 0 else None
-        self._redis = redis_buckets
-        self._clock = clock
-        self._redis_down_until = 0.0
+        self._buckets = (
+            FallbackBuckets(lim.rate, self._burst, redis_buckets, clock, "client limits")
+            if lim.rate > 0
+            else None
+        )
+        self._throttle = throttle
 
     @classmethod
     def build(
@@ -94,42 +99,46 @@ class ClientGate:
         config: Config,
         redis_buckets: RedisBuckets | None,
         clock: Callable[[], float] = time.monotonic,
+        throttle: FailureThrottle | None = None,
     ) -> ClientGate | None:
         """The gate, or None when neither access keys nor client limits are configured."""
         if not config.auth.keys and config.limits.clients.rate <= 0:
             return None
-        return cls(config, redis_buckets, clock)
+        return cls(config, redis_buckets, clock, throttle)
 
-    async def _take(self, ident: str) -> Decision:
-        assert self._memory is not None
-        if self._redis is not None and self._clock() >= self._redis_down_until:
-            try:
-                return await self._redis.take(ident, self._lim.rate, self._burst)
-            except StoreUnavailable as exc:
-                if not self._redis_down_until:
-                    log.warning("client limits fall back to memory: %s", exc)
-                self._redis_down_until = self._clock() + 5.0
-        return self._memory.take(ident)
+    @property
+    def keyed(self) -> bool:
+        """Are access keys required?"""
+        return bool(self._keys)
+
+    @property
+    def header(self) -> str:
+        """The header carrying the access key (``auth.header``)."""
+        return self._header
+
+    async def authenticate(self, request: web.Request, given: str) -> None:
+        """Raise a 401 problem unless ``given`` is one of the access keys (a 429 one once the
+        client's address has failed too often, whatever it sends)."""
+        ok = matches(given, self._keys)  # (a missing header never matches a "" key)
+        if self._throttle is not None:
+            await self._throttle.check(client_ip(request, self._lim.forwarded_for_hops), ok)
+        if not ok:
+            raise HTTPProblem(
+                401,
+                f"missing or unknown access key (send it in {self._header})",
+                code="unauthorized",
+            )
 
     async def check(self, request: web.Request) -> Decision | None:
         ident = ""
         if self._keys:
-            # surrogateescape: aiohttp decodes raw header bytes that way (b"\xff" → "\udcff")
-            given = request.headers.get(self._header, "").encode("utf-8", "surrogateescape")
-            ok = False
-            for key in self._keys:  # compare with every key: timing says nothing about which
-                ok |= hmac.compare_digest(given, key)
-            if not (ok and given):  # a missing header never matches an empty key in the list
-                raise HTTPProblem(
-                    401,
-                    f"missing or unknown access key (send it in {self._header})",
-                    code="unauthorized",
-                )
-            ident = "key:" + hashlib.sha256(given).hexdigest()[:32]
-        if self._memory is None:
+            given = request.headers.get(self._header, "")
+            await self.authenticate(request, given)
+            ident = "key:" + hashlib.sha256(secret_bytes(given)).hexdigest()[:32]
+        if self._buckets is None:
             return None
         ident = ident or "ip:" + client_ip(request, self._lim.forwarded_for_hops)
-        decision = await self._take(ident)
+        decision = await self._buckets.take(ident)
         if not decision.allowed:
             retry = max(1, math.ceil(decision.retry_after))
             headers = rate_headers(decision, self._window, False)

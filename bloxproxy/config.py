@@ -164,6 +164,47 @@ class ServerConfig:
         "Bearer token for the `/_bloxproxy/admin/*` endpoints. Empty: admin endpoints are off. "
         "Use `${VAR}` or `BLOXPROXY_SERVER_ADMIN_TOKEN` rather than writing it in the file.",
     )
+    header_timeout: float = opt(
+        "10s",
+        schema.duration,
+        "Deadline for a request's head (request line and headers), counted from the "
+        "connection's opening or, between two requests, from the head's first byte. Past it: "
+        "a 408 problem and the connection closed (closed without a word when nothing came "
+        "at all). `0`: none.",
+    )
+    body_timeout: float = opt(
+        "30s",
+        schema.duration,
+        "Deadline for a request's whole body, counted from the end of its head. Past it: a "
+        "408 problem and the connection closed. `0`: none.",
+    )
+    keepalive_timeout: float = opt(
+        "75s",
+        schema.duration,
+        "An idle kept-alive client connection is closed after this long (longer than the "
+        "idle timeout of a load balancer in front, so that it is the one to close). "
+        "`0`: no keep-alive.",
+    )
+    max_connections: int = opt(
+        4096,
+        schema.integer(1, 1_000_000),
+        "Client connections open at once, per worker. Past it, a new connection is answered "
+        "a 503 problem with `Retry-After` and closed at once. Lowered at start when the "
+        "open-file limit cannot hold it beside the upstream and Redis pools (the log says so).",
+    )
+    ops_host: str = opt(
+        "127.0.0.1",
+        schema.string,
+        "Address of the ops listener (`ops_port`). Keep it private: it asks for no key.",
+    )
+    ops_port: int = opt(
+        0,
+        schema.integer(0, 65535),
+        "A second listener serving only `/_bloxproxy/healthz`, `readyz` (with its checks) and "
+        "`metrics`, without access keys — e.g. for a Prometheus scraper or probes on a "
+        "private address — with its own small connection cap, so that probes get through "
+        "when the main listener is full. `0`: off.",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,12 +373,32 @@ class ClientLimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthFailuresConfig:
+    rate: float = opt(
+        1.0,
+        schema.number(0.0),
+        "Failed authentication attempts (a wrong or missing access key, a wrong admin token) "
+        "per second per client address (as `limits.clients.forwarded_for_hops` finds it). "
+        "Past the limit, everything from that address is a 429 problem with `Retry-After`, "
+        "the right secret included; successful attempts spend nothing. `0`: no limit.",
+    )
+    burst: int = opt(
+        20, schema.integer(1), "Failed attempts an address may make at once before the limit."
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     upstream: UpstreamLimitsConfig = section(
         UpstreamLimitsConfig, "Protecting Roblox: per-service upstream rate limits."
     )
     breaker: BreakerConfig = section(BreakerConfig, "Per-service circuit breaker.")
     clients: ClientLimitsConfig = section(ClientLimitsConfig, "Protecting us: client limits.")
+    auth_failures: AuthFailuresConfig = section(
+        AuthFailuresConfig,
+        "Protecting secrets: guessing access keys and the admin token is throttled per client "
+        "address (in Redis when configured, so replicas share the budget).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +500,16 @@ class LoggingConfig:
         "`cache` (the `X-Cache` result), `upstream_ms`, `total_ms` and `user_agent` (at most "
         '256 characters). A JSON line also has `"type": "access"`; a text line is the '
         "values, space-separated, `-` for none.",
+    )
+    repeat_limit: int = opt(
+        10,
+        schema.integer(0),
+        "The same log line (logger, level, first line of text) is written at most this many "
+        "times per `repeat_window`; then one line says how many were left out. Lines of "
+        "every kind together: at most 20 times this per window. `0`: no limit.",
+    )
+    repeat_window: float = opt(
+        "1m", schema.duration, "The window of `repeat_limit` (and of its summary line)."
     )
 
 
@@ -596,6 +667,12 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
         data.where, data.key_where = Where("<defaults>", 0), {}
     _apply_env(data, env, problems)
     config: Config = _materialize(Config, data, problems, "")
+    if config.server.ops_port and config.server.ops_port == config.server.port:
+        section_data = data.get("server")
+        where = section_data.at("ops_port") if isinstance(section_data, MarkedDict) else data.where
+        problems.append(
+            Problem(where, "server.ops_port: must differ from server.port (it asks for no key)")
+        )
     if problems:
         # in file order (unknown keys are found before bad values); $VARIABLES first
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))

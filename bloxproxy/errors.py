@@ -30,6 +30,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -189,6 +190,8 @@ def error_response(exc: Exception, raw_path: str, request_id: str) -> web.Respon
         problem = exc
     elif isinstance(exc, web.HTTPException) and exc.status >= 400:
         problem = HTTPProblem(exc.status, exc.text or exc.reason)
+    elif isinstance(exc, RequestPayloadError):  # the client's body does not decode
+        problem = HTTPProblem(400, "malformed request body", code="bad_http")
     else:
         log.error("unhandled error", exc_info=exc, extra={"request_id": request_id})
         problem = HTTPProblem(

@@ -162,12 +162,16 @@ def rule_files(paths: Iterable[Path]) -> list[Path]:
 def load_configured(config: Config) -> RuleSet:
     """The rules a config names: the shipped ones (unless ``rules.shipped: false``) and,
     beside them, the files of ``rules.paths``."""
-    return load_rules(config.user_rule_paths(), shipped=config.shipped_rule_paths())
+    origin = Where(config.source, 1) if config.source else None
+    return load_rules(config.user_rule_paths(), shipped=config.shipped_rule_paths(), origin=origin)
 
 
-def load_rules(paths: Iterable[Path], shipped: Iterable[Path] = ()) -> RuleSet:
+def load_rules(
+    paths: Iterable[Path], shipped: Iterable[Path] = (), origin: Where | None = None
+) -> RuleSet:
     """Load and compile the rule files of ``paths`` beside those of ``shipped`` (the rules
-    that come with bloxproxy); raise one ConfigError listing every problem.
+    that come with bloxproxy); raise one ConfigError listing every problem (no file at all
+    is reported at ``origin``, the config file that named them, when given).
 
     A route of ``paths`` whose id is a shipped route's replaces that route (listed in
     :attr:`RuleSet.overrides`); every other clash (one id twice among the user's files, one
@@ -216,8 +220,13 @@ def load_rules(paths: Iterable[Path], shipped: Iterable[Path] = ()) -> RuleSet:
             added.append(route)
     files = [*shipped_files, *user_files]
     if not files:
-        where = ", ".join(str(p) for p in [*shipped, *paths]) or "rules"
-        problems.append(Problem(Where(where, 0), "no rule files found"))
+        if origin is not None:
+            problems.append(
+                Problem(origin, "rules: no rule files found (none shipped, none in rules.paths)")
+            )
+        else:
+            where = ", ".join(str(p) for p in [*shipped, *paths]) or "rules"
+            problems.append(Problem(Where(where, 0), "no rule files found"))
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))
     return RuleSet(tuple(routes), router, tuple(str(f) for f in files), overrides)

@@ -10,6 +10,11 @@
   ``bloxproxy_reloads_total{result="error"}``, and the old rules keep serving. Settings that
   only take effect at start (listening address, workers, Redis URL, pool and cache sizes) are
   reported as needing a restart and keep their running values.
+- **Client connections** (:func:`start_runner`): header, body and keep-alive deadlines and a
+  cap (:mod:`bloxproxy.connections`), the cap lowered to what the open-file limit holds,
+  whose soft value is raised to the hard one at start (:mod:`bloxproxy.files`). With
+  ``server.ops_port``, a second listener serves healthz, readyz and metrics without keys
+  (:mod:`bloxproxy.ops`).
 - **Workers** (``--workers N``): the supervisor starts N processes that bind the same port
   with ``SO_REUSEPORT``; each has its own L1 and they share Redis when configured. Signals
   are forwarded; a worker that dies is restarted.
@@ -36,8 +41,10 @@ from aiohttp import web
 
 from . import config as config_mod
 from .config import Config
-from .connections import use_problem_errors
+from .connections import Limits, guard_connections
 from .errors import ConfigError, Problem
+from .files import connection_cap, open_file_limit, raise_file_limit
+from .ops import OPS_MAX_CONNECTIONS, create_ops_app
 from .rules import RuleSet, load_configured, rule_files
 
 log = logging.getLogger("bloxproxy")
@@ -53,6 +60,12 @@ RESTART_ONLY = (
     "server.max_body_size",
     "server.shutdown_grace",
     "server.admin_token",
+    "server.header_timeout",
+    "server.body_timeout",
+    "server.keepalive_timeout",
+    "server.max_connections",
+    "server.ops_host",
+    "server.ops_port",
     "cache.redis",
     "cache.max_bytes",
     "cache.max_entries",
@@ -66,6 +79,7 @@ RESTART_ONLY = (
     "retries.deadline",
     "limits.upstream.shared",
     "limits.clients",
+    "limits.auth_failures",
     "auth",
     "logging",
 )
@@ -269,6 +283,9 @@ async def serve(
     """Run one server process until SIGINT/SIGTERM."""
     from .app import create_app
 
+    before, after = raise_file_limit()
+    if after > before:
+        log.info("raised the open-file limit from %d to %d (the hard limit)", before, after)
     runners: list[web.AppRunner] = []
     if fake_upstream:
         from .fake import create_fake_app
@@ -290,6 +307,12 @@ async def serve(
         runner, config.server.host, config.server.port, reuse_port=reuse_port or None, backlog=1024
     )
     await site.start()
+    if config.server.ops_port:
+        ops_runner = await start_ops_runner(app, config)
+        runners.insert(0, ops_runner)  # closed first: nothing there needs draining
+        host, port = config.server.ops_host, config.server.ops_port
+        await web.TCPSite(ops_runner, host, port, reuse_port=reuse_port or None).start()
+        log.info("ops endpoints (no access keys) on http://%s:%d/_bloxproxy/", host, port)
     _tune_gc()
     log.info(
         "bloxproxy listening on http://%s:%d (%d clean routes, pid %d)",
@@ -331,19 +354,50 @@ def shutdown_timeout(grace: float) -> float:
 
 
 async def start_runner(app: web.Application, config: Config) -> web.AppRunner:
-    """The runner every server of ours uses (``serve`` and the live tests)."""
+    """The runner every server of ours uses (``serve`` and the live tests): client
+    connections with deadlines and a cap (:mod:`bloxproxy.connections`)."""
+    server = config.server
+    files = open_file_limit()
+    cap = connection_cap(config, files, extra=OPS_MAX_CONNECTIONS if server.ops_port else 0)
+    if cap < server.max_connections:
+        log.warning(
+            "server.max_connections %d lowered to %d: the open-file limit is %d "
+            "(raise it, e.g. docker run --ulimit nofile=65536:65536)",
+            server.max_connections,
+            cap,
+            files,
+            extra={"event": "file_limit"},
+        )
+    return await _runner(app, app, config, cap, "main")
+
+
+async def start_ops_runner(app: web.Application, config: Config) -> web.AppRunner:
+    """The ops listener's runner (``server.ops_port``): ``app``'s healthz, readyz and
+    metrics without access keys (:mod:`bloxproxy.ops`), with a connection cap of its own."""
+    return await _runner(create_ops_app(app), app, config, OPS_MAX_CONNECTIONS, "ops")
+
+
+async def _runner(
+    serving: web.Application, app: web.Application, config: Config, cap: int, listener: str
+) -> web.AppRunner:
+    from .appkeys import CONNECTIONS
+
+    server = config.server
     # Request lines and headers up to 16 KiB (aiohttp: 8 KiB): long cursors and id lists
-    # fit; beyond, the client gets a 400 problem (use_problem_errors), never plain text.
+    # fit; beyond, the client gets a 400 problem (middlewares.ProblemRequestHandler, which
+    # connections.GuardedRequestHandler extends), never plain text.
     runner = web.AppRunner(
-        app,
+        serving,
         access_log=None,
         handle_signals=False,
-        shutdown_timeout=shutdown_timeout(config.server.shutdown_grace),
+        shutdown_timeout=shutdown_timeout(server.shutdown_grace),
         max_line_size=MAX_LINE,
         max_field_size=MAX_LINE,
+        keepalive_timeout=server.keepalive_timeout,
     )
     await runner.setup()
-    use_problem_errors(runner)
+    limits = Limits(server.header_timeout, server.body_timeout, cap)
+    guard_connections(runner, limits, app[CONNECTIONS].counts(listener))
     return runner
 
 

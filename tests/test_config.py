@@ -133,6 +133,12 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("server", "workers"), "2", "2", 2),
     (("server", "shutdown_grace"), "30s", "30s", 30.0),
     (("server", "admin_token"), "'s3cret: 1'", "s3cret: 1", "s3cret: 1"),
+    (("server", "header_timeout"), "2s", "2s", 2.0),
+    (("server", "body_timeout"), "0", "0", 0.0),
+    (("server", "keepalive_timeout"), "5m", "5m", 300.0),
+    (("server", "max_connections"), "100", "100", 100),
+    (("server", "ops_host"), "10.0.0.5", "10.0.0.5", "10.0.0.5"),
+    (("server", "ops_port"), "9102", "9102", 9102),
     (
         ("upstream", "base_url"),
         "http://127.0.0.1:9000/{service}/",
@@ -193,6 +199,8 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("limits", "clients", "rate"), "100", "100", 100.0),
     (("limits", "clients", "burst"), "200", "200", 200),
     (("limits", "clients", "forwarded_for_hops"), "1", "1", 1),
+    (("limits", "auth_failures", "rate"), "0", "0", 0.0),
+    (("limits", "auth_failures", "burst"), "5", "5", 5),
     (("retries", "attempts"), "1", "1", 1),
     (("retries", "backoff_base"), "10ms", "10ms", pytest.approx(0.01)),
     (("retries", "backoff_max"), "5s", "5s", 5.0),
@@ -203,6 +211,8 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("logging", "format"), "text", "text", "text"),
     (("logging", "access_log"), "false", "false", False),
     (("logging", "access_fields"), "[status, path]", "status,path", ("status", "path")),
+    (("logging", "repeat_limit"), "0", "0", 0),
+    (("logging", "repeat_window"), "10s", "10s", 10.0),
 ]
 OVERRIDE_IDS = [".".join(o[0]) for o in OVERRIDES]
 
@@ -330,6 +340,13 @@ def test_env_overrides_the_file(tmp_path: Path) -> None:
             ["$BLOXPROXY_SERVER_PORT: cannot read value '[1'"],
         ),
         (
+            {"BLOXPROXY_SERVER_OPS_PORT": "8080"},
+            [
+                "$BLOXPROXY_SERVER_OPS_PORT: server.ops_port: must differ from server.port "
+                "(it asks for no key)"
+            ],
+        ),
+        (
             {"BLOXPROXY_UPSTREAM_ALLOWED_SERVICES": "users,Games"},
             [
                 "$BLOXPROXY_UPSTREAM_ALLOWED_SERVICES: upstream.allowed_services: 'Games' is "
@@ -364,7 +381,9 @@ NOT_SERVICE = "is not a service name (lower-case letters, digits, -)"
 SIZE = "expected a size like '64MiB', '512KiB' or a byte count"
 UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, retries, rules, server, upstream"
 UNKNOWN_ALLOWED_SERVER = (
-    "admin_token, allow_open, host, host_suffix, max_body_size, port, shutdown_grace, workers"
+    "admin_token, allow_open, body_timeout, header_timeout, host, host_suffix, "
+    "keepalive_timeout, max_body_size, max_connections, ops_host, ops_port, port, "
+    "shutdown_grace, workers"
 )
 UNKNOWN_ALLOWED_REDIS = "max_connections, prefix, timeout, url"
 

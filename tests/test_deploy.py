@@ -78,6 +78,7 @@ from bloxproxy import cli
 from bloxproxy import config as config_mod
 from bloxproxy.app import RESERVED_PREFIX, create_app
 from bloxproxy.config import Config
+from bloxproxy.files import connection_cap
 from bloxproxy.rules import load_rules, rule_files
 from bloxproxy.schema import duration
 from bloxproxy.serve import open_listener
@@ -940,6 +941,11 @@ def test_compose_two_replicas_one_redis_one_port(
     assert re.fullmatch(rf"redis://{redis_name}:6379/\d+", config.cache.redis.url)
     assert config.limits.upstream.shared, "the replicas share the upstream rate"
     assert duration(proxy["stop_grace_period"]) > config.server.shutdown_grace
+    nofile = proxy["ulimits"]["nofile"]
+    assert nofile["soft"] == nofile["hard"]
+    assert connection_cap(config, nofile["soft"]) == config.server.max_connections, (
+        "the open-file limit holds every client connection beside the pools"
+    )
 
     # one published port, on the front, which round-robins over the replicas
     fronts = [(n, s) for n, s in services.items() if published(s)]

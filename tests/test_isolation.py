@@ -346,7 +346,7 @@ async def test_secrets_never_appear_in_logs_metrics_cache_keys_or_answers(
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     await seen.send(proxy, "GET", "/v1/as-viewer/156", headers=h(credentials()[0]))
-    assert await seen.send(proxy, "GET", "/_bloxproxy/metrics") == 200
+    assert await seen.send(proxy, "GET", "/_bloxproxy/metrics", headers=h()) == 200
     metrics = seen.answers[-1][2].decode()
     for task in [*fetcher_of(proxy)._background]:
         await task

@@ -93,8 +93,10 @@ class Scrape:
         return self.samples.get((name, frozenset(labels.items())), 0.0)
 
 
-async def scrape(client: Client) -> Scrape:
-    answer = await call(client, "/_bloxproxy/metrics")
+async def scrape(client: Client, key: str = "") -> Scrape:
+    """``key``: the access key, when the proxy has keys (metrics then need one)."""
+    headers = {"X-Bloxproxy-Key": key} if key else {}
+    answer = await call(client, "/_bloxproxy/metrics", headers=headers)
     assert answer.status == 200
     assert answer.headers["Content-Type"].startswith("text/plain; version=")
     return Scrape(answer.body.decode())
@@ -578,7 +580,7 @@ async def test_no_secret_in_access_log_app_log_or_metrics(
 
     access = b"\n".join(access_lines(proxy, capsysbinary))
     assert len(access.splitlines()) == len(statuses)
-    metrics = (await scrape(proxy)).text.encode()
+    metrics = (await scrape(proxy, SECRETS["access_key"])).text.encode()
     formatter = JsonFormatter()
     # aiohttp.access: the test server's own access logger (serve runs with access_log=None;
     # test_serve checks the real process's stderr)
@@ -817,8 +819,12 @@ async def test_reserved_paths_never_reach_passthrough(
     assert fake.total == 0
 
 
-async def test_proxy_endpoints_do_not_need_the_access_key(make_proxy: ProxyFactory) -> None:
+async def test_probes_do_not_need_the_access_key_metrics_do(make_proxy: ProxyFactory) -> None:
+    """With keys on, healthz and readyz's bare status answer without one (orchestrators'
+    probes); metrics need one (tests/test_hostile_front.py has the rest of the rules)."""
     proxy = await make_proxy(BLOXPROXY_AUTH_KEYS="k")
     assert (await call(proxy, "/v1/users/1")).status == 401
-    for path in ("healthz", "readyz", "metrics"):
+    for path in ("healthz", "readyz"):
         assert (await call(proxy, f"/_bloxproxy/{path}")).status == 200, path
+    assert (await call(proxy, "/_bloxproxy/metrics")).status == 401
+    assert (await scrape(proxy, "k")).get("bloxproxy_requests_total", route="none", status="401")

@@ -21,7 +21,7 @@ from bloxproxy.errors import StoreUnavailable
 from bloxproxy.ratelimit import Decision, MemoryBuckets, RedisBuckets
 from tests.conftest import FakeClock
 
-Take = Callable[[str, float], Awaitable[Decision]]
+Take = Callable[..., Awaitable[Decision]]  # take(key, cost, dry_run=False)
 MakeBuckets = Callable[[float, int], Take]
 
 EPOCH = 1_800_000_000.0  # wall-clock magnitudes, where float seconds lose microseconds
@@ -36,8 +36,8 @@ async def make_buckets(request: pytest.FixtureRequest) -> AsyncIterator[MakeBuck
         def make_memory(rate: float, burst: int) -> Take:
             buckets = MemoryBuckets(rate, burst, clock)
 
-            async def take(key: str, cost: float = 1.0) -> Decision:
-                return buckets.take(key, cost)
+            async def take(key: str, cost: float = 1.0, dry_run: bool = False) -> Decision:
+                return buckets.take(key, cost, dry_run=dry_run)
 
             return take
 
@@ -47,8 +47,8 @@ async def make_buckets(request: pytest.FixtureRequest) -> AsyncIterator[MakeBuck
     buckets = RedisBuckets(client, "test:rl:")
 
     def make_redis(rate: float, burst: int) -> Take:
-        async def take(key: str, cost: float = 1.0) -> Decision:
-            return await buckets.take(key, rate, burst, cost)
+        async def take(key: str, cost: float = 1.0, dry_run: bool = False) -> Decision:
+            return await buckets.take(key, rate, burst, cost, dry_run=dry_run)
 
         return take
 
@@ -61,6 +61,15 @@ async def make_buckets(request: pytest.FixtureRequest) -> AsyncIterator[MakeBuck
 # -- contract: both implementations -----------------------------------------------------------
 # Rates are slow (a token per second or less) so the real time a Redis round trip takes
 # never refills a token in the middle of a test.
+
+
+async def test_a_dry_run_answers_like_a_take_and_takes_nothing(make_buckets: MakeBuckets) -> None:
+    take = make_buckets(1, 3)
+    assert [(await take("k", 1, dry_run=True)).allowed for _ in range(10)] == [True] * 10
+    assert [(await take("k", 1)).allowed for _ in range(4)] == [True] * 3 + [False]
+    dry = await take("k", 1, dry_run=True)
+    assert not dry.allowed and 0 < dry.retry_after <= 1.0
+    assert not (await take("k", 1)).allowed  # the dry runs left the bucket as it was
 
 
 @pytest.mark.parametrize(("rate", "burst"), [(1, 1), (1, 5), (5, 5), (0.5, 3), (1, 20), (0.2, 7)])

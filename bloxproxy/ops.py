@@ -1,0 +1,117 @@
+"""The proxy's operational endpoints — ``healthz``, ``readyz``, ``metrics`` — and the ops
+listener.
+
+On the main listener, with access keys on (``auth.keys``), the ops data sits behind them:
+
+- ``/_bloxproxy/healthz`` stays open: an orchestrator's liveness probe sends no key, and
+  "the process answers" tells nobody anything;
+- ``/_bloxproxy/readyz`` answers its bare status (``{"status": "ok"}`` or ``"degraded"``,
+  all a readiness probe needs) without a key, and its checks with one; a *wrong* key is a
+  401 and a failed attempt for the throttle (else readyz would tell right keys from wrong
+  ones at full speed);
+- ``/_bloxproxy/metrics`` needs a key.
+
+The key goes in ``auth.header``, or as ``Authorization: Bearer <key>`` (what Prometheus's
+``authorization`` scrape setting sends; on these endpoints ``Authorization`` is not
+Roblox's). The ops listener (``server.ops_port`` on ``server.ops_host``, see
+:func:`bloxproxy.serve.start_ops_runner`) serves the three without keys and nothing else,
+for a scraper or probes on a private address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .appkeys import FRONT, METRICS, PIPELINE, RUNTIME
+from .authn import bearer
+from .errors import not_found
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+PREFIX = "/_bloxproxy/"
+OPS_MAX_CONNECTIONS = 64  # the ops listener's own cap: probes and scrapers are few
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+def readyz(main: web.Application, *, keyed: bool) -> Handler:
+    """Ready: config and rules loaded; Redis reachable when configured. Without Redis the
+    proxy still serves (L1 and upstream), so that is "degraded" (200), not "down"."""
+
+    async def handler(request: web.Request) -> web.Response:
+        details = await _key(main, request, required=False) if keyed else True
+        status, checks = await _readiness(main)
+        body: dict[str, object] = {"status": status}
+        if details:
+            body["checks"] = checks
+        return web.json_response(body)
+
+    return handler
+
+
+def metrics(main: web.Application, *, keyed: bool) -> Handler:
+    """Prometheus text format."""
+
+    async def handler(request: web.Request) -> web.Response:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        if keyed:
+            await _key(main, request, required=True)
+        resp = web.Response(body=generate_latest(main[METRICS].registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    return handler
+
+
+async def _key(main: web.Application, request: web.Request, *, required: bool) -> bool:
+    """Did ``request`` bring a valid access key (always, when keys are off)? Raises a 401
+    problem for a wrong one, or a missing one when ``required`` (429 past the throttle)."""
+    gate = main[FRONT].gate
+    if gate is None or not gate.keyed:
+        return True
+    given = request.headers.get(gate.header) or bearer(request.headers.get("Authorization", ""))
+    if not given and not required:
+        return False
+    await gate.authenticate(request, given)
+    return True
+
+
+async def _readiness(main: web.Application) -> tuple[str, dict[str, str]]:
+    checks = {"config": "ok", "rules": f"{len(main[PIPELINE].rules.routes)} routes"}
+    status = "ok"
+    redis = main[RUNTIME].redis
+    if redis is not None:
+        try:
+            async with asyncio.timeout(1.0):
+                await redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:  # any failure here means "not reachable right now"
+            checks["redis"] = f"unreachable ({type(exc).__name__})"
+            status = "degraded"
+    return status, checks
+
+
+def create_ops_app(main: web.Application) -> web.Application:
+    """The ops listener's app: the three endpoints of ``main``, without keys, and a 404
+    problem for everything else. Requests go through ``main``'s front handler (request
+    ids, errors as problems, metrics and the access line)."""
+    own = main[FRONT].wrap
+    ops = web.Application()
+    ops.router.add_get(PREFIX + "healthz", own(healthz, gated=False))
+    ops.router.add_get(PREFIX + "readyz", own(readyz(main, keyed=False), gated=False))
+    ops.router.add_get(PREFIX + "metrics", own(metrics(main, keyed=False), gated=False))
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        raise not_found(
+            "the ops listener serves only /_bloxproxy/healthz, readyz and metrics",
+            code="no_route",
+        )
+
+    ops.router.add_route("*", "/{tail:[\\s\\S]*}", own(elsewhere, gated=False))
+    return ops
