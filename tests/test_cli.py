@@ -183,7 +183,8 @@ def test_check_salvages_rules_shipped_from_a_broken_config(
     assert cli.main(["check", "-c", str(config)]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"{config}:2: server.port: expected an integer, got 'x'",
-        "rules: no rule files found",  # neither shipped rules nor rules.paths
+        # neither shipped rules nor rules.paths: said of the config that made it so
+        f"{config}:1: rules: no rule files found (none shipped, none in rules.paths)",
         "2 problem(s) found",
     ]
 
