@@ -129,15 +129,18 @@ class ClientGate:
                 code="unauthorized",
             )
 
-    async def check(self, request: web.Request) -> Decision | None:
-        ident = ""
+    async def check(self, request: web.Request) -> tuple[Decision | None, str]:
+        """The client's rate-limit decision (None: no client limit) and who the client is:
+        ``key:<hash>`` of its access key, else ``ip:<address>`` — the identity its share of
+        the upstream budget goes by too."""
         if self._keys:
             given = request.headers.get(self._header, "")
             await self.authenticate(request, given)
             ident = "key:" + hashlib.sha256(secret_bytes(given)).hexdigest()[:32]
+        else:
+            ident = "ip:" + client_ip(request, self._lim.forwarded_for_hops)
         if self._buckets is None:
-            return None
-        ident = ident or "ip:" + client_ip(request, self._lim.forwarded_for_hops)
+            return None, ident
         decision = await self._buckets.take(ident)
         if not decision.allowed:
             retry = max(1, math.ceil(decision.retry_after))
@@ -150,7 +153,7 @@ class ClientGate:
                 headers=headers,
                 extra={"retry_after": retry},
             )
-        return decision
+        return decision, ident
 
     def decorate(self, resp: web.StreamResponse, decision: Decision) -> None:
         # Roblox's own counters (Open Cloud sends x-ratelimit-limit/remaining/reset, maybe

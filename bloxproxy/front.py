@@ -188,7 +188,7 @@ class Front:
         remember: FastEntry | SharedFast | None = None
         try:
             if gated and self.gate is not None:
-                decision = await self.gate.check(request)
+                decision, info.client = await self.gate.check(request)
             if handler is not None:
                 resp: web.StreamResponse = await handler(request)
             else:

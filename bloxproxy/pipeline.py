@@ -42,7 +42,7 @@ from .errors import (
 from .observe import RequestInfo
 from .router import DuplicateRoute, Router
 from .rules import Route, RuleSet
-from .upstream.client import UpstreamRequest
+from .upstream.client import Caller, UpstreamRequest
 
 __all__ = ["Pipeline"]
 
@@ -121,7 +121,7 @@ class Pipeline:
         values = clean.values_of(route, raw_params, request.rel_url.query)
         ureq = clean.upstream_request(route, values, request.headers)
         fetched = await self.fetcher.fetch(
-            ureq, self._policies[route.id], info.request_id, credential
+            ureq, self._policies[route.id], self._caller(request, info), credential
         )
         try:
             return await self._clean_answer(route, values, fetched, raw_path, info)
@@ -202,6 +202,11 @@ class Pipeline:
             route=info.route,
         )
 
+    @staticmethod
+    def _caller(request: web.Request, info: RequestInfo) -> Caller:
+        """Who the upstream calls of this request are for (see ``Caller``)."""
+        return Caller(info.request_id, info.client or f"ip:{request.remote or ''}")
+
     def cache_key_for(self, raw_path: str, query: MultiMapping[str]) -> str | None:
         """The cache key an anonymous GET of this URL uses (for purging one URL)."""
         if _CLEAN_PREFIX.match(raw_path):
@@ -243,7 +248,8 @@ class Pipeline:
             drop_cacheable=self._drop_cacheable,
         )
         info.route = "passthrough:" + service
-        fetched = await self.fetcher.fetch(ureq, self.policy_for(ureq), info.request_id, credential)
+        caller = self._caller(request, info)
+        fetched = await self.fetcher.fetch(ureq, self.policy_for(ureq), caller, credential)
         entry = fetched.entry
         return Answer(
             entry.status,

@@ -32,7 +32,7 @@ from typing import Any
 
 from ..config import Config
 from ..errors import UpstreamError
-from ..upstream.client import Upstream, UpstreamRequest
+from ..upstream.client import NOBODY, Caller, Upstream, UpstreamRequest
 from ..upstream.inflight import ByteBudget, Lease
 from . import decide
 from .entry import KEPT_HEADERS, Entry, make_etag
@@ -72,17 +72,17 @@ class Fetcher:
     # -- the request path ----------------------------------------------------------------
 
     async def fetch(
-        self, req: UpstreamRequest, policy: Policy, request_id: str = "", credential: str = ""
+        self, req: UpstreamRequest, policy: Policy, caller: Caller = NOBODY, credential: str = ""
     ) -> Fetched:
-        """The answer to ``req`` under ``policy``, for the caller identified by
+        """The answer to ``req`` under ``policy``, for ``caller``, whose credential is
         ``credential`` (``""``: anonymous). A leader's answer carries the lease on its body
         (``Fetched.lease``): the caller releases it once the answer is written out."""
         if not (self.enabled and req.safe_read and policy.cacheable):
-            return await self._direct(req, request_id)
+            return await self._direct(req, caller)
         scope = ""
         if credential:
             if policy.credentials != "per_credential":
-                return await self._direct(req, request_id, detail="credentialed")
+                return await self._direct(req, caller, detail="credentialed")
             scope = decide.credential_scope(self._secret, credential)
         shared = not scope
         if shared:
@@ -105,14 +105,14 @@ class Fetcher:
                 return hit
             if state is decide.Freshness.STALE_WHILE_REVALIDATE:
                 if key not in self._inflight:
-                    self._start(key, req, policy, request_id, entry, shared)
+                    self._start(key, req, policy, caller, entry, shared)
                 stale = Fetched(entry, "STALE", key=key, shared=shared, detail="revalidating")
                 stale.cache_time = looked
                 return stale
         task = running = self._inflight.get(key)
         lease = None
         if task is None:
-            task, lease = self._start(key, req, policy, request_id, entry, shared)
+            task, lease = self._start(key, req, policy, caller, entry, shared)
             if lease is not None:
                 lease.hold()  # this caller writes the answer out: the body stays counted
         try:
@@ -166,11 +166,11 @@ class Fetcher:
     def _lease(self) -> Lease | None:
         return None if self.bodies is None else Lease(self.bodies)
 
-    async def _direct(self, req: UpstreamRequest, request_id: str, detail: str = "") -> Fetched:
+    async def _direct(self, req: UpstreamRequest, caller: Caller, detail: str = "") -> Fetched:
         start = time.perf_counter()
         lease = self._lease()
         try:
-            resp = await self.upstream.send(req, request_id, lease)
+            resp = await self.upstream.send(req, caller, lease)
         except BaseException:
             if lease is not None:
                 lease.release()
@@ -186,13 +186,13 @@ class Fetcher:
         key: str,
         req: UpstreamRequest,
         policy: Policy,
-        request_id: str,
+        caller: Caller,
         stale: Entry | None,
         shared: bool,
     ) -> tuple[asyncio.Task[Fetched], Lease | None]:
         lease = self._lease()
         task = self._running_loop().create_task(
-            self._miss(key, req, policy, request_id, stale, shared, lease)
+            self._miss(key, req, policy, caller, stale, shared, lease)
         )
         self._inflight[key] = task
 
@@ -210,14 +210,14 @@ class Fetcher:
         key: str,
         req: UpstreamRequest,
         policy: Policy,
-        request_id: str,
+        caller: Caller,
         stale: Entry | None,
         shared: bool,
         lease: Lease | None,
     ) -> Fetched:
         start = time.perf_counter()
         try:
-            fetched = await self._call(key, req, policy, request_id, stale, shared, lease)
+            fetched = await self._call(key, req, policy, caller, stale, shared, lease)
         finally:
             if lease is not None:
                 lease.release()  # the call's own hold; a waiting leader keeps its own
@@ -229,13 +229,13 @@ class Fetcher:
         key: str,
         req: UpstreamRequest,
         policy: Policy,
-        request_id: str,
+        caller: Caller,
         stale: Entry | None,
         shared: bool,
         lease: Lease | None,
     ) -> Fetched:
         try:
-            resp = await self.upstream.send(req, request_id, lease)
+            resp = await self.upstream.send(req, caller, lease)
         except UpstreamError:
             if decide.usable_on_error(stale, self.clock()):
                 assert stale is not None

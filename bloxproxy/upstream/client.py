@@ -100,12 +100,29 @@ class UpstreamRequest:
         return self.bucket or self.service
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who an upstream call is made for: the request id (sent upstream as ``X-Request-ID``,
+    logged), the client whose share of the upstream budget it draws on (``key:<hash>`` of
+    an access key, ``ip:<address>``, or ``""``), and how long it may wait for budget
+    (``None``: ``limits.upstream.max_wait``). Not part of what is asked: two callers of one
+    request share its answer."""
+
+    request_id: str = ""
+    client: str = ""
+    max_wait: float | None = None
+
+
+NOBODY = Caller()
+
+
 @dataclass(slots=True)
 class Call:
-    """One upstream call as the client middleware sees it: the request, and the lease its
-    answer's body is read under (None: no byte budget)."""
+    """One upstream call as the client middleware sees it: the request, who it is for, and
+    the lease its answer's body is read under (None: no byte budget)."""
 
     req: UpstreamRequest
+    caller: Caller = NOBODY
     lease: Lease | None = None
 
 
@@ -169,16 +186,17 @@ class Upstream:
         return URL(text, encoded=True)
 
     async def send(
-        self, req: UpstreamRequest, request_id: str = "", lease: Lease | None = None
+        self, req: UpstreamRequest, caller: Caller = NOBODY, lease: Lease | None = None
     ) -> UpstreamResponse:
-        """One upstream call (all its attempts); its body is read under ``lease``."""
+        """One upstream call (all its attempts) for ``caller``; its body is read under
+        ``lease``."""
         headers = list(req.headers)
-        if request_id:
-            headers.append(("X-Request-ID", request_id))
+        if caller.request_id:
+            headers.append(("X-Request-ID", caller.request_id))
         middleware = self._middleware
         middlewares: tuple[aiohttp.ClientMiddlewareType, ...] = ()
         if middleware is not None:
-            middlewares = (functools.partial(middleware, Call(req, lease)),)
+            middlewares = (functools.partial(middleware, Call(req, caller, lease)),)
         try:
             async with self._session.request(
                 req.method,
