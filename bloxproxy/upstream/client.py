@@ -104,13 +104,15 @@ class UpstreamRequest:
 class Caller:
     """Who an upstream call is made for: the request id (sent upstream as ``X-Request-ID``,
     logged), the client whose share of the upstream budget it draws on (``key:<hash>`` of
-    an access key, ``ip:<address>``, or ``""``), and how long it may wait for budget
-    (``None``: ``limits.upstream.max_wait``). Not part of what is asked: two callers of one
-    request share its answer."""
+    an access key, ``ip:<address>``, or ``""``) and that share's weight (a key given a
+    larger share of the budget has more), and how long it may wait for budget (``None``:
+    ``limits.upstream.max_wait``). Not part of what is asked: two callers of one request
+    share its answer."""
 
     request_id: str = ""
     client: str = ""
     max_wait: float | None = None
+    weight: float = 1.0
 
 
 NOBODY = Caller()
