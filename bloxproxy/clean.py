@@ -73,7 +73,7 @@ def upstream_request(
                 headers.append((name, value))
     body = None
     if b.body is not None:
-        body = orjson.dumps(b.body(values))
+        body = orjson.dumps(b.body(values), option=orjson.OPT_SORT_KEYS)  # one spelling
         headers.append(("Content-Type", "application/json"))
     query = "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in b.query.render(values))
     return UpstreamRequest(

@@ -202,6 +202,9 @@ def routes_table(rules: RuleSet, width: int = ROUTES_WIDTH) -> str:
             duration_text(c.stale_while_revalidate),
             duration_text(c.stale_if_error),
         )
+        batch = b.batch
+        if batch is not None:  # entities per id, merged calls: say which ids and how many
+            upstream += f" [batch: {batch.ids} <= {batch.max}]"
         rows.append((_cut(r.id, _ID_MAX), f"{r.method} {r.endpoint}", ttls, upstream))
     head = ("TTL", "SWR", "SIE")
     ttl_w = [max([len(head[i])] + [len(row[2][i]) for row in rows]) for i in range(3)]

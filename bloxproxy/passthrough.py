@@ -11,15 +11,17 @@ sends no body for a HEAD).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from urllib.parse import quote, unquote
 
+import orjson
 from aiohttp import web
 
 from .errors import HTTPProblem, bad_request, not_found
 from .upstream.client import UpstreamRequest, forwardable_request_headers
 
-__all__ = ["CONDITIONAL", "canonical_path", "unknown_service", "upstream_request"]
+__all__ = ["CONDITIONAL", "as_read", "canonical_path", "unknown_service", "upstream_request"]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
@@ -74,6 +76,25 @@ async def upstream_request(
         forwardable_request_headers(request.headers, drop_cacheable if safe else drop),
         body,
         safe_read=safe,
+    )
+
+
+def as_read(ureq: UpstreamRequest) -> UpstreamRequest:
+    """A passthrough POST that a rule documents as a read (users by ids, usernames,
+    presence…), made cacheable: its JSON body in one canonical spelling (keys sorted, no
+    spaces) sent with ``Content-Type: application/json``, so that every spelling of one
+    question is one cache entry and one upstream call. A body that is not JSON stays as it
+    is, and not cached."""
+    try:
+        data = orjson.loads(ureq.body or b"")
+    except orjson.JSONDecodeError:
+        return ureq
+    headers = tuple((k, v) for k, v in ureq.headers if k.lower() != "content-type")
+    return dataclasses.replace(
+        ureq,
+        body=orjson.dumps(data, option=orjson.OPT_SORT_KEYS),
+        headers=(*headers, ("Content-Type", "application/json")),
+        safe_read=True,
     )
 
 

@@ -41,7 +41,7 @@ from .errors import (
 )
 from .observe import RequestInfo
 from .router import DuplicateRoute, Router
-from .rules import Route, RuleSet
+from .rules import BatchSpec, Route, RuleSet
 from .upstream.client import Caller, UpstreamRequest
 
 __all__ = ["Pipeline"]
@@ -53,18 +53,30 @@ _PARAM = re.compile(r"\{[^}]*\}")
 def described_requests(
     routes: tuple[Route, ...], policies: dict[str, Policy]
 ) -> dict[str, Router[Policy]]:
-    """Per service, the upstream GETs the rules describe (their backend path templates),
-    each with its rule's policy: the first rule wins when several describe one request."""
+    """Per service, the upstream reads the rules describe (their backend method and path
+    template: GETs, and POSTs marked ``safe_read``), each with its rule's policy; the first
+    rule wins when several describe one request."""
     out: dict[str, Router[Policy]] = {}
     for route in routes:
         b = route.backend
-        if b.method != "GET":
+        if not b.safe_read:
             continue
         template = _PARAM.sub("{p}", b.path.text)  # one name per position, whatever the rule's
         try:
-            out.setdefault(b.service, Router()).add("GET", template, policies[route.id])
+            out.setdefault(b.service, Router()).add(b.method, template, policies[route.id])
         except DuplicateRoute:
             continue
+    return out
+
+
+def batch_endpoints(routes: tuple[Route, ...]) -> dict[tuple[str, str, str], BatchSpec]:
+    """The upstream batch endpoints the rules describe (``backend.batch``), by service,
+    method and path; the first rule's description wins."""
+    out: dict[tuple[str, str, str], BatchSpec] = {}
+    for route in routes:
+        spec = route.backend.batch
+        if spec is not None:
+            out.setdefault((spec.service, spec.method, spec.path), spec)
     return out
 
 
@@ -84,6 +96,7 @@ class Pipeline:
         self._policies = {r.id: Policy.for_route(r, config) for r in rules.routes}
         self._pass_policies = {safe: Policy.for_passthrough(safe, config) for safe in (True, False)}
         self._described = described_requests(rules.routes, self._policies)
+        self._batches = batch_endpoints(rules.routes)
 
     def swap(self, config: Config, rules: RuleSet) -> None:
         """Take a validated config and rule set (hot reload). Routing, parameter parsing and
@@ -120,7 +133,7 @@ class Pipeline:
         info.route = route.id
         values = clean.values_of(route, raw_params, request.rel_url.query)
         ureq = clean.upstream_request(route, values, request.headers)
-        fetched = await self.fetcher.fetch(
+        fetched = await self._fetch(
             ureq, self._policies[route.id], self._caller(request, info), credential
         )
         try:
@@ -248,8 +261,11 @@ class Pipeline:
             drop_cacheable=self._drop_cacheable,
         )
         info.route = "passthrough:" + service
+        policy = self.policy_for(ureq)
+        if policy.cacheable and ureq.method == "POST":
+            ureq = passthrough.as_read(ureq)  # a documented read: cached like a GET
         caller = self._caller(request, info)
-        fetched = await self.fetcher.fetch(ureq, self.policy_for(ureq), caller, credential)
+        fetched = await self._fetch(ureq, policy, caller, credential)
         entry = fetched.entry
         return Answer(
             entry.status,
@@ -262,12 +278,21 @@ class Pipeline:
 
     def policy_for(self, ureq: UpstreamRequest) -> Policy:
         """The policy of a passthrough request: its rule's when a rule describes the same
-        upstream request, else the passthrough default."""
+        upstream read (a GET, or a POST the rule marks ``safe_read``), else the passthrough
+        default (which caches GETs only)."""
         default = self._pass_policies[ureq.safe_read]
-        if not ureq.safe_read:
-            return default
         described = self._described.get(ureq.service)
-        if described is None:
+        if described is None or ureq.method not in ("GET", "POST"):
             return default
         policy, _, _ = described.match(ureq.method, ureq.path)
         return policy if policy is not None else default
+
+    async def _fetch(
+        self, ureq: UpstreamRequest, policy: Policy, caller: Caller, credential: str
+    ) -> Fetched:
+        """The fetch of ``ureq``: from its ids' entries when it asks a batch endpoint a rule
+        describes, else as one request."""
+        spec = self._batches.get((ureq.service, ureq.method, ureq.path))
+        if spec is not None:
+            return await self.fetcher.fetch_entities(ureq, spec, policy, caller, credential)
+        return await self.fetcher.fetch(ureq, policy, caller, credential)

@@ -358,6 +358,74 @@ BACKEND = Block(
             schema.boolean,
             shown="`true` for `GET`, else `false`",
         ),
+        Key(
+            "batch",
+            "The upstream request is a batch endpoint: how it takes ids and answers them (see "
+            "[Batches](#batches-entities-and-micro-batching)). Its answers are then cached per "
+            "id, any request to it — one id or many, clean or passthrough — is assembled from "
+            "those entries, and the missing ids of concurrent requests go upstream together.",
+            shown="none",
+        ),
+    ),
+)
+
+BATCH = Block(
+    "backend.batch",
+    (
+        Key(
+            "ids",
+            "The query parameter (`GET`) or top-level body field (`POST`) that carries the "
+            "list of ids, as Roblox names it: `userIds`, `universeIds`, `usernames`.",
+            schema.string,
+            required="required: the parameter or body field with the ids, e.g. userIds",
+        ),
+        Key(
+            "max",
+            "The endpoint's cap: the most ids one call may carry (more is Roblox's 400). A "
+            "request for more ids goes upstream as it is.",
+            schema.integer(1, 1000),
+            required="required: the endpoint's cap, e.g. 100",
+        ),
+        Key(
+            "items",
+            "The top-level key of the answer's list (`data`, `userPresences`).",
+            schema.string,
+            "data",
+        ),
+        Key(
+            "key",
+            "The field of an item that says which id it answers (`id`, `targetId`, `userId`, "
+            "`requestedUsername`). An id Roblox leaves out of the answer is cached as absent.",
+            schema.string,
+            required="required: the item field naming its id, e.g. id",
+        ),
+        Key(
+            "match",
+            "`exact` (numeric ids) or `case_insensitive` (names: `Builderman` is `builderman`).",
+            schema.choice("exact", "case_insensitive"),
+            "exact",
+        ),
+        Key(
+            "echo",
+            "The `key` field repeats the id as the caller wrote it (usernames' "
+            "`requestedUsername`): each caller's answer then says its own spelling.",
+            schema.boolean,
+            False,
+        ),
+        Key(
+            "about",
+            "What the ids are (`user`, `group`, `universe`, `asset`): the entity tag of each "
+            "entry (`user:156`).",
+            service_name,
+            shown="none",
+        ),
+        Key(
+            "window",
+            "How long a batch waits for other callers' ids once the upstream limiter has a "
+            "slot for it (while it has none, the batch keeps filling anyway).",
+            schema.duration,
+            "5ms",
+        ),
     ),
 )
 
@@ -558,6 +626,7 @@ BLOCKS: tuple[Block, ...] = (
     ROUTE,
     PARAM,
     BACKEND,
+    BATCH,
     RESPONSE,
     PAGINATION,
     ORDER_BY,

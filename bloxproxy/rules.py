@@ -28,6 +28,7 @@ from .params import Param, ParamError
 from .router import DuplicateRoute, Router
 from .rule_fields import (
     BACKEND,
+    BATCH,
     CACHE,
     FILE,
     LIMITS,
@@ -86,6 +87,29 @@ class CachePolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchSpec:
+    """How one upstream batch endpoint takes ids and answers them (``backend.batch``; the
+    entity cache and the micro-batcher work from it: :mod:`bloxproxy.cache.entities`)."""
+
+    service: str
+    method: str
+    path: str
+    ids: str  # the query parameter (GET) or top-level body field (POST) with the id list
+    max: int  # the endpoint's cap: more ids in one call is Roblox's 400
+    items: str = "data"  # the answer's list, a top-level key
+    key: str = "id"  # the field of an item that names its id
+    match: Literal["exact", "case_insensitive"] = "exact"
+    echo: bool = False  # the key field repeats the id as asked (usernames' requestedUsername)
+    about: str = ""  # the entity kind for tags (``user`` → ``user:156``)
+    window: float = 0.01  # how long a batch waits for companions once a limiter slot is free
+    list_format: Literal["csv", "repeat"] = "csv"  # how a GET's id list is written
+
+    @property
+    def numeric(self) -> bool:
+        return self.match == "exact"
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     service: str
     method: str
@@ -96,6 +120,7 @@ class Backend:
     forward_headers: tuple[str, ...]  # lower-case client header names sent upstream
     credentials: Literal["none", "forward"]
     safe_read: bool
+    batch: BatchSpec | None = None  # how the endpoint takes and answers ids (backend.batch)
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,6 +538,9 @@ def _load_backend(
                 )
             )
     safe_read: bool = method == "GET" if v["safe_read"] is None else v["safe_read"]
+    batch = None
+    if "batch" in b and service is not None and path is not None:
+        batch = _load_batch(b, service, method, path, v["list_format"], safe_read, problems)
     if len(problems) > before or service is None or path is None:
         return None
     return Backend(
@@ -525,6 +553,45 @@ def _load_backend(
         tuple(h.lower() for h in forward),
         v["credentials"],
         safe_read,
+        batch,
+    )
+
+
+def _load_batch(
+    b: MarkedDict,
+    service: str,
+    method: str,
+    path: PathTemplate,
+    list_format: Literal["csv", "repeat"],
+    safe_read: bool,
+    problems: list[Problem],
+) -> BatchSpec | None:
+    m = schema.mapping(b["batch"], b.at("batch"), "backend.batch", problems)
+    if m is None:
+        return None
+    before = len(problems)
+    v = BATCH.read(m, problems, "backend.batch")
+    if "{" in path.text:
+        problems.append(
+            Problem(b.at("batch"), "backend.batch: a batch endpoint's path has no parameters")
+        )
+    if not safe_read:
+        problems.append(Problem(b.at("batch"), "backend.batch: needs a safe read (safe_read)"))
+    if len(problems) > before:
+        return None
+    return BatchSpec(
+        service,
+        method,
+        path.text,
+        v["ids"],
+        v["max"],
+        v["items"],
+        v["key"],
+        v["match"],
+        v["echo"],
+        v["about"] or "",
+        v["window"],
+        list_format,
     )
 
 

@@ -743,17 +743,36 @@ async def test_status_mapped_to_404_is_a_negative_entry(
 # -- what is never cached ------------------------------------------------------------------
 
 
-async def test_passthrough_post_is_never_cached(proxy: Client, fake: FakeRoblox) -> None:
+async def test_a_passthrough_post_a_rule_documents_as_a_read_is_cached(
+    proxy: Client, fake: FakeRoblox
+) -> None:
+    """users.batch documents POST users/v1/users as a read: from passthrough it is cached
+    like a GET (per id), whatever the spelling of its JSON body, and shared with the clean
+    route that reads through the same POST."""
+    first = await get(proxy, "/users/v1/users", "POST", json={"userIds": [1, 156]})
+    assert (first.status, first.x_cache) == (200, "MISS")
+    assert first.headers["Cache-Control"].startswith("public, max-age=")
+    spelled = b'{ "excludeBannedUsers" : false ,"userIds":[1,156]}'  # no excludeBannedUsers
+    again = await get(proxy, "/users/v1/users", "POST", json={"userIds": [1, 156]})
+    other = await get(
+        proxy, "/users/v1/users", "POST", data=spelled, headers={"Content-Type": "text/json"}
+    )
+    assert (again.x_cache, again.body) == ("HIT", first.body)
+    assert other.status == 200
+    assert fake.count("users", "/v1/users", "POST") == 2  # a different variant: its own call
     for _ in range(2):
-        answer = await get(proxy, "/users/v1/users", "POST", json={"userIds": [1, 156]})
-        assert answer.status == 200
+        assert (await get(proxy, "/v1/users?ids=1,156")).status == 200
+    assert fake.count("users", "/v1/users", "POST") == 2  # the clean twin: from the entries
+
+
+async def test_a_passthrough_post_no_rule_documents_is_never_cached(
+    proxy: Client, fake: FakeRoblox
+) -> None:
+    for _ in range(2):
+        answer = await get(proxy, "/catalog/v1/catalog/items/details", "POST", json={"items": []})
         assert answer.x_cache == "BYPASS"
         assert answer.headers["Cache-Control"] == "no-store"
-    assert fake.count("users", "/v1/users", "POST") == 2
-    # while the clean route that reads through the same POST is cached
-    for _ in range(2):
-        await get(proxy, "/v1/users?ids=1,156")
-    assert fake.count("users", "/v1/users", "POST") == 3
+    assert fake.count("catalog", "/v1/catalog/items/details", "POST") == 2
 
 
 async def test_cache_disabled_bypasses_everything(

@@ -544,3 +544,10 @@ def test_console_entry_check() -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"ok: config {CONFIG}, ")
     assert proc.stderr == ""
+
+
+def test_routes_show_the_batch_endpoints(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["routes"]) == 0
+    out = capsys.readouterr().out
+    assert "POST presence/v1/presence/users [batch: userIds <= 50]" in out
+    assert "[batch: usernames <= 100]" in out

@@ -482,8 +482,8 @@ ALLOWED_PARAM = (
     "min_length, pattern, required, type"
 )
 ALLOWED_BACKEND = (
-    "body, credentials, forward_headers, headers, list_format, method, path, query, safe_read, "
-    "service"
+    "batch, body, credentials, forward_headers, headers, list_format, method, path, query, "
+    "safe_read, service"
 )
 ALLOWED_RESPONSE = (
     "allow, case, deny, empty, order_by, pagination, pick, rename, require, shape, status_map"

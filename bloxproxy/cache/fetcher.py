@@ -32,9 +32,11 @@ from typing import Any
 
 from ..config import Config
 from ..errors import UpstreamError
+from ..rules import BatchSpec
 from ..upstream.client import NOBODY, Caller, Upstream, UpstreamRequest
 from ..upstream.inflight import ByteBudget, Lease
-from . import decide
+from . import decide, entities
+from .batcher import Batch, Batcher
 from .entry import KEPT_HEADERS, Entry, make_etag
 from .policy import Policy
 from .result import Fetched
@@ -55,6 +57,8 @@ class Fetcher:
         clock: Callable[[], float] = time.time,
         shared: SharedCache | None = None,
         bodies: ByteBudget | None = None,
+        slot_in: Callable[[str], float] = lambda scope: 0.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.upstream = upstream
         self.clock = clock
@@ -68,6 +72,9 @@ class Fetcher:
         self._inflight: dict[str, asyncio.Task[Fetched]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._monotonic = monotonic
+        self._max_wait = config.limits.upstream.max_wait
+        self.batcher = Batcher(self._run_batch, slot_in=slot_in, clock=monotonic)
 
     # -- the request path ----------------------------------------------------------------
 
@@ -274,6 +281,187 @@ class Fetcher:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    # -- entities ------------------------------------------------------------------------
+
+    async def fetch_entities(
+        self,
+        req: UpstreamRequest,
+        spec: BatchSpec,
+        policy: Policy,
+        caller: Caller = NOBODY,
+        credential: str = "",
+    ) -> Fetched:
+        """The answer to ``req``, a request to the batch endpoint ``spec`` describes,
+        assembled from one entry per id; the ids not in the cache are asked upstream
+        through the micro-batcher (:mod:`.batcher`), merged with other callers' (see
+        :mod:`.entities`). A request that cannot be split, a credentialed one, and one
+        whose batch Roblox refused as a whole are fetched as they are (:meth:`fetch`)."""
+        if credential or not (self.enabled and policy.cacheable and req.safe_read):
+            return await self.fetch(req, policy, caller, credential)
+        shared = decide.shared_request(req, policy.send)
+        ask = entities.ask_of(spec, shared)
+        if ask is None:
+            return await self.fetch(req, policy, caller, credential)
+        variant_key = decide.cache_key(ask.variant, policy.send)
+        keys = [entities.entity_key(variant_key, n) for n in ask.norm]
+        looked = time.perf_counter()
+        found = [self.l1.get_nowait(k) for k in keys]
+        if self.shared is not None and None in found:
+            missing = [i for i, e in enumerate(found) if e is None]
+            got = await asyncio.gather(*(self.shared.get(keys[i]) for i in missing))
+            for i, entry in zip(missing, got, strict=True):
+                if entry is not None:
+                    found[i] = entry
+                    self.l1.set_nowait(keys[i], entry)
+        looked = time.perf_counter() - looked
+        now = self.clock()
+        deadline = self._monotonic() + (
+            caller.max_wait if caller.max_wait is not None else self._max_wait
+        )
+        parts: list[Entry | None] = list(found)
+        waiting: dict[int, asyncio.Future[Any]] = {}
+        result = "HIT"
+        started = False
+        for i, entry in enumerate(found):
+            state = decide.Freshness.EXPIRED if entry is None else decide.freshness(entry, now)
+            if state is decide.Freshness.FRESH:
+                continue
+            known = self.batcher.known(keys[i])
+            if state is decide.Freshness.STALE_WHILE_REVALIDATE:
+                result = "STALE"  # served now; one refresh (in a batch) runs meanwhile
+                if known is None:
+                    self._ask(spec, variant_key, ask, policy, keys[i], i, caller, deadline)
+                continue
+            started |= known is None
+            waiting[i] = known or self._ask(
+                spec, variant_key, ask, policy, keys[i], i, caller, deadline
+            )
+        upstream = 0.0
+        if waiting:
+            began = time.perf_counter()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    outcomes = await asyncio.gather(*(asyncio.shield(f) for f in waiting.values()))
+            except TimeoutError:
+                raise UpstreamError(
+                    504,
+                    f"no answer from {req.service} within {self._timeout:g}s (waited for a batch)",
+                    code="upstream_timeout",
+                ) from None
+            upstream = time.perf_counter() - began
+            for i, outcome in zip(waiting, outcomes, strict=True):
+                if outcome is _WHOLE:  # Roblox refused the merged batch: ask as asked
+                    return await self.fetch(req, policy, caller, credential)
+                if isinstance(outcome, Entry) and outcome.status in (200, 404):
+                    parts[i] = outcome  # the id's item, or Roblox's word that it has none
+                    continue
+                stale = found[i]
+                if decide.usable_on_error(stale, now):
+                    parts[i], result = stale, "STALE"
+                    continue
+                if isinstance(outcome, Entry):  # the error everyone's own call would get
+                    failed = Fetched(outcome, "MISS", key="", shared=True)
+                    failed.cache_time = looked
+                    return failed
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                raise UpstreamError(
+                    502, f"{req.service}: no answer for an id", code="upstream_error"
+                )
+            if result == "HIT":
+                result = "MISS" if started else "COALESCED"
+        entry = _assembled(spec, ask, parts, now)
+        fetched = Fetched(
+            entry,
+            result,
+            key=decide.cache_key(shared, policy.send),
+            shared=True,
+            stored=result == "MISS",
+        )
+        fetched.cache_time, fetched.upstream = looked, upstream
+        return fetched  # (no fast path: the answer is made of parts, not one L1 entry)
+
+    def _ask(
+        self,
+        spec: BatchSpec,
+        variant_key: str,
+        ask: entities.Ask,
+        policy: Policy,
+        key: str,
+        i: int,
+        caller: Caller,
+        deadline: float,
+    ) -> asyncio.Future[Any]:
+        return self.batcher.ask(
+            spec, variant_key, ask.variant, policy, key, ask.norm[i], ask.ids[i], caller, deadline
+        )
+
+    async def _run_batch(self, batch: Batch) -> dict[str, Any]:
+        """One batch call: ask Roblox, store each id's entry (absent ids as negative
+        entries), and say what each id got."""
+        spec: BatchSpec = batch.spec
+        policy: Policy = batch.policy
+        req = entities.batch_request(spec, batch.variant, list(batch.ids.values()))
+        lease = self._lease()
+        try:
+            resp = await self.upstream.send(req, batch.caller, lease)
+        except UpstreamError as exc:
+            return dict.fromkeys(batch.ids, exc)
+        finally:
+            if lease is not None:
+                lease.release()
+        now = self.clock()
+        if 200 <= resp.status < 300:
+            items = entities.items_of(spec, resp.body)
+            if items is None:
+                bad = UpstreamError(
+                    502,
+                    f"{req.service} answered a batch with an unexpected shape",
+                    code="upstream_bad_response",
+                )
+                return dict.fromkeys(batch.ids, bad)
+            kept = tuple((k, v) for k, v in resp.headers if k.lower() in KEPT_HEADERS)
+            out: dict[str, Any] = {}
+            for norm in batch.ids:
+                item = items.get(norm)
+                out[norm] = entry = self._entity(policy, spec, kept, item, now)
+                if entry.ttl > 0:
+                    key = entities.entity_key(batch.variant_key, norm)
+                    self.l1.set_nowait(key, entry)
+                    if self.shared is not None:
+                        self._spawn(self.shared.set(key, entry))
+            return out
+        if resp.status == 429 or resp.status >= 500:  # about the moment: everyone's call
+            failed = Entry(resp.status, resp.headers, resp.body, now, 0.0).for_another_caller()
+            return dict.fromkeys(batch.ids, failed)
+        return dict.fromkeys(batch.ids, _WHOLE)  # refused as a whole: each asks as it asked
+
+    @staticmethod
+    def _entity(
+        policy: Policy,
+        spec: BatchSpec,
+        headers: tuple[tuple[str, str], ...],
+        item: bytes | None,
+        now: float,
+    ) -> Entry:
+        """One id's entry: its item (200) or its absence (404), stored as the policy says —
+        per item, so a Pending thumbnail among Completed ones is kept for seconds only."""
+        if item is None:
+            ttl = decide.store_ttl(policy, 404, b"")
+            return Entry(404, (), b"", now, ttl)
+        alone = b'{"' + spec.items.encode() + b'":[' + item + b"]}"
+        ttl = decide.store_ttl(policy, 200, alone)
+        return Entry(
+            200,
+            headers,
+            item,
+            now,
+            ttl,
+            policy.stale_while_revalidate,
+            policy.stale_if_error,
+            make_etag(item),
+        )
+
     # -- renderings ------------------------------------------------------------------------
 
     def rendered(
@@ -291,7 +479,9 @@ class Fetcher:
         entry = fetched.entry
         if not fetched.cached:
             return render(entry), ""
-        rkey = f"{fetched.key} |render={route_id}"
+        # Keyed by the version of what it renders (the entry's ETag): an answer assembled
+        # from entities changes when one of its parts does, its age need not.
+        rkey = f"{fetched.key} |render={route_id}@{entry.etag}"
         if requested:
             rkey += "|" + ",".join(map(str, requested))
         memo = self.l1.get_nowait(rkey)
@@ -360,9 +550,40 @@ class Fetcher:
         return [*self._inflight.values(), *self._background]
 
     async def close(self) -> None:
+        await self.batcher.close()
         tasks = self.tasks()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+
+
+# A batch outcome: Roblox refused the merged batch as a whole (a 4xx other than 429), so
+# each caller asks its own request as it asked it.
+_WHOLE = object()
+
+
+def _assembled(spec: BatchSpec, ask: entities.Ask, parts: list[Entry | None], now: float) -> Entry:
+    """The answer assembled from its ids' entries: as old as the oldest of them and fresh
+    for as long as the shortest-lived (its ``Age`` and ``max-age`` say so), its ETag that of
+    its bytes."""
+    items = [p.body if p is not None and p.status == 200 else None for p in parts]
+    body = entities.assemble(spec, ask, items)
+    known = [p for p in parts if p is not None]
+    age = max((p.age(now) for p in known), default=0.0)
+    left = min((p.ttl - p.age(now) for p in known), default=0.0)
+    headers = next((p.headers for p in known if p.status == 200 and p.headers), _JSON)
+    return Entry(
+        200,
+        headers,
+        body,
+        now - age,
+        max(0.0, age + left),
+        min((p.stale_while_revalidate for p in known), default=0.0),
+        min((p.stale_if_error for p in known), default=0.0),
+        make_etag(body),
+    )
+
+
+_JSON = (("Content-Type", "application/json; charset=utf-8"),)

@@ -1,0 +1,178 @@
+"""The micro-batcher: concurrent asks for ids of one batch endpoint and variant become one
+upstream call, up to the endpoint's cap.
+
+An id asked while no batch of its variant is open opens one; ids asked while it is open join
+it (an id already open or already in flight is waited for, not asked twice). A batch goes
+(:func:`flush_at`) when it is full, or once its short window has passed *and* the upstream
+limiter has a slot for it — so while requests wait for budget the batch keeps filling, which
+is when merging pays most — but never later than the earliest of its callers' deadlines.
+The batcher only collects and schedules; ``run`` (the fetcher's) makes the call, stores the
+entities and says what each id got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..rules import BatchSpec
+from ..upstream.client import Caller
+
+__all__ = ["Batch", "Batcher", "flush_at"]
+
+# What ``run`` says an id got: its item's bytes, None (absent), or an exception.
+Outcome = Any
+Run = Callable[["Batch"], Awaitable[dict[str, Outcome]]]
+
+
+def flush_at(
+    *,
+    now: float,
+    opened: float,
+    window: float,
+    size: int,
+    cap: int,
+    slot_in: float,
+    deadline: float,
+) -> float:
+    """When an open batch should go: now when it is full; else once its window has passed
+    and the limiter has a slot (``slot_in`` seconds from now) — but not after the earliest
+    caller's ``deadline``."""
+    if size >= cap:
+        return now
+    return min(max(opened + window, now + slot_in), deadline)
+
+
+@dataclass(slots=True)
+class Batch:
+    """One batch being filled, then asked: its ids (normalized → as spelled) and who waits."""
+
+    spec: BatchSpec
+    variant_key: str
+    variant: Any  # the UpstreamRequest without ids
+    policy: Any  # how its entities are stored (the fetcher's)
+    caller: Caller  # the first asker's: its request id goes upstream, its share pays
+    opened: float
+    deadline: float
+    ids: dict[str, str] = field(default_factory=dict)
+    futures: dict[str, asyncio.Future[Outcome]] = field(default_factory=dict)
+    timer: asyncio.TimerHandle | None = None
+
+
+class Batcher:
+    """Open batches per variant, their timers, and the ids in flight (see the module
+    docstring). ``slot_in(scope)`` is the limiter's "seconds until a slot is free"."""
+
+    def __init__(
+        self,
+        run: Run,
+        *,
+        slot_in: Callable[[str], float] = lambda scope: 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._run = run
+        self._slot_in = slot_in
+        self._clock = clock
+        self._open: dict[str, Batch] = {}
+        self._flying: dict[str, asyncio.Future[Outcome]] = {}  # entity key → its outcome
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.calls = 0  # batches sent (tests and metrics)
+        self.asked = 0  # ids sent in them
+
+    def known(self, entity_key: str) -> asyncio.Future[Outcome] | None:
+        """The outcome already asked for ``entity_key`` (open or in flight), if any."""
+        known = self._flying.get(entity_key)
+        return known if known is not None and not known.done() else None
+
+    def ask(
+        self,
+        spec: BatchSpec,
+        variant_key: str,
+        variant: Any,
+        policy: Any,
+        entity_key: str,
+        norm: str,
+        spelled: str,
+        caller: Caller,
+        deadline: float,
+    ) -> asyncio.Future[Outcome]:
+        """The future outcome of one id: joined to the open batch of its variant (opened if
+        there is none), or the one already asked for it."""
+        known = self._flying.get(entity_key)
+        if known is not None and not known.done():
+            return known
+        batch = self._open.get(variant_key)
+        if batch is None:
+            batch = Batch(spec, variant_key, variant, policy, caller, self._clock(), deadline)
+            self._open[variant_key] = batch
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        batch.ids[norm] = spelled
+        batch.futures[norm] = future
+        batch.deadline = min(batch.deadline, deadline)
+        self._flying[entity_key] = future
+        future.add_done_callback(lambda _: self._forget(entity_key, future))
+        self._schedule(batch)
+        return future
+
+    def _forget(self, entity_key: str, future: asyncio.Future[Outcome]) -> None:
+        if self._flying.get(entity_key) is future:
+            del self._flying[entity_key]
+
+    def _schedule(self, batch: Batch) -> None:
+        now = self._clock()
+        when = flush_at(
+            now=now,
+            opened=batch.opened,
+            window=batch.spec.window,
+            size=len(batch.ids),
+            cap=batch.spec.max,
+            slot_in=self._slot_in(batch.variant.scope),
+            deadline=batch.deadline,
+        )
+        if batch.timer is not None:
+            batch.timer.cancel()
+            batch.timer = None
+        if when <= now:
+            self._flush(batch)
+            return
+        loop = asyncio.get_running_loop()
+        batch.timer = loop.call_later(when - now, self._schedule, batch)
+
+    def _flush(self, batch: Batch) -> None:
+        if self._open.get(batch.variant_key) is batch:
+            del self._open[batch.variant_key]
+        self.calls += 1
+        self.asked += len(batch.ids)
+        task = asyncio.get_running_loop().create_task(self._go(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _go(self, batch: Batch) -> None:
+        try:
+            outcomes = await self._run(batch)
+        except BaseException as exc:  # every waiter learns what happened, whatever it was
+            outcomes = {norm: exc for norm in batch.futures}
+            if isinstance(exc, asyncio.CancelledError):
+                for future in batch.futures.values():
+                    future.cancel()
+                raise
+        for norm, future in batch.futures.items():
+            if not future.done():
+                future.set_result(outcomes.get(norm))
+
+    async def close(self) -> None:
+        for batch in list(self._open.values()):
+            if batch.timer is not None:
+                batch.timer.cancel()
+            for future in batch.futures.values():
+                future.cancel()
+        self._open.clear()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):
+                await task
