@@ -239,7 +239,7 @@ def test_routes_prints_every_route_with_its_id_upstream_and_ttls(
         "GET users/v1/users/{user_id}",
     )
     assert table["users.batch"][0][3:] == ["10m", "1m", "1h"]
-    assert table["users.batch"][1] == "POST users/v1/users"
+    assert table["users.batch"][1] == "POST users/v1/users [batch: userIds <= 200]"
     assert table["presence.batch"][0][-3:] == ["30s", "-", "5m"]
     assert table["groups.members"] == (
         ["groups.members", "GET", "/v1/groups/{group_id}/members", "2m", "-", "1h"],
