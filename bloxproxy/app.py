@@ -162,7 +162,13 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     session = create_session(config)
     upstream = Upstream(config, session, guard.middleware)
     bodies = ByteBudget(config.upstream.max_inflight_bytes, on_idle=release_free_memory)
-    fetcher = Fetcher(upstream, config, clock=rt.clock, bodies=bodies)
+    fetcher = Fetcher(
+        upstream,
+        config,
+        clock=rt.clock,
+        bodies=bodies,
+        slot_in=guard.limiter.next_slot_in,  # batches fill while they wait for a slot
+    )
     shared = getter = None
     if rt.redis is not None and rt.listener is not None and config.cache.enabled:
         # The L2 read on one pipelined connection (a fraction of redis-py's CPU per GET);

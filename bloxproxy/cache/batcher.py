@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,18 +64,12 @@ class Batch:
 
 class Batcher:
     """Open batches per variant, their timers, and the ids in flight (see the module
-    docstring). ``slot_in(scope)`` is the limiter's "seconds until a slot is free"."""
+    docstring). ``slot_in(scope)`` is the limiter's "seconds until a slot is free"; times
+    are the event loop's (deadlines are in it too)."""
 
-    def __init__(
-        self,
-        run: Run,
-        *,
-        slot_in: Callable[[str], float] = lambda scope: 0.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, run: Run, *, slot_in: Callable[[str], float] = lambda scope: 0.0) -> None:
         self._run = run
         self._slot_in = slot_in
-        self._clock = clock
         self._open: dict[str, Batch] = {}
         self._flying: dict[str, asyncio.Future[Outcome]] = {}  # entity key → its outcome
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,7 +100,15 @@ class Batcher:
             return known
         batch = self._open.get(variant_key)
         if batch is None:
-            batch = Batch(spec, variant_key, variant, policy, caller, self._clock(), deadline)
+            batch = Batch(
+                spec,
+                variant_key,
+                variant,
+                policy,
+                caller,
+                asyncio.get_running_loop().time(),
+                deadline,
+            )
             self._open[variant_key] = batch
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         batch.ids[norm] = spelled
@@ -123,7 +124,7 @@ class Batcher:
             del self._flying[entity_key]
 
     def _schedule(self, batch: Batch) -> None:
-        now = self._clock()
+        now = asyncio.get_running_loop().time()
         when = flush_at(
             now=now,
             opened=batch.opened,

@@ -58,7 +58,6 @@ class Fetcher:
         shared: SharedCache | None = None,
         bodies: ByteBudget | None = None,
         slot_in: Callable[[str], float] = lambda scope: 0.0,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.upstream = upstream
         self.clock = clock
@@ -72,9 +71,9 @@ class Fetcher:
         self._inflight: dict[str, asyncio.Task[Fetched]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._monotonic = monotonic
         self._max_wait = config.limits.upstream.max_wait
-        self.batcher = Batcher(self._run_batch, slot_in=slot_in, clock=monotonic)
+        # (batch windows and deadlines are real time: the loop's clock, as the timers are)
+        self.batcher = Batcher(self._run_batch, slot_in=slot_in)
 
     # -- the request path ----------------------------------------------------------------
 
@@ -315,7 +314,7 @@ class Fetcher:
                     self.l1.set_nowait(keys[i], entry)
         looked = time.perf_counter() - looked
         now = self.clock()
-        deadline = self._monotonic() + (
+        deadline = self._running_loop().time() + (
             caller.max_wait if caller.max_wait is not None else self._max_wait
         )
         parts: list[Entry | None] = list(found)

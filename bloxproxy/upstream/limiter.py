@@ -66,6 +66,15 @@ class Limiter:
             self._local[scope] = limiter
         return limiter
 
+    def next_slot_in(self, scope: str) -> float:
+        """Seconds until a slot of ``scope`` is free for a new request (0.0: one is free
+        now); the micro-batcher keeps a batch filling meanwhile. An estimate from the local
+        bucket (one slot's time when it is full), also when the budget is shared."""
+        limiter = self._limiter(scope)
+        if limiter.has_capacity():
+            return 0.0
+        return limiter.time_period / limiter.max_rate
+
     async def acquire(self, scope: str) -> None:
         """Take a slot for one attempt; Unavailable when none comes within ``max_wait``."""
         max_wait = self._config.limits.upstream.max_wait
