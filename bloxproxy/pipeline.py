@@ -132,12 +132,32 @@ class Pipeline:
             raise bad_request("the query string is not valid UTF-8") from None
         info.route = route.id
         values = clean.values_of(route, raw_params, request.rel_url.query)
-        ureq = clean.upstream_request(route, values, request.headers)
-        fetched = await self._fetch(
-            ureq, self._policies[route.id], self._caller(request, info), credential
+        return await self.route_answer(
+            route,
+            values,
+            request.headers,
+            self._caller(request, info),
+            credential,
+            raw_path,
         )
+
+    async def route_answer(
+        self,
+        route: Route,
+        values: dict[str, Any],
+        headers: MultiMapping[str],
+        caller: Caller,
+        credential: str,
+        instance: str,
+    ) -> Answer:
+        """The answer of one clean route for its parsed ``values``: what the clean door
+        gives a client, and what a route made of other routes uses for each of its parts
+        (``headers``: the client's, for what the rule forwards; ``instance``: the path its
+        problems name)."""
+        ureq = clean.upstream_request(route, values, headers)
+        fetched = await self._fetch(ureq, self._policies[route.id], caller, credential)
         try:
-            return await self._clean_answer(route, values, fetched, raw_path, info)
+            return await self._clean_answer(route, values, fetched, instance, caller.request_id)
         except BaseException:
             if fetched.lease is not None:
                 fetched.lease.release()  # no answer will be written
@@ -167,13 +187,13 @@ class Pipeline:
         route: Route,
         values: dict[str, Any],
         fetched: Fetched,
-        raw_path: str,
-        info: RequestInfo,
+        instance: str,
+        request_id: str,
     ) -> Answer:
         entry = fetched.entry
         if not 200 <= entry.status < 300:
             problem = clean.upstream_problem(route, entry.status, entry.body, entry.headers)
-            return self._problem(problem, fetched, raw_path, info)
+            return _problem(problem, fetched, instance, request_id, route.id)
         requested = values.get(route.order_param) if route.order_param else None
         # How any entry of this key becomes this answer's body (the front door's fast path
         # from Redis renders with it too: see prepared.SharedFast).
@@ -187,7 +207,7 @@ class Pipeline:
                 await self.fetcher.purge_key(fetched.key)
             raise
         except HTTPProblem as problem:  # the route found nothing in it (require, empty)
-            return self._problem(problem, fetched, raw_path, info)
+            return _problem(problem, fetched, instance, request_id, route.id)
         return Answer(
             200,
             body,
@@ -196,23 +216,6 @@ class Pipeline:
             fetched=fetched,
             route=route.id,
             renderer=renderer,
-        )
-
-    def _problem(
-        self, problem: HTTPProblem, fetched: Fetched, raw_path: str, info: RequestInfo
-    ) -> Answer:
-        """A problem answer that still says how the cache got it (``X-Cache``, ``Age``…).
-        Its body names the request, so its ETag is weak: the entry's, not the bytes'."""
-        body = problem_body(problem, instance=instance_of(raw_path), request_id=info.request_id)
-        etag = f"W/{fetched.entry.etag}" if fetched.cached and fetched.entry.etag else ""
-        return Answer(
-            problem.status,
-            body,
-            headers=tuple(problem.headers.items()),
-            content_type=PROBLEM_JSON,
-            etag=etag,
-            fetched=fetched,
-            route=info.route,
         )
 
     @staticmethod
@@ -296,3 +299,21 @@ class Pipeline:
         if spec is not None:
             return await self.fetcher.fetch_entities(ureq, spec, policy, caller, credential)
         return await self.fetcher.fetch(ureq, policy, caller, credential)
+
+
+def _problem(
+    problem: HTTPProblem, fetched: Fetched, instance: str, request_id: str, route_id: str
+) -> Answer:
+    """A problem answer that still says how the cache got it (``X-Cache``, ``Age``…). Its
+    body names the request, so its ETag is weak: the entry's, not the bytes'."""
+    body = problem_body(problem, instance=instance_of(instance), request_id=request_id)
+    etag = f"W/{fetched.entry.etag}" if fetched.cached and fetched.entry.etag else ""
+    return Answer(
+        problem.status,
+        body,
+        headers=tuple(problem.headers.items()),
+        content_type=PROBLEM_JSON,
+        etag=etag,
+        fetched=fetched,
+        route=route_id,
+    )
