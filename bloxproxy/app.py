@@ -67,8 +67,12 @@ def create_app(
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    background_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> web.Application:
-    """Build the proxy app; ``rules`` defaults to loading ``config``'s rule paths."""
+    """Build the proxy app; ``rules`` defaults to loading ``config``'s rule paths. Time is
+    injectable (see the module docstring); ``background_sleep`` is the wait of work no
+    request waits for (re-polls), apart from ``sleep`` so that a test's clock moves only
+    where it means to."""
     redis_cfg = config.cache.redis
     client = listener = None
     if redis_cfg.url:
@@ -99,7 +103,7 @@ def create_app(
     app[CONFIG] = config
     app[AUTH_THROTTLE] = throttle
     app[RULES] = rules if rules is not None else load_configured(config)
-    app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener)
+    app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener, background_sleep)
     app[METRICS] = metrics
     app[CONNECTIONS] = connections = ConnectionStats()  # counted by serve's runner
     metrics.registry.register(connections)
@@ -168,6 +172,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         clock=rt.clock,
         bodies=bodies,
         slot_in=guard.limiter.next_slot_in,  # batches fill while they wait for a slot
+        sleep=rt.background_sleep,
     )
     shared = getter = None
     if rt.redis is not None and rt.listener is not None and config.cache.enabled:
@@ -187,7 +192,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         shared.start()
     app[GUARD] = guard
     app[FETCHER] = fetcher
-    pipeline = app[PIPELINE] = Pipeline(config, app[RULES], fetcher)
+    pipeline = app[PIPELINE] = Pipeline(config, app[RULES], fetcher, sleep=rt.sleep)
     front = app[FRONT]
     front.l1, front.shared, front.inner = fetcher.l1, shared, pipeline.handle
     app[UPSTREAM] = upstream

@@ -4,6 +4,7 @@ application, for the handlers of the proxy's own endpoints, ``serve`` and the te
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -44,9 +45,11 @@ class Runtime:
 
     clock: Callable[[], float]
     monotonic: Callable[[], float]
-    sleep: Callable[[float], Awaitable[None]]
+    sleep: Callable[[float], Awaitable[None]]  # a request's own waits (retry backoff, holds)
     redis: aioredis.Redis | None
     listener: aioredis.Redis | None
+    # Waits of work no request waits for (background re-polls of a Pending thumbnail)
+    background_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 CONFIG = web.AppKey("config", Config)  # the config the app started with

@@ -147,6 +147,7 @@ def _cache(c: JSON) -> str:
     parts += [f"404s {_duration(c['not_found_ttl'])}", f"credentials: {c['credentials']}"]
     parts += [
         f"{w['path']} in {json.dumps(w['in'])}: at most {_duration(w['ttl'])}"
+        + (f", asked again {w['repoll']} times" if w.get("repoll") else "")
         for w in c.get("when", [])
     ]
     return "<h4>Cache</h4><p>" + escape(" · ".join(parts)) + "</p>"

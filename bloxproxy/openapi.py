@@ -25,7 +25,7 @@ from .config import SERVICE_NAME_RE, Config
 from .errors import PROBLEM_JSON, HTTPProblem, problem_body
 from .normalize import Plan
 from .params import INT64_MAX, INT64_MIN, Param
-from .rules import Route, RuleSet
+from .rules import CacheCondition, Route, RuleSet
 
 JSON = dict[str, Any]
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
@@ -148,9 +148,23 @@ def _operation(route: Route, keyed: bool) -> JSON:
         "x-bloxproxy-upstream": _upstream(route),
         "x-bloxproxy-cache": _cache(route),
     }
+    if route.redirect is not None:
+        op["responses"] = _redirect_responses(op["responses"])
     if route.deprecated:
         op["deprecated"] = True
     return op
+
+
+def _redirect_responses(responses: JSON) -> JSON:
+    """An image route answers 302 to the image (``response.redirect``), not a JSON body; no
+    image is its 404 problem (with the thumbnail's ``state``)."""
+    out = {k: v for k, v in responses.items() if k not in ("200", "304")}
+    headers = {h: _ref("headers", h) for h in _CACHE_HEADERS}
+    location = {"description": "The image's URL.", "schema": {"type": "string", "format": "uri"}}
+    return {
+        "302": {"description": "Found: the image.", "headers": {"Location": location, **headers}},
+        **out,
+    }
 
 
 def _parameter(p: Param) -> JSON:
@@ -255,8 +269,15 @@ def _cache(route: Route) -> JSON:
         "stale_if_error": c.stale_if_error,
         "not_found_ttl": c.not_found_ttl,
         "credentials": c.credentials,
-        "when": [{"path": w.text, "in": _plain(list(w.values)), "ttl": w.ttl} for w in c.when],
+        "when": [_when(w) for w in c.when],
     }
+
+
+def _when(w: CacheCondition) -> JSON:
+    out: JSON = {"path": w.text, "in": _plain(list(w.values)), "ttl": w.ttl}
+    if w.repoll:
+        out["repoll"] = w.repoll
+    return out
 
 
 def _plain(value: Any) -> Any:

@@ -14,17 +14,21 @@ error. The pipeline never builds an HTTP response itself.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from . import clean, passthrough
+from . import clean, normalize, passthrough
 from .answer import Answer
 from .cache import decide
+from .cache.entry import Entry
 from .cache.fetcher import Fetcher
 from .cache.policy import Policy
 from .cache.result import Fetched
@@ -41,7 +45,7 @@ from .errors import (
 )
 from .observe import RequestInfo
 from .router import DuplicateRoute, Router
-from .rules import BatchSpec, Route, RuleSet
+from .rules import BatchSpec, Hold, Redirect, Route, RuleSet
 from .upstream.client import Caller, UpstreamRequest
 
 __all__ = ["Pipeline"]
@@ -83,10 +87,18 @@ def batch_endpoints(routes: tuple[Route, ...]) -> dict[tuple[str, str, str], Bat
 class Pipeline:
     """Holds what the pipeline needs; ``rules`` is swapped whole on reload."""
 
-    def __init__(self, config: Config, rules: RuleSet, fetcher: Fetcher) -> None:
+    def __init__(
+        self,
+        config: Config,
+        rules: RuleSet,
+        fetcher: Fetcher,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.config = config
         self.rules = rules
         self.fetcher = fetcher
+        self._sleep = sleep  # a held answer's waits (injected: tests move their clock)
         self._allowed = frozenset(config.upstream.allowed_services)
         self._suffix = ("." + config.server.host_suffix) if config.server.host_suffix else ""
         self._max_body = config.server.max_body_size
@@ -102,7 +114,7 @@ class Pipeline:
         """Take a validated config and rule set (hot reload). Routing, parameter parsing and
         request building run without an await in between, so a request in flight keeps the
         route it matched, and nothing here is ever half-swapped from its point of view."""
-        self.__init__(config, rules, self.fetcher)  # type: ignore[misc]
+        self.__init__(config, rules, self.fetcher, sleep=self._sleep)  # type: ignore[misc]
 
     async def handle(self, request: web.Request, info: RequestInfo) -> Answer:
         raw_path = request.rel_url.raw_path
@@ -155,7 +167,10 @@ class Pipeline:
         (``headers``: the client's, for what the rule forwards; ``instance``: the path its
         problems name)."""
         ureq = clean.upstream_request(route, values, headers)
-        fetched = await self._fetch(ureq, self._policies[route.id], caller, credential)
+        policy = self._policies[route.id]
+        fetched = await self._fetch(ureq, policy, caller, credential)
+        if route.hold is not None:
+            fetched = await self._hold(route.hold, ureq, policy, caller, credential, fetched)
         try:
             return await self._clean_answer(route, values, fetched, instance, caller.request_id)
         except BaseException:
@@ -182,6 +197,26 @@ class Pipeline:
             )
         raise not_found(f"no route matches {raw_path}", code="no_route")
 
+    async def _hold(
+        self,
+        hold: Hold,
+        ureq: UpstreamRequest,
+        policy: Policy,
+        caller: Caller,
+        credential: str,
+        fetched: Fetched,
+    ) -> Fetched:
+        """``response.hold``: while the answer's value at ``hold.path`` is not one of
+        ``hold.until`` (a ``Pending`` thumbnail), ask again every ``hold.every`` — past the
+        cached not-yet answer — for at most ``hold.within``; then the answer as it stands."""
+        clock, started = self.fetcher.clock, self.fetcher.clock()
+        while not _settled(hold, fetched.entry) and (clock() - started + hold.every <= hold.within):
+            if fetched.lease is not None:
+                fetched.lease.release()  # this answer will not be written
+            await self._sleep(hold.every)
+            fetched = await self._fetch(ureq, policy, caller, credential, newer_than=clock())
+        return fetched
+
     async def _clean_answer(
         self,
         route: Route,
@@ -194,6 +229,8 @@ class Pipeline:
         if not 200 <= entry.status < 300:
             problem = clean.upstream_problem(route, entry.status, entry.body, entry.headers)
             return _problem(problem, fetched, instance, request_id, route.id)
+        if route.redirect is not None:
+            return _redirect(route, route.redirect, fetched, instance, request_id)
         requested = values.get(route.order_param) if route.order_param else None
         # How any entry of this key becomes this answer's body (the front door's fast path
         # from Redis renders with it too: see prepared.SharedFast).
@@ -291,14 +328,21 @@ class Pipeline:
         return policy if policy is not None else default
 
     async def _fetch(
-        self, ureq: UpstreamRequest, policy: Policy, caller: Caller, credential: str
+        self,
+        ureq: UpstreamRequest,
+        policy: Policy,
+        caller: Caller,
+        credential: str,
+        newer_than: float = 0.0,
     ) -> Fetched:
         """The fetch of ``ureq``: from its ids' entries when it asks a batch endpoint a rule
         describes, else as one request."""
         spec = self._batches.get((ureq.service, ureq.method, ureq.path))
         if spec is not None:
-            return await self.fetcher.fetch_entities(ureq, spec, policy, caller, credential)
-        return await self.fetcher.fetch(ureq, policy, caller, credential)
+            return await self.fetcher.fetch_entities(
+                ureq, spec, policy, caller, credential, newer_than
+            )
+        return await self.fetcher.fetch(ureq, policy, caller, credential, newer_than)
 
 
 def _problem(
@@ -316,4 +360,49 @@ def _problem(
         etag=etag,
         fetched=fetched,
         route=route_id,
+    )
+
+
+def _settled(hold: Hold, entry: Entry) -> bool:
+    """Is a held answer done: an error (nothing to wait for), or its value in ``until``."""
+    if not 200 <= entry.status < 300:
+        return True
+    try:
+        data = orjson.loads(entry.body)
+    except orjson.JSONDecodeError:
+        return True
+    return normalize.get_path(data, hold.path) in hold.until
+
+
+def _redirect(
+    route: Route, redirect: Redirect, fetched: Fetched, instance: str, request_id: str
+) -> Answer:
+    """``response.redirect``: a 302 to the URL in the upstream body (an image's CDN URL),
+    with the cache headers of the entry it came from; no URL: the placeholder, or a 404
+    problem naming the state (``Pending``: ask again in a moment)."""
+    try:
+        data = orjson.loads(fetched.entry.body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(
+            502, f"{route.backend.service} answered with invalid JSON", code="upstream_bad_response"
+        ) from None
+    url = normalize.get_path(data, redirect.url)
+    if not (isinstance(url, str) and url.startswith(("https://", "http://"))):
+        if redirect.placeholder is not None:
+            url = redirect.placeholder
+        else:
+            state = normalize.get_path(data, redirect.state) if redirect.state else None
+            shown = state if isinstance(state, str) else None
+            extra = {"state": shown} if shown else None
+            headers = {"Retry-After": "2"} if shown == "Pending" else None
+            detail = "no image for this request" + (f" (its state: {shown})" if shown else "")
+            problem = HTTPProblem(404, detail, code="no_image", extra=extra, headers=headers)
+            return _problem(problem, fetched, instance, request_id, route.id)
+    return Answer(
+        302,
+        b"",
+        headers=(("Location", url),),
+        etag="",
+        fetched=fetched,
+        route=route.id,
     )

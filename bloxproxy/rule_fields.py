@@ -498,6 +498,70 @@ RESPONSE = Block(
             (),
             "none",
         ),
+        Key(
+            "redirect",
+            "Answer `302 Found` to a URL in the upstream body instead of a JSON body (image "
+            "endpoints for `<img>` tags and embeds; see [Redirect keys](#redirect-keys)).",
+            shown="none",
+        ),
+        Key(
+            "hold",
+            "Hold the answer until a value in the upstream body says it is done (a thumbnail "
+            "`Completed`), asking again within a deadline (see [Hold keys](#hold-keys)).",
+            shown="none",
+        ),
+    ),
+)
+
+REDIRECT = Block(
+    "response.redirect",
+    (
+        Key(
+            "url",
+            "Path of the URL in the upstream body (`data[0].imageUrl`); only `https://` and "
+            "`http://` URLs are followed.",
+            path,
+            required="required: the path of the URL, e.g. data[0].imageUrl",
+        ),
+        Key(
+            "state",
+            "Path of a state that says why there is no URL (`data[0].state`: `Pending`, "
+            "`Blocked`…), named in the answer when there is none.",
+            path,
+            shown="none",
+        ),
+        Key(
+            "placeholder",
+            "Where to redirect when the body has no URL (an image of your own). Without it, "
+            "no URL is a `404` problem (`code: no_image`) naming the state.",
+            schema.string,
+            shown="none: 404",
+        ),
+    ),
+)
+
+HOLD = Block(
+    "response.hold",
+    (
+        Key(
+            "path",
+            "Path of the value to wait on (`data[0].state`).",
+            path,
+            required="required: the path of the value, e.g. data[0].state",
+        ),
+        Key(
+            "until",
+            "The values that end the wait (`[Completed, Blocked]`).",
+            schema.string_list,
+            required="required: the values that end the wait, e.g. [Completed]",
+        ),
+        Key(
+            "within",
+            "The longest the client waits; past it, the answer as it stands.",
+            schema.duration,
+            "5s",
+        ),
+        Key("every", "How often Roblox is asked again meanwhile.", schema.duration, "1s"),
     ),
 )
 
@@ -602,6 +666,14 @@ WHEN = Block(
             schema.duration,
             shown="required",
         ),
+        Key(
+            "repoll",
+            "Ask again in the background this many times (at most 10), each time an entry "
+            "that matches expires, so that the next client gets the finished answer (a "
+            "`Pending` thumbnail). `0`: only when a client asks.",
+            schema.integer(0, 10),
+            0,
+        ),
     ),
 )
 
@@ -628,6 +700,8 @@ BLOCKS: tuple[Block, ...] = (
     BACKEND,
     BATCH,
     RESPONSE,
+    REDIRECT,
+    HOLD,
     PAGINATION,
     ORDER_BY,
     CACHE,

@@ -31,10 +31,12 @@ from .rule_fields import (
     BATCH,
     CACHE,
     FILE,
+    HOLD,
     LIMITS,
     ORDER_BY,
     PAGINATION,
     PARAM,
+    REDIRECT,
     RESPONSE,
     ROUTE,
     WHEN,
@@ -73,6 +75,27 @@ class CacheCondition:
     values: tuple[Any, ...]
     ttl: float
     text: str
+    repoll: int = 0  # background re-asks when a matching entry expires
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """``response.redirect``: answer 302 to the URL at ``url`` in the upstream body."""
+
+    url: normalize.Path
+    state: normalize.Path | None = None
+    placeholder: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """``response.hold``: ask again every ``every`` until the value at ``path`` is one of
+    ``until``, for at most ``within``."""
+
+    path: normalize.Path
+    until: tuple[str, ...]
+    within: float = 5.0
+    every: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +169,8 @@ class Route:
     example: Any
     where: Where
     file: str
+    redirect: Redirect | None = None
+    hold: Hold | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +378,7 @@ def _load_route(
     bucket = _load_bucket(d, backend.service if backend else "", problems)
     if backend is None or response is None:
         return None
-    plan, order_param, status_map, require = response
+    plan, order_param, status_map, require, redirect, hold = response
     return Route(
         id=route_id,
         method=method,
@@ -374,6 +399,8 @@ def _load_route(
         example=values["example"],
         where=d.where,
         file=file,
+        redirect=redirect,
+        hold=hold,
     )
 
 
@@ -595,7 +622,14 @@ def _load_batch(
     )
 
 
-_Response = tuple[normalize.Plan, str | None, Mapping[int, int], tuple[normalize.Path, ...]]
+_Response = tuple[
+    normalize.Plan,
+    str | None,
+    Mapping[int, int],
+    tuple[normalize.Path, ...],
+    Redirect | None,
+    Hold | None,
+]
 
 
 def _load_response(
@@ -604,7 +638,7 @@ def _load_response(
     """The plan, the list parameter ``order_by`` follows, ``status_map`` and ``require``."""
     raw = d.get("response")
     if raw is None:
-        return normalize.Plan(), None, {}, ()
+        return normalize.Plan(), None, {}, (), None, None
     r = schema.mapping(raw, d.at("response"), "response", problems)
     if r is None:
         return None
@@ -633,9 +667,42 @@ def _load_response(
     except ValueError as exc:
         problems.append(Problem(r.where, f"response: {exc}"))
         return None
+    redirect = _load_redirect(r, problems)
+    hold = _load_hold(r, problems)
     if len(problems) > before:
         return None
-    return plan, order_param, status_map, v["require"]
+    return plan, order_param, status_map, v["require"], redirect, hold
+
+
+def _load_redirect(r: MarkedDict, problems: list[Problem]) -> Redirect | None:
+    if "redirect" not in r:
+        return None
+    m = schema.mapping(r["redirect"], r.at("redirect"), "response.redirect", problems)
+    if m is None:
+        return None
+    v = REDIRECT.read(m, problems, "response.redirect")
+    placeholder = v["placeholder"]
+    if placeholder is not None and not placeholder.startswith(("https://", "http://")):
+        problems.append(
+            Problem(m.at("placeholder"), "response.redirect.placeholder: expected an http(s) URL")
+        )
+    if v["url"] is None:
+        return None
+    return Redirect(v["url"], v["state"], placeholder)
+
+
+def _load_hold(r: MarkedDict, problems: list[Problem]) -> Hold | None:
+    if "hold" not in r:
+        return None
+    m = schema.mapping(r["hold"], r.at("hold"), "response.hold", problems)
+    if m is None:
+        return None
+    v = HOLD.read(m, problems, "response.hold")
+    if v["every"] <= 0:
+        problems.append(Problem(m.at("every"), "response.hold.every: expected more than 0s"))
+    if v["path"] is None or not v["until"]:
+        return None
+    return Hold(v["path"], v["until"], v["within"], v["every"])
 
 
 def _load_pagination(r: MarkedDict, problems: list[Problem]) -> normalize.Pagination | None:
@@ -741,7 +808,9 @@ def _load_when(c: MarkedDict, problems: list[Problem]) -> tuple[CacheCondition, 
             continue
         values = (v["equals"],) if "equals" in w else v["in"]
         if values is not None and v["path"] is not None and v["ttl"] is not None:
-            conditions.append(CacheCondition(v["path"], values, v["ttl"], str(w["path"])))
+            conditions.append(
+                CacheCondition(v["path"], values, v["ttl"], str(w["path"]), v["repoll"])
+            )
     return tuple(conditions)
 
 

@@ -203,11 +203,11 @@ async def test_clean_hits_do_not_normalize_again(
 
 
 # A passthrough GET that no rule describes (the fake serves it; no shipped rule asks for it).
-UNDESCRIBED = "/thumbnails/v1/groups/icons?groupIds=7&size=150x150&format=Png"
+UNDESCRIBED = "/thumbnails/v1/assets?assetIds=1365767&size=150x150&format=Png"
 
 
 def undescribed_count(fake: FakeRoblox) -> int:
-    return fake.count("thumbnails", "/v1/groups/icons", "GET")
+    return fake.count("thumbnails", "/v1/assets", "GET")
 
 
 async def test_passthrough_ttl(
@@ -298,7 +298,7 @@ async def test_a_cached_404_carries_the_cache_headers_from_both_doors(
 
 
 @pytest.mark.parametrize(
-    "path", [USER, USER_PT, "/v1/users?ids=1,156", "/thumbnails/v1/groups/icons?groupIds=7"]
+    "path", [USER, USER_PT, "/v1/users?ids=1,156", "/thumbnails/v1/assets?assetIds=1365767"]
 )
 async def test_the_first_answer_carries_the_etag_its_hits_carry(proxy: Client, path: str) -> None:
     """A client can revalidate from the very first (miss) answer."""

@@ -346,11 +346,11 @@ async def test_keys_are_under_the_prefix_with_an_expiry(
     await get(proxy, USER)  # ttl 10m + stale-if-error 1h
     await get(proxy, "/users/v1/users/999")  # users.get's negative: 5 min, no stale window
     await get(proxy, "/users/v1/nothing/999")  # no rule: the negative default, 30 s
-    await get(proxy, "/thumbnails/v1/groups/icons?groupIds=7")  # no rule: passthrough, 30 s
+    await get(proxy, "/thumbnails/v1/assets?assetIds=1365767")  # no rule: passthrough, 30 s
     await settle(proxy)
     keys = sorted([k.decode() async for k in redis_client.scan_iter("*")])
     assert keys == [
-        "bxtest:GET thumbnails/v1/groups/icons?groupIds=7",
+        "bxtest:GET thumbnails/v1/assets?assetIds=1365767",
         "bxtest:GET users/v1/nothing/999",
         "bxtest:GET users/v1/users/156",
         "bxtest:GET users/v1/users/999",

@@ -170,18 +170,26 @@ def test_an_answer_is_assembled_in_the_order_asked_without_the_absent() -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "slot_in", "deadline", "expected"),
+    ("size", "slot_in", "busy", "deadline", "expected"),
     [
-        (100, 5.0, 99.0, 10.0),  # full: now, slot or not
-        (1, 0.0, 99.0, 10.005),  # a slot is free: once the window has passed
-        (1, 0.5, 99.0, 10.5),  # no slot yet: it keeps filling until there is one
-        (1, 5.0, 12.0, 12.0),  # but not past the earliest caller's deadline
-        (1, 0.0, 10.001, 10.001),
+        (100, 5.0, True, 99.0, 10.0),  # full: now, slot or not, busy or not
+        (1, 0.0, False, 99.0, 10.005),  # a slot is free: once the window has passed
+        (1, 0.5, False, 99.0, 10.5),  # no slot yet: it keeps filling until there is one
+        (1, 0.0, True, 99.0, 99.0),  # the variant's last batch still out: it keeps filling
+        (1, 5.0, False, 12.0, 12.0),  # but not past the earliest caller's deadline
+        (1, 0.0, True, 10.001, 10.001),
     ],
 )
-def test_flush_at(size: int, slot_in: float, deadline: float, expected: float) -> None:
+def test_flush_at(size: int, slot_in: float, busy: bool, deadline: float, expected: float) -> None:
     got = flush_at(
-        now=10.0, opened=10.0, window=0.005, size=size, cap=100, slot_in=slot_in, deadline=deadline
+        now=10.0,
+        opened=10.0,
+        window=0.005,
+        size=size,
+        cap=100,
+        slot_in=slot_in,
+        busy=busy,
+        deadline=deadline,
     )
     assert got == pytest.approx(expected)
 

@@ -1240,7 +1240,7 @@ async def serve_each_route(config: Config, ruleset: rules.RuleSet) -> None:
             path = route.endpoint
             for p in route.path_params:
                 path = path.replace("{" + p.name + "}", "1")
-            async with client.request(route.method, path) as resp:
+            async with client.request(route.method, path, allow_redirects=False) as resp:
                 body = await resp.read()
                 assert resp.status != 500, (route.endpoint, body)
                 if resp.status >= 400 and "X-Cache" not in resp.headers:

@@ -204,8 +204,12 @@ def test_thumbnail_query_renders_bools_and_constants(shipped: RuleSet) -> None:
 
 def test_thumbnail_cache_when(shipped: RuleSet) -> None:
     r = route(shipped, "/v1/thumbnails/users/headshots")
-    (cond,) = r.cache.when
-    assert cond == CacheCondition(("data", "*", "state"), ("Pending",), 5.0, "data[*].state")
+    state = ("data", "*", "state")
+    assert r.cache.when == (
+        CacheCondition(state, ("Pending",), 5.0, "data[*].state", repoll=3),
+        CacheCondition(state, ("TemporarilyUnavailable",), 10.0, "data[*].state", repoll=1),
+        CacheCondition(state, ("InReview", "Error"), 60.0, "data[*].state"),
+    )
     assert r.cache.ttl == 3600.0
 
 
@@ -486,7 +490,8 @@ ALLOWED_BACKEND = (
     "safe_read, service"
 )
 ALLOWED_RESPONSE = (
-    "allow, case, deny, empty, order_by, pagination, pick, rename, require, shape, status_map"
+    "allow, case, deny, empty, hold, order_by, pagination, pick, redirect, rename, require, "
+    "shape, status_map"
 )
 ALLOWED_CACHE = (
     "credentials, enabled, not_found_ttl, stale_if_error, stale_while_revalidate, ttl, when"
@@ -606,7 +611,7 @@ ERRORS = [
                   ttl: 5s
                   unless: x
         """,
-        [(10, "cache.when[0].unless: unknown key (allowed: equals, in, path, ttl)")],
+        [(10, "cache.when[0].unless: unknown key (allowed: equals, in, path, repoll, ttl)")],
         id="unknown-when-key",
     ),
     pytest.param(

@@ -106,7 +106,7 @@ HOSTILE_REQUEST_HEADERS = {
 }
 
 
-UNDESCRIBED = "/thumbnails/v1/groups/icons?groupIds=7"  # no rule describes this request
+UNDESCRIBED = "/thumbnails/v1/assets?assetIds=1365767"  # no rule describes this request
 
 
 async def test_a_shared_passthrough_get_sends_only_keyed_headers(

@@ -4,8 +4,10 @@ upstream call, up to the endpoint's cap.
 An id asked while no batch of its variant is open opens one; ids asked while it is open join
 it (an id already open or already in flight is waited for, not asked twice). A batch goes
 (:func:`flush_at`) when it is full, or once its short window has passed *and* the upstream
-limiter has a slot for it — so while requests wait for budget the batch keeps filling, which
-is when merging pays most — but never later than the earliest of its callers' deadlines.
+limiter has a slot for it *and* no other batch of its variant is in flight — so while
+requests wait for budget, or for the call before theirs, the batch keeps filling, which is
+when merging pays most — but never later than the earliest of its callers' deadlines. (Fifty
+concurrent single lookups are therefore two calls at most, however slowly they arrive.)
 The batcher only collects and schedules; ``run`` (the fetcher's) makes the call, stores the
 entities and says what each id got.
 """
@@ -36,13 +38,17 @@ def flush_at(
     size: int,
     cap: int,
     slot_in: float,
+    busy: bool,
     deadline: float,
 ) -> float:
-    """When an open batch should go: now when it is full; else once its window has passed
-    and the limiter has a slot (``slot_in`` seconds from now) — but not after the earliest
-    caller's ``deadline``."""
+    """When an open batch should go: now when it is full; while another batch of its
+    variant is in flight (``busy``), not before that one is back (it keeps filling: the
+    batcher looks again then); else once its window has passed and the limiter has a slot
+    (``slot_in`` seconds from now). Never after the earliest caller's ``deadline``."""
     if size >= cap:
         return now
+    if busy:
+        return deadline
     return min(max(opened + window, now + slot_in), deadline)
 
 
@@ -71,6 +77,7 @@ class Batcher:
         self._run = run
         self._slot_in = slot_in
         self._open: dict[str, Batch] = {}
+        self._busy: dict[str, int] = {}  # variant key → its batches in flight
         self._flying: dict[str, asyncio.Future[Outcome]] = {}  # entity key → its outcome
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0  # batches sent (tests and metrics)
@@ -132,6 +139,7 @@ class Batcher:
             size=len(batch.ids),
             cap=batch.spec.max,
             slot_in=self._slot_in(batch.variant.scope),
+            busy=self._busy.get(batch.variant_key, 0) > 0,
             deadline=batch.deadline,
         )
         if batch.timer is not None:
@@ -148,6 +156,7 @@ class Batcher:
             del self._open[batch.variant_key]
         self.calls += 1
         self.asked += len(batch.ids)
+        self._busy[batch.variant_key] = self._busy.get(batch.variant_key, 0) + 1
         task = asyncio.get_running_loop().create_task(self._go(batch))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -161,6 +170,16 @@ class Batcher:
                 for future in batch.futures.values():
                     future.cancel()
                 raise
+        finally:
+            key = batch.variant_key
+            left = self._busy.get(key, 1) - 1
+            if left > 0:
+                self._busy[key] = left
+            else:
+                self._busy.pop(key, None)
+            waiting = self._open.get(key)
+            if waiting is not None and not left:
+                self._schedule(waiting)  # the next batch of this variant may go now
         for norm, future in batch.futures.items():
             if not future.done():
                 future.set_result(outcomes.get(norm))

@@ -120,6 +120,21 @@ def store_ttl(policy: Policy, status: int, body: bytes) -> float:
     return ttl
 
 
+def repolls(policy: Policy, status: int, body: bytes) -> int:
+    """How many times a stored answer is asked again in the background when it expires:
+    the most any matching ``when`` condition says (a ``Pending`` thumbnail); 0 for most."""
+    if not policy.conditions or not 200 <= status < 300:
+        return 0
+    wanted = [c for c in policy.conditions if c.repoll]
+    if not wanted:
+        return 0
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 0
+    return max((c.repoll for c in wanted if match_condition(c, data)), default=0)
+
+
 def freshness(entry: Entry, now: float) -> Freshness:
     age = now - entry.stored_at
     if age < entry.ttl:

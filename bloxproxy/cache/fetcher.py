@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from ..config import Config
@@ -58,6 +58,7 @@ class Fetcher:
         shared: SharedCache | None = None,
         bodies: ByteBudget | None = None,
         slot_in: Callable[[str], float] = lambda scope: 0.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.upstream = upstream
         self.clock = clock
@@ -72,17 +73,25 @@ class Fetcher:
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_wait = config.limits.upstream.max_wait
+        self._sleep = sleep  # (injected: background re-polls wait out a TTL with it)
+        self._repolling: set[str] = set()
         # (batch windows and deadlines are real time: the loop's clock, as the timers are)
         self.batcher = Batcher(self._run_batch, slot_in=slot_in)
 
     # -- the request path ----------------------------------------------------------------
 
     async def fetch(
-        self, req: UpstreamRequest, policy: Policy, caller: Caller = NOBODY, credential: str = ""
+        self,
+        req: UpstreamRequest,
+        policy: Policy,
+        caller: Caller = NOBODY,
+        credential: str = "",
+        newer_than: float = 0.0,
     ) -> Fetched:
         """The answer to ``req`` under ``policy``, for ``caller``, whose credential is
-        ``credential`` (``""``: anonymous). A leader's answer carries the lease on its body
-        (``Fetched.lease``): the caller releases it once the answer is written out."""
+        ``credential`` (``""``: anonymous); an entry stored before ``newer_than`` counts as
+        expired (a held answer asking again). A leader's answer carries the lease on its
+        body (``Fetched.lease``): the caller releases it once the answer is written out."""
         if not (self.enabled and req.safe_read and policy.cacheable):
             return await self._direct(req, caller)
         scope = ""
@@ -103,7 +112,7 @@ class Fetcher:
             if entry is not None:
                 self.l1.set_nowait(key, entry)
         looked = time.perf_counter() - looked
-        if entry is not None:
+        if entry is not None and entry.stored_at >= newer_than:
             state = decide.freshness(entry, self.clock())
             if state is decide.Freshness.FRESH:
                 hit = Fetched(entry, "HIT", key=key, shared=shared)
@@ -269,11 +278,48 @@ class Fetcher:
         self.l1.set_nowait(key, entry)
         if self.shared is not None:
             self._spawn(self.shared.set(key, entry))
+        times = decide.repolls(policy, resp.status, resp.body)
+        if times:
+            self._repoll(key, req, policy, caller, shared, ttl, times)
         # The caller of this very call gets Roblox's headers (x-ratelimit-*, a cookie …) as
         # sent; its coalesced followers get them without the per-caller ones
         # (Fetched.coalesced), and later hits only what the entry keeps.
         live = entry.with_headers(resp.headers)
         return Fetched(live, "MISS", key=key, shared=shared, stored=True)
+
+    def _repoll(
+        self,
+        key: str,
+        req: UpstreamRequest,
+        policy: Policy,
+        caller: Caller,
+        shared: bool,
+        ttl: float,
+        times: int,
+    ) -> None:
+        """Ask ``req`` again in the background when its entry expires, up to ``times``
+        times while the answer still matches a re-poll condition."""
+        if key in self._repolling:
+            return
+        self._repolling.add(key)
+
+        async def again() -> None:
+            try:
+                wait = ttl
+                for _ in range(times):
+                    await self._sleep(wait)
+                    if key in self._inflight:
+                        return  # a client asked meanwhile: its call decides
+                    task, _ = self._start(key, req, policy, caller, None, shared)
+                    fetched = await task
+                    entry = fetched.entry
+                    if entry.ttl <= 0 or not decide.repolls(policy, entry.status, entry.body):
+                        return
+                    wait = entry.ttl
+            finally:
+                self._repolling.discard(key)
+
+        self._spawn(again())
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = self._running_loop().create_task(coro)
@@ -289,6 +335,7 @@ class Fetcher:
         policy: Policy,
         caller: Caller = NOBODY,
         credential: str = "",
+        newer_than: float = 0.0,
     ) -> Fetched:
         """The answer to ``req``, a request to the batch endpoint ``spec`` describes,
         assembled from one entry per id; the ids not in the cache are asked upstream
@@ -296,11 +343,11 @@ class Fetcher:
         :mod:`.entities`). A request that cannot be split, a credentialed one, and one
         whose batch Roblox refused as a whole are fetched as they are (:meth:`fetch`)."""
         if credential or not (self.enabled and policy.cacheable and req.safe_read):
-            return await self.fetch(req, policy, caller, credential)
+            return await self.fetch(req, policy, caller, credential, newer_than)
         shared = decide.shared_request(req, policy.send)
         ask = entities.ask_of(spec, shared)
         if ask is None:
-            return await self.fetch(req, policy, caller, credential)
+            return await self.fetch(req, policy, caller, credential, newer_than)
         variant_key = decide.cache_key(ask.variant, policy.send)
         keys = [entities.entity_key(variant_key, n) for n in ask.norm]
         looked = time.perf_counter()
@@ -322,7 +369,10 @@ class Fetcher:
         result = "HIT"
         started = False
         for i, entry in enumerate(found):
-            state = decide.Freshness.EXPIRED if entry is None else decide.freshness(entry, now)
+            if entry is None or entry.stored_at < newer_than:
+                state = decide.Freshness.EXPIRED
+            else:
+                state = decide.freshness(entry, now)
             if state is decide.Freshness.FRESH:
                 continue
             known = self.batcher.known(keys[i])
@@ -350,7 +400,7 @@ class Fetcher:
             upstream = time.perf_counter() - began
             for i, outcome in zip(waiting, outcomes, strict=True):
                 if outcome is _WHOLE:  # Roblox refused the merged batch: ask as asked
-                    return await self.fetch(req, policy, caller, credential)
+                    return await self.fetch(req, policy, caller, credential, newer_than)
                 if isinstance(outcome, Entry) and outcome.status in (200, 404):
                     parts[i] = outcome  # the id's item, or Roblox's word that it has none
                     continue
@@ -429,11 +479,52 @@ class Fetcher:
                     self.l1.set_nowait(key, entry)
                     if self.shared is not None:
                         self._spawn(self.shared.set(key, entry))
+                    if item is not None:
+                        times = decide.repolls(policy, 200, _alone(spec, item))
+                        if times:
+                            self._repoll_entity(batch, norm, key, entry.ttl, times)
             return out
         if resp.status == 429 or resp.status >= 500:  # about the moment: everyone's call
             failed = Entry(resp.status, resp.headers, resp.body, now, 0.0).for_another_caller()
             return dict.fromkeys(batch.ids, failed)
         return dict.fromkeys(batch.ids, _WHOLE)  # refused as a whole: each asks as it asked
+
+    def _repoll_entity(self, batch: Batch, norm: str, key: str, ttl: float, times: int) -> None:
+        """Ask one id again in the background when its entry expires, up to ``times``
+        times while it still matches a re-poll condition (a ``Pending`` thumbnail), so that
+        the next client gets the finished one. Each re-ask joins a batch like any other."""
+        if key in self._repolling:
+            return
+        self._repolling.add(key)
+        spelled = batch.ids[norm]
+
+        async def again() -> None:
+            try:
+                wait = ttl
+                for _ in range(times):
+                    await self._sleep(wait)
+                    deadline = self._running_loop().time() + self._max_wait
+                    outcome = await self.batcher.ask(
+                        batch.spec,
+                        batch.variant_key,
+                        batch.variant,
+                        batch.policy,
+                        key,
+                        norm,
+                        spelled,
+                        batch.caller,
+                        deadline,
+                    )
+                    if not isinstance(outcome, Entry) or outcome.status != 200:
+                        return
+                    body = _alone(batch.spec, outcome.body)
+                    if not decide.repolls(batch.policy, 200, body) or outcome.ttl <= 0:
+                        return  # finished (or no longer kept)
+                    wait = outcome.ttl
+            finally:
+                self._repolling.discard(key)
+
+        self._spawn(again())
 
     @staticmethod
     def _entity(
@@ -448,8 +539,7 @@ class Fetcher:
         if item is None:
             ttl = decide.store_ttl(policy, 404, b"")
             return Entry(404, (), b"", now, ttl)
-        alone = b'{"' + spec.items.encode() + b'":[' + item + b"]}"
-        ttl = decide.store_ttl(policy, 200, alone)
+        ttl = decide.store_ttl(policy, 200, _alone(spec, item))
         return Entry(
             200,
             headers,
@@ -586,3 +676,8 @@ def _assembled(spec: BatchSpec, ask: entities.Ask, parts: list[Entry | None], no
 
 
 _JSON = (("Content-Type", "application/json; charset=utf-8"),)
+
+
+def _alone(spec: BatchSpec, item: bytes) -> bytes:
+    """One item as the endpoint's answer for it alone (what ``when`` paths look into)."""
+    return b'{"' + spec.items.encode() + b'":[' + item + b"]}"
