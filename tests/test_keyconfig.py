@@ -116,7 +116,8 @@ PROBLEMS = [
               places: [1]
         """,
         [
-            "c.yaml:4: auth.clients.game.key: required: the client's access key (e.g. key: ${GAME_KEY})"
+            "c.yaml:4: auth.clients.game.key: required: the client's access key "
+            "(e.g. key: ${GAME_KEY})"
         ],
     ),
     (
