@@ -160,8 +160,10 @@ CLIENT = schema.Block(
         ),
         schema.Key(
             "weight",
-            "The key's share of the upstream budget against other clients' (`1` each) when "
-            "they compete for it; carried with every upstream call the key's requests make.",
+            "The key's share of the upstream budget against other clients' (`1` each), "
+            "carried on every upstream call made for the key (`Caller.weight`) for the "
+            "upstream limiter to share its budget by. Today's limiter serves waiting calls "
+            "first come, first served and does not read it yet.",
             schema.number(0.01, 1000.0),
             1.0,
         ),

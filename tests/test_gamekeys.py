@@ -9,19 +9,26 @@ own client middleware with one that records and hands on (nothing of ours is rep
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import re
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
+from bloxproxy import config as config_mod
+from bloxproxy import serve
+from bloxproxy.app import create_app
 from bloxproxy.appkeys import UPSTREAM
-from bloxproxy.fake import FakeRoblox, Fault
+from bloxproxy.fake import FAKE_STATE, FakeRoblox, Fault
 from bloxproxy.upstream.client import Call, Caller
-from tests.conftest import FakeClock, ProxyFactory
+from tests.conftest import ROOT, FakeClock, ProxyFactory
 
 Client = TestClient[web.Request, web.Application]
 
@@ -361,3 +368,97 @@ async def test_luau_head_and_the_proxys_own_endpoints(make_proxy: ProxyFactory) 
         assert await resp.read() == b""
     async with proxy.get("/_bloxproxy/metrics", headers=headers) as resp:
         assert resp.status == 200 and "bloxproxy_requests_total" in await resp.text()
+
+
+# -- the README's game server example runs as written -------------------------------------------
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Game servers\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def blocks(text: str) -> list[tuple[str, str]]:
+    return re.findall(r"^```(\w+)\n(.*?)^```$", text, re.MULTILINE | re.DOTALL)
+
+
+def like(shown: Any, got: Any, where: str = "") -> None:
+    """``got`` is what ``shown`` shows: "…" stands for any value, and the ``headers`` shown
+    are some of those sent (with these values)."""
+    if shown == "…":
+        return
+    if isinstance(shown, dict):
+        assert isinstance(got, dict), where
+        if where.endswith(".headers"):
+            assert set(shown) <= set(got), (where, sorted(got))
+        else:
+            assert set(shown) == set(got), (where, sorted(shown), sorted(got))
+        for name, value in shown.items():
+            like(value, got[name], f"{where}.{name}")
+        return
+    assert shown == got, (where, shown, got)
+
+
+async def test_the_readme_game_server_example(
+    tmp_path: Path,
+    fake_server: TestServer,
+    clock: FakeClock,
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    found = blocks(readme_section())
+    yaml_body = next(body for lang, body in found if lang == "yaml")
+    (tmp_path / "game-config.yaml").write_text(yaml_body, encoding="utf-8")
+    base = f"http://127.0.0.1:{fake_server.port}/{{service}}"
+    env = {"GAME_KEY": GAME, "ANALYTICS_KEY": BOT, "BLOXPROXY_UPSTREAM_BASE_URL": base}
+    config = config_mod.load(str(tmp_path / "game-config.yaml"), env=env)
+    app = create_app(config, clock=clock, monotonic=clock, sleep=clock.sleep)
+    proxy = await aiohttp_client(app)
+
+    # The Luau asks for what the first exchange shows, with the header the config names.
+    lua = next(body for lang, body in found if lang == "lua")
+    assert "Url = `{PROXY}/v1/users/{userId}`" in lua and 'Method = "GET"' in lua
+    assert f'Headers = {{ ["{config.auth.header}"] = KEY }}' in lua
+    assert "answer.ok" in lua and "answer.body" in lua and "answer.status" in lua
+
+    exchanges = [
+        (body, shown)
+        for (lang, body), (next_lang, shown) in itertools.pairwise(found)
+        if lang == "http" and next_lang == "json"
+    ]
+    assert len(exchanges) == 3
+    for request, shown in exchanges:
+        line, *header_lines = request.strip().splitlines()
+        method, target, _ = line.split()
+        headers = dict(h.split(": ", 1) for h in header_lines)
+        assert headers.pop(config.auth.header) == "<GAME_KEY>"
+        headers[config.auth.header] = GAME
+        async with proxy.request(method, target, headers=headers) as resp:
+            assert resp.status == 200
+            got = orjson.loads(await resp.read())
+        like(orjson.loads(shown), got)
+        if got["body"].get("request_id"):
+            assert got["body"]["request_id"] == got["headers"]["x-request-id"]
+    assert "roblox-id" not in fake_server.app[FAKE_STATE].requests[-1].headers
+
+
+# -- named keys count as access keys everywhere ----------------------------------------------
+
+
+def test_named_keys_alone_are_access_keys() -> None:
+    env = {
+        "BLOXPROXY_AUTH_CLIENTS": f"{{game: {{key: {GAME}}}}}",
+        "BLOXPROXY_SERVER_HOST": "0.0.0.0",
+    }
+    config = config_mod.load(None, env=env)
+    assert serve.open_listener(config) is None  # serve starts beyond loopback with them
+    assert serve.open_listener(config_mod.load(None, env={"BLOXPROXY_SERVER_HOST": "0.0.0.0"}))
+
+
+async def test_named_keys_guard_the_api_and_its_document(make_proxy: ProxyFactory) -> None:
+    proxy = await make_proxy(BLOXPROXY_AUTH_CLIENTS=f"{{game: {{key: {GAME}}}}}")
+    assert (await proxy.get("/openapi.json")).status == 401
+    resp = await proxy.get("/openapi.json", headers={"X-Bloxproxy-Key": GAME})
+    scheme = (await resp.json())["components"]["securitySchemes"]["accessKey"]
+    assert scheme["name"] == "X-Bloxproxy-Key" and "auth.clients" in scheme["description"]
+    (await call(proxy, "", place=None)).problem(401, "unauthorized")

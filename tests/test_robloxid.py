@@ -16,8 +16,8 @@ PLACES = (1818, 2020)
         ([" 2020\t"], Check("match", 2020)),
         (["0001818"], Check("match", 1818)),
         (["42"], Check("mismatch", 42)),
-        (["0"], Check("mismatch", 0)),  # an unpublished place in Studio
-        (["9223372036854775807"], Check("mismatch", 2**63 - 1)),
+        (["0"], Check("mismatch", 0)),
+        (["9223372036854775807"], Check("mismatch", 2**63 - 1)),  # PlaceId is an int64
         ([], Check("missing")),
         ([""], Check("malformed")),
         (["  "], Check("malformed")),
