@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from aiohttp import ClientHandlerType, ClientRequest, ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -216,6 +217,19 @@ async def test_each_server_has_its_bucket_and_the_key_one_too(
     assert (await status("2020", "10.0.0.4")).problem(429, "rate_limited")["detail"] == (
         "rate limit of 5/min for this key exceeded"
     )
+
+
+async def test_replicas_share_the_server_buckets_in_redis(
+    make_proxy: ProxyFactory, redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    env = {**LIMITED, "BLOXPROXY_CACHE_REDIS_URL": redis_url}
+    env["BLOXPROXY_AUTH_CLIENTS"] = f"{{game: {{key: {GAME}, places: [1818], per_server: 3/h}}}}"
+    one, two = await make_proxy(**env), await make_proxy(**env)
+    statuses = [(await call((one, two)[i % 2], GAME)).status for i in range(5)]
+    assert statuses == [200] * 3 + [429] * 2
+    names = await redis_client.keys("*")
+    assert names == [b"bloxproxy:rl:client:server:game:1818:127.0.0.1"]
+    assert not any(GAME.encode() in n for n in names)
 
 
 async def test_httpservice_limit_is_the_default_per_server(make_proxy: ProxyFactory) -> None:
