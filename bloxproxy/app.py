@@ -95,7 +95,9 @@ def create_app(
     front = Front(
         metrics=metrics,
         access=access,
-        gate=ClientGate.build(config, client_buckets, monotonic, throttle),
+        gate=ClientGate.build(
+            config, client_buckets, monotonic, throttle, _roblox_id_counts(config, metrics)
+        ),
         clock=clock,
         host_routing=bool(config.server.host_suffix),
     )
@@ -123,6 +125,21 @@ def create_app(
     app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle, expect_handler=_expect)
     front.install(app)  # the fast hit path, ahead of routing
     return app
+
+
+def _roblox_id_counts(config: Config, metrics: Metrics) -> Callable[[str, str], None] | None:
+    """Counts the ``Roblox-Id`` checks of access keys bound to places, by client name and
+    outcome (bloxproxy/robloxid.py); None when no key is bound."""
+    if not any(client.bound for client in config.auth.clients):
+        return None
+    checks = Counter(
+        "bloxproxy_roblox_id",
+        "Roblox-Id checks of access keys bound to places (auth.clients), by client and "
+        "outcome: match, mismatch (another place), missing, malformed.",
+        ["client", "outcome"],
+        registry=metrics.registry,
+    )
+    return lambda client, outcome: checks.labels(client, outcome).inc()
 
 
 def _failure_throttle(

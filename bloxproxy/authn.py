@@ -42,11 +42,18 @@ def digests(secrets: Iterable[str]) -> tuple[bytes, ...]:
 def matches(given: str, secrets: tuple[bytes, ...]) -> bool:
     """Is ``given`` (as it came off the wire) one of the secrets (their :func:`digests`)?
     Constant time; an empty ``given`` never matches, not even an empty secret."""
+    return which(given, secrets) >= 0
+
+
+def which(given: str, secrets: tuple[bytes, ...]) -> int:
+    """The index of the secret ``given`` is (-1: none), as :func:`matches` compares: every
+    secret, in constant time (the index is picked without a branch on the comparison)."""
     digest = hashlib.sha256(secret_bytes(given)).digest()
-    ok = False
-    for secret in secrets:  # every one of them: the time taken does not say which matched
-        ok |= hmac.compare_digest(digest, secret)
-    return ok and bool(given)
+    found = -1
+    for index, secret in enumerate(secrets):  # all of them: the time does not say which
+        hit = hmac.compare_digest(digest, secret)
+        found += (index - found) * (hit & (found < 0))
+    return found if given else -1
 
 
 def bearer(authorization: str) -> str:

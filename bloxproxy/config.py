@@ -26,8 +26,9 @@ from typing import Any
 
 import yaml
 
-from . import schema
+from . import keyconfig, schema
 from .errors import ConfigError, Problem, Where
+from .keyconfig import NamedClient
 from .yamlsrc import MarkedDict, load_file
 
 ENV_PREFIX = "BLOXPROXY_"
@@ -436,6 +437,12 @@ def _header_name(value: object) -> str:
     return text
 
 
+def _clients(
+    value: object, where: Where, problems: list[Problem], ctx: str, section: dict[str, Any]
+) -> tuple[NamedClient, ...]:
+    return keyconfig.read_clients(value, where, problems, ctx, section.get("keys", ()))
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     keys: tuple[str, ...] = opt(
@@ -450,6 +457,23 @@ class AuthConfig:
         "Header carrying the access key (never forwarded to Roblox; `Authorization` and "
         "`x-api-key` are Roblox's and go through).",
     )
+    clients: tuple[NamedClient, ...] = field(
+        default_factory=tuple,
+        metadata={
+            "marked": _clients,
+            "block": keyconfig.CLIENT,
+            "default": {},
+            "doc": "Access keys with properties, by client name (letters, digits, `_.-`): "
+            "`{live-game: {key: ${GAME_KEY}, places: [1818], weight: 4, answer_mode: luau}}`. "
+            "Each is accepted like a key of `auth.keys`, plus what its entry says (the keys "
+            "of one entry: `auth.clients.<name>` below). Game servers: README, Game servers.",
+        },
+    )
+
+    @property
+    def keyed(self) -> bool:
+        """Must clients send an access key (``keys`` or ``clients``)?"""
+        return bool(self.keys or self.clients)
 
 
 # What an access line can say, in the default order (bloxproxy/observe.py writes them).
@@ -580,6 +604,14 @@ def _materialize(cls: type, data: MarkedDict | None, problems: list[Problem], ct
             if raw is not None and data is not None:
                 child = schema.mapping(raw, data.at(name), key_ctx, problems)
             values[name] = _materialize(sub, child, problems, key_ctx)
+            continue
+        marked = f.metadata.get("marked")
+        if marked is not None:  # a map of declared blocks, read with its file:line marks
+            given = data is not None and name in data and data[name] is not None
+            if given and data is not None:
+                values[name] = marked(data[name], data.at(name), problems, key_ctx, values)
+            else:
+                values[name] = f.default_factory()  # type: ignore[operator]
             continue
         reader = f.metadata["reader"]
         typed_default = f.default_factory()  # type: ignore[operator]
@@ -728,6 +760,10 @@ def reference_markdown() -> str:
                 walk(sub, path)
                 if lines[-1]:
                     lines.append("")
+                for child in _fields(sub).values():
+                    block = child.metadata.get("block")
+                    if block is not None:  # the keys of each entry of a map
+                        lines.extend([f"### `{block.name}`", "", block.table().rstrip("\n"), ""])
             else:
                 env_name = ENV_PREFIX + "_".join(path).upper()
                 lines.append(

@@ -352,7 +352,7 @@ class _Described:
             startup = app[CONFIG]  # the client middleware enforces the startup auth config
             spec = build_openapi(
                 rules,
-                access_key_header=startup.auth.header if startup.auth.keys else None,
+                access_key_header=startup.auth.header if startup.auth.keyed else None,
                 passthrough_services=live.upstream.allowed_services,
             )
             self.json, self.html = dumps(spec), render_docs(spec).encode()

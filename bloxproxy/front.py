@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import HttpVersion11, web
 
+from . import luau
 from .answer import Answer
 from .cache import decide
 from .errors import error_response
@@ -53,8 +54,7 @@ from .requestids import REQUEST_ID_HEADER, RequestIds
 if TYPE_CHECKING:
     from .cache.shared import SharedCache
     from .cache.store import MemoryStore
-    from .clients import ClientGate
-    from .ratelimit import Decision
+    from .clients import ClientGate, Granted
     from .upstream.inflight import Lease
 
 __all__ = ["Front"]
@@ -183,12 +183,12 @@ class Front:
         generation = self.generation
         rid = self.request_id(request)
         info = RequestInfo(rid)
-        decision: Decision | None = None
+        granted: Granted = ()
         lease: Lease | None = None
         remember: FastEntry | SharedFast | None = None
         try:
             if gated and self.gate is not None:
-                decision, info.client = await self.gate.check(request)
+                granted = await self.gate.check(request, info)
             if handler is not None:
                 resp: web.StreamResponse = await handler(request)
             else:
@@ -216,8 +216,8 @@ class Front:
             resp = error_response(exc, request.rel_url.raw_path, rid)
         except Exception as exc:
             resp = error_response(exc, request.rel_url.raw_path, rid)
-        if decision is not None and self.gate is not None:
-            self.gate.decorate(resp, decision)
+        if granted and self.gate is not None:
+            self.gate.decorate(resp, granted)
         total = time.perf_counter() - start
         h = resp.headers
         h[REQUEST_ID_HEADER] = rid
@@ -230,6 +230,8 @@ class Front:
         if remember is not None and generation == self.generation:
             self._remember(request, remember)  # unless the rules changed meanwhile
         self._record(request, rid, info, resp.status, total, body_bytes(request, resp))
+        if info.luau and isinstance(resp, web.Response):
+            resp = luau.envelope(resp)  # this key's answers, errors too, inside a 200
         out = wired(request, resp, self.clock())
         if lease is not None:
             await self._write_then_release(request, out, lease)

@@ -59,13 +59,24 @@ CACHE_RESULTS = ("HIT", "MISS", "STALE", "BYPASS", "COALESCED")
 class RequestInfo:
     """What the front door learns about one request, for metrics and the access log."""
 
-    __slots__ = ("cache", "cache_time", "client", "request_id", "route", "upstream")
+    __slots__ = (
+        "cache",
+        "cache_time",
+        "client",
+        "luau",
+        "request_id",
+        "route",
+        "upstream",
+        "weight",
+    )
 
     def __init__(self, request_id: str = "") -> None:
         self.request_id = request_id
         # Who the client is, for its share of the upstream budget: ``key:<hash>`` of its
         # access key or ``ip:<address>`` when the client gate knows; "" else (the peer's).
         self.client = ""
+        self.weight = 1.0  # that share's weight (a named access key's ``weight``)
+        self.luau = False  # answers in the Luau envelope (``answer_mode: luau``, luau.py)
         self.route = "none"  # route id, "passthrough:<service>", or "none"
         self.cache = ""  # X-Cache result when the pipeline got that far
         self.cache_time = 0.0  # seconds spent looking in L1/L2

@@ -102,7 +102,7 @@ def openapi_for(config: Config, rules: RuleSet, *, server_url: str | None = None
     return build_openapi(
         rules,
         server_url=server_url,
-        access_key_header=config.auth.header if config.auth.keys else None,
+        access_key_header=config.auth.header if config.auth.keyed else None,
         passthrough_services=config.upstream.allowed_services,
     )
 
@@ -476,7 +476,12 @@ def _components(access_key_header: str | None) -> JSON:
                 "type": "apiKey",
                 "in": "header",
                 "name": access_key_header,
-                "description": "The access key the proxy was configured with (`auth.keys`).",
+                "description": "The access key the proxy was configured with (`auth.keys`, "
+                "or a named key of `auth.clients`: one bound to Roblox places needs a "
+                "`Roblox-Id` header naming one of them (else 403 `wrong_place`), may be "
+                "limited per game server (429 `rate_limited`), and with `answer_mode: luau` "
+                "gets every answer as a 200 whose JSON body holds `ok`, `status`, `headers` "
+                "and `body`).",
             }
         }
     return out

@@ -258,7 +258,9 @@ class Pipeline:
     @staticmethod
     def _caller(request: web.Request, info: RequestInfo) -> Caller:
         """Who the upstream calls of this request are for (see ``Caller``)."""
-        return Caller(info.request_id, info.client or f"ip:{request.remote or ''}")
+        return Caller(
+            info.request_id, info.client or f"ip:{request.remote or ''}", weight=info.weight
+        )
 
     def cache_key_for(self, raw_path: str, query: MultiMapping[str]) -> str | None:
         """The cache key an anonymous GET of this URL uses (for purging one URL)."""

@@ -102,7 +102,7 @@ def open_listener(config: Config) -> str | None:
     with no access keys lets anyone who reaches it use the proxy (``serve`` refuses that
     unless ``server.allow_open`` is set)."""
     server = config.server
-    if config.auth.keys or is_loopback(server.host):
+    if config.auth.keyed or is_loopback(server.host):
         return None
     where = f"{server.host or '*'}:{server.port}"
     if config.limits.clients.rate > 0:

@@ -13,6 +13,7 @@ from bloxproxy import config as config_mod
 from bloxproxy import schema
 from bloxproxy.config import DEFAULT_SERVICES, Config, load, reference_markdown
 from bloxproxy.errors import ConfigError
+from bloxproxy.keyconfig import HTTPSERVICE_PER_SERVER, NamedClient
 from bloxproxy.yamlsrc import MarkedDict, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -183,6 +184,12 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("cache", "redis", "max_connections"), "8", "8", 8),
     (("auth", "keys"), "[k1, k2]", "k1,k2", ("k1", "k2")),
     (("auth", "header"), "X-Proxy-Key", "X-Proxy-Key", "X-Proxy-Key"),
+    (
+        ("auth", "clients"),
+        "{game: {key: g4me, places: [1818]}}",
+        "{game: {key: g4me, places: [1818]}}",
+        (NamedClient("game", "g4me", (1818,), per_server=HTTPSERVICE_PER_SERVER),),
+    ),
     (("limits", "upstream", "rate"), "2.5", "2.5", 2.5),
     (
         ("limits", "upstream", "rates"),

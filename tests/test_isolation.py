@@ -220,7 +220,13 @@ CLIENT_SECRETS = (
     "AUTH-SECRET-6",
 )
 WRONG = ("WRONG-ACCESS-SECRET-0", "WRONG-ADMIN-SECRET-0")
-OURS = (*ACCESS_KEYS, ADMIN_TOKEN, HMAC_SECRET, *WRONG)  # never even sent to Roblox
+# Named keys (auth.clients): a game key with advisory Roblox-Id checks, a Luau one.
+NAMED_KEYS = ("GAME-KEY-SECRET-3", "LUAU-KEY-SECRET-4")
+NAMED = (
+    f"{{game: {{key: {NAMED_KEYS[0]}, places: [1818], roblox_id: advisory, weight: 4}},"
+    f" luau: {{key: {NAMED_KEYS[1]}, places: [1818], answer_mode: luau}}}}"
+)
+OURS = (*ACCESS_KEYS, *NAMED_KEYS, ADMIN_TOKEN, HMAC_SECRET, *WRONG)  # never sent to Roblox
 SECRETS = (*OURS, *CLIENT_SECRETS)
 
 
@@ -264,6 +270,7 @@ async def test_secrets_never_appear_in_logs_metrics_cache_keys_or_answers(
     proxy = await make_proxy(
         BLOXPROXY_RULES_PATHS=rule_paths,
         BLOXPROXY_AUTH_KEYS=",".join(ACCESS_KEYS),
+        BLOXPROXY_AUTH_CLIENTS=NAMED,
         BLOXPROXY_SERVER_ADMIN_TOKEN=ADMIN_TOKEN,
         BLOXPROXY_CACHE_CREDENTIAL_SECRET=HMAC_SECRET,
         BLOXPROXY_CACHE_REDIS_URL=redis_url,
@@ -338,6 +345,14 @@ async def test_secrets_never_appear_in_logs_metrics_cache_keys_or_answers(
         await seen.send(proxy, "GET", "/v1/forwarded/78", headers=h(cred))
         await seen.send(proxy, "GET", "/v1/forwarded/79", headers=h(cred))  # paused: 503
         clock.advance(6)
+    # The named keys: from their place, another, none; answers plain and in the envelope.
+    for named in NAMED_KEYS:
+        for place in ({"Roblox-Id": "1818"}, {"Roblox-Id": "42"}, {}):
+            for path in ("/v1/users/156", "/v1/as-viewer/156", "/users/v1/users/1", "/v1/users/x"):
+                cred = credentials()[0]
+                await seen.send(
+                    proxy, "GET", path, headers={"X-Bloxproxy-Key": named, **place, **cred}
+                )
     await seen.send(
         proxy,
         "POST",
