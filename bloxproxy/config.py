@@ -364,10 +364,14 @@ class UpstreamLimitsConfig:
         "The lowest requests/s a learned rate goes down to (at most the scope's rate).",
     )
     max_wait: float = opt(
-        "2s",
+        "10s",
         schema.duration,
-        "A request that would wait longer than this for the limiter gets 503 with "
-        "`Retry-After` instead of queueing.",
+        "How long a request may wait for a slot of its scope's budget (queued, in its "
+        "client's fair share) before it gets 503 with `Retry-After`, or a stale entry. Long "
+        "enough for a bot's client, which waits for an answer far longer than that (aiohttp "
+        "5 minutes, `requests` and Node's fetch indefinitely): a short wait in line beats a "
+        "fast failure it retries anyway. A client with a shorter timeout sends "
+        "`X-Bloxproxy-Max-Wait: 3s` (at most this). Within `retries.deadline`.",
     )
     shared: bool = opt(
         False,

@@ -12,6 +12,7 @@ the byte budget its body is read under (:mod:`bloxproxy.upstream.inflight`).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ..config import Config
-from ..errors import Unavailable, UpstreamError
+from ..errors import Unavailable, UpstreamError, bad_request
 from .inflight import BudgetExhausted, Lease
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus framing headers we recompute.
@@ -68,6 +69,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-envoy-external-address",
     "via",
     "expect",
+    "x-bloxproxy-max-wait",  # ours: the client's wait bound (Caller.max_wait)
 }
 # Never returned as-is: framing is redone by our server, and the body is already decoded.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
@@ -116,6 +118,24 @@ class Caller:
 
 
 NOBODY = Caller()
+
+MAX_WAIT_HEADER = "X-Bloxproxy-Max-Wait"
+_MAX_WAIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_MAX_WAIT_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def max_wait_of(value: str) -> float:
+    """A client's ``X-Bloxproxy-Max-Wait`` as seconds: ``3s``, ``500ms``, ``1m`` or a
+    number of seconds (``2.5``); the limiter caps it at ``limits.upstream.max_wait``.
+    Anything else is a 400 problem (a client that asks for a bound should know it was not
+    understood)."""
+    found = _MAX_WAIT.match(value)
+    if found is None:
+        shown = value if len(value) <= 32 else value[:32] + "…"
+        raise bad_request(
+            f"{MAX_WAIT_HEADER}: expected a duration like '3s' or '500ms', got {shown!r}"
+        )
+    return float(found.group(1)) * _MAX_WAIT_UNITS[found.group(2)]
 
 
 @dataclass(slots=True)
