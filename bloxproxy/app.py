@@ -162,7 +162,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     )
     metrics.bind_budgets(guard.limiter.rows)
     session = create_session(config)
-    upstream = Upstream(config, session, guard.middleware)
+    upstream = Upstream(config, session, guard.middleware, next_slot_in=guard.limiter.next_slot_in)
     bodies = ByteBudget(config.upstream.max_inflight_bytes, on_idle=release_free_memory)
     fetcher = Fetcher(upstream, config, clock=rt.clock, bodies=bodies)
     shared = getter = None

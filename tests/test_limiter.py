@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bloxproxy import config as config_mod
 from bloxproxy.app import create_app
-from bloxproxy.appkeys import GUARD
+from bloxproxy.appkeys import GUARD, UPSTREAM
 from bloxproxy.errors import Unavailable
 from bloxproxy.fake import FAKE_STATE, FakeRoblox, Fault, IpLimit, create_fake_app
 from bloxproxy.upstream.client import Caller
@@ -367,6 +367,17 @@ async def test_next_slot_in() -> None:
     await asyncio.gather(*waiting)
     assert limiter.next_slot_in("users") == near(0.5)
     await limiter.close()
+
+
+async def test_the_cache_layer_asks_the_upstream(
+    make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
+    proxy = await make_proxy(**NO_CACHE, BLOXPROXY_LIMITS_UPSTREAM_RATES="{users: 2}")
+    upstream = proxy.server.app[UPSTREAM]
+    assert upstream.next_slot_in("users") == 0.0
+    assert (await call(proxy, "/v1/users/1")).status == 200
+    assert upstream.next_slot_in("users") == near(0.5)
+    assert upstream.next_slot_in("games") == 0.0
 
 
 async def test_a_waiter_that_gives_up_leaves_the_line_and_costs_no_slot() -> None:

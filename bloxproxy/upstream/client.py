@@ -185,12 +185,23 @@ class Upstream:
         config: Config,
         session: aiohttp.ClientSession,
         middleware: CallMiddleware | None = None,
+        *,
+        next_slot_in: Callable[[str], float] | None = None,
     ) -> None:
         self._config = config
         self._session = session
         self._middleware = middleware
+        self._next_slot_in = next_slot_in
         self._max = config.upstream.max_response_size
         self._bases: dict[str, str] = {}
+
+    def next_slot_in(self, scope: str) -> float:
+        """Seconds until a slot of ``scope``'s upstream budget would be free for a new call
+        (``UpstreamRequest.scope``): 0.0 when one is free now and nobody waits. The
+        limiter's :meth:`~bloxproxy.upstream.limiter.Limiter.next_slot_in` (cheap,
+        synchronous, no I/O), for the cache layer: a call that would wait anyway is a
+        moment to gather more into it. 0.0 without a limiter."""
+        return 0.0 if self._next_slot_in is None else self._next_slot_in(scope)
 
     def reload(self, config: Config) -> None:
         """New base URLs and limits apply to the next call."""
