@@ -56,6 +56,7 @@ from .rules import RuleSet, load_configured
 from .upstream.client import Upstream, create_session
 from .upstream.guard import Guard
 from .upstream.inflight import ByteBudget, release_free_memory
+from .upstream.shared import SharedBudgets
 
 RESERVED_PREFIX = "/_bloxproxy/"
 
@@ -168,27 +169,27 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     rt = app[RUNTIME]
     redis_cfg = config.cache.redis
-    upstream_buckets = None
+    budgets = None
     if rt.redis is not None and config.limits.upstream.shared:
-        upstream_buckets = RedisBuckets(rt.redis, redis_cfg.prefix + "rl:upstream:")
+        budgets = SharedBudgets(rt.redis, redis_cfg.prefix, config.upstream.egress_id)
     metrics = app[METRICS]
     guard = Guard(
         config,
         clock=rt.monotonic,
         wall=rt.clock,
         sleep=rt.sleep,
-        shared=upstream_buckets,
+        shared=budgets,
         metrics=metrics,
     )
+    metrics.bind_budgets(guard.limiter.rows)
     session = create_session(config)
-    upstream = Upstream(config, session, guard.middleware)
+    upstream = Upstream(config, session, guard.middleware, next_slot_in=guard.limiter.next_slot_in)
     bodies = ByteBudget(config.upstream.max_inflight_bytes, on_idle=release_free_memory)
     fetcher = Fetcher(
         upstream,
         config,
         clock=rt.clock,
         bodies=bodies,
-        slot_in=guard.limiter.next_slot_in,  # batches fill while they wait for a slot
         sleep=rt.background_sleep,
     )
     shared = getter = None
@@ -224,6 +225,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         if access is not None:
             await access.stop()
         await fetcher.close()
+        await guard.close()
         if shared is not None:
             await shared.stop()
         if getter is not None:

@@ -208,6 +208,13 @@ class ServerConfig:
     )
 
 
+def _egress_id(value: object) -> str:
+    text = schema.string(value)
+    if not re.match(r"^[A-Za-z0-9._-]{1,64}$", text):
+        raise ValueError(f"expected a name of letters, digits, '.', '_' or '-', got {text!r}")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     base_url: str = opt(
@@ -243,6 +250,13 @@ class UpstreamConfig:
         "`limits.upstream.max_wait` is answered 503 with `Retry-After` (or from stale cache).",
     )
     user_agent: str = opt("bloxproxy/0.1", schema.string, "User-Agent sent upstream.")
+    egress_id: str = opt(
+        "shared",
+        _egress_id,
+        "Which upstream budget this replica draws on with `limits.upstream.shared`: replicas "
+        "behind one egress IP (Roblox limits per IP) keep the default and share one; a "
+        "replica with its own egress IP gets its own name (e.g. the node's).",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,32 +328,69 @@ class UpstreamLimitsConfig:
     rate: float = opt(
         20.0,
         schema.number(0.001),
-        "Upstream requests per second per service, bursts up to the same number (the "
-        "default for services not in `rates`). Every attempt counts, retries included.",
+        "Upstream requests per second per scope (a service, or a rule's `limits.bucket`), "
+        "bursts up to the same number: where a learned budget starts and the most it grows "
+        "to (the default for scopes not in `rates`). Every attempt counts, retries included.",
     )
     rates: dict[str, float] = opt(
-        {}, _rates, "Per-service rates, e.g. `{thumbnails: 10, friends: 5}`."
+        {},
+        _rates,
+        "Per-scope rates (services or rule buckets), e.g. `{thumbnails: 10, friends: 5}`.",
+    )
+    learn: bool = opt(
+        True,
+        schema.boolean,
+        "Learn each scope's rate from Roblox's answers: lower it on a 429 (`decrease`), cap "
+        "it at the tightest `x-ratelimit-limit` window, raise it again while answers stay "
+        "good (`increase`). `false`: the configured rates, fixed (429s still hold the scope).",
+    )
+    decrease: float = opt(
+        0.5,
+        schema.number(0.01, 0.99),
+        "On a 429, a learned rate is multiplied by this (once per congestion event: the "
+        "429s of requests already sent at the old rate do not lower it again).",
+    )
+    increase: float = opt(
+        0.5,
+        schema.number(0.0),
+        "Requests/s a learned rate grows by after each `increase_every` without a 429 in "
+        "which at least half of its slots were used, up to its configured rate.",
+    )
+    increase_every: float = opt(
+        "1s", schema.duration, "The window of `increase` (and of forgiving 429 strikes)."
+    )
+    floor: float = opt(
+        0.1,
+        schema.number(0.001),
+        "The lowest requests/s a learned rate goes down to (at most the scope's rate).",
     )
     max_wait: float = opt(
-        "2s",
+        "10s",
         schema.duration,
-        "A request that would wait longer than this for the limiter gets 503 with "
-        "`Retry-After` instead of queueing.",
+        "How long a request may wait for a slot of its scope's budget (queued, in its "
+        "client's fair share) before it gets 503 with `Retry-After`, or a stale entry. Long "
+        "enough for a bot's client, which waits for an answer far longer than that (aiohttp "
+        "5 minutes, `requests` and Node's fetch indefinitely): a short wait in line beats a "
+        "fast failure it retries anyway. A client with a shorter timeout sends "
+        "`X-Bloxproxy-Max-Wait: 3s` (at most this). Within `retries.deadline`.",
     )
     shared: bool = opt(
         False,
         schema.boolean,
-        "With `cache.redis.url` set, all replicas share each service's rate through an "
-        "atomic Redis script (N replicas send `rate`/s together, not N x `rate`).",
+        "With `cache.redis.url` set, all replicas with the same `upstream.egress_id` share "
+        "each scope's learned budget in Redis (N replicas send `rate`/s together, not N x "
+        "`rate`, and a 429 seen by one slows all).",
     )
     pause_base: float = opt(
         "1s",
         schema.duration,
-        "After a 429 without `Retry-After`, pause the whole service this long, doubling "
-        "with each consecutive 429.",
+        "From the second 429 in a row without `Retry-After` (no clean `increase_every` "
+        "between), a scope holds (requests wait, no calls) this long, doubling with each.",
     )
     pause_max: float = opt(
-        "1m", schema.duration, "Cap of a 429 pause, the one a `Retry-After` asks for included."
+        "1m",
+        schema.duration,
+        "Cap of a hold: the one a `Retry-After` or `x-ratelimit-reset` asks for included.",
     )
 
 
@@ -391,7 +442,8 @@ class AuthFailuresConfig:
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     upstream: UpstreamLimitsConfig = section(
-        UpstreamLimitsConfig, "Protecting Roblox: per-service upstream rate limits."
+        UpstreamLimitsConfig,
+        "Protecting Roblox: a learned upstream budget per scope, shared fairly by clients.",
     )
     breaker: BreakerConfig = section(BreakerConfig, "Per-service circuit breaker.")
     clients: ClientLimitsConfig = section(ClientLimitsConfig, "Protecting us: client limits.")

@@ -22,7 +22,7 @@ import sys
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
-from typing import IO
+from typing import IO, Protocol
 
 import orjson
 from aiohttp import web
@@ -32,7 +32,12 @@ from prometheus_client import (
     Gauge,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from .config import ACCESS_FIELDS
@@ -100,6 +105,9 @@ class Metrics:
         self._upstream_latency: dict[str, list[float]] = {}
         self._limiter_waits: dict[str, list[float]] = {}
         r.register(UpstreamCollector(self._attempts, self._upstream_latency, self._limiter_waits))
+        # Each scope's learned budget, read from the limiter at scrape time (bind_budgets).
+        self._budgets: Callable[[], Sequence[BudgetRowLike]] = list
+        r.register(BudgetCollector(lambda: self._budgets()))
         self.retries = Counter(
             "bloxproxy_upstream_retries_total", "Upstream retries.", ["service"], registry=r
         )
@@ -173,6 +181,10 @@ class Metrics:
         """Read the upstream body budget at scrape time."""
         self.inflight_bytes.set_function(used)
         self.inflight_peak.set_function(peak)
+
+    def bind_budgets(self, rows: Callable[[], Sequence[BudgetRowLike]]) -> None:
+        """Read the upstream budgets (``Limiter.rows``) at scrape time."""
+        self._budgets = rows
 
 
 _BOUNDS = LATENCY_BUCKETS
@@ -276,6 +288,85 @@ class UpstreamCollector(Collector):
             for service, row in sorted(list(rows.items())):
                 family.add_metric([service], _buckets(row), sum_value=row[1])
             yield family
+
+
+class BudgetRowLike(Protocol):
+    """One scope's upstream budget (``bloxproxy.upstream.limiter.BudgetRow``)."""
+
+    @property
+    def scope(self) -> str: ...
+    @property
+    def rate(self) -> float: ...
+    @property
+    def ceiling(self) -> float: ...
+    @property
+    def limit(self) -> float: ...
+    @property
+    def hold(self) -> float: ...
+    @property
+    def slots(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+    @property
+    def waits(self) -> int: ...
+    @property
+    def refusals(self) -> int: ...
+
+
+_BUDGET_GAUGES = (
+    ("rate", "rate", "The learned upstream rate of a scope, requests/s."),
+    (
+        "ceiling",
+        "ceiling",
+        "The configured upstream rate of a scope (where learning starts "
+        "and the most it grows to), requests/s.",
+    ),
+    (
+        "limit",
+        "limit",
+        "Roblox's own limit for a scope (the tightest x-ratelimit-limit "
+        "window), requests/s; 0 when it sent none.",
+    ),
+    (
+        "hold_seconds",
+        "hold",
+        "Seconds left of a scope's hold (after a 429's Retry-After, "
+        "repeated 429s or x-ratelimit-remaining: 0).",
+    ),
+    ("waiting", "waiting", "Requests waiting in line for a slot of a scope now."),
+)
+_BUDGET_COUNTERS = (
+    ("slots", "slots", "Slots of a scope's budget given (upstream attempts admitted)."),
+    ("waits", "waits", "Requests that waited in line for a slot of a scope."),
+    (
+        "refusals",
+        "refusals",
+        "Requests refused (503 or stale) for want of a slot of a scope within their deadline.",
+    ),
+)
+
+
+class BudgetCollector(Collector):
+    """``bloxproxy_upstream_budget_*{scope}``: each scope's learned budget, its line and
+    what it gave, read from the limiter's plain counters at scrape time."""
+
+    def __init__(self, rows: Callable[[], Sequence[BudgetRowLike]]) -> None:
+        self._rows = rows
+
+    def collect(self) -> Iterator[Metric]:
+        rows = self._rows()
+        for name, attr, doc in _BUDGET_GAUGES:
+            gauge = GaugeMetricFamily(f"bloxproxy_upstream_budget_{name}", doc, labels=["scope"])
+            for row in rows:
+                gauge.add_metric([row.scope], getattr(row, attr))
+            yield gauge
+        for name, attr, doc in _BUDGET_COUNTERS:
+            counter = CounterMetricFamily(
+                f"bloxproxy_upstream_budget_{name}", doc, labels=["scope"]
+            )
+            for row in rows:
+                counter.add_metric([row.scope], getattr(row, attr))
+            yield counter
 
 
 # The access line's fields (``logging.access_fields`` picks and orders them), each as a

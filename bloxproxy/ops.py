@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .appkeys import FRONT, METRICS, PIPELINE, RUNTIME
+from .appkeys import FRONT, GUARD, METRICS, PIPELINE, RUNTIME
 from .authn import bearer
 from .errors import not_found
 
@@ -41,7 +41,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 def readyz(main: web.Application, *, keyed: bool) -> Handler:
     """Ready: config and rules loaded; Redis reachable when configured. Without Redis the
-    proxy still serves (L1 and upstream), so that is "degraded" (200), not "down"."""
+    proxy still serves (L1 and upstream), so that is "degraded" (200), not "down". The
+    details add each upstream scope's learned budget (``budgets``)."""
 
     async def handler(request: web.Request) -> web.Response:
         details = await _key(main, request, required=False) if keyed else True
@@ -49,6 +50,7 @@ def readyz(main: web.Application, *, keyed: bool) -> Handler:
         body: dict[str, object] = {"status": status}
         if details:
             body["checks"] = checks
+            body["budgets"] = _budgets(main)
         return web.json_response(body)
 
     return handler
@@ -95,6 +97,24 @@ async def _readiness(main: web.Application) -> tuple[str, dict[str, str]]:
             checks["redis"] = f"unreachable ({type(exc).__name__})"
             status = "degraded"
     return status, checks
+
+
+def _budgets(main: web.Application) -> dict[str, dict[str, float]]:
+    """Each upstream scope's budget: the learned rate, the configured one, Roblox's own
+    limit when it sent one, the hold left and the line."""
+    guard = main.get(GUARD)
+    if guard is None:
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for row in guard.limiter.rows():
+        entry = {"rate": round(row.rate, 3), "ceiling": row.ceiling}
+        if row.limit:
+            entry["limit"] = round(row.limit, 3)
+        if row.hold:
+            entry["hold_seconds"] = round(row.hold, 3)
+        entry["waiting"] = row.waiting
+        out[row.scope] = entry
+    return out
 
 
 def create_ops_app(main: web.Application) -> web.Application:

@@ -46,7 +46,7 @@ from .errors import (
 from .observe import RequestInfo
 from .router import DuplicateRoute, Router
 from .rules import BatchSpec, Hold, Redirect, Route, RuleSet
-from .upstream.client import Caller, UpstreamRequest
+from .upstream.client import MAX_WAIT_HEADER, Caller, UpstreamRequest, max_wait_of
 
 __all__ = ["Pipeline"]
 
@@ -257,9 +257,14 @@ class Pipeline:
 
     @staticmethod
     def _caller(request: web.Request, info: RequestInfo) -> Caller:
-        """Who the upstream calls of this request are for (see ``Caller``)."""
+        """Who the upstream calls of this request are for (see ``Caller``), and how long
+        they may wait for budget (``X-Bloxproxy-Max-Wait``; the limiter caps it)."""
+        bound = request.headers.get(MAX_WAIT_HEADER)
         return Caller(
-            info.request_id, info.client or f"ip:{request.remote or ''}", weight=info.weight
+            info.request_id,
+            info.client or f"ip:{request.remote or ''}",
+            None if bound is None else max_wait_of(bound),
+            weight=info.weight,
         )
 
     def cache_key_for(self, raw_path: str, query: MultiMapping[str]) -> str | None:

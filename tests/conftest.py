@@ -77,8 +77,11 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
+def clock(request: pytest.FixtureRequest) -> FakeClock:
+    """A :class:`FakeClock`; ``parametrize("clock", [SomeClock], indirect=True)`` gives a
+    test another kind of it (tests/test_limiter.py's ``SteppedClock``)."""
+    kind: type[FakeClock] = getattr(request, "param", FakeClock)
+    return kind()
 
 
 @pytest.fixture

@@ -204,3 +204,75 @@ def test_docs_describe_what_is_built() -> None:
         text = " ".join((ROOT / doc).read_text().split())
         for phrase in ("being built", "not built yet", "will be added", "coming soon"):
             assert phrase not in text, f"{doc}: {phrase!r}"
+
+
+# --- the learned budgets' examples run as written -----------------------------------------
+
+
+def _section(path: Path, heading: str) -> list[tuple[str, str]]:
+    """The fenced blocks of one section: (language, body)."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    return blocks(text[start : end if end > 0 else len(text)])
+
+
+async def test_the_readme_budget_example(
+    tmp_path: Path,
+    fake_server: TestServer,
+    redis_url: str,
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> None:
+    (_, config_file), (_, commands), (_, shown) = _section(
+        ROOT / "README.md", "## Protecting Roblox, surviving Roblox"
+    )
+    assert config_file.startswith("# budgets.yaml\n")
+    (tmp_path / "budgets.yaml").write_text(config_file, encoding="utf-8")
+    fake = f"http://127.0.0.1:{fake_server.port}/{{service}}"  # what --fake-upstream does
+    env = {"BLOXPROXY_UPSTREAM_BASE_URL": fake, "BLOXPROXY_CACHE_REDIS_URL": redis_url}
+    config = config_mod.load(str(tmp_path / "budgets.yaml"), env=env)
+    up = config.limits.upstream
+    assert (up.rate, up.rates, up.shared) == (20, {"thumbnails": 40, "friends": 2}, True)
+    client = await aiohttp_client(create_app(config))
+    curls = [shlex.split(line) for line in commands.splitlines() if line.startswith("curl")]
+    assert [c[-1] for c in curls] == [
+        "http://127.0.0.1:8080/users/v1/users/1",
+        "http://127.0.0.1:8080/_bloxproxy/readyz",
+    ]
+    name, value = curls[0][curls[0].index("-H") + 1].split(": ")
+    async with client.get("/users/v1/users/1", headers={name: value}) as resp:
+        assert resp.status == 200
+    async with client.get("/_bloxproxy/readyz") as resp:
+        ready = orjson.loads(await resp.read())
+    expected = orjson.loads(shown)
+    assert ready["budgets"] == expected["budgets"]
+    assert (ready["status"], ready["checks"]["redis"]) == ("ok", "ok")
+    assert ready["checks"].keys() == expected["checks"].keys()
+
+
+async def test_the_rules_bucket_example(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fake_server: TestServer,
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> None:
+    found = _section(ROOT / "docs" / "RULES.md", "## Limits\n")
+    files = [body for lang, body in found if lang == "yaml"]
+    assert len(files) == 2
+    for body in files:
+        name = body.split("\n", 1)[0].removeprefix("# ")
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body, encoding="utf-8")
+    fake = f"http://127.0.0.1:{fake_server.port}/{{service}}"
+    config = config_mod.load(
+        str(tmp_path / "history-config.yaml"), env={"BLOXPROXY_UPSTREAM_BASE_URL": fake}
+    )
+    client = await aiohttp_client(create_app(config))
+    async with client.get("/v1/users/1/username-history") as resp:
+        assert resp.status == 200, await resp.read()
+    async with client.get("/_bloxproxy/readyz") as resp:
+        budgets = orjson.loads(await resp.read())["budgets"]
+    text = (ROOT / "docs" / "RULES.md").read_text(encoding="utf-8")
+    shown = re.search(r'`"users-history": (\{[^`]*\})`', text)
+    assert shown is not None
+    assert budgets == {"users-history": orjson.loads(shown[1])}

@@ -20,11 +20,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from bloxproxy.cache import entities
-from bloxproxy.cache.batcher import flush_at
+from bloxproxy.cache.batcher import Batch, Batcher, flush_at
 from bloxproxy.fake import FakeRoblox, Fault
 from bloxproxy.fake import answer as fake_answer
 from bloxproxy.rules import BatchSpec
-from bloxproxy.upstream.client import UpstreamRequest
+from bloxproxy.upstream.client import NOBODY, UpstreamRequest
 from tests.conftest import FakeClock, ProxyFactory, fetcher_of
 
 Client = TestClient[web.Request, web.Application]
@@ -170,28 +170,50 @@ def test_an_answer_is_assembled_in_the_order_asked_without_the_absent() -> None:
 
 
 @pytest.mark.parametrize(
-    ("size", "slot_in", "busy", "deadline", "expected"),
+    ("size", "slot_at", "busy", "deadline", "expected"),
     [
         (100, 5.0, True, 99.0, 10.0),  # full: now, slot or not, busy or not
-        (1, 0.0, False, 99.0, 10.005),  # a slot is free: once the window has passed
-        (1, 0.5, False, 99.0, 10.5),  # no slot yet: it keeps filling until there is one
-        (1, 0.0, True, 99.0, 99.0),  # the variant's last batch still out: it keeps filling
-        (1, 5.0, False, 12.0, 12.0),  # but not past the earliest caller's deadline
-        (1, 0.0, True, 10.001, 10.001),
+        (1, 10.0, False, 99.0, 10.005),  # a slot is free: once the window has passed
+        (1, 10.5, False, 99.0, 10.5),  # no slot yet: it keeps filling until there is one
+        (1, 10.0, True, 99.0, 99.0),  # the variant's last batch still out: it keeps filling
+        (1, 12.0, False, 12.0, 12.0),  # a slot just by the earliest caller's deadline
+        (1, 15.0, False, 12.0, 10.005),  # none in time: it goes, and the limiter says so
+        (1, 10.0, True, 10.001, 10.001),
     ],
 )
-def test_flush_at(size: int, slot_in: float, busy: bool, deadline: float, expected: float) -> None:
+def test_flush_at(size: int, slot_at: float, busy: bool, deadline: float, expected: float) -> None:
     got = flush_at(
         now=10.0,
         opened=10.0,
         window=0.005,
         size=size,
         cap=100,
-        slot_in=slot_in,
+        slot_at=slot_at,
         busy=busy,
         deadline=deadline,
     )
     assert got == pytest.approx(expected)
+
+
+async def test_a_batch_goes_when_the_slot_estimated_at_its_opening_comes() -> None:
+    """The limiter's next slot is estimated once: with others always in its line it is never
+    "now", and a batch that polled for it would wait out its callers' deadline (30 s)."""
+    sent: list[list[str]] = []
+
+    async def run(batch: Batch) -> dict[str, object]:
+        sent.append(sorted(batch.ids))
+        return {norm: b"{}" for norm in batch.ids}
+
+    batcher = Batcher(run, slot_in=lambda scope: 0.05)  # a line that never empties
+    variant = UpstreamRequest("users", "POST", "/v1/users")
+    loop = asyncio.get_running_loop()
+    asked = [
+        batcher.ask(USERS, "v", variant, None, f"u:{i}", str(i), str(i), NOBODY, loop.time() + 30)
+        for i in (1, 2)
+    ]
+    assert await asyncio.wait_for(asyncio.gather(*asked), 5) == [b"{}", b"{}"]
+    assert sent == [["1", "2"]]
+    await batcher.close()
 
 
 # -- through the proxy ------------------------------------------------------------------------

@@ -1,10 +1,10 @@
-"""The upstream guard: retries, the 429 pause, the circuit breaker, the per-service limiter,
-the shared Redis budget and the CSRF handshake.
+"""The upstream guard: retries, 429 holds, the circuit breaker, the per-scope limiter, the
+shared Redis budget and the CSRF handshake.
 
-Pure parts (``parse_retry_after``, ``full_jitter``, ``Breaker``, ``Pause``, ``RetryBudget``)
-are tables; everything else goes through the real proxy app in front of the fake Roblox with
-scripted faults. Backoff sleeps and pauses run on the injected clock; only aiolimiter (the
-loop's clock) and per-attempt timeouts take real time, kept to tens of milliseconds.
+Pure parts (``parse_retry_after``, ``full_jitter``, ``Breaker``, ``RetryBudget``) are
+tables; everything else goes through the real proxy app in front of the fake Roblox with
+scripted faults. Backoff sleeps, holds and waits for budget run on the injected clock; only
+per-attempt timeouts take real time, kept to tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from aiohttp.test_utils import TestClient
 from bloxproxy.appkeys import GUARD
 from bloxproxy.errors import Unavailable
 from bloxproxy.fake import FakeRoblox, Fault
-from bloxproxy.upstream.breaker import Breaker, Pause
+from bloxproxy.upstream.breaker import Breaker
 from bloxproxy.upstream.retry import RetryBudget, full_jitter, parse_retry_after
 from tests.conftest import FakeClock, ProxyFactory
 
@@ -211,43 +211,6 @@ def test_breaker_neutral_outcome_frees_the_probe_slot() -> None:
     assert (b.state, b.probing) == ("half_open", False)
     b.before(NOW + 30, "users")  # the next request is the probe
     assert b.probing
-
-
-def test_pause_backs_off_exponentially_up_to_the_cap() -> None:
-    p = Pause(base=1.0, cap=8.0)
-    waits = []
-    for _ in range(6):
-        waits.append(p.on_429(NOW, None))
-    assert waits == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
-    p.on_success()
-    assert p.on_429(NOW, None) == 1.0
-
-
-def test_pause_honours_retry_after_and_never_shortens() -> None:
-    p = Pause(base=1.0, cap=30.0)
-    assert p.on_429(NOW, 20.0) == 20.0  # Retry-After wins over the backoff
-    assert p.until == NOW + 20
-    assert p.on_429(NOW + 1, 2.0) == 2.0
-    assert p.until == NOW + 20  # a shorter answer does not cut an earlier pause
-    assert p.on_429(NOW + 1, 0.0) == 0.0
-
-
-def test_pause_caps_a_wild_retry_after() -> None:
-    p = Pause(base=1.0, cap=8.0)
-    assert p.on_429(NOW, 86400.0) == 8.0
-    assert p.until == NOW + 8
-
-
-def test_pause_check_until_the_end() -> None:
-    p = Pause(base=1.0, cap=60.0)
-    p.check(NOW, "users")  # never paused
-    p.on_429(NOW, 2.0)
-    with pytest.raises(Unavailable) as paused:
-        p.check(NOW + 0.5, "users")
-    assert (paused.value.code, paused.value.headers["Retry-After"]) == ("upstream_paused", "2")
-    with pytest.raises(Unavailable):
-        p.check(NOW + 1.99, "users")
-    p.check(NOW + 2.0, "users")
 
 
 def test_retry_budget_arithmetic() -> None:
@@ -444,7 +407,10 @@ async def test_backoff_is_capped(
     make_proxy: ProxyFactory, fake: FakeRoblox, clock: FakeClock
 ) -> None:
     proxy = await make_proxy(
-        **NO_CACHE, BLOXPROXY_RETRIES_BACKOFF_BASE="10s", BLOXPROXY_RETRIES_BACKOFF_MAX="50ms"
+        **NO_CACHE,
+        **FAST,  # a budget starts paced: its slots would add to the backoff
+        BLOXPROXY_RETRIES_BACKOFF_BASE="10s",
+        BLOXPROXY_RETRIES_BACKOFF_MAX="50ms",
     )
     fake.script("users", "/v1/users/1", [Fault(status=503), Fault(status=503)])
     start = clock.now
@@ -480,55 +446,79 @@ async def test_default_retry_budget_is_a_fifth_plus_the_reserve(
     assert 50 + 10 <= calls <= 50 + 10 + 50 * 0.2  # not 150
 
 
-# -- the 429 pause ---------------------------------------------------------------------------
+# -- 429: the scope's budget holds, requests wait -------------------------------------------
+# (The learning itself, fair shares and the line are tests/test_budget.py, test_fairshare.py
+# and test_limiter.py.) A 429 no longer pauses a service with fast 503s: a request waits for
+# the hold to end when it can within its deadline, and is refused at once when it cannot.
 
 
-async def test_429_with_retry_after_pauses_the_service(
+def users_budget(proxy: Client) -> Any:
+    return next(r for r in proxy.server.app[GUARD].limiter.rows() if r.scope == "users")
+
+
+async def test_429_with_retry_after_holds_the_scope_and_requests_wait(
     make_proxy: ProxyFactory, fake: FakeRoblox, clock: FakeClock
 ) -> None:
     proxy = await make_proxy(**NO_CACHE, **ONE_ATTEMPT)
     fake.script("users", "/v1/users/1000002", [Fault(status=429, retry_after="2")])
     first = await call(proxy, "/users/v1/users/1000002")
     assert (first.status, first.headers["Retry-After"]) == (429, "2")  # Roblox's own answer
+    assert users_budget(proxy).hold == pytest.approx(2.0)
 
-    paused = await call(proxy, "/users/v1/users/1000003")
-    assert paused.problem(503, "upstream_paused")["retry_after"] == 2
-    assert paused.headers["Retry-After"] == "2"
-    assert fake.count("users", "/v1/users/1000003") == 0
+    start = clock.now
     assert (await call(proxy, "/games/v1/games?universeIds=1")).status == 200  # others go on
+    assert clock.now == start
 
-    clock.advance(1.5)
-    assert (await call(proxy, "/users/v1/users/1000003")).headers["Retry-After"] == "1"
-    clock.advance(0.5)
-    assert (await call(proxy, "/users/v1/users/1000003")).status == 200
+    # a client that can wait no longer than 1 s is told at once, and Roblox is spared
+    hurried = await call(proxy, "/users/v1/users/1000003", headers={"X-Bloxproxy-Max-Wait": "1s"})
+    assert hurried.problem(503, "upstream_paused")["retry_after"] == 2
+    assert hurried.headers["Retry-After"] == "2"
+    assert fake.count("users", "/v1/users/1000003") == 0
+    assert clock.now == start
+
+    waited = await call(proxy, "/users/v1/users/1000003")  # the default bound: 10 s
+    assert waited.status == 200
+    assert clock.now - start == pytest.approx(2.0)  # it waited for the hold, in line
     assert fake.count("users", "/v1/users/1000003") == 1
+    assert "x-bloxproxy-max-wait" not in fake.requests[-1].headers  # ours: never forwarded
 
 
-async def test_429_without_retry_after_backs_off_exponentially(
+async def test_repeated_429s_without_retry_after_hold_longer_each_time(
     make_proxy: ProxyFactory, fake: FakeRoblox, clock: FakeClock
 ) -> None:
     proxy = await make_proxy(**NO_CACHE, **ONE_ATTEMPT, BLOXPROXY_LIMITS_UPSTREAM_PAUSE_BASE="1s")
-    fake.script("users", "/v1/users/1000002", [Fault(status=429), Fault(status=429)])
+    fake.script("users", "/v1/users/1000002", [Fault(status=429)] * 3)
     assert (await call(proxy, "/users/v1/users/1000002")).status == 429
-    clock.advance(1)
-    assert (await call(proxy, "/users/v1/users/1000002")).status == 429  # second strike: 2 s
-    clock.advance(1.9)
-    (await call(proxy, "/users/v1/users/1000002")).problem(503, "upstream_paused")
-    clock.advance(0.1)
+    # the first 429 lowers the rate (20 → 10/s) and holds nothing
+    assert (users_budget(proxy).rate, users_budget(proxy).hold) == (10.0, 0.0)
+    assert (await call(proxy, "/users/v1/users/1000002")).status == 429  # (paced: 0.1 s)
+    # the second in a row (no clean second between): 5/s, and a hold of pause_base
+    assert (users_budget(proxy).rate, users_budget(proxy).hold) == (5.0, 1.0)
+    start = clock.now
+    assert (await call(proxy, "/users/v1/users/1000002")).status == 429  # waited for it
+    assert clock.now - start == pytest.approx(1.0)
+    assert (users_budget(proxy).rate, users_budget(proxy).hold) == (2.5, 2.0)  # doubled
+    start = clock.now
     assert (await call(proxy, "/users/v1/users/1000002")).status == 200
-    assert fake.count("users", "/v1/users/1000002") == 3
+    assert clock.now - start == pytest.approx(2.0)
+    assert fake.count("users", "/v1/users/1000002") == 4
+    assert users_budget(proxy).refusals == 0
 
 
-async def test_429_with_retry_after_date_pauses_until_then(
+async def test_429_with_retry_after_date_holds_until_then(
     make_proxy: ProxyFactory, fake: FakeRoblox, clock: FakeClock
 ) -> None:
     proxy = await make_proxy(**NO_CACHE, **ONE_ATTEMPT)
-    fake.script("users", "/v1/users/1000002", [Fault(status=429, retry_after=http_date(NOW + 10))])
+    fake.script("users", "/v1/users/1000002", [Fault(status=429, retry_after=http_date(NOW + 30))])
     assert (await call(proxy, "/users/v1/users/1000002")).status == 429
-    clock.advance(9)
-    (await call(proxy, "/users/v1/users/1000002")).problem(503, "upstream_paused")
-    clock.advance(1)
+    clock.advance(9)  # 21 s left: more than a request may wait (limits.upstream.max_wait)
+    refused = await call(proxy, "/users/v1/users/1000002")
+    assert refused.problem(503, "upstream_paused")["retry_after"] == 21
+    assert users_budget(proxy).refusals == 1
+    clock.advance(16)  # 5 s left: within the bound, so it waits
+    start = clock.now
     assert (await call(proxy, "/users/v1/users/1000002")).status == 200
+    assert clock.now - start == pytest.approx(5.0)
 
 
 async def test_429_is_retried_after_the_pause(
@@ -750,18 +740,19 @@ async def test_shared_upstream_budget_across_two_proxies(
         **NO_CACHE,
         "BLOXPROXY_CACHE_REDIS_URL": redis_url,
         "BLOXPROXY_LIMITS_UPSTREAM_SHARED": "true",
-        "BLOXPROXY_LIMITS_UPSTREAM_RATE": "2",  # burst 2, then one every 0.5 s
+        # one slot every 0.5 s; a budget starts paced (its burst is earned by a quiet second)
+        "BLOXPROXY_LIMITS_UPSTREAM_RATE": "2",
         "BLOXPROXY_LIMITS_UPSTREAM_MAX_WAIT": "10ms",
     }
     one, two = await make_proxy(**env), await make_proxy(**env)
     answers = await asyncio.gather(
         *(call((one, two)[i % 2], f"/v1/users/{1_000_001 + i}") for i in range(8))
     )
-    assert sorted(a.status for a in answers) == [200] * 2 + [503] * 6
+    assert sorted(a.status for a in answers) == [200] + [503] * 7
     for busy in (a for a in answers if a.status == 503):
         busy.problem(503, "upstream_busy")
         assert busy.headers["Retry-After"] == "1"
-    assert sum(fake.count("users", f"/v1/users/{1_000_000 + i}") for i in range(1, 9)) == 2
+    assert sum(fake.count("users", f"/v1/users/{1_000_000 + i}") for i in range(1, 9)) == 1
     # games has its own budget
     assert (await call(two, "/games/v1/games?universeIds=1")).status == 200
 
@@ -779,7 +770,7 @@ async def test_local_proxies_without_sharing_each_get_the_rate(
     answers = await asyncio.gather(
         *(call((one, two)[i % 2], f"/v1/users/{1_000_001 + i}") for i in range(8))
     )
-    assert sorted(a.status for a in answers) == [200] * 4 + [503] * 4
+    assert sorted(a.status for a in answers) == [200] * 2 + [503] * 6  # one slot each
 
 
 async def test_shared_budget_falls_back_to_the_local_limiter_without_redis(

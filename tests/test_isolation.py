@@ -341,10 +341,11 @@ async def test_secrets_never_appear_in_logs_metrics_cache_keys_or_answers(
         ):
             fake.script("users", "/v1/users/77", [fault])
             await seen.send(proxy, "GET", "/v1/as-viewer/77", headers=h(cred))
-        fake.script("users", "/v1/users/78", [Fault(status=429, retry_after="5")])
+        # a hold longer than a request may wait (limits.upstream.max_wait): 503 at once
+        fake.script("users", "/v1/users/78", [Fault(status=429, retry_after="30")])
         await seen.send(proxy, "GET", "/v1/forwarded/78", headers=h(cred))
-        await seen.send(proxy, "GET", "/v1/forwarded/79", headers=h(cred))  # paused: 503
-        clock.advance(6)
+        await seen.send(proxy, "GET", "/v1/forwarded/79", headers=h(cred))  # held: 503
+        clock.advance(31)
     # The named keys: from their place, another, none; answers plain and in the envelope.
     for named in NAMED_KEYS:
         for place in ({"Roblox-Id": "1818"}, {"Roblox-Id": "42"}, {}):

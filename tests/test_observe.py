@@ -57,6 +57,14 @@ FAMILIES = {
     "bloxproxy_limiter_wait_seconds": "histogram",
     "bloxproxy_limiter_rejections_total": "counter",
     "bloxproxy_breaker_state": "gauge",
+    "bloxproxy_upstream_budget_rate": "gauge",
+    "bloxproxy_upstream_budget_ceiling": "gauge",
+    "bloxproxy_upstream_budget_limit": "gauge",
+    "bloxproxy_upstream_budget_hold_seconds": "gauge",
+    "bloxproxy_upstream_budget_waiting": "gauge",
+    "bloxproxy_upstream_budget_slots_total": "counter",
+    "bloxproxy_upstream_budget_waits_total": "counter",
+    "bloxproxy_upstream_budget_refusals_total": "counter",
     "bloxproxy_cache_l1_entries": "gauge",
     "bloxproxy_cache_l1_bytes": "gauge",
     "bloxproxy_reloads_total": "counter",
@@ -233,6 +241,32 @@ async def test_limiter_waits_and_rejections(make_proxy: ProxyFactory, fake: Fake
     assert m.get("bloxproxy_limiter_wait_seconds_count", service="users") == 1  # the admitted one
     # it did not wait (the second's first token): in a low bucket, not only under +Inf
     assert m.get("bloxproxy_limiter_wait_seconds_bucket", service="users", le="0.01") == 1
+
+
+async def test_learned_budgets_per_scope(
+    make_proxy: ProxyFactory, fake: FakeRoblox, clock: FakeClock
+) -> None:
+    proxy = await make_proxy(
+        **NO_CACHE,
+        **ONE_ATTEMPT,
+        BLOXPROXY_LIMITS_UPSTREAM_RATE="2",
+        BLOXPROXY_LIMITS_UPSTREAM_MAX_WAIT="1s",
+    )
+    answers = await asyncio.gather(*(call(proxy, f"/v1/users/{1_000_001 + i}") for i in range(4)))
+    assert sorted(a.status for a in answers) == [200, 200, 200, 503]  # at 0, 0.5 and 1 s
+    fake.script("games", "/v1/games", [Fault(status=429, retry_after="5")])
+    assert (await call(proxy, "/games/v1/games?universeIds=1")).status == 429
+    m = await scrape(proxy)
+    rate, rows = "bloxproxy_upstream_budget_rate", "bloxproxy_upstream_budget"
+    assert (m.get(rate, scope="users"), m.get(rate, scope="games")) == (2.0, 1.0)  # learned
+    assert m.get(f"{rows}_ceiling", scope="games") == 2.0
+    assert m.get(f"{rows}_hold_seconds", scope="games") == 5.0
+    assert m.get(f"{rows}_limit", scope="users") == 0.0  # Roblox said nothing
+    assert m.get(f"{rows}_waiting", scope="users") == 0.0
+    assert m.get(f"{rows}_slots_total", scope="users") == 3
+    assert m.get(f"{rows}_waits_total", scope="users") == 3
+    assert m.get(f"{rows}_refusals_total", scope="users") == 1
+    assert m.get("bloxproxy_limiter_rejections_total", service="users") == 1
 
 
 async def test_breaker_state_gauge_closed_open_half_open(
@@ -742,6 +776,21 @@ async def test_readyz_without_redis(proxy: Client) -> None:
     assert re.fullmatch(r"[1-9]\d* routes", body["checks"]["rules"])
     assert "redis" not in body["checks"]
     assert (await call(proxy, "/_bloxproxy/healthz")).json() == {"status": "ok"}
+
+
+async def test_readyz_lists_each_scopes_learned_budget(
+    make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
+    proxy = await make_proxy(**NO_CACHE, **ONE_ATTEMPT, BLOXPROXY_LIMITS_UPSTREAM_RATE="8")
+    assert (await call(proxy, "/_bloxproxy/readyz")).json()["budgets"] == {}
+    fake.script("users", "/v1/users/1", [Fault(status=429, retry_after="30")])
+    assert (await call(proxy, "/v1/users/1")).status == 429
+    assert (await call(proxy, "/games/v1/games?universeIds=1")).status == 200
+    budgets = (await call(proxy, "/_bloxproxy/readyz")).json()["budgets"]
+    assert budgets == {
+        "games": {"rate": 8.0, "ceiling": 8.0, "waiting": 0},
+        "users": {"rate": 4.0, "ceiling": 8.0, "hold_seconds": 30.0, "waiting": 0},
+    }
 
 
 async def test_readyz_with_redis(make_proxy: ProxyFactory, redis_url: str) -> None:

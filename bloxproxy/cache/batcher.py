@@ -4,9 +4,12 @@ upstream call, up to the endpoint's cap.
 An id asked while no batch of its variant is open opens one; ids asked while it is open join
 it (an id already open or already in flight is waited for, not asked twice). A batch goes
 (:func:`flush_at`) when it is full, or once its short window has passed *and* the upstream
-limiter has a slot for it *and* no other batch of its variant is in flight — so while
-requests wait for budget, or for the call before theirs, the batch keeps filling, which is
-when merging pays most — but never later than the earliest of its callers' deadlines. (Fifty
+limiter's next slot (as it estimated when the batch opened, or when the call before it came
+back) has come *and* no other batch of its variant is in flight — so while requests wait for
+budget, or for the call before theirs, the batch keeps filling, which is when merging pays
+most — but never later than the earliest of its callers' deadlines. The estimate is taken
+once, not polled: with others in the limiter's line the next slot keeps moving, and the
+batch then joins the line like any call. (Fifty
 concurrent single lookups are therefore two calls at most, however slowly they arrive.)
 The batcher only collects and schedules; ``run`` (the fetcher's) makes the call, stores the
 entities and says what each id got.
@@ -37,19 +40,23 @@ def flush_at(
     window: float,
     size: int,
     cap: int,
-    slot_in: float,
+    slot_at: float,
     busy: bool,
     deadline: float,
 ) -> float:
     """When an open batch should go: now when it is full; while another batch of its
     variant is in flight (``busy``), not before that one is back (it keeps filling: the
-    batcher looks again then); else once its window has passed and the limiter has a slot
-    (``slot_in`` seconds from now). Never after the earliest caller's ``deadline``."""
+    batcher looks again then); else once its window has passed and the limiter's next slot
+    (``slot_at``) has come. Never after the earliest caller's ``deadline``; and when no slot
+    comes before it, at the window's end: the limiter then refuses at once (a stale answer
+    or a 503 now, not after the wait)."""
     if size >= cap:
         return now
     if busy:
         return deadline
-    return min(max(opened + window, now + slot_in), deadline)
+    if slot_at > deadline:
+        return opened + window
+    return max(opened + window, slot_at)
 
 
 @dataclass(slots=True)
@@ -66,6 +73,7 @@ class Batch:
     ids: dict[str, str] = field(default_factory=dict)
     futures: dict[str, asyncio.Future[Outcome]] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
+    slot_at: float | None = None  # the limiter's next slot, estimated once (see above)
 
 
 class Batcher:
@@ -132,13 +140,15 @@ class Batcher:
 
     def _schedule(self, batch: Batch) -> None:
         now = asyncio.get_running_loop().time()
+        if batch.slot_at is None:
+            batch.slot_at = now + self._slot_in(batch.variant.scope)
         when = flush_at(
             now=now,
             opened=batch.opened,
             window=batch.spec.window,
             size=len(batch.ids),
             cap=batch.spec.max,
-            slot_in=self._slot_in(batch.variant.scope),
+            slot_at=batch.slot_at,
             busy=self._busy.get(batch.variant_key, 0) > 0,
             deadline=batch.deadline,
         )
@@ -179,7 +189,8 @@ class Batcher:
                 self._busy.pop(key, None)
             waiting = self._open.get(key)
             if waiting is not None and not left:
-                self._schedule(waiting)  # the next batch of this variant may go now
+                waiting.slot_at = None  # the next batch of this variant may go: when?
+                self._schedule(waiting)
         for norm, future in batch.futures.items():
             if not future.done():
                 future.set_result(outcomes.get(norm))

@@ -57,7 +57,6 @@ class Fetcher:
         clock: Callable[[], float] = time.time,
         shared: SharedCache | None = None,
         bodies: ByteBudget | None = None,
-        slot_in: Callable[[str], float] = lambda scope: 0.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.upstream = upstream
@@ -76,7 +75,8 @@ class Fetcher:
         self._sleep = sleep  # (injected: background re-polls wait out a TTL with it)
         self._repolling: set[str] = set()
         # (batch windows and deadlines are real time: the loop's clock, as the timers are)
-        self.batcher = Batcher(self._run_batch, slot_in=slot_in)
+        # batches fill while the upstream limiter has no slot for them
+        self.batcher = Batcher(self._run_batch, slot_in=upstream.next_slot_in)
 
     # -- the request path ----------------------------------------------------------------
 

@@ -1,8 +1,9 @@
-"""A service's health as the guard sees it: the circuit breaker and the 429 pause.
+"""A service's health as the guard sees it: the circuit breaker.
 
-Both are small state machines on an injected clock (the guard passes ``now``); neither does
-I/O. A refusal is an :class:`~bloxproxy.errors.Unavailable` (503 with ``Retry-After``), which
-lets a stale entry answer instead.
+A small state machine on an injected clock (the guard passes ``now``), no I/O. A refusal is
+an :class:`~bloxproxy.errors.Unavailable` (503 with ``Retry-After``), which lets a stale
+entry answer instead. (429s are not failures: they teach the scope's budget,
+:mod:`.budget`.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 
 from ..errors import Unavailable
 
-__all__ = ["BREAKER_CODES", "Breaker", "Pause"]
+__all__ = ["BREAKER_CODES", "Breaker"]
 
 log = logging.getLogger("bloxproxy.upstream")
 
@@ -65,35 +66,3 @@ class Breaker:
     def neutral(self) -> None:
         """An attempt that says nothing about health (a 429, a cancel) ends a probe."""
         self.probing = False
-
-
-@dataclass(slots=True)
-class Pause:
-    """A service-wide pause after a 429: Retry-After, else exponential backoff."""
-
-    base: float
-    cap: float
-    until: float = 0.0
-    strikes: int = 0
-
-    def check(self, now: float, service: str) -> None:
-        if now < self.until:
-            raise Unavailable(
-                f"{service} asked us to slow down (429); paused",
-                "upstream_paused",
-                self.until - now,
-            )
-
-    def on_429(self, now: float, retry_after: float | None) -> float:
-        self.strikes += 1
-        # Retry-After is honoured up to the cap too: a wild value must not stop a service
-        # for a day.
-        wait = min(
-            self.cap,
-            retry_after if retry_after is not None else self.base * 2 ** (self.strikes - 1),
-        )
-        self.until = max(self.until, now + wait)
-        return wait
-
-    def on_success(self) -> None:
-        self.strikes = 0

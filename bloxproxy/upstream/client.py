@@ -12,6 +12,7 @@ the byte budget its body is read under (:mod:`bloxproxy.upstream.inflight`).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -20,7 +21,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from ..config import Config
-from ..errors import Unavailable, UpstreamError
+from ..errors import Unavailable, UpstreamError, bad_request
 from .inflight import BudgetExhausted, Lease
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus framing headers we recompute.
@@ -68,6 +69,7 @@ _REQUEST_DROP = HOP_BY_HOP | {
     "x-envoy-external-address",
     "via",
     "expect",
+    "x-bloxproxy-max-wait",  # ours: the client's wait bound (Caller.max_wait)
 }
 # Never returned as-is: framing is redone by our server, and the body is already decoded.
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length", "content-encoding", "date", "server"}
@@ -117,6 +119,24 @@ class Caller:
 
 NOBODY = Caller()
 
+MAX_WAIT_HEADER = "X-Bloxproxy-Max-Wait"
+_MAX_WAIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_MAX_WAIT_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def max_wait_of(value: str) -> float:
+    """A client's ``X-Bloxproxy-Max-Wait`` as seconds: ``3s``, ``500ms``, ``1m`` or a
+    number of seconds (``2.5``); the limiter caps it at ``limits.upstream.max_wait``.
+    Anything else is a 400 problem (a client that asks for a bound should know it was not
+    understood)."""
+    found = _MAX_WAIT.match(value)
+    if found is None:
+        shown = value if len(value) <= 32 else value[:32] + "…"
+        raise bad_request(
+            f"{MAX_WAIT_HEADER}: expected a duration like '3s' or '500ms', got {shown!r}"
+        )
+    return float(found.group(1)) * _MAX_WAIT_UNITS[found.group(2)]
+
 
 @dataclass(slots=True)
 class Call:
@@ -165,12 +185,23 @@ class Upstream:
         config: Config,
         session: aiohttp.ClientSession,
         middleware: CallMiddleware | None = None,
+        *,
+        next_slot_in: Callable[[str], float] | None = None,
     ) -> None:
         self._config = config
         self._session = session
         self._middleware = middleware
+        self._next_slot_in = next_slot_in
         self._max = config.upstream.max_response_size
         self._bases: dict[str, str] = {}
+
+    def next_slot_in(self, scope: str) -> float:
+        """Seconds until a slot of ``scope``'s upstream budget would be free for a new call
+        (``UpstreamRequest.scope``): 0.0 when one is free now and nobody waits. The
+        limiter's :meth:`~bloxproxy.upstream.limiter.Limiter.next_slot_in` (cheap,
+        synchronous, no I/O), for the cache layer: a call that would wait anyway is a
+        moment to gather more into it. 0.0 without a limiter."""
+        return 0.0 if self._next_slot_in is None else self._next_slot_in(scope)
 
     def reload(self, config: Config) -> None:
         """New base URLs and limits apply to the next call."""

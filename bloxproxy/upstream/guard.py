@@ -10,10 +10,12 @@ One aiohttp client middleware, given to every upstream call with its
    (:mod:`.retry`). Mutations are never retried.
 2. **csrf** — Roblox's token handshake for cookie-authenticated mutations (:mod:`.csrf`).
 3. **admission and the attempt** — every network attempt, retries and CSRF resends
-   included: the service's 429 pause and circuit breaker (:mod:`.breaker`), then a slot
-   from its scope's rate limit (:mod:`.limiter`), then the attempt, whose body is read
-   inside it under the call's byte-budget lease; the outcome feeds the pause (429) and the
-   breaker (errors and 5xx).
+   included: the service's circuit breaker (:mod:`.breaker`), then a slot of its scope's
+   learned budget (:mod:`.limiter`), waited for in the client's fair share of the line up
+   to the call's deadline (``Caller.max_wait``, else ``limits.upstream.max_wait``, within
+   ``retries.deadline``), then the attempt, whose body is read inside it under the call's
+   byte-budget lease; the outcome feeds the budget (429s, ``retry-after``,
+   ``x-ratelimit-*``) and the breaker (errors and 5xx).
 """
 
 from __future__ import annotations
@@ -33,17 +35,18 @@ from cachetools import TTLCache
 
 from ..errors import Unavailable
 from ..observe import observe_into
-from .breaker import BREAKER_CODES, Breaker, Pause
+from .breaker import BREAKER_CODES, Breaker
+from .budget import parse_rate_headers
 from .client import Call, read_body
 from .csrf import Csrf
 from .inflight import ByteBudget
-from .limiter import Limiter
+from .limiter import Limiter, Ticket
 from .retry import RETRY_STATUSES, RetryBudget, full_jitter, parse_retry_after, retry_delay
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..observe import Metrics
-    from ..ratelimit import RedisBuckets
+    from .shared import SharedBudgets
 
 __all__ = ["Guard", "ServiceState"]
 
@@ -55,7 +58,6 @@ Sleep = Callable[[float], Awaitable[None]]
 @dataclass(slots=True)
 class ServiceState:
     breaker: Breaker
-    pause: Pause
     budget: RetryBudget
     retries: int = 0  # counters, read by metrics and tests
     rejected: int = 0
@@ -93,7 +95,7 @@ class Guard:
         wall: Callable[[], float] = time.time,
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = random.random,
-        shared: RedisBuckets | None = None,
+        shared: SharedBudgets | None = None,
         metrics: Metrics | None = None,
         bodies: ByteBudget | None = None,
     ) -> None:
@@ -106,13 +108,18 @@ class Guard:
         secret = config.cache.credential_secret
         self.csrf = Csrf(secret.encode() if secret else os.urandom(32), clock)
 
+    async def close(self) -> None:
+        """Stop what waits for budget (the app's cleanup)."""
+        await self.limiter.close()
+
     @property
     def csrf_tokens(self) -> TTLCache[str, str]:
         return self.csrf.tokens
 
     def reload(self, config: Config) -> None:
-        """New limits and retry settings. When they changed, per-service state (limiters,
-        breakers, pauses, budgets) starts over with the new numbers."""
+        """New limits and retry settings. When they changed, per-service state (breakers,
+        retry budgets) starts over with the new numbers; the learned budgets keep what they
+        learned, within the new ones."""
         old, self._config = self._config, config
         self.limiter.reload(config)
         if (
@@ -125,13 +132,10 @@ class Guard:
     def state(self, service: str) -> ServiceState:
         st = self.services.get(service)
         if st is None:
-            up = self._config.limits.upstream
             b = self._config.limits.breaker
             r = self._config.retries
             st = self.services[service] = ServiceState(
-                Breaker(b.failures, b.open_for),
-                Pause(up.pause_base, up.pause_max),
-                RetryBudget(r.budget, r.budget_reserve),
+                Breaker(b.failures, b.open_for), RetryBudget(r.budget, r.budget_reserve)
             )
             if self.metrics is not None:
                 st.waits = self.metrics.limiter_waits(service)
@@ -151,9 +155,11 @@ class Guard:
         # safe_read: GET/HEAD, and POSTs a rule marks as documented reads. Never mutations.
         attempts = r.attempts if ureq.safe_read else 1
         start = self._clock()
+        # How long this call may wait for budget, all its attempts together.
+        deadline = start + min(self.limiter.wait_bound(call.caller), r.deadline)
 
         async def attempt(req: ClientRequest) -> ClientResponse:
-            return await self._attempt(call, st, req, handler)
+            return await self._attempt(call, st, req, handler, deadline)
 
         for n in range(1, attempts + 1):
             last = n == attempts
@@ -169,9 +175,9 @@ class Guard:
                 if last or resp.status not in RETRY_STATUSES:
                     return resp
                 after = parse_retry_after(resp.headers.get("Retry-After"), self._wall())
-                pause_left = st.pause.until - self._clock() if resp.status == 429 else 0.0
+                held = self.limiter.hold_left(ureq.scope) if resp.status == 429 else 0.0
                 jitter = full_jitter(n, r.backoff_base, r.backoff_max, self._rand)
-                delay = retry_delay(jitter, after, pause_left)
+                delay = retry_delay(jitter, after, held)
                 if not self._may_retry(st, start, delay):
                     return resp
                 resp.release()  # the discarded answer gives its connection back
@@ -188,12 +194,16 @@ class Guard:
     # -- admission and the attempt ------------------------------------------------------------
 
     async def _attempt(
-        self, call: Call, st: ServiceState, req: ClientRequest, handler: ClientHandlerType
+        self,
+        call: Call,
+        st: ServiceState,
+        req: ClientRequest,
+        handler: ClientHandlerType,
+        deadline: float,
     ) -> ClientResponse:
         ureq = call.req
         service = ureq.service
         try:
-            st.pause.check(self._clock(), service)
             st.breaker.before(self._clock(), service)
         except Unavailable as exc:
             self._count(st, service, exc.code)  # refused without a call, under its reason
@@ -202,7 +212,7 @@ class Guard:
             self._breaker_gauge(st, service)
         started = time.perf_counter()
         try:
-            await self.limiter.acquire(ureq.scope)
+            ticket = await self.limiter.acquire(ureq.scope, call.caller, deadline)
         except BaseException as exc:
             st.breaker.neutral()
             if isinstance(exc, Unavailable):
@@ -235,7 +245,7 @@ class Guard:
         self._count(st, service, resp.status)
         if st.latency is not None:
             observe_into(st.latency, time.perf_counter() - sent)
-        self._outcome(service, st, resp)
+        await self._outcome(ticket, service, st, resp)
         self._breaker_gauge(st, service)
         return resp
 
@@ -254,22 +264,29 @@ class Guard:
             self.metrics.breaker_state.labels(service).set(code)
             st.gauge = code
 
-    def _outcome(self, service: str, st: ServiceState, resp: ClientResponse) -> None:
-        """Feed one answer to the service's pause (429) and breaker (5xx)."""
+    async def _outcome(
+        self, ticket: Ticket, service: str, st: ServiceState, resp: ClientResponse
+    ) -> None:
+        """Feed one answer to its scope's budget (429, rate-limit headers) and to the
+        service's breaker (5xx)."""
+        said = parse_rate_headers(resp.headers)
+        if said is not None:
+            await self.limiter.on_headers(ticket.scope, said)
         if resp.status == 429:
             after = parse_retry_after(resp.headers.get("Retry-After"), self._wall())
-            wait = st.pause.on_429(self._clock(), after)
+            hold = await self.limiter.on_429(ticket, after)
             log.warning(
-                "%s answered 429; pausing the service for %.1fs",
+                "%s answered 429; %s's budget is now %.2f/s%s",
                 service,
-                wait,
-                extra={"event": "upstream_paused", "service": service},
+                ticket.scope,
+                self.limiter.rate(ticket.scope),
+                f", holding for {hold:.1f}s" if hold > 0 else "",
+                extra={"event": "upstream_429", "service": service, "scope": ticket.scope},
             )
             st.breaker.neutral()
         elif resp.status >= 500:
             st.breaker.failure(self._clock(), service)
         else:
-            st.pause.on_success()
             st.breaker.success()
 
     def _rejected(self, service: str, st: ServiceState) -> None:
