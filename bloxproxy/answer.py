@@ -4,12 +4,14 @@ The pipeline (:mod:`bloxproxy.pipeline`) never builds an HTTP response: it retur
 :class:`Answer` — status, body, the upstream headers it passes on, the content type and
 ETag it chose, and the :class:`~bloxproxy.cache.result.Fetched` that says how the cache got
 it — and the front door turns that into HTTP once (:mod:`bloxproxy.prepared`), cache headers
-and 304 included, and remembers it for the fast path when it may.
+and 304 included, and remembers it for the fast path when it may. A whole list
+(:mod:`bloxproxy.walk`) is an answer whose body is a ``stream`` of chunks, which the front
+door writes as they come and never remembers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from .cache.entry import Entry
@@ -34,3 +36,6 @@ class Answer:
     # How any entry of this key becomes this body (a clean 200; None: the entry's body as
     # it is): the front door's fast path from Redis renders with it.
     renderer: Callable[[Entry], bytes] | None = None
+    # A body made while it is sent (a whole list, walk.py), instead of ``body``: written chunk
+    # by chunk (chunked), closed when the client goes, never remembered by the fast path.
+    stream: AsyncGenerator[bytes, None] | None = None

@@ -210,7 +210,9 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         shared.start()
     app[GUARD] = guard
     app[FETCHER] = fetcher
-    pipeline = app[PIPELINE] = Pipeline(config, app[RULES], fetcher, sleep=rt.sleep)
+    pipeline = app[PIPELINE] = Pipeline(
+        config, app[RULES], fetcher, sleep=rt.sleep, monotonic=rt.monotonic
+    )
     front = app[FRONT]
     front.l1, front.shared, front.inner = fetcher.l1, shared, pipeline.handle
     app[UPSTREAM] = upstream

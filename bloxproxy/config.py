@@ -440,6 +440,22 @@ class AuthFailuresConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WalkConfig:
+    max_items: int = opt(
+        10_000,
+        schema.integer(0, 1_000_000),
+        "Most items one whole-list walk sends; past it the walk ends with `capped: true` in "
+        "its trailer and a cursor to go on from. `0`: no walks (`?all=true` is a 400).",
+    )
+    deadline: float = opt(
+        "60s",
+        schema.duration,
+        "A walk asks no page after this long (its trailer then says `timed_out: true`); a "
+        "page already asked may take `retries.deadline` more.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LimitsConfig:
     upstream: UpstreamLimitsConfig = section(
         UpstreamLimitsConfig,
@@ -451,6 +467,11 @@ class LimitsConfig:
         AuthFailuresConfig,
         "Protecting secrets: guessing access keys and the admin token is throttled per client "
         "address (in Redis when configured, so replicas share the budget).",
+    )
+    walk: WalkConfig = section(
+        WalkConfig,
+        "Whole lists: `?all=true` on a paginated route streams every item, page by page "
+        "(docs/RULES.md, Whole lists).",
     )
 
 

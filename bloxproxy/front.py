@@ -21,6 +21,8 @@ pipeline, which decides exactly as before. With L1 off and Redis on, a hit leave
 
 An answer whose upstream body is held under the byte budget (a large miss) is written out
 here, before the budget's lease on it is released (:mod:`bloxproxy.upstream.inflight`).
+A streamed answer (a whole list, :mod:`bloxproxy.walk`) is written here too, chunk by chunk
+(:func:`bloxproxy.prepared.write_stream`); its access line comes once it has ended.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiohttp import HttpVersion11, web
@@ -47,7 +49,9 @@ from .prepared import (
     fast_entry,
     http_response,
     route_ahead,
+    stream_response,
     wired,
+    write_stream,
 )
 from .requestids import REQUEST_ID_HEADER, RequestIds
 
@@ -186,6 +190,7 @@ class Front:
         granted: Granted = ()
         lease: Lease | None = None
         remember: FastEntry | SharedFast | None = None
+        stream: AsyncGenerator[bytes, None] | None = None
         try:
             if gated and self.gate is not None:
                 granted = await self.gate.check(request, info)
@@ -199,10 +204,16 @@ class Front:
                     lease = fetched.lease
                     info.cache, info.upstream = fetched.result, fetched.upstream
                     info.cache_time = fetched.cache_time
-                response = http_response(answer, request.headers.get("If-None-Match"), self.clock())
-                if request.method == "GET" and not _may_differ(request):
-                    remember = fast_entry(answer, response, self._l1_on())
-                resp = response
+                stream = answer.stream
+                if stream is not None:  # a whole list: written below, never remembered
+                    resp = stream_response(answer)
+                else:
+                    response = http_response(
+                        answer, request.headers.get("If-None-Match"), self.clock()
+                    )
+                    if request.method == "GET" and not _may_differ(request):
+                        remember = fast_entry(answer, response, self._l1_on())
+                    resp = response
         except asyncio.CancelledError:
             # Cut off with no answer sent (the shutdown grace ran out): still one line and
             # one count, as 499 (nginx's "client closed request").
@@ -229,6 +240,13 @@ class Front:
         h["Server-Timing"] = timing
         if remember is not None and generation == self.generation:
             self._remember(request, remember)  # unless the rules changed meanwhile
+        if stream is not None:
+            written: int | None = None
+            try:
+                written = await write_stream(request, resp, stream)
+            finally:  # ended, cut short or cancelled: one line, timed over the whole stream
+                self._record(request, rid, info, resp.status, time.perf_counter() - start, written)
+            return resp
         self._record(request, rid, info, resp.status, total, body_bytes(request, resp))
         if info.luau and isinstance(resp, web.Response):
             resp = luau.envelope(resp)  # this key's answers, errors too, inside a 200

@@ -8,7 +8,9 @@ referencing one ``Problem`` schema (RFC 9457 plus our members). Passthrough is d
 one operation per method on ``/{service}/{path}`` tagged ``passthrough`` (no body schemas:
 it answers whatever Roblox answers), and the proxy's own endpoints under ``proxy``.
 Extensions carry what the docs page shows beside the schema: ``x-bloxproxy-upstream`` (the
-request a route becomes) and ``x-bloxproxy-cache`` (its TTLs, in seconds).
+request a route becomes) and ``x-bloxproxy-cache`` (its TTLs, in seconds). A route a
+whole-list walk can take (:func:`bloxproxy.walk.walkable`) also has the ``all`` parameter,
+and its 200 the NDJSON media type and the ``WholeList`` object beside the page.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ from .errors import PROBLEM_JSON, HTTPProblem, problem_body
 from .normalize import Plan
 from .params import INT64_MAX, INT64_MIN, Param
 from .rules import CacheCondition, Route, RuleSet
+from .walk import NDJSON, walkable
 
 JSON = dict[str, Any]
 PROBLEM_REF = {"$ref": "#/components/schemas/Problem"}
 _ENVELOPE_REF = {"$ref": "#/components/schemas/ListPage"}
+_WHOLE_REF = {"$ref": "#/components/schemas/WholeList"}
+_WALK_LINE_REF = {"$ref": "#/components/schemas/WalkLine"}
 PASSTHROUGH_TAG = "passthrough"
 PROXY_TAG = "proxy"
 _LIST_NOTE = (
@@ -152,6 +157,8 @@ def _operation(route: Route, keyed: bool) -> JSON:
         op["responses"] = _redirect_responses(op["responses"])
     if route.deprecated:
         op["deprecated"] = True
+    if walkable(route):
+        _add_walk(op)
     return op
 
 
@@ -165,6 +172,29 @@ def _redirect_responses(responses: JSON) -> JSON:
         "302": {"description": "Found: the image.", "headers": {"Location": location, **headers}},
         **out,
     }
+
+
+_WALK_PARAMETER: JSON = {
+    "name": "all",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": "`true`: the whole list, walked page after page by the proxy (the client's "
+    "`limit`, else the largest page; from `cursor` when given) and streamed as it comes: "
+    "NDJSON (`application/x-ndjson`, the default), one item per line and last the trailer "
+    'line `{"_end": {...}}`, or with `Accept: application/json` one `WholeList` object. At '
+    "most the config's `limits.walk.max_items` items; a page failing mid-list ends it with "
+    "`done: false` in the trailer.",
+}
+
+
+def _add_walk(op: JSON) -> None:
+    """The ``all`` parameter, and a whole list's media types beside the page's."""
+    op["parameters"].append(copy.deepcopy(_WALK_PARAMETER))
+    content = op["responses"]["200"]["content"]
+    page = content["application/json"]
+    page["schema"] = {"anyOf": [page["schema"], dict(_WHOLE_REF)]}
+    content[NDJSON] = {"schema": dict(_WALK_LINE_REF)}
 
 
 def _parameter(p: Param) -> JSON:
@@ -500,6 +530,17 @@ _PROBLEM_MEMBERS = (  # name, JSON type, description
     ("errors", "array", "Roblox's `errors` list, as Roblox sent it."),
     ("retry_after", "integer", "Seconds, as in `Retry-After`."),
 )
+_WALK_END_MEMBERS: tuple[tuple[str, Any, str], ...] = (  # name, JSON type, description
+    ("done", "boolean", "`false`: a page failed (`error`); the items before it were sent."),
+    ("complete", "boolean", "Every item of the list was sent."),
+    ("capped", "boolean", "The config's `limits.walk.max_items` cut the list."),
+    ("timed_out", "boolean", "The config's `limits.walk.deadline` stopped the walk."),
+    ("count", "integer", "Items sent."),
+    ("pages", "integer", "Pages read."),
+    ("next_cursor", ["string", "null"], "Where to go on (null: from the first page, or done)."),
+    ("skip", "integer", "Items at `next_cursor` sent already."),
+    ("error", "problem", "Only when `done` is false: the failed page's problem."),
+)
 _PROBLEM_ITEMS: dict[str, JSON] = {
     "invalid_params": {"type": "object", "required": ["name", "in", "reason"], "properties": {
         "name": {"type": "string"}, "in": {"enum": ["path", "query"]},
@@ -519,6 +560,49 @@ _SCHEMAS: JSON = {
             "data": {"type": "array", "items": {}},
             "next_cursor": {"type": ["string", "null"]},
             "previous_cursor": {"type": ["string", "null"]},
+        },
+    },
+    "WholeList": {
+        "type": "object",
+        "description": "A whole list (`?all=true`, `Accept: application/json`): every item, "
+        "streamed page after page, then where the walk ended. `next_cursor` goes on with "
+        "`?all=true&cursor=` when the list was cut (see `_end`).",
+        "required": ["data", "next_cursor", "previous_cursor", "_end"],
+        "additionalProperties": False,
+        "properties": {
+            "data": {"type": "array", "items": {}},
+            "next_cursor": {"type": ["string", "null"]},
+            "previous_cursor": {"type": "null"},
+            "_end": {"$ref": "#/components/schemas/WalkEnd"},
+        },
+    },
+    "WalkLine": {
+        "description": "One line of a whole list as NDJSON (`?all=true`): an item, or last "
+        "the trailer, the one line that is an object with an `_end` key.",
+        "anyOf": [
+            {
+                "type": "object",
+                "required": ["_end"],
+                "additionalProperties": False,
+                "properties": {"_end": {"$ref": "#/components/schemas/WalkEnd"}},
+            },
+            {
+                "description": "An item of the list: never an object with an `_end` key.",
+                "not": {"type": "object", "required": ["_end"]},
+            },
+        ],
+    },
+    "WalkEnd": {
+        "type": "object",
+        "description": "How a whole-list walk ended. Go on with `?all=true&cursor=<next_cursor>` "
+        "(the same other parameters), leaving out its first `skip` items: they were sent.",
+        "required": [name for name, *_ in _WALK_END_MEMBERS if name != "error"],
+        "additionalProperties": False,
+        "properties": {
+            name: ({"type": kind} if kind != "problem" else dict(PROBLEM_REF))
+            | ({"minimum": 0} if kind == "integer" else {})
+            | {"description": text}
+            for name, kind, text in _WALK_END_MEMBERS
         },
     },
     "Problem": {

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
@@ -25,7 +26,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from . import clean, normalize, passthrough
+from . import clean, normalize, passthrough, walk
 from .answer import Answer
 from .cache import decide
 from .cache.entry import Entry
@@ -94,8 +95,10 @@ class Pipeline:
         fetcher: Fetcher,
         *,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
+        self.monotonic = monotonic  # whole-list walks' deadlines (walk.py)
         self.rules = rules
         self.fetcher = fetcher
         self._sleep = sleep  # a held answer's waits (injected: tests move their clock)
@@ -114,7 +117,9 @@ class Pipeline:
         """Take a validated config and rule set (hot reload). Routing, parameter parsing and
         request building run without an await in between, so a request in flight keeps the
         route it matched, and nothing here is ever half-swapped from its point of view."""
-        self.__init__(config, rules, self.fetcher, sleep=self._sleep)  # type: ignore[misc]
+        self.__init__(  # type: ignore[misc]
+            config, rules, self.fetcher, sleep=self._sleep, monotonic=self.monotonic
+        )
 
     async def handle(self, request: web.Request, info: RequestInfo) -> Answer:
         raw_path = request.rel_url.raw_path
@@ -144,6 +149,10 @@ class Pipeline:
             raise bad_request("the query string is not valid UTF-8") from None
         info.route = route.id
         values = clean.values_of(route, raw_params, request.rel_url.query)
+        if route.plan.pagination is not None and walk.asked(request.rel_url.query):
+            caller = self._caller(request, info)  # ?all=true: the whole list, streamed
+            info.cache = "WALK"  # (a first page that fails says what the cache did instead)
+            return await walk.whole_list(self, route, values, request, caller, credential, raw_path)
         return await self.route_answer(
             route,
             values,

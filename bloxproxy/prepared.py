@@ -12,6 +12,8 @@ once, remembered hits kept as prepared bytes, and the only use of aiohttp's priv
   the entry from Redis and renders it again.
 - :class:`WireResponse` writes head and body as prepared bytes in one write; :func:`wired`
   turns an ordinary response into one when that sends the very same message.
+- :func:`stream_response` and :func:`write_stream` send a streamed answer (a whole list):
+  headers first, then each chunk as it is made, chunked.
 
 aiohttp's private API used here, and nowhere else in the front door (aiohttp is pinned
 below 4; ``tests/test_prepared.py`` fails loudly if any of it changes):
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -50,7 +52,9 @@ __all__ = [
     "fast_entry",
     "http_response",
     "route_ahead",
+    "stream_response",
     "wired",
+    "write_stream",
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,6 +92,39 @@ def http_response(answer: Answer, if_none_match: str | None, now: float) -> web.
         if cached and etag:
             h["ETag"] = etag
     return resp
+
+
+def stream_response(answer: Answer) -> web.StreamResponse:
+    """The client response for a streamed ``answer``, before its chunks (:func:`write_stream`):
+    no length, so HTTP/1.1 sends it chunked (HTTP/1.0: until the connection closes)."""
+    resp = web.StreamResponse(status=answer.status)
+    for name, value in answer.headers:
+        resp.headers.add(name, value)
+    if answer.content_type is not None:
+        resp.headers["Content-Type"] = answer.content_type
+    return resp
+
+
+async def write_stream(
+    request: web.BaseRequest, resp: web.StreamResponse, chunks: AsyncGenerator[bytes, None]
+) -> int:
+    """Send ``resp``, then each chunk as ``chunks`` makes it (none for HEAD), then its end;
+    the body bytes written. Each write waits while the client's connection is backed up, so a
+    slow reader slows the producer instead of piling chunks up. A client that goes away ends
+    it; ``chunks`` is closed either way, so its producer stops where it is."""
+    written = 0
+    try:
+        await resp.prepare(request)
+        if request.method != "HEAD":
+            async for chunk in chunks:
+                await resp.write(chunk)
+                written += len(chunk)
+        await resp.write_eof()
+    except ConnectionError:
+        pass  # the client went away: nobody to write to
+    finally:
+        await chunks.aclose()
+    return written
 
 
 def fast_entry(answer: Answer, resp: web.Response, l1_on: bool) -> FastEntry | SharedFast | None:

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
     from .config import Config
 
 _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
+# The query parameter that walks a paginated route's whole list (?all=true, walk.py): no
+# rule may declare it, so it means the same on every route.
+WALK_PARAM = "all"
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
 # Never forwarded from a clean route even if listed: credentials go through
 # `backend.credentials`, hop-by-hop and framing headers are ours to set.
@@ -370,6 +373,14 @@ def _load_route(
             problems.append(Problem(d.at("params"), f"params.{name}: not in the endpoint path"))
     for name in sorted(set(declared) & set(query_names)):
         problems.append(Problem(d.at("query"), f"query.{name}: also a path parameter"))
+    if WALK_PARAM in query_names:
+        problems.append(
+            Problem(
+                d["query"].at(WALK_PARAM),
+                f"query.{WALK_PARAM}: reserved: ?{WALK_PARAM}=true walks a paginated route's "
+                "whole list (docs/RULES.md, Whole lists); give the parameter another name",
+            )
+        )
     known = frozenset(declared) | frozenset(query_names)
 
     backend = _load_backend(d, file_service, known, problems)

@@ -214,6 +214,8 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("limits", "clients", "forwarded_for_hops"), "1", "1", 1),
     (("limits", "auth_failures", "rate"), "0", "0", 0.0),
     (("limits", "auth_failures", "burst"), "5", "5", 5),
+    (("limits", "walk", "max_items"), "500", "500", 500),
+    (("limits", "walk", "deadline"), "2m", "2m", 120.0),
     (("retries", "attempts"), "1", "1", 1),
     (("retries", "backoff_base"), "10ms", "10ms", pytest.approx(0.01)),
     (("retries", "backoff_max"), "5s", "5s", 5.0),

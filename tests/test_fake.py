@@ -20,6 +20,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from bloxproxy.fake import (
     FAKE_STATE,
+    LARGE_GROUP_MIN,
     PENDING_THUMBNAIL_USER_ID,
     FakeRoblox,
     Fault,
@@ -870,6 +871,29 @@ async def test_synthetic_groups_and_universes(client: Client) -> None:
     assert isinstance(badges, dict) and badges["data"] == []
     _, icons = await get(client, f"/thumbnails/v1/games/icons?universeIds={uid},20000000")
     assert isinstance(icons, dict) and [d["targetId"] for d in icons["data"]] == [uid]
+
+
+async def test_large_groups_have_long_member_lists(client: Client) -> None:
+    gid = LARGE_GROUP_MIN + 250  # 250 members: users 1,000,000..1,000,249
+    status, info = await get(client, f"/groups/v1/groups/{gid}")
+    assert status == 200 and isinstance(info, dict) and info["memberCount"] == 250
+    _, roles = await get(client, f"/groups/v1/groups/{gid}/roles")
+    assert isinstance(roles, dict) and [r["memberCount"] for r in roles["roles"]] == [0, 250, 0]
+    seen: list[int] = []
+    cursor = ""
+    while True:
+        _, page = await get(client, f"/groups/v1/groups/{gid}/users?limit=100&cursor={cursor}")
+        assert isinstance(page, dict)
+        seen += [m["user"]["userId"] for m in page["data"]]
+        assert {m["role"]["rank"] for m in page["data"]} == {1}
+        if page["nextPageCursor"] is None:
+            break
+        cursor = page["nextPageCursor"]
+    assert seen == list(range(1_000_000, 1_000_250))
+    _, desc = await get(client, f"/groups/v1/groups/{gid}/users?limit=10&sortOrder=Desc")
+    assert isinstance(desc, dict) and desc["data"][0]["user"]["userId"] == 1_000_249
+    _, empty = await get(client, f"/groups/v1/groups/{LARGE_GROUP_MIN}/users")
+    assert isinstance(empty, dict) and empty["data"] == []
 
 
 def answer_json(method: str, service: str, url: str, body: bytes = b"") -> list[dict[str, object]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
 import pytest
 import schemathesis
 from aiohttp import web
@@ -36,12 +37,14 @@ from bloxproxy.app import apply_reload, create_app
 from bloxproxy.appkeys import CONFIG
 from bloxproxy.appkeys import RULES as RULES_KEY
 from bloxproxy.docs_page import render_docs
+from bloxproxy.errors import HTTPProblem, problem_body
 from bloxproxy.fake import create_fake_app
 from bloxproxy.normalize import OrderBy, Pagination, Plan
 from bloxproxy.openapi import PASSTHROUGH_TAG, body_schema, build_openapi, dumps, openapi_for
 from bloxproxy.params import Param
 from bloxproxy.rules import RuleSet, load_rules
 from bloxproxy.serve import MAX_LINE, start_runner
+from bloxproxy.walk import walkable
 
 from .conftest import ProxyFactory
 
@@ -126,6 +129,8 @@ def test_every_route_and_parameter_is_described(route: Any) -> None:
     assert op["x-bloxproxy-cache"]["ttl"] == route.cache.ttl
     params = {(p["in"], p["name"]): p for p in op["parameters"]}
     declared = [*route.path_params, *route.query_params]
+    walk = params.pop(("query", "all"), None)  # the reserved one (whole lists), on list routes
+    assert (walk is not None) == walkable(route)
     assert len(params) == len(declared)
     for p in declared:
         doc = params[(p.location, p.name)]
@@ -169,7 +174,11 @@ def test_list_routes_answer_the_envelope_and_objects_stay_open() -> None:
     assert envelope["required"] == ["data", "next_cursor", "previous_cursor"]
     json_routes = [r for r in RULES.routes if r.redirect is None]
     for route in json_routes:
-        if route.plan.pagination is not None or route.plan.shape == "list":
+        if walkable(route):  # the page, or with ?all=true the whole list
+            assert body(route.id)["schema"] == {
+                "anyOf": [{"$ref": "#/components/schemas/ListPage"}, WHOLE]
+            }
+        elif route.plan.pagination is not None or route.plan.shape == "list":
             assert body(route.id)["schema"] == {"$ref": "#/components/schemas/ListPage"}
     assert body("users.get")["schema"] == {"type": "object"}  # no invented fields
     for route in json_routes:  # every rule example fits the schema it illustrates
@@ -186,6 +195,31 @@ def test_image_routes_answer_a_redirect() -> None:
 
 
 ENVELOPE = {"$ref": "#/components/schemas/ListPage"}
+
+
+def test_whole_lists_are_described_on_every_walkable_route() -> None:
+    walkable_routes = [r for r in RULES.routes if walkable(r)]
+    assert {r.id for r in walkable_routes} >= {"groups.members", "badges.of_universe"}
+    for route in walkable_routes:
+        op = SPEC["paths"][route.endpoint]["get"]
+        (param,) = [p for p in op["parameters"] if p["name"] == "all"]
+        assert param["in"] == "query" and param["schema"] == {"type": "boolean", "default": False}
+        assert op["responses"]["200"]["content"]["application/x-ndjson"] == {
+            "schema": {"$ref": "#/components/schemas/WalkLine"}
+        }
+    end = {"done": True, "complete": False, "capped": True, "timed_out": False, "count": 2,
+           "pages": 1, "next_cursor": "abc", "skip": 0}  # fmt: skip
+    assert not _check(WHOLE, {"data": [{}, {}], "next_cursor": "abc", "previous_cursor": None,
+                              "_end": end})  # fmt: skip
+    line = {"$ref": "#/components/schemas/WalkLine"}
+    assert not _check(line, {"_end": end}) and not _check(line, {"user": {"user_id": 1}})
+    problem = orjson.loads(problem_body(HTTPProblem(503, "x"), instance="/v1/x", request_id="r"))
+    failed = end | {"done": False, "error": problem}
+    assert not _check(line, {"_end": failed})
+    assert _check(line, {"_end": end | {"count": -1}}) and _check(WHOLE, {"data": []})
+
+
+WHOLE = {"$ref": "#/components/schemas/WholeList"}
 
 
 @pytest.mark.parametrize(
@@ -417,6 +451,9 @@ def live_proxy() -> Iterator[str]:
             env={
                 "BLOXPROXY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{fake_port}/{{service}}",
                 "BLOXPROXY_LOGGING_ACCESS_LOG": "false",
+                # ?all=true walks are fuzzed too: a few pages each, not the fake's thousands
+                # of members paced by the limiter in real time
+                "BLOXPROXY_LIMITS_WALK_MAX_ITEMS": "200",
             },
         )
         proxy = await start_runner(create_app(config), config)  # as `bloxproxy serve` does

@@ -746,6 +746,27 @@ ERRORS = [
     ),
     pytest.param(
         """\
+        service: groups
+        routes:
+          - endpoint: /v1/groups/{group_id}/members
+            params: {group_id: {type: int}}
+            query:
+              cursor: {type: string}
+              all: {type: bool}
+            backend: {path: "/v1/groups/{group_id}/users", query: {cursor: "{cursor}"}}
+            response: {pagination: true}
+        """,
+        [
+            (
+                7,
+                "query.all: reserved: ?all=true walks a paginated route's whole list "
+                "(docs/RULES.md, Whole lists); give the parameter another name",
+            )
+        ],
+        id="query-all-is-reserved",
+    ),
+    pytest.param(
+        """\
         service: users
         routes:
           - endpoint: /v1/users

@@ -179,7 +179,9 @@ class SharedCache:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    # typed in some redis-py releases and not in others: no ignore either way
+                    close: Callable[[], Coroutine[Any, Any, None]] = pubsub.aclose
+                    await close()
 
     def _event(self, data: object) -> None:
         try:

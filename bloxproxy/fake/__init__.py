@@ -3,13 +3,15 @@
 Serves ``/{service}/{path}`` (e.g. ``/users/v1/users/1``) with fixture data shaped like the
 real responses, Roblox-style errors, cursor pagination, the documented batch caps, the CSRF
 handshake, per-credential ``_fakeViewer`` tags, synthetic populations (users, groups,
-universes) large enough for benchmarks, an optional per-client-IP rate limit (legacy 429s
-without ``Retry-After``; ``x-ratelimit-*`` on Open Cloud paths), scripted faults and
-thumbnail states, and a control API under ``/_fake/``.
+universes) large enough for benchmarks, groups with long member lists, an optional
+per-client-IP rate limit (legacy 429s without ``Retry-After``; ``x-ratelimit-*`` on Open
+Cloud paths), scripted faults and thumbnail states, and a control API under ``/_fake/``.
 """
 
 from .app import FAKE_STATE, answer, create_fake_app, run_fake
 from .data import (
+    LARGE_GROUP_MAX,
+    LARGE_GROUP_MIN,
     PENDING_THUMBNAIL_USER_ID,
     SYNTHETIC_GROUP_MAX,
     SYNTHETIC_GROUP_MIN,
@@ -23,6 +25,8 @@ from .state import THUMBNAIL_STATES, FakeRoblox, Recorded
 
 __all__ = [
     "FAKE_STATE",
+    "LARGE_GROUP_MAX",
+    "LARGE_GROUP_MIN",
     "PENDING_THUMBNAIL_USER_ID",
     "SYNTHETIC_GROUP_MAX",
     "SYNTHETIC_GROUP_MIN",

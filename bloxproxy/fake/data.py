@@ -20,13 +20,19 @@ distinct ids:
 * groups ``SYNTHETIC_GROUP_MIN..SYNTHETIC_GROUP_MAX`` (20,000,000 - 29,999,999):
   ``Group<id>``, no owner (``owner: null``, as Roblox shows abandoned groups), no members,
   the three standard roles.
+* large groups ``LARGE_GROUP_MIN..LARGE_GROUP_MAX`` (40,000,000 - 40,100,000), for long
+  lists: like a synthetic group, but group ``40,000,000 + n`` has ``n`` members, the synthetic
+  users ``1,000,000 .. 1,000,000 + n - 1`` in that order, all with the Member role (made
+  page by page; users' group lists do not show them).
 
 User id 4 does not exist (the catalog's documented 404 example).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar, overload
 
 SYNTHETIC_MIN = 1_000_000
 SYNTHETIC_MAX = 9_999_999
@@ -34,6 +40,8 @@ SYNTHETIC_CREATED = "2015-06-01T00:00:00Z"  # guess: fixed date for every synthe
 SYNTHETIC_GROUP_MIN = 20_000_000
 SYNTHETIC_GROUP_MAX = 29_999_999
 SYNTHETIC_GROUP_CREATED = "2016-03-01T00:00:00Z"  # guess
+LARGE_GROUP_MIN = 40_000_000
+LARGE_GROUP_MAX = 40_100_000
 
 #: The user whose avatar headshot is always ``Pending`` with ``imageUrl: null``.
 PENDING_THUMBNAIL_USER_ID = 2
@@ -189,8 +197,36 @@ class Group:
     owner_id: int | None  # None: an ownerless (abandoned) group
     created: str
     roles: tuple[Role, ...]
-    members: tuple[tuple[int, Role], ...]
+    members: Sequence[tuple[int, Role]]
     public_entry: bool = True
+
+
+_A = TypeVar("_A")
+_B = TypeVar("_B")
+
+
+class Mapped(Sequence[_B], Generic[_A, _B]):
+    """``fn`` applied to each item of ``base``, item by item as they are asked for (a slice
+    is another ``Mapped``): a list of thousands of members costs nothing until a page of it
+    is answered."""
+
+    __slots__ = ("_base", "_fn")
+
+    def __init__(self, base: Sequence[_A], fn: Callable[[_A], _B]) -> None:
+        self._base = base
+        self._fn = fn
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    @overload
+    def __getitem__(self, index: int) -> _B: ...
+    @overload
+    def __getitem__(self, index: slice) -> Mapped[_A, _B]: ...
+    def __getitem__(self, index: int | slice) -> _B | Mapped[_A, _B]:
+        if isinstance(index, slice):
+            return Mapped(self._base[index], self._fn)
+        return self._fn(self._base[index])
 
 
 # group 7 (guess): owned by Roblox (1); members = owner + synthetic 1,000,000..1,000,135 (137)
@@ -236,6 +272,17 @@ def find_group(gid: int) -> Group | None:
             Role(base + 3, "Owner", 255, "The group's owner."),
         )
         group = Group(gid, f"Group{gid}", "", None, SYNTHETIC_GROUP_CREATED, roles, ())
+    elif group is None and LARGE_GROUP_MIN <= gid <= LARGE_GROUP_MAX:
+        base = 4 * gid
+        member = Role(base + 2, "Member", 1, "A regular group member.")
+        roles = (
+            Role(base + 1, "Guest", 0, "A non-group member."),
+            member,
+            Role(base + 3, "Owner", 255, "The group's owner."),
+        )
+        users = range(SYNTHETIC_MIN, SYNTHETIC_MIN + gid - LARGE_GROUP_MIN)
+        members = Mapped(users, lambda uid: (uid, member))
+        group = Group(gid, f"Group{gid}", "", None, SYNTHETIC_GROUP_CREATED, roles, members)
     return group
 
 

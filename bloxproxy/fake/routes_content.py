@@ -10,6 +10,8 @@ their named twins do.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import orjson
 
 from .common import (
@@ -23,7 +25,7 @@ from .common import (
     ok,
     paginate,
 )
-from .data import GROUPS, MEMBERSHIPS, Group, Role, find_group, find_user, user_exists
+from .data import GROUPS, MEMBERSHIPS, Group, Mapped, Role, find_group, find_user, user_exists
 from .data_content import (
     BADGES,
     GAME_PASSES,
@@ -87,10 +89,14 @@ def _group_info(group: Group) -> JsonObj:
 
 _GROUP_INFO = {gid: _group_info(g) for gid, g in GROUPS.items()}
 _GROUP_INFO_BYTES = {gid: orjson.dumps(info) for gid, info in _GROUP_INFO.items()}
-_GROUP_MEMBERS = {
-    gid: tuple({"user": _member_user(uid), "role": _role_brief(r)} for uid, r in g.members)
-    for gid, g in GROUPS.items()
-}
+
+
+def _member(member: tuple[int, Role]) -> JsonObj:
+    uid, role = member
+    return {"user": _member_user(uid), "role": _role_brief(role)}
+
+
+_GROUP_MEMBERS = {gid: tuple(_member(m) for m in g.members) for gid, g in GROUPS.items()}
 
 
 def group_info(ctx: Ctx) -> Reply:
@@ -124,11 +130,12 @@ def group_roles(ctx: Ctx) -> Reply:
 def group_members(ctx: Ctx) -> Reply:
     """GET groups /v1/groups/{groupId}/users (paginated, owner first for Asc)."""
     gid = ctx.params["groupId"]
-    members = _GROUP_MEMBERS.get(gid)
+    members: Sequence[object] | None = _GROUP_MEMBERS.get(gid)
     if members is None:
-        if find_group(gid) is None:
+        group = find_group(gid)
+        if group is None:
             return THE_GROUP_INVALID
-        members = ()
+        members = Mapped(group.members, _member)  # large groups: one page made at a time
     return paginate(ctx, members, f"groupId:{gid}", bad_cursor=GROUP_BAD_CURSOR)
 
 
