@@ -102,6 +102,7 @@ def create_app(
         clock=clock,
         host_routing=bool(config.server.host_suffix),
     )
+    front.configure(config)
     app = web.Application(client_max_size=config.server.max_body_size)
     app[CONFIG] = config
     app[AUTH_THROTTLE] = throttle
@@ -287,6 +288,7 @@ def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
     ``app[PIPELINE].config``."""
     app[PIPELINE].swap(config, rules)
     app[FRONT].forget_all()  # remembered answers were rendered by the old rules
+    app[FRONT].configure(config)  # server.cors, server.compression
     app[GUARD].reload(config)
     app[UPSTREAM].reload(config)
 

@@ -245,6 +245,13 @@ class ClientGate:
         granted = await self._take(named.server, "server", f"server:{client.name}:{where}", ())
         return await self._take(named.own, "clients", info.client, granted)
 
+    async def check_preflight(self, request: web.Request, info: RequestInfo) -> Granted:
+        """A CORS preflight: no access key (browsers send none with it), but the client
+        limit (``limits.clients``) of its address, like any request without a key; raises a
+        429 problem, or returns the limit it passed."""
+        info.client = "ip:" + client_ip(request, self._hops)
+        return await self._take(self._shared, "clients", info.client, ())
+
     def _roblox_id(self, request: web.Request, client: NamedClient) -> int | None:
         """The place of a bound key's request; a 403 problem when ``Roblox-Id`` does not
         name one of the key's places and the key requires it."""

@@ -125,6 +125,130 @@ def _host_suffix(value: object) -> str:
     return text
 
 
+_ORIGIN_RE = re.compile(r"^[a-z][a-z0-9+.-]*://[a-z0-9.\[\]:-]+$")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # RFC 9110 token (methods, names)
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    out = []
+    for text in schema.string_list(value):
+        origin = text.strip().lower().rstrip("/")
+        if origin != "*" and not _ORIGIN_RE.match(origin):
+            raise ValueError(
+                f"expected '*' or an origin like 'https://dash.example.com' (scheme, host, "
+                f"optional port; no path), got {text!r}"
+            )
+        out.append(origin)
+    return tuple(out)
+
+
+def _methods(value: object) -> tuple[str, ...]:
+    names = tuple(m.upper() for m in schema.string_list(value))
+    for name in names:
+        if not _TOKEN_RE.match(name):
+            raise ValueError(f"expected HTTP method names, got {name!r}")
+    return names
+
+
+def _header_names(value: object) -> tuple[str, ...]:
+    names = schema.string_list(value)
+    for name in names:
+        if not _TOKEN_RE.match(name):
+            raise ValueError(f"expected header names, got {name!r}")
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class CorsConfig:
+    enabled: bool = opt(
+        False,
+        schema.boolean,
+        "Answer browsers' CORS requests (README, Browser clients). `false`: no CORS headers, "
+        "and an `OPTIONS` request is handled as before (a 405 problem on a clean route).",
+    )
+    origins: tuple[str, ...] = opt(
+        (),
+        _origins,
+        "Origins whose pages may call the proxy, e.g. `[https://dash.example.com]` (scheme, "
+        "host, optional port, compared case-insensitively); `*`: any origin (not with "
+        "`allow_credentials`). None: every preflight is refused.",
+    )
+    methods: tuple[str, ...] = opt(
+        ("GET", "HEAD", "POST"),
+        _methods,
+        "Methods a preflight may ask for (`Access-Control-Allow-Methods`).",
+    )
+    headers: tuple[str, ...] = opt(
+        ("Content-Type", "If-None-Match", "X-Request-ID", "X-Bloxproxy-Max-Wait"),
+        _header_names,
+        "Request headers a preflight may ask for (`Access-Control-Allow-Headers`), besides "
+        "the CORS-safelisted ones; `auth.header` is added when access keys are on.",
+    )
+    expose_headers: tuple[str, ...] = opt(
+        (
+            "Age",
+            "Cache-Status",
+            "ETag",
+            "RateLimit",
+            "RateLimit-Policy",
+            "Retry-After",
+            "Server-Timing",
+            "X-Cache",
+            "X-Request-ID",
+        ),
+        _header_names,
+        "Response headers a page's script may read (`Access-Control-Expose-Headers`).",
+    )
+    max_age: float = opt(
+        "10m",
+        schema.duration,
+        "How long a browser may keep a preflight's answer (`Access-Control-Max-Age`, whole "
+        "seconds; browsers cap it: Chromium at 2 hours).",
+    )
+    allow_credentials: bool = opt(
+        False,
+        schema.boolean,
+        "Let pages send cookies and `Authorization` (`Access-Control-Allow-Credentials`). "
+        "Leave it off unless the page's own Roblox credential is meant to go through.",
+    )
+
+
+def _encodings(value: object) -> tuple[str, ...]:
+    names = tuple(n.lower() for n in schema.string_list(value))
+    for name in names:
+        if name not in ("br", "gzip"):
+            raise ValueError(f"expected br or gzip, got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"an encoding is named twice in {list(names)}")
+    return names
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    enabled: bool = opt(
+        False,
+        schema.boolean,
+        "Compress answers for clients that accept it (`Accept-Encoding`). A cached answer is "
+        "compressed once per encoding and kept beside its L1 entry. Off by default: most "
+        "HTTP libraries ask for gzip unasked, and next to the game servers CPU costs more "
+        "than the bytes saved (bench/RESULTS.md, Compression).",
+    )
+    encodings: tuple[str, ...] = opt(
+        ("br", "gzip"),
+        _encodings,
+        "Encodings offered (`br`, `gzip`), preferred first when the client ranks them equal.",
+    )
+    min_size: int = opt(
+        "1KiB",
+        schema.size,
+        "Bodies smaller than this are sent as they are (compression would save little).",
+    )
+    gzip_level: int = opt(6, schema.integer(1, 9), "gzip level (1 fastest, 9 smallest).")
+    brotli_quality: int = opt(
+        5, schema.integer(0, 11), "Brotli quality (0 fastest, 11 smallest and very slow)."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = opt(
@@ -205,6 +329,10 @@ class ServerConfig:
         "`metrics`, without access keys — e.g. for a Prometheus scraper or probes on a "
         "private address — with its own small connection cap, so that probes get through "
         "when the main listener is full. `0`: off.",
+    )
+    cors: CorsConfig = section(CorsConfig, "CORS for browser clients (off by default).")
+    compression: CompressionConfig = section(
+        CompressionConfig, "gzip and Brotli answers for clients that accept them."
     )
 
 
@@ -733,7 +861,11 @@ def _apply_env(data: MarkedDict, env: Mapping[str, str], problems: list[Problem]
         value: object = raw
         # String keys take the text verbatim, whatever their reader: YAML would turn a
         # base URL template like "{service}.example" into a mapping.
-        if _field_at(path).type not in ("str", str):
+        kind = _field_at(path).type
+        # A list of strings written as "a, b" is taken verbatim too (split by its reader),
+        # so that "*" or "yes" is not read as YAML (an alias; a boolean); "[...]" is YAML.
+        listed = kind == "tuple[str, ...]" and not raw.lstrip().startswith("[")
+        if kind not in ("str", str) and not listed:
             try:
                 value = yaml.safe_load(raw)
             except yaml.YAMLError:
@@ -778,10 +910,32 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
         problems.append(
             Problem(where, "server.ops_port: must differ from server.port (it asks for no key)")
         )
+    _check_cors(config, data, problems)
     if problems:
         # in file order (unknown keys are found before bad values); $VARIABLES first
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))
     return dataclasses.replace(config, source=path or "")
+
+
+def _check_cors(config: Config, data: MarkedDict, problems: list[Problem]) -> None:
+    """What the CORS keys must say together: no ``*`` origin with credentials."""
+    cors = config.server.cors
+    server = data.get("server")
+    section_data = server.get("cors") if isinstance(server, MarkedDict) else None
+
+    def where(key: str) -> Where:
+        if isinstance(section_data, MarkedDict) and key in section_data:
+            return section_data.at(key)
+        return section_data.where if isinstance(section_data, MarkedDict) else data.where
+
+    if cors.allow_credentials and "*" in cors.origins:
+        problems.append(
+            Problem(
+                where("origins"),
+                "server.cors.origins: '*' cannot go with allow_credentials (browsers refuse "
+                "it); name the origins",
+            )
+        )
 
 
 def salvage_rule_paths(path: str | None, env: Mapping[str, str] | None = None) -> Config:

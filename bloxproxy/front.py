@@ -38,7 +38,8 @@ from aiohttp import HttpVersion11, web
 from . import luau
 from .answer import Answer
 from .cache import decide
-from .errors import error_response
+from .cors import Cors
+from .errors import HTTPProblem, error_response
 from .observe import AccessLog, Metrics, RequestInfo, body_bytes
 from .prepared import (
     FastEntry,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from .cache.shared import SharedCache
     from .cache.store import MemoryStore
     from .clients import ClientGate, Granted
+    from .config import Config
     from .upstream.inflight import Lease
 
 __all__ = ["Front"]
@@ -89,6 +91,7 @@ _WRITE_HERE = 64 * 1024
 # The proxy's own routes (app.py, docs_page.py); every other path is the catch-all's.
 _OWN_PREFIX = "/_bloxproxy/"
 _OWN_PATHS = frozenset({"/openapi.json", "/docs", "/"})
+_PREFLIGHT = "Access-Control-Request-Method"  # what makes an OPTIONS a CORS preflight
 # The per-request headers of a fast answer, and the end of the header block.
 _TAIL = b"X-Request-ID: %s\r\nServer-Timing: cache;desc=HIT;dur=%.2f, total;dur=%.1f\r\n\r\n"
 
@@ -119,8 +122,10 @@ class Front:
         gate: ClientGate | None,
         clock: Callable[[], float],
         host_routing: bool,
+        cors: Cors | None = None,
     ) -> None:
         self.metrics = metrics
+        self.cors = cors  # server.cors when on (configure() sets it on reload)
         self.access = access
         self.gate = gate
         self.clock = clock
@@ -133,6 +138,10 @@ class Front:
         self.generation = 0  # bumped by forget_all() on reload
         self._host_routing = host_routing
         self._ids = RequestIds()
+
+    def configure(self, config: Config) -> None:
+        """Take the front door's settings of ``config`` (at start and on reload)."""
+        self.cors = Cors.build(config)
 
     def request_id(self, request: web.Request) -> str:
         """The request's id: the client's when well-formed, else a new one."""
@@ -165,6 +174,12 @@ class Front:
         if self.inner is not None and "Expect" not in request.headers:  # Expect: the route's
             path = request.rel_url.path  # decoded: the router matches on no more than this
             if not path.startswith(_OWN_PREFIX) and path not in _OWN_PATHS:
+                if (
+                    request.method == "OPTIONS"
+                    and self.cors is not None
+                    and _PREFLIGHT in request.headers
+                ):
+                    return await self._preflight(request, self.cors)
                 return await self.handle(request)
         assert self._routed is not None
         return await self._routed(request)
@@ -231,6 +246,9 @@ class Front:
             self.gate.decorate(resp, granted)
         total = time.perf_counter() - start
         h = resp.headers
+        if handler is None and self.cors is not None:  # proxied paths only, errors too
+            for name, value in self.cors.actual(request.headers.get("Origin")):
+                h.add(name, value)
         h[REQUEST_ID_HEADER] = rid
         timing = f"total;dur={total * 1000:.1f}"
         if info.upstream:
@@ -254,6 +272,39 @@ class Front:
         if lease is not None:
             await self._write_then_release(request, out, lease)
         return out
+
+    async def _preflight(self, request: web.Request, cors: Cors) -> web.StreamResponse:
+        """A browser's CORS preflight on a proxied path, answered here: 204 with the
+        ``Access-Control-Allow-*`` headers, or a 403 problem saying what is not allowed.
+        No access key is asked (browsers send none), the client limit applies, and
+        nothing goes further in: no pipeline, no cache, no upstream call."""
+        start = time.perf_counter()
+        rid = self.request_id(request)
+        info = RequestInfo(rid)
+        info.route = "cors:preflight"
+        granted: Granted = ()
+        resp: web.StreamResponse
+        try:
+            if self.gate is not None:
+                granted = await self.gate.check_preflight(request, info)
+            h = request.headers
+            decision = cors.preflight(
+                h.get("Origin"), h.get(_PREFLIGHT), h.get("Access-Control-Request-Headers")
+            )
+            if not decision.allowed:
+                raise HTTPProblem(
+                    403, decision.reason, code="cors_refused", headers=dict(decision.headers)
+                )
+            resp = web.Response(status=204)
+            for name, value in decision.headers:
+                resp.headers.add(name, value)
+        except Exception as exc:
+            resp = error_response(exc, request.rel_url.raw_path, rid)
+        if granted and self.gate is not None:
+            self.gate.decorate(resp, granted)
+        resp.headers[REQUEST_ID_HEADER] = rid
+        self._record(request, rid, info, resp.status, time.perf_counter() - start)
+        return resp
 
     async def _write_then_release(
         self, request: web.Request, resp: web.StreamResponse, lease: Lease
@@ -350,6 +401,8 @@ class Front:
         rid = self.request_id(request)
         total = time.perf_counter() - start
         ms = total * 1000
+        if self.cors is not None:
+            head += self.cors.wire(request.headers.get("Origin"))
         head += _TAIL % (rid.encode(), ms, ms)
         self.fast_answers += 1
         if self.metrics is not None:

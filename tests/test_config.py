@@ -140,6 +140,23 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("server", "max_connections"), "100", "100", 100),
     (("server", "ops_host"), "10.0.0.5", "10.0.0.5", "10.0.0.5"),
     (("server", "ops_port"), "9102", "9102", 9102),
+    (("server", "cors", "enabled"), "true", "true", True),
+    (
+        ("server", "cors", "origins"),
+        "[https://A.example.com, https://b.example.com:8443]",
+        "https://A.example.com, https://b.example.com:8443",
+        ("https://a.example.com", "https://b.example.com:8443"),
+    ),
+    (("server", "cors", "methods"), "[get, PUT]", "get,PUT", ("GET", "PUT")),
+    (("server", "cors", "headers"), "[X-A]", "X-A", ("X-A",)),
+    (("server", "cors", "expose_headers"), "[ETag]", "ETag", ("ETag",)),
+    (("server", "cors", "max_age"), "1h", "1h", 3600.0),
+    (("server", "cors", "allow_credentials"), "true", "true", True),
+    (("server", "compression", "enabled"), "true", "true", True),
+    (("server", "compression", "encodings"), "[gzip]", "GZIP", ("gzip",)),
+    (("server", "compression", "min_size"), "2KiB", "2KiB", 2048),
+    (("server", "compression", "gzip_level"), "9", "9", 9),
+    (("server", "compression", "brotli_quality"), "11", "11", 11),
     (
         ("upstream", "base_url"),
         "http://127.0.0.1:9000/{service}/",
@@ -396,9 +413,9 @@ NOT_SERVICE = "is not a service name (lower-case letters, digits, -)"
 SIZE = "expected a size like '64MiB', '512KiB' or a byte count"
 UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, retries, rules, server, upstream"
 UNKNOWN_ALLOWED_SERVER = (
-    "admin_token, allow_open, body_timeout, header_timeout, host, host_suffix, "
-    "keepalive_timeout, max_body_size, max_connections, ops_host, ops_port, port, "
-    "shutdown_grace, workers"
+    "admin_token, allow_open, body_timeout, compression, cors, header_timeout, host, "
+    "host_suffix, keepalive_timeout, max_body_size, max_connections, ops_host, ops_port, "
+    "port, shutdown_grace, workers"
 )
 UNKNOWN_ALLOWED_REDIS = "max_connections, prefix, timeout, url"
 
