@@ -216,6 +216,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     )
     front = app[FRONT]
     front.l1, front.shared, front.inner = fetcher.l1, shared, pipeline.handle
+    front.encoded = fetcher.encoded
     app[UPSTREAM] = upstream
     metrics.bind_l1(lambda: len(fetcher.l1), lambda: fetcher.l1.bytes_used)
     metrics.bind_inflight(lambda: bodies.used, lambda: bodies.peak)

@@ -28,6 +28,7 @@ A streamed answer (a whole list, :mod:`bloxproxy.walk`) is written here too, chu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -39,6 +40,7 @@ from . import luau
 from .answer import Answer
 from .cache import decide
 from .cors import Cors
+from .encoding import Compression
 from .errors import HTTPProblem, error_response
 from .observe import AccessLog, Metrics, RequestInfo, body_bytes
 from .prepared import (
@@ -57,6 +59,7 @@ from .prepared import (
 from .requestids import REQUEST_ID_HEADER, RequestIds
 
 if TYPE_CHECKING:
+    from .cache.result import Fetched
     from .cache.shared import SharedCache
     from .cache.store import MemoryStore
     from .clients import ClientGate, Granted
@@ -68,6 +71,8 @@ __all__ = ["Front"]
 log = logging.getLogger("bloxproxy")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# Fetcher.encoded: (fetched, etag, coding, body, encode) -> the compressed body.
+Encoded = Callable[["Fetched", str, str, bytes, Callable[[bytes], bytes]], bytes]
 # The pipeline: the request and what the front door knows of it, to the answer.
 Inner = Callable[[web.Request, RequestInfo], Awaitable[Answer]]
 
@@ -126,6 +131,10 @@ class Front:
     ) -> None:
         self.metrics = metrics
         self.cors = cors  # server.cors when on (configure() sets it on reload)
+        self.compression: Compression | None = None  # server.compression when on (same)
+        # Fetcher.encoded: a cached answer's compressed body, made once (set with l1)
+        self.encoded: Encoded | None = None
+        self.compressions = 0  # bodies compressed (tests and bench look at it)
         self.access = access
         self.gate = gate
         self.clock = clock
@@ -142,6 +151,7 @@ class Front:
     def configure(self, config: Config) -> None:
         """Take the front door's settings of ``config`` (at start and on reload)."""
         self.cors = Cors.build(config)
+        self.compression = Compression.build(config.server.compression)
 
     def request_id(self, request: web.Request) -> str:
         """The request's id: the client's when well-formed, else a new one."""
@@ -223,9 +233,14 @@ class Front:
                 if stream is not None:  # a whole list: written below, never remembered
                     resp = stream_response(answer)
                 else:
+                    vary = False
+                    if self.compression is not None and not info.luau:
+                        answer, vary = self._compressed(request, answer, self.compression)
                     response = http_response(
                         answer, request.headers.get("If-None-Match"), self.clock()
                     )
+                    if vary:
+                        response.headers.add("Vary", "Accept-Encoding")
                     if request.method == "GET" and not _may_differ(request):
                         remember = fast_entry(answer, response, self._l1_on())
                     resp = response
@@ -272,6 +287,52 @@ class Front:
         if lease is not None:
             await self._write_then_release(request, out, lease)
         return out
+
+    def _compressed(
+        self, request: web.Request, answer: Answer, comp: Compression
+    ) -> tuple[Answer, bool]:
+        """``answer`` as the client gets it: compressed in the encoding it accepts best, or
+        as it is; and whether its encoding depends on ``Accept-Encoding`` (``Vary``).
+
+        Never a streamed or bodiless answer, a small one, one of a type that is compressed
+        already, one Roblox sent encoded, or an answer to HEAD. A cached answer's
+        compressed body is made once per encoding (:meth:`Fetcher.encoded`); any other is
+        compressed for this request alone."""
+        content_type = answer.content_type
+        for name, value in answer.headers:
+            lowered = name.lower()
+            if lowered == "content-encoding":
+                return answer, False  # as Roblox sent it
+            if lowered == "content-type" and content_type is None:
+                content_type = value
+        if not comp.eligible(answer.status, answer.body, content_type):
+            return answer, False
+        if request.method == "HEAD":
+            return answer, True
+        coding = comp.choose(request.headers.get("Accept-Encoding"))
+        if not coding:
+            return answer, True
+
+        def encode(body: bytes) -> bytes:
+            self.compressions += 1
+            if self.metrics is not None:
+                self.metrics.compressions.labels(coding).inc()
+            return comp.compress(body, coding)
+
+        etag, fetched = answer.etag, answer.fetched
+        if fetched is not None and self.encoded is not None and answer.status == 200:
+            body = self.encoded(
+                fetched, "" if etag.startswith("W/") else etag, coding, answer.body, encode
+            )
+        else:
+            body = encode(answer.body)
+        encoded = dataclasses.replace(
+            answer,
+            body=body,
+            headers=(*answer.headers, ("Content-Encoding", coding)),
+            etag=decide.encoded_etag(etag, coding),
+        )
+        return encoded, True
 
     async def _preflight(self, request: web.Request, cors: Cors) -> web.StreamResponse:
         """A browser's CORS preflight on a proxied path, answered here: 204 with the
@@ -360,7 +421,12 @@ class Front:
     def _target(self, request: web.Request) -> str:
         raw = request.raw_path
         if self._host_routing:
-            return f"{request.host}\x00{raw}"
+            raw = f"{request.host}\x00{raw}"
+        comp = self.compression
+        if comp is not None:  # one remembered answer per encoding the target is asked in
+            coding = comp.choose(request.headers.get("Accept-Encoding"))
+            if coding:
+                raw += "\x00" + coding
         return raw
 
     def _fast(self, request: web.Request, fe: FastEntry, start: float) -> WireResponse | None:

@@ -145,6 +145,13 @@ class Metrics:
             registry=r,
         )
         self.tasks.set_function(lambda: len(asyncio.all_tasks()))
+        self.compressions = Counter(
+            "bloxproxy_compressions_total",
+            "Answer bodies compressed, by encoding (a cached answer's once per entry version "
+            "and encoding).",
+            ["encoding"],
+            registry=r,
+        )
         self.reloads = Counter(
             "bloxproxy_reloads_total", "Config/rule reloads by result.", ["result"], registry=r
         )

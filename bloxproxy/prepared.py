@@ -141,9 +141,13 @@ def fast_entry(answer: Answer, resp: web.Response, l1_on: bool) -> FastEntry | S
         or not fetched.cached
     ):
         return None
+    h = resp.headers
     if not l1_on:
-        return SharedFast(fetched.key, answer.route, answer.renderer, answer.content_type)
-    static = [(k, v) for k, v in resp.headers.items() if k.lower() in KEPT_HEADERS]
+        if "Content-Encoding" in h:
+            return None  # compressed for this request: nowhere to keep it without L1
+        vary = tuple(("Vary", v) for v in h.getall("Vary", ()))
+        return SharedFast(fetched.key, answer.route, answer.renderer, answer.content_type, vary)
+    static = [(k, v) for k, v in h.items() if k.lower() in _FAST_KEPT]
     if answer.etag:
         static.append(("ETag", answer.etag))
     return FastEntry(
@@ -154,6 +158,9 @@ def fast_entry(answer: Answer, resp: web.Response, l1_on: bool) -> FastEntry | S
 # -- remembered hits -------------------------------------------------------------------------
 
 _UNSAFE = re.compile(r"[\r\n\x00]")
+# What a remembered answer repeats of the answer it was made from: the stored answer's
+# headers, and how it was encoded (server.compression) and for which requests.
+_FAST_KEPT = KEPT_HEADERS | {"content-encoding", "vary"}
 
 
 @functools.lru_cache(maxsize=4)
@@ -242,7 +249,7 @@ class SharedFast:
     the pipeline.
     """
 
-    __slots__ = ("content_type", "key", "last", "last_source", "render", "route")
+    __slots__ = ("content_type", "extra", "key", "last", "last_source", "render", "route")
 
     def __init__(
         self,
@@ -250,9 +257,11 @@ class SharedFast:
         route: str,
         render: Callable[[Entry], bytes] | None,
         content_type: str | None,
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.key = key
         self.route = route
+        self.extra = extra  # the answer's Vary (server.compression)
         self.render = render  # None: the entry's body as it is (passthrough)
         self.content_type = content_type  # None: the entry's own (passthrough)
         self.last: FastEntry | None = None
@@ -277,6 +286,7 @@ class SharedFast:
             etag = entry.etag if self.render is None else make_etag(body)
             if etag:
                 static.append(("ETag", etag))
+            static.extend(self.extra)
             fe = FastEntry(self.key, entry, entry.status, b"", tuple(static), self.route, len(body))
             self.last, self.last_source = fe, entry.etag
         return fe

@@ -212,6 +212,16 @@ def cache_headers(
     return out
 
 
+def encoded_etag(etag: str, coding: str) -> str:
+    """The ETag of an answer sent in ``coding`` (``gzip``, ``br``) whose identity ETag is
+    ``etag``: the same tag with ``-<coding>`` inside its quotes (``"ab12-br"``, weak staying
+    weak), so each encoding is its own representation (RFC 9110 §8.8.3) and a client's
+    ``If-None-Match`` matches only the bytes it holds. ``coding`` "": ``etag`` itself."""
+    if not coding or not etag or not etag.endswith('"'):
+        return etag
+    return f'{etag[:-1]}-{coding}"'
+
+
 def etag_matches(if_none_match: str, etag: str) -> bool:
     """RFC 9110 §13.1.2 weak comparison of ``If-None-Match`` against our ETag."""
     if not etag:

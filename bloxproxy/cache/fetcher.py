@@ -595,6 +595,40 @@ class Fetcher:
         )
         return body, etag
 
+    def encoded(
+        self,
+        fetched: Fetched,
+        etag: str,
+        coding: str,
+        body: bytes,
+        encode: Callable[[bytes], bytes],
+    ) -> bytes:
+        """``encode(body)`` — the answer ``body`` (ETag ``etag``, of ``fetched``'s entry)
+        compressed in ``coding`` — made once and memoized in L1 beside the entry, like a
+        rendering (a purge of the entry purges it), so a hit does not compress again.
+        Not memoized when the answer is not the cached one's (no entry, or no ETag)."""
+        entry = fetched.entry
+        if not fetched.cached or not etag:
+            return encode(body)
+        ekey = f"{fetched.key} |enc={coding}@{etag}"
+        memo = self.l1.get_nowait(ekey)
+        if memo is not None and memo.stored_at == entry.stored_at:
+            return memo.body
+        out = encode(body)
+        self.l1.set_nowait(
+            ekey,
+            Entry(
+                entry.status,
+                (),
+                out,
+                entry.stored_at,
+                entry.ttl,
+                entry.stale_while_revalidate,
+                entry.stale_if_error,
+            ),
+        )
+        return out
+
     # -- purge -----------------------------------------------------------------------------
 
     async def purge_key(self, key: str) -> int:
