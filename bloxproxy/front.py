@@ -19,6 +19,14 @@ eviction or a refresh sends it back to the full pipeline). Anything else takes t
 pipeline, which decides exactly as before. With L1 off and Redis on, a hit leaves a
 :class:`~bloxproxy.prepared.SharedFast` instead, which reads the entry from Redis each time.
 
+With ``server.cors`` on, a browser's preflight on a proxied path is answered here and goes
+no further (:meth:`Front._preflight`; :mod:`bloxproxy.cors` decides), and every answer on a
+proxied path gets its CORS headers (the fast path appends them as bytes). With
+``server.compression`` on, an answer is compressed before it becomes HTTP
+(:meth:`Front._compressed`; :mod:`bloxproxy.encoding` decides, the fetcher keeps a cached
+answer's compressed body beside its entry), and the fast path keeps one remembered answer
+per target and encoding.
+
 An answer whose upstream body is held under the byte budget (a large miss) is written out
 here, before the budget's lease on it is released (:mod:`bloxproxy.upstream.inflight`).
 A streamed answer (a whole list, :mod:`bloxproxy.walk`) is written here too, chunk by chunk
