@@ -34,9 +34,9 @@ flat however long the list.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import web
@@ -44,14 +44,33 @@ from multidict import MultiMapping
 
 from .answer import Answer
 from .cache import decide
+from .cache.fetcher import Fetcher
 from .clean import JSON
+from .config import Config
 from .errors import HTTPProblem, UpstreamError, bad_request, instance_of, problem_body
 from .params import Param, ParamError
 from .rules import WALK_PARAM, Route
 from .upstream.client import Caller
 
-if TYPE_CHECKING:
-    from .pipeline import Pipeline
+
+class Pipeline(Protocol):
+    """What a walk needs of the pipeline that calls it (``bloxproxy/pipeline.py``'s
+    ``Pipeline``): described here, so that imports point one way (pipeline -> walk)."""
+
+    config: Config
+    fetcher: Fetcher
+    monotonic: Callable[[], float]
+
+    async def route_answer(
+        self,
+        route: Route,
+        values: dict[str, Any],
+        headers: MultiMapping[str],
+        caller: Caller,
+        credential: str,
+        instance: str,
+    ) -> Answer: ...
+
 
 __all__ = ["NDJSON", "asked", "trailer", "walkable", "wants_json", "whole_list"]
 
