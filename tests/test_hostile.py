@@ -1165,7 +1165,7 @@ def config_documents(draw: st.DrawFn) -> tuple[dict[str, Any] | str, dict[str, s
     if draw(st.integers(0, 5)) == 0:
         return draw(yaml_text(120)), env
     doc = draw(_config_value(CONFIG_TREE, 0))
-    doc.setdefault("rules", {"paths": ["rules"]})  # the small rule set: ~10x faster
+    doc.setdefault("rules", {"paths": ["rules"], "shipped": False})  # the small rule set
     return doc, env
 
 
@@ -1195,7 +1195,8 @@ def fuzz_dir(tmp_path: Path) -> Path:
 
 def write_config(base: Path, upstream: str, extra: dict[str, Any] | None = None) -> Path:
     config = {
-        "rules": {"paths": ["rules"]},
+        # Only the generated file: the nine shipped rule files cost ~0.4 s per example to parse.
+        "rules": {"paths": ["rules"], "shipped": False},
         "upstream": {"base_url": upstream},
         "retries": {"attempts": 1},
         **(extra or {}),
