@@ -220,6 +220,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM] = upstream
     metrics.bind_l1(lambda: len(fetcher.l1), lambda: fetcher.l1.bytes_used)
     metrics.bind_inflight(lambda: bodies.used, lambda: bodies.peak)
+    metrics.bind_batches(lambda: fetcher.batcher.sent, lambda: fetcher.waiting)
     access = app.get(ACCESS_LOG)
     if access is not None:
         access.start()

@@ -21,7 +21,7 @@ import operator
 import sys
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import IO, Protocol
 
 import orjson
@@ -108,6 +108,14 @@ class Metrics:
         # Each scope's learned budget, read from the limiter at scrape time (bind_budgets).
         self._budgets: Callable[[], Sequence[BudgetRowLike]] = list
         r.register(BudgetCollector(lambda: self._budgets()))
+        # The micro-batcher's batches per endpoint, read at scrape time (bind_batches).
+        self._batches: Callable[[], Mapping[str, Sequence[int]]] = dict
+        r.register(BatchCollector(lambda: self._batches()))
+        self.coalesce_waiting = Gauge(
+            "bloxproxy_coalesce_waiting",
+            "Client requests waiting for an identical request's upstream call.",
+            registry=r,
+        )
         self.retries = Counter(
             "bloxproxy_upstream_retries_total", "Upstream retries.", ["service"], registry=r
         )
@@ -192,6 +200,14 @@ class Metrics:
     def bind_budgets(self, rows: Callable[[], Sequence[BudgetRowLike]]) -> None:
         """Read the upstream budgets (``Limiter.rows``) at scrape time."""
         self._budgets = rows
+
+    def bind_batches(
+        self, sent: Callable[[], Mapping[str, Sequence[int]]], waiting: Callable[[], float]
+    ) -> None:
+        """Read the micro-batcher's counts (``Batcher.sent``) and the coalesced waiters at
+        scrape time."""
+        self._batches = sent
+        self.coalesce_waiting.set_function(waiting)
 
 
 _BOUNDS = LATENCY_BUCKETS
@@ -374,6 +390,30 @@ class BudgetCollector(Collector):
             for row in rows:
                 counter.add_metric([row.scope], getattr(row, attr))
             yield counter
+
+
+class BatchCollector(Collector):
+    """``bloxproxy_batch_{calls,ids,capacity}_total{endpoint}``: the micro-batcher's upstream
+    batch calls per batch endpoint, the ids they carried and the ids they could have carried
+    (their caps): ``ids / capacity`` is the fill ratio, ``ids / calls`` the ids per call."""
+
+    def __init__(self, sent: Callable[[], Mapping[str, Sequence[int]]]) -> None:
+        self._sent = sent
+
+    def collect(self) -> Iterator[Metric]:
+        sent = self._sent()
+        for i, (name, doc) in enumerate(_BATCH_COUNTERS):
+            counter = CounterMetricFamily(f"bloxproxy_batch_{name}", doc, labels=["endpoint"])
+            for endpoint, row in sorted(sent.items()):
+                counter.add_metric([endpoint], row[i])
+            yield counter
+
+
+_BATCH_COUNTERS = (
+    ("calls", "Upstream batch calls made by the micro-batcher."),
+    ("ids", "Ids carried by the micro-batcher's upstream batch calls."),
+    ("capacity", "Ids the micro-batcher's batch calls could have carried (their caps)."),
+)
 
 
 # The access line's fields (``logging.access_fields`` picks and orders them), each as a

@@ -426,6 +426,15 @@ BATCH = Block(
             schema.duration,
             "5ms",
         ),
+        Key(
+            "max_window",
+            "How long a batch waits instead when companions are expected: the endpoint's new "
+            "ids have lately been asked at least once per max_window (an arrival rate over "
+            "the last 2 s). A lone lookup pays `window`; a steady trickle of single lookups, "
+            "which no limiter queue would merge, is merged into one call per max_window.",
+            schema.duration,
+            "250ms",
+        ),
     ),
 )
 

@@ -127,8 +127,9 @@ class BatchSpec:
     match: Literal["exact", "case_insensitive"] = "exact"
     echo: bool = False  # the key field repeats the id as asked (usernames' requestedUsername)
     about: str = ""  # the entity kind for tags (``user`` → ``user:156``)
-    window: float = 0.01  # how long a batch waits for companions once a limiter slot is free
+    window: float = 0.005  # how long a batch waits for companions once a limiter slot is free
     list_format: Literal["csv", "repeat"] = "csv"  # how a GET's id list is written
+    max_window: float = 0.25  # … and when companions are expected (cache/batcher.window_for)
 
     @property
     def numeric(self) -> bool:
@@ -615,6 +616,8 @@ def _load_batch(
         )
     if not safe_read:
         problems.append(Problem(b.at("batch"), "backend.batch: needs a safe read (safe_read)"))
+    if v["max_window"] < v["window"]:
+        problems.append(Problem(b.at("batch"), "backend.batch: max_window is shorter than window"))
     if len(problems) > before:
         return None
     return BatchSpec(
@@ -630,6 +633,7 @@ def _load_batch(
         v["about"] or "",
         v["window"],
         list_format,
+        v["max_window"],
     )
 
 

@@ -11,6 +11,7 @@ TTLs, absent ids, spellings of names, and the failures of a merged batch.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import orjson
@@ -18,9 +19,10 @@ import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from bloxproxy.cache import entities
-from bloxproxy.cache.batcher import Batch, Batcher, flush_at
+from bloxproxy.cache.batcher import Batch, Batcher, arrival_rate, flush_at, window_for
 from bloxproxy.fake import FakeRoblox, Fault
 from bloxproxy.fake import answer as fake_answer
 from bloxproxy.rules import BatchSpec
@@ -216,6 +218,71 @@ async def test_a_batch_goes_when_the_slot_estimated_at_its_opening_comes() -> No
     await batcher.close()
 
 
+@pytest.mark.parametrize(
+    ("rate", "last", "now", "expected"),
+    [
+        (0.0, 10.0, 10.0, 0.5),  # a first arrival: 1 / tau
+        (0.5, 10.0, 10.0, 1.0),  # two at once
+        (4.0, 10.0, 12.0, 4.0 * math.exp(-1) + 0.5),  # one tau later: the past counts 1/e
+        (4.0, 10.0, 9.0, 4.5),  # a clock that went back counts as no time
+        (4.0, 10.0, 110.0, 0.5),  # long quiet: as good as a first arrival
+    ],
+)
+def test_arrival_rate(rate: float, last: float, now: float, expected: float) -> None:
+    assert arrival_rate(rate, last, now, tau=2.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("rate", "window", "max_window", "expected"),
+    [
+        (0.0, 0.005, 0.25, 0.005),  # nobody else lately: a lone lookup pays the short window
+        (3.9, 0.005, 0.25, 0.005),  # less than one companion expected within max_window
+        (4.0, 0.005, 0.25, 0.25),  # one expected: wait for it
+        (400.0, 0.005, 0.25, 0.25),  # many: the cap flushes it sooner anyway
+        (400.0, 0.005, 0.005, 0.005),  # max_window off (equal to window)
+    ],
+)
+def test_window_for(rate: float, window: float, max_window: float, expected: float) -> None:
+    assert window_for(rate, window, max_window) == expected
+
+
+async def test_a_trickle_of_single_lookups_is_merged_a_lone_one_is_not_held() -> None:
+    """Lookups arriving 50 ms apart on a scope with budget to spare: no limiter queue merges
+    them, the longer window does once they have been coming steadily; a lone lookup is sent
+    after the short window."""
+    sent: list[list[str]] = []
+
+    async def run(batch: Batch) -> dict[str, object]:
+        sent.append(sorted(batch.ids))
+        return {norm: b"{}" for norm in batch.ids}
+
+    loop = asyncio.get_running_loop()
+    variant = UpstreamRequest("users", "POST", "/v1/users")
+
+    def ask(batcher: Batcher, i: int) -> asyncio.Future[object]:
+        return batcher.ask(
+            USERS, "v", variant, None, f"u:{i}", str(i), str(i), NOBODY, loop.time() + 30
+        )
+
+    lone = Batcher(run)
+    first = ask(lone, 1)
+    await asyncio.sleep(0.05)
+    second = ask(lone, 2)
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert sent == [["1"], ["2"]]
+    await lone.close()
+
+    sent.clear()
+    steady = Batcher(run)
+    await asyncio.wait_for(asyncio.gather(*(ask(steady, i) for i in range(10, 18))), 5)
+    third = ask(steady, 3)  # nine asked just now: 4.5/s, one more expected within 250 ms
+    await asyncio.sleep(0.05)
+    fourth = ask(steady, 4)
+    await asyncio.wait_for(asyncio.gather(third, fourth), 5)
+    assert sent == [[str(i) for i in range(10, 18)], ["3", "4"]]
+    await steady.close()
+
+
 # -- through the proxy ------------------------------------------------------------------------
 
 
@@ -287,6 +354,18 @@ async def test_concurrent_single_lookups_are_one_call_each_answered_as_alone(
         assert (status, headers["Content-Type"]) == (200, "application/json; charset=utf-8")
         assert body == own_answer(fake, "GET", path, query), user
     assert fetcher_of(proxy).batcher.asked == 50
+    async with proxy.get("/_bloxproxy/metrics") as resp:
+        scraped = {
+            (s.name, s.labels.get("endpoint")): s.value
+            for family in text_string_to_metric_families(await resp.text())
+            for s in family.samples
+        }
+    endpoint = "thumbnails /v1/users/avatar-headshot"
+    calls = scraped[("bloxproxy_batch_calls_total", endpoint)]
+    assert calls == fake.count("thumbnails", "/v1/users/avatar-headshot", "GET")
+    assert scraped[("bloxproxy_batch_ids_total", endpoint)] == 50
+    assert scraped[("bloxproxy_batch_capacity_total", endpoint)] == 100 * calls
+    assert scraped[("bloxproxy_coalesce_waiting", None)] == 0
 
 
 async def test_the_clean_door_and_passthrough_share_entities(

@@ -29,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bloxproxy import config as config_mod
 from bloxproxy.answer import Answer as PipelineAnswer
-from bloxproxy.appkeys import ACCESS_LOG, FRONT, GUARD
+from bloxproxy.appkeys import ACCESS_LOG, FETCHER, FRONT, GUARD
 from bloxproxy.connections import use_problem_errors
 from bloxproxy.errors import ConfigError
 from bloxproxy.fake import FakeRoblox, Fault
@@ -68,6 +68,10 @@ FAMILIES = {
     "bloxproxy_cache_l1_entries": "gauge",
     "bloxproxy_cache_l1_bytes": "gauge",
     "bloxproxy_reloads_total": "counter",
+    "bloxproxy_batch_calls_total": "counter",
+    "bloxproxy_batch_ids_total": "counter",
+    "bloxproxy_batch_capacity_total": "counter",
+    "bloxproxy_coalesce_waiting": "gauge",
 }
 
 
@@ -196,6 +200,22 @@ async def test_cache_off_counts_bypass(make_proxy: ProxyFactory) -> None:
     m = await scrape(proxy)
     assert m.get("bloxproxy_cache_results_total", result="BYPASS", route="users.get") == 2
     assert m.get("bloxproxy_cache_results_total", result="MISS", route="users.get") == 0
+
+
+async def test_coalesced_waiters_show_while_they_wait(
+    make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
+    proxy = await make_proxy()
+    fake.script("users", "/v1/users/1", [Fault(delay=0.5)])
+    herd = [asyncio.ensure_future(call(proxy, "/v1/users/1")) for _ in range(4)]
+    fetcher = proxy.server.app[FETCHER]
+    for _ in range(1000):
+        if fetcher.waiting == 3:
+            break
+        await asyncio.sleep(0.001)
+    assert (await scrape(proxy)).get("bloxproxy_coalesce_waiting") == 3
+    assert [a.status for a in await asyncio.gather(*herd)] == [200] * 4
+    assert (await scrape(proxy)).get("bloxproxy_coalesce_waiting") == 0
 
 
 async def test_upstream_attempts_latency_and_retries(
