@@ -69,6 +69,7 @@ class Fetcher:
         secret = config.cache.credential_secret
         self._secret = secret.encode() if secret else os.urandom(32)
         self._inflight: dict[str, asyncio.Task[Fetched]] = {}
+        self.followers = 0  # callers waiting now on a call another caller started
         self._background: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._max_wait = config.limits.upstream.max_wait
@@ -130,6 +131,8 @@ class Fetcher:
             task, lease = self._start(key, req, policy, caller, entry, shared)
             if lease is not None:
                 lease.hold()  # this caller writes the answer out: the body stays counted
+        if running is not None:
+            self.followers += 1
         try:
             fetched = await self._wait(task)
         except BaseException as exc:
@@ -143,6 +146,9 @@ class Fetcher:
                     code="upstream_timeout",
                 ) from None
             raise
+        finally:
+            if running is not None:
+                self.followers -= 1
         out = fetched if running is None else fetched.coalesced()
         out.fast_ok, out.cache_time, out.lease = policy.fast_ok, looked, lease
         return out
@@ -667,6 +673,11 @@ class Fetcher:
             self.l1.delete_prefix_nowait(arg)
         elif op == "all":
             self.l1.clear_nowait()
+
+    @property
+    def in_flight(self) -> int:
+        """Upstream calls under way that callers share (one per cache key)."""
+        return len(self._inflight)
 
     def tasks(self) -> list[asyncio.Task[Any]]:
         """The upstream calls in flight and the background writes to Redis."""
