@@ -164,7 +164,8 @@ function service(s, dt) {
     var used = dt > 0 && was !== undefined ? Math.max(0, b.slots - was) / dt : null;
     td.appendChild(document.createTextNode(used === null ? D : per(used)));
     if (used !== null) td.appendChild(bar(b.rate ? used / b.rate : 0));
-    td.appendChild(el('span', num(b.slots) + ' calls let through', 'note'));
+    td.appendChild(el('span', num(b.slots) + (b.slots === 1 ? ' call' : ' calls')
+      + ' let through', 'note'));
   } else td.textContent = D;
   tr.appendChild(td);
   tr.appendChild(el('td', b ? b.waiting + ' waiting' + (b.refusals ? ', ' + b.refusals

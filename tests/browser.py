@@ -3,7 +3,8 @@
 Debian's ``chromium`` (``.ci/run`` installs it when missing) is run once per look, with a
 fresh profile in a temporary folder: ``--dump-dom`` gives the DOM after the page's scripts
 ran for ``budget_ms`` of virtual time (timers fire without the wall clock waiting, network
-answers are waited for), ``--screenshot`` a PNG. It runs in a process group of its own,
+answers are waited for); :func:`screenshot_live` takes a PNG after some seconds of real
+time, through the DevTools protocol. It runs in a process group of its own,
 killed whole when the look ends, fails or times out: no Chromium outlives its test.
 
 :class:`Page` reads the dumped DOM with :mod:`html.parser`: the text of an element by id,
@@ -13,8 +14,10 @@ attributes by id, the rows of a table.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -84,16 +87,76 @@ async def dump_dom(url: str, budget_ms: int = 5000) -> Page:
     return Page(await run_chromium(url, "--dump-dom", budget_ms=budget_ms))
 
 
-async def screenshot(url: str, path: Path, budget_ms: int = 5000) -> None:
-    await run_chromium(
-        url,
-        "--hide-scrollbars",
-        f"--screenshot={path}",
-        "--window-size=1280,900",
-        budget_ms=budget_ms,
-    )
-    written = await asyncio.to_thread(path.stat)
-    assert written.st_size > 10_000, "an empty screenshot"
+async def screenshot_live(url: str, path: Path, seconds: float, within: float = 60.0) -> None:
+    """A screenshot after ``seconds`` of real time on the page (its timers on the wall
+    clock, unlike ``--virtual-time-budget``), through the DevTools protocol."""
+    binary = chromium_path()
+    with tempfile.TemporaryDirectory(prefix="bloxproxy-chromium-") as profile:
+        proc = await asyncio.create_subprocess_exec(
+            binary,
+            *_FLAGS,
+            f"--user-data-dir={profile}",
+            "--hide-scrollbars",
+            "--window-size=1280,1000",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "about:blank",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(within):
+                await _capture(proc, url, path, seconds)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+
+async def _capture(proc: asyncio.subprocess.Process, url: str, path: Path, seconds: float) -> None:
+    import aiohttp  # (only here: the rest of this module needs no HTTP client)
+
+    assert proc.stderr is not None
+    port = ""
+    while not port:
+        line = (await proc.stderr.readline()).decode()
+        if not line:
+            raise AssertionError("chromium ended before its DevTools endpoint was up")
+        found = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line)
+        port = found.group(1) if found else ""
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/json/list") as r:
+            targets = await r.json()
+        ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t["type"] == "page")
+        async with session.ws_connect(ws_url, max_msg_size=0) as ws:
+            calls = 0
+
+            async def call(method: str, **params: object) -> dict[str, object]:
+                nonlocal calls
+                calls += 1
+                await ws.send_json({"id": calls, "method": method, "params": params})
+                while True:
+                    msg = await ws.receive_json()
+                    if msg.get("id") == calls:
+                        assert "error" not in msg, msg
+                        result: dict[str, object] = msg["result"]
+                        return result
+
+            await call("Page.enable")
+            await call(
+                "Emulation.setDeviceMetricsOverride",
+                width=1280,
+                height=1000,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
+            await call("Page.navigate", url=url)
+            await asyncio.sleep(seconds)
+            shot = await call("Page.captureScreenshot", format="png")
+    data = base64.b64decode(str(shot["data"]))
+    await asyncio.to_thread(path.write_bytes, data)
 
 
 class Page(HTMLParser):

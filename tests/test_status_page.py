@@ -4,9 +4,12 @@ traffic through the real proxy in front of the bundled fake."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import os
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,12 +18,14 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bloxproxy.app import create_app
 from bloxproxy.appkeys import METRICS
 from bloxproxy.authn import basic_password
+from bloxproxy.fake import FAKE_STATE, Fault
 from bloxproxy.status import Breaker, Inputs, RequestRow, snapshot
 from bloxproxy.status_page import CSP, PAGE
-from tests.browser import dump_dom, screenshot
-from tests.conftest import ProxyFactory
+from tests.browser import dump_dom, screenshot_live
+from tests.conftest import ProxyFactory, proxy_config
 
 ROOT = Path(__file__).resolve().parent.parent
 Client = TestClient[Any, Any]
@@ -445,17 +450,49 @@ async def test_in_a_browser_after_traffic(
     not os.environ.get("BLOXPROXY_STATUS_SCREENSHOT"),
     reason="makes docs/status-page.png: BLOXPROXY_STATUS_SCREENSHOT=docs/status-page.png",
 )
-async def test_screenshot_for_the_docs(make_proxy: ProxyFactory, fake_server: TestServer) -> None:
-    """docs/status-page.png, after some traffic on a few routes (run on demand)."""
-    proxy = await make_proxy()
+async def test_screenshot_for_the_docs(
+    aiohttp_client: Callable[..., Awaitable[Client]], fake_server: TestServer
+) -> None:
+    """docs/status-page.png: a proxy on the real clocks after traffic on a few routes, and
+    more traffic while the page is read (run on demand, with the variable set)."""
+    proxy = await aiohttp_client(create_app(proxy_config(fake_server)))
     await _traffic(proxy, fake_server, {})
-    for path in [
-        *(f"/v1/users/{u}" for u in (4, 5, 6, 4, 5, 4, 1, 2)),
-        *(f"/v1/groups/{g}" for g in (1, 2, 1, 1, 3, 1)),
+    paths = [
+        "/v1/users/1",
+        "/v1/users/156",
+        "/v1/groups/7",
+        "/v1/users?ids=1,2,156",
+        "/v1/presence?ids=1,2",
         "/v1/users/1/username-history",
-        "/v1/users/1/username-history",
-    ]:
-        async with proxy.get(path) as r:
-            await r.read()
-    out = ROOT / os.environ["BLOXPROXY_STATUS_SCREENSHOT"]
-    await screenshot(_url(proxy), out, budget_ms=9000)
+        "/users/v1/users/2",
+    ]
+
+    async def more(n: int, pause: float = 0.0, thumbnails: bool = True) -> None:
+        for i in range(n):
+            path = paths[i % len(paths)]
+            if thumbnails and i % 5 == 0:
+                path = f"/v1/thumbnails/users/headshots?ids={i}"
+            async with proxy.get(path) as r:
+                await r.read()
+            await asyncio.sleep(pause * (1 + (i // 40) % 3))  # the rate changes now and then
+
+    await asyncio.gather(*(more(60) for _ in range(4)))  # identical calls at once: coalesced
+
+    async def throttled_later() -> None:  # Roblox says 429 late in the run: a pause shows
+        await asyncio.sleep(15)
+        fake_server.app[FAKE_STATE].script(
+            "thumbnails",
+            "/v1/users/avatar-headshot",
+            [Fault(status=429, retry_after="6")] * 2,
+        )
+
+    background = asyncio.gather(
+        throttled_later(), more(2000, 0.01), *(more(2000, 0.01, False) for _ in range(2))
+    )
+    try:
+        out = ROOT / os.environ["BLOXPROXY_STATUS_SCREENSHOT"]
+        await screenshot_live(_url(proxy), out, seconds=21)
+    finally:
+        background.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
