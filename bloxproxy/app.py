@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from . import admin, docs_page, ops
+from . import admin, docs_page, ops, status_page
 from .appkeys import (
     ACCESS_LOG,
     AUTH_THROTTLE,
@@ -122,6 +122,7 @@ def create_app(
     app.router.add_get(RESERVED_PREFIX + "metrics", own(ops.metrics(app, keyed=True), gated=False))
     app.router.add_post(RESERVED_PREFIX + "admin/purge", own(admin.purge, gated=False))
     docs_page.add_routes(app, own)  # /openapi.json, /docs (and under /_bloxproxy/)
+    status_page.add_routes(app, own)  # /_bloxproxy/ and status.json, keyed when keys are on
     app.router.add_route("*", "/", own(_root, gated=True))  # gated, like the top-level /docs
     app.router.add_route("*", RESERVED_PREFIX + "{tail:[\\s\\S]*}", own(_reserved, gated=False))
     app.router.add_route("*", "/{tail:[\\s\\S]*}", front.handle, expect_handler=_expect)
@@ -310,6 +311,8 @@ _RESERVED_METHODS = {
     RESERVED_PREFIX + "readyz": "GET, HEAD",
     RESERVED_PREFIX + "metrics": "GET, HEAD",
     RESERVED_PREFIX + "admin/purge": "POST",
+    RESERVED_PREFIX: "GET, HEAD",
+    RESERVED_PREFIX + "status.json": "GET, HEAD",
 }
 
 

@@ -19,6 +19,8 @@ attempts only look at the bucket (a dry run) and take nothing from it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import math
@@ -60,6 +62,21 @@ def bearer(authorization: str) -> str:
     """The token of ``Authorization: Bearer <token>`` ("" for any other scheme)."""
     scheme, _, token = authorization.partition(" ")
     return token if scheme.lower() == "bearer" else ""
+
+
+def basic_password(authorization: str) -> str:
+    """The password of ``Authorization: Basic base64(user:password)`` — what a browser
+    sends after its login prompt — with its bytes kept as :func:`secret_bytes` wants them
+    ("" for any other scheme, or a value that is not base64 of ``user:password``)."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "basic":
+        return ""
+    try:
+        raw = base64.b64decode(token.strip().encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return ""
+    _, colon, password = raw.partition(b":")
+    return password.decode("utf-8", "surrogateescape") if colon else ""
 
 
 class FailureThrottle:

@@ -170,6 +170,14 @@ class Metrics:
             row = self._requests[(route, status, cache)] = _histogram_row()
         observe_into(row, seconds)
 
+    def request_counts(self) -> list[tuple[str, int, str, float, float]]:
+        """Every (route, status, cache result) row: answers counted, seconds in all."""
+        return [(*key, row[0], row[1]) for key, row in list(self._requests.items())]
+
+    def attempt_counts(self) -> dict[tuple[str, str], float]:
+        """Upstream attempts by (service, status or ``"error"`` or a refusal's reason)."""
+        return {key: row[0] for key, row in list(self._attempts.items())}
+
     def attempts(self, service: str, status: int | str) -> list[float]:
         """The row counting ``service``'s upstream attempts that ended in ``status`` (or
         ``"error"``, or a refusal's reason): add to its first item."""

@@ -194,7 +194,7 @@ async def test_head_on_a_clean_route_is_allowed(proxy: Client, fake: FakeRoblox)
         assert resp.headers["Content-Type"].startswith("application/json")
 
 
-@pytest.mark.parametrize("target", ["/_bloxproxy/unknown", "/_bloxproxy/", "/_bloxproxy/admin"])
+@pytest.mark.parametrize("target", ["/_bloxproxy/unknown", "/_bloxproxy//", "/_bloxproxy/admin"])
 async def test_unknown_reserved_path_is_404(target: str, proxy: Client, fake: FakeRoblox) -> None:
     status, _, problem = await fetch(proxy, target)
     assert status == 404

@@ -876,7 +876,7 @@ def test_reserved_name_is_not_a_service(tmp_path: Any) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/_bloxproxy/users/v1/users/1", "/_bloxproxy/", "/_bloxproxy/v1/users/1"]
+    "path", ["/_bloxproxy/users/v1/users/1", "/_bloxproxy/nothing", "/_bloxproxy/v1/users/1"]
 )
 async def test_reserved_paths_never_reach_passthrough(
     make_proxy: ProxyFactory, fake: FakeRoblox, path: str

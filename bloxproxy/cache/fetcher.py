@@ -674,6 +674,11 @@ class Fetcher:
         elif op == "all":
             self.l1.clear_nowait()
 
+    @property
+    def in_flight(self) -> int:
+        """Upstream calls under way that callers share (one per cache key)."""
+        return len(self._inflight)
+
     def tasks(self) -> list[asyncio.Task[Any]]:
         """The upstream calls in flight and the background writes to Redis."""
         return [*self._inflight.values(), *self._background]
