@@ -494,7 +494,7 @@ ALLOWED_RESPONSE = (
     "shape, status_map"
 )
 ALLOWED_CACHE = (
-    "credentials, enabled, not_found_ttl, stale_if_error, stale_while_revalidate, ttl, when"
+    "credentials, enabled, not_found_ttl, stale_if_error, stale_while_revalidate, tags, ttl, when"
 )
 CLEAN_PATH = "endpoint: expected a clean path like '/v1/users/{user_id}' (first segment v<N>)"
 
