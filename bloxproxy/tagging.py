@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -56,6 +56,11 @@ class TagTemplate:
 
     def render(self, values: Mapping[str, object]) -> list[str]:
         """The tags this template gives for ``values`` (none when a name has no value)."""
+        if len(self.names) == 1:
+            value = values.get(self.names[0])
+            if type(value) is int:  # the usual case (an id), every request of its route
+                tag = f"{self.literals[0]}{value}{self.literals[1]}"
+                return [tag] if len(tag) <= MAX_TAG_LENGTH else []
         choices: list[list[str]] = []
         for name in self.names:
             spelled = _spellings(values.get(name))
@@ -101,8 +106,12 @@ def _spellings(value: object) -> list[str]:
     return [str(value)]
 
 
-def render_tags(templates: Iterable[TagTemplate], values: Mapping[str, object]) -> tuple[str, ...]:
+def render_tags(templates: Sequence[TagTemplate], values: Mapping[str, object]) -> tuple[str, ...]:
     """Every tag ``templates`` give for ``values``: each once, in order, at most MAX_TAGS."""
+    if len(templates) == 1:
+        tags = templates[0].render(values)
+        if len(tags) == 1:
+            return (tags[0],)
     out: dict[str, None] = {}
     for template in templates:
         for tag in template.render(values):

@@ -602,6 +602,36 @@ ERRORS = [
         """\
         service: users
         routes:
+          - endpoint: /v1/users/{user_id}
+            params: {user_id: {type: int}}
+            backend: {path: "/v1/users/{user_id}"}
+            cache:
+              tags: ["user:{user_id}", "group:{group_id}"]
+        """,
+        [(7, "cache.tags: 'group:{group_id}': {group_id} is not a parameter of the route")],
+        id="tag-of-no-parameter",
+    ),
+    pytest.param(
+        """\
+        service: users
+        routes:
+          - endpoint: /v1/users
+            backend: {path: /v1/users}
+            cache: {tags: ["user {x}"]}
+        """,
+        [
+            (
+                5,
+                "cache.tags: 'user {x}': a tag template is letters, digits, _ . : @ / + = - "
+                "and {parameter} names (no spaces)",
+            )
+        ],
+        id="tag-template-with-a-space",
+    ),
+    pytest.param(
+        """\
+        service: users
+        routes:
           - endpoint: /v1/users
             backend: {path: /v1/users}
             cache:

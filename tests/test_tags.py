@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from bloxproxy import tagging
 from bloxproxy.admin import PurgeOrder, purge_order
+from bloxproxy.appkeys import FRONT
 from bloxproxy.cache import decide, entities
 from bloxproxy.cache.entry import Entry
 from bloxproxy.cache.tags import TagIndex
@@ -51,6 +52,8 @@ def users_get_count(fake: FakeRoblox, uid: int = 156) -> int:
         ("name:{name}", {"name": "x" * 200}, ()),  # too long
         ("pair:{a}-{b}", {"a": [1, 2], "b": "x"}, ("pair:1-x", "pair:2-x")),
         ("static", {}, ("static",)),
+        ("x" * 120 + "{n}", {"n": 10**10}, ()),  # an id too long for a tag
+        ("user:{user_id}", {"user_id": -5}, ("user:-5",)),
     ],
 )
 def test_tag_templates(template: str, values: dict[str, Any], expected: tuple[str, ...]) -> None:
@@ -280,6 +283,7 @@ async def test_soft_purge_serves_stale_then_refreshes_once(
 ) -> None:
     for _ in range(3):  # remembered by the fast path too: it must not answer HIT after
         assert (await get(admin_proxy, USER)).status == 200
+    assert admin_proxy.server.app[FRONT].fast_answers == 1
     await get(admin_proxy, BATCH)
     clock.advance(5)
     answer = await purge(admin_proxy, {"tag": "user:156", "soft": True})
@@ -359,6 +363,7 @@ async def test_the_tag_header_when_configured(make_proxy: ProxyFactory) -> None:
     answers = [await get(proxy, USER) for _ in range(3)]  # a miss, a hit, a remembered hit
     assert [a.x_cache for a in answers] == ["MISS", "HIT", "HIT"]
     assert [a.headers.get("Surrogate-Key") for a in answers] == ["user:156"] * 3
+    assert proxy.server.app[FRONT].fast_answers == 1  # the remembered answer repeats it
     batch = await get(proxy, "/v1/users?ids=156,1")
     assert batch.headers["Surrogate-Key"] == "user:1 user:156"  # (ids sorted upstream)
     assert (await get(proxy, USER_PT)).headers["Surrogate-Key"] == "user:156"
@@ -418,3 +423,26 @@ async def test_a_soft_tag_purge_reaches_the_other_replica(
     assert (await get(b, USER)).x_cache == "HIT"
     body = orjson.loads((await get(b, USER)).body)
     assert body["id"] == 156
+
+
+async def test_without_l1_the_header_and_the_purge_work_from_redis(
+    make_proxy: ProxyFactory, redis_url: str, redis_client: aioredis.Redis, fake: FakeRoblox
+) -> None:
+    proxy = await make_proxy(
+        BLOXPROXY_CACHE_REDIS_URL=redis_url,
+        BLOXPROXY_CACHE_MAX_ENTRIES="0",
+        BLOXPROXY_CACHE_TAG_HEADER="Surrogate-Key",
+        BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN,
+    )
+    answers = []
+    for _ in range(3):  # a miss, a hit from Redis, a hit of the remembered SharedFast
+        answers.append(await get(proxy, USER))
+        await settle(proxy)
+    assert [a.x_cache for a in answers] == ["MISS", "HIT", "HIT"]
+    assert [a.headers.get("Surrogate-Key") for a in answers] == ["user:156"] * 3
+    assert proxy.server.app[FRONT].fast_answers == 1
+    assert len(fetcher_of(proxy).tags) == 0  # no L1, no index
+    assert (await purge(proxy, {"tag": "user:156"})).json()["purged"] == 1
+    assert not await redis_client.exists("bloxproxy:" + USER_KEY)
+    assert (await get(proxy, USER)).x_cache == "MISS"
+    assert users_get_count(fake) == 2
