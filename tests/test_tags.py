@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from bloxproxy import tagging
@@ -16,6 +17,7 @@ from bloxproxy.admin import PurgeOrder, purge_order
 from bloxproxy.appkeys import FRONT
 from bloxproxy.cache import decide, entities
 from bloxproxy.cache.entry import Entry
+from bloxproxy.cache.redis_store import RedisStore
 from bloxproxy.cache.tags import TagIndex
 from bloxproxy.fake import FakeRoblox
 from bloxproxy.rules import BatchSpec
@@ -446,3 +448,57 @@ async def test_without_l1_the_header_and_the_purge_work_from_redis(
     assert not await redis_client.exists("bloxproxy:" + USER_KEY)
     assert (await get(proxy, USER)).x_cache == "MISS"
     assert users_get_count(fake) == 2
+
+
+# -- the Redis side, against a real server ---------------------------------------------------
+
+
+async def test_redis_tag_sets_live_as_long_as_their_longest_entry(
+    redis_client: aioredis.Redis,
+) -> None:
+    store = RedisStore(redis_client, "t:", lambda: NOW)
+    await store.set("GET a", Entry(200, (), b"a", NOW, 60), ("user:1", "group:7"))
+    await store.set("GET b", Entry(200, (), b"b", NOW, 600, 0, 3600), ("user:1",))
+    await store.set("GET c", Entry(200, (), b"c", NOW, 30), ("user:1",))  # shorter: no change
+    await store.set("GET d", Entry(200, (), b"d", NOW, 30))  # untagged: a plain SET
+    assert await redis_client.smembers("t:tag:user:1") == {b"GET a", b"GET b", b"GET c"}
+    assert await redis_client.smembers("t:tag:group:7") == {b"GET a"}
+    assert 4_195_000 < await redis_client.pttl("t:tag:user:1") <= 4_200_000
+    assert 55_000 < await redis_client.pttl("t:tag:group:7") <= 60_000
+    assert (await store.get("GET a")) == Entry(200, (), b"a", NOW, 60)
+    assert await store.delete_tag("group:7") == 1
+    assert not await redis_client.exists("t:GET a", "t:tag:group:7")
+    assert await store.delete_tag("user:1") == 2  # (a already gone)
+    assert [k async for k in redis_client.scan_iter("t:*")] == [b"t:GET d"]
+    assert await store.delete_tag("user:1") == 0
+
+
+async def test_a_soft_redis_purge_leaves_an_entry_refreshed_meanwhile_alone(
+    redis_client: aioredis.Redis, redis_url: str
+) -> None:
+    store = RedisStore(redis_client, "t:", lambda: NOW)
+    old = Entry(200, (), b"old", NOW - 5, 600, 60)
+    for key in ("GET a", "GET b"):
+        await store.set(key, old, ("user:1",))
+    newer = Entry(200, (), b"new", NOW, 600, 60)
+    sync = redis.Redis.from_url(redis_url)
+
+    def mark(entry: Entry) -> Entry | None:
+        if entry.body == b"old" and not sync.exists("t:refreshed"):
+            sync.set("t:refreshed", b"1")
+            sync.set("t:GET a", newer.to_bytes())  # a refresh lands between read and write
+        return decide.marked_stale(entry, NOW)
+
+    try:
+        assert await store.soften_tag("user:1", mark) == 1
+    finally:
+        sync.close()
+    a, b = await store.get("GET a"), await store.get("GET b")
+    assert a == newer  # not overwritten with the stale old one
+    assert b is not None and b.body == b"old"
+    assert decide.freshness(b, NOW) is decide.Freshness.STALE_WHILE_REVALIDATE
+    assert 59_000 < await redis_client.pttl("t:GET b") <= 60_000  # its window only
+    gone = Entry(404, (), b"", NOW - 5, 300)  # no stale window: the soft purge deletes it
+    await store.set("GET c", gone, ("user:2",))
+    assert await store.soften_tag("user:2", lambda e: decide.marked_stale(e, NOW)) == 1
+    assert not await redis_client.exists("t:GET c")
