@@ -102,7 +102,9 @@ async def purge(request: web.Request) -> web.Response:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise bad_request('expected a JSON object like {"url": "/v1/users/156"}') from None
+        raise bad_request(
+            'the body is not JSON (UTF-8): expected an object like {"tag": "user:156"}'
+        ) from None
     try:
         order = purge_order(body)
     except ValueError as exc:

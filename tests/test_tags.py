@@ -5,6 +5,7 @@ way). Time moves with the injected clock; background work is awaited, never slep
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 
 from bloxproxy import tagging
 from bloxproxy.admin import PurgeOrder, purge_order
-from bloxproxy.appkeys import FRONT
+from bloxproxy.appkeys import CONFIG, FRONT
 from bloxproxy.cache import decide, entities
 from bloxproxy.cache.entry import Entry
 from bloxproxy.cache.redis_store import RedisStore
@@ -351,6 +352,8 @@ async def test_hostile_purge_bodies_are_400_problems(admin_proxy: Client, data: 
     assert answer.headers["Content-Type"].startswith("application/problem+json")
     problem = answer.json()
     assert problem["status"] == 400 and problem["detail"]
+    if data.startswith((b"\xff", b'{"tag": "user:\xff')) or not data:
+        assert problem["detail"].startswith("the body is not JSON (UTF-8)")
     assert len(answer.body) < 2000  # a huge tag is not echoed back
     assert (await get(admin_proxy, USER)).x_cache == "HIT"  # nothing was purged
 
@@ -502,3 +505,17 @@ async def test_a_soft_redis_purge_leaves_an_entry_refreshed_meanwhile_alone(
     await store.set("GET c", gone, ("user:2",))
     assert await store.soften_tag("user:2", lambda e: decide.marked_stale(e, NOW)) == 1
     assert not await redis_client.exists("t:GET c")
+
+
+async def test_a_purge_body_past_the_body_limit_is_a_413_problem(admin_proxy: Client) -> None:
+    limit = admin_proxy.server.app[CONFIG].server.max_body_size
+    data = b'{"tag": "' + b"u" * (limit + 10) + b'"}'
+    answer = await get(
+        admin_proxy,
+        "/_bloxproxy/admin/purge",
+        "POST",
+        data=io.BytesIO(data),
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert answer.status == 413
+    assert answer.headers["Content-Type"].startswith("application/problem+json")
