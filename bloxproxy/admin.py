@@ -9,14 +9,19 @@
   up to its first parameter: neighbours under the same prefix go too, which only costs a
   refetch);
 - ``{"prefix": "GET thumbnails/"}`` — every key with this prefix;
+- ``{"tag": "user:156"}`` — every entry tagged with this entity (:mod:`bloxproxy.tagging`):
+  single answers, entity entries of batches, thumbnails; with ``"soft": true`` they are
+  marked stale instead of removed (served STALE while one refresh runs);
 - ``{"all": true}`` — everything.
 
 The purge runs on L1 and L2 and is published on the invalidation channel, so every replica
-drops it from its L1 at once. Answer: ``{"purged": N, "scope": ..., "target": ...}``.
+drops it from its L1 at once. Answer: ``{"purged": N, "scope": ..., "target": ...}`` (and
+``"soft"`` for a tag). Which purge a body asks for is :func:`purge_order` (pure).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
@@ -27,6 +32,51 @@ from .appkeys import AUTH_THROTTLE, CONFIG, FETCHER, PIPELINE
 from .authn import bearer, digests, matches
 from .clients import client_ip
 from .errors import HTTPProblem, bad_request, not_found
+from .tagging import MAX_TAG_LENGTH, valid_tag
+
+SCOPES = ("url", "key", "route", "prefix", "tag", "all")
+_EXPECTED = "expected exactly one of url, key, route, prefix, tag, all (and soft with tag)"
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeOrder:
+    """What a purge body asks for: a scope, its target ("" for all), soft or not."""
+
+    scope: str
+    target: str = ""
+    soft: bool = False
+
+
+def purge_order(body: object) -> PurgeOrder:
+    """The purge a parsed JSON body asks for; ValueError (its message for the client) when
+    it asks for none, several, or something unknown."""
+    if not isinstance(body, dict):
+        raise ValueError('expected a JSON object like {"tag": "user:156"}')
+    unknown = [k for k in body if k not in SCOPES and k != "soft"]
+    if unknown:
+        shown = ", ".join(repr(k[:40]) for k in unknown[:3])
+        raise ValueError(f"unknown field {shown}: {_EXPECTED}")
+    scopes = [k for k in SCOPES if k in body]
+    if len(scopes) != 1:
+        raise ValueError(_EXPECTED)
+    scope, target = scopes[0], body[scopes[0]]
+    soft = body.get("soft", False)
+    if not isinstance(soft, bool):
+        raise ValueError("soft: expected true or false")
+    if soft and scope != "tag":
+        raise ValueError("soft: only a purge by tag can be soft")
+    if scope == "all":
+        if target is not True:
+            raise ValueError("all: expected true")
+        return PurgeOrder("all")
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"{scope}: expected a non-empty string")
+    if scope == "tag" and not valid_tag(target):
+        raise ValueError(
+            f"tag: expected 1 to {MAX_TAG_LENGTH} characters of A-Z a-z 0-9 _ . : @ / + = - "
+            "(like user:156)"
+        )
+    return PurgeOrder(scope, target, soft)
 
 
 async def _authorize(request: web.Request, token: str) -> None:
@@ -52,14 +102,22 @@ async def purge(request: web.Request) -> web.Response:
     try:
         body = orjson.loads(await request.read())
     except orjson.JSONDecodeError:
-        raise bad_request('expected a JSON object like {"url": "/v1/users/156"}') from None
-    if not isinstance(body, dict) or len(body) != 1:
-        raise bad_request("expected exactly one of url, key, route, prefix, all")
-    ((scope, target),) = body.items()
+        raise bad_request(
+            'the body is not JSON (UTF-8): expected an object like {"tag": "user:156"}'
+        ) from None
+    try:
+        order = purge_order(body)
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    scope, target = order.scope, order.target
     fetcher, pipeline = request.app[FETCHER], request.app[PIPELINE]
-    if scope == "all" and target is True:
+    answer: dict[str, object] = {}
+    if scope == "all":
         n = await fetcher.purge_all()
-    elif scope in ("url", "key", "route", "prefix") and isinstance(target, str) and target:
+    elif scope == "tag":
+        n = await fetcher.purge_tag(target, soft=order.soft)
+        answer["soft"] = order.soft
+    else:
         if scope == "url":
             parts = urlsplit(target)
             if parts.scheme or parts.netloc or not parts.path.startswith("/"):
@@ -82,9 +140,8 @@ async def purge(request: web.Request) -> web.Response:
             n = await fetcher.purge_prefix(target)
         else:
             n = await fetcher.purge_prefix(target)
-    else:
-        raise bad_request(f"{scope}: expected a non-empty string (or all: true)")
-    body = {"purged": n, "scope": scope, "target": target}
+    shown: object = True if scope == "all" else target
+    body = {"purged": n, "scope": scope, "target": shown, **answer}
     if fetcher.shared is not None and not fetcher.shared.healthy:
         # L1 was purged; Redis and the other replicas could not be told.
         body["warning"] = "redis unavailable: purged this replica's L1 only"

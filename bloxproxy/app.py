@@ -218,6 +218,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     front = app[FRONT]
     front.l1, front.shared, front.inner = fetcher.l1, shared, pipeline.handle
     front.encoded = fetcher.encoded
+    fetcher.on_soft_purge.append(front.forget_all)  # remembered answers were fresh
     app[UPSTREAM] = upstream
     metrics.bind_l1(lambda: len(fetcher.l1), lambda: fetcher.l1.bytes_used)
     metrics.bind_inflight(lambda: bodies.used, lambda: bodies.peak)
@@ -291,7 +292,8 @@ def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
     ``app[PIPELINE].config``."""
     app[PIPELINE].swap(config, rules)
     app[FRONT].forget_all()  # remembered answers were rendered by the old rules
-    app[FRONT].configure(config)  # server.cors, server.compression
+    app[FRONT].configure(config)  # server.cors, server.compression, cache.tag_header
+    app[FETCHER].tag_header = config.cache.tag_header
     app[GUARD].reload(config)
     app[UPSTREAM].reload(config)
 

@@ -150,6 +150,14 @@ def _methods(value: object) -> tuple[str, ...]:
     return names
 
 
+def _tag_header(value: object) -> str:
+    """``cache.tag_header``: a header name, or "" (off)."""
+    text = schema.string(value)
+    if text and not _TOKEN_RE.match(text):
+        raise ValueError(f"expected a header name like Surrogate-Key (or empty), got {text!r}")
+    return text
+
+
 def _header_names(value: object) -> tuple[str, ...]:
     names = schema.string_list(value)
     for name in names:
@@ -439,6 +447,13 @@ class CacheConfig:
         schema.string,
         "HMAC secret for per-credential cache keys. Empty: a random one per process "
         "(per-credential entries are then not shared between replicas).",
+    )
+    tag_header: str = opt(
+        "",
+        _tag_header,
+        "Response header listing an answer's entity tags, space-separated (`Surrogate-Key`, "
+        'as CDNs name it): what a purge by tag (`{"tag": "user:156"}`) would drop it by. '
+        "Empty: off (entries are tagged and purged by tag all the same).",
     )
     redis: RedisConfig = section(RedisConfig, "Optional shared L2 cache.")
 

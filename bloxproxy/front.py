@@ -140,6 +140,7 @@ class Front:
         self.metrics = metrics
         self.cors = cors  # server.cors when on (configure() sets it on reload)
         self.compression: Compression | None = None  # server.compression when on (same)
+        self.tag_header = ""  # cache.tag_header (same)
         # Fetcher.encoded: a cached answer's compressed body, made once (set with l1)
         self.encoded: Encoded | None = None
         self.compressions = 0  # bodies compressed (tests and bench look at it)
@@ -160,6 +161,7 @@ class Front:
         """Take the front door's settings of ``config`` (at start and on reload)."""
         self.cors = Cors.build(config)
         self.compression = Compression.build(config.server.compression)
+        self.tag_header = config.cache.tag_header
 
     def request_id(self, request: web.Request) -> str:
         """The request's id: the client's when well-formed, else a new one."""
@@ -249,8 +251,10 @@ class Front:
                     )
                     if vary:
                         response.headers.add("Vary", "Accept-Encoding")
+                    if self.tag_header and fetched is not None and fetched.tags:
+                        response.headers[self.tag_header] = " ".join(fetched.tags)
                     if request.method == "GET" and not _may_differ(request):
-                        remember = fast_entry(answer, response, self._l1_on())
+                        remember = fast_entry(answer, response, self._l1_on(), self.tag_header)
                     resp = response
         except asyncio.CancelledError:
             # Cut off with no answer sent (the shutdown grace ran out): still one line and

@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from . import clean, normalize, passthrough, walk
+from . import clean, normalize, passthrough, tagging, walk
 from .answer import Answer
 from .cache import decide
 from .cache.entry import Entry
@@ -177,9 +177,10 @@ class Pipeline:
         problems name)."""
         ureq = clean.upstream_request(route, values, headers)
         policy = self._policies[route.id]
-        fetched = await self._fetch(ureq, policy, caller, credential)
+        tags = tagging.render_tags(policy.tags, values) if policy.tags else ()
+        fetched = await self._fetch(ureq, policy, caller, credential, tags=tags)
         if route.hold is not None:
-            fetched = await self._hold(route.hold, ureq, policy, caller, credential, fetched)
+            fetched = await self._hold(route.hold, ureq, policy, caller, credential, fetched, tags)
         try:
             return await self._clean_answer(route, values, fetched, instance, caller.request_id)
         except BaseException:
@@ -214,6 +215,7 @@ class Pipeline:
         caller: Caller,
         credential: str,
         fetched: Fetched,
+        tags: tuple[str, ...],
     ) -> Fetched:
         """``response.hold``: while the answer's value at ``hold.path`` is not one of
         ``hold.until`` (a ``Pending`` thumbnail), ask again every ``hold.every`` — past the
@@ -223,7 +225,7 @@ class Pipeline:
             if fetched.lease is not None:
                 fetched.lease.release()  # this answer will not be written
             await self._sleep(hold.every)
-            fetched = await self._fetch(ureq, policy, caller, credential, newer_than=clock())
+            fetched = await self._fetch(ureq, policy, caller, credential, clock(), tags)
         return fetched
 
     async def _clean_answer(
@@ -321,7 +323,11 @@ class Pipeline:
         if policy.cacheable and ureq.method == "POST":
             ureq = passthrough.as_read(ureq)  # a documented read: cached like a GET
         caller = self._caller(request, info)
-        fetched = await self._fetch(ureq, policy, caller, credential)
+        tags: tuple[str, ...] = ()
+        if policy.tags:  # a rule's: filled from the upstream path the rule describes
+            values = tagging.path_values(policy.backend_path, ureq.path)
+            tags = tagging.render_tags(policy.tags, values)
+        fetched = await self._fetch(ureq, policy, caller, credential, tags=tags)
         entry = fetched.entry
         return Answer(
             entry.status,
@@ -350,15 +356,16 @@ class Pipeline:
         caller: Caller,
         credential: str,
         newer_than: float = 0.0,
+        tags: tuple[str, ...] = (),
     ) -> Fetched:
         """The fetch of ``ureq``: from its ids' entries when it asks a batch endpoint a rule
-        describes, else as one request."""
+        describes, else as one request; ``tags``: its entry's (the rule's ``cache.tags``)."""
         spec = self._batches.get((ureq.service, ureq.method, ureq.path))
         if spec is not None:
             return await self.fetcher.fetch_entities(
-                ureq, spec, policy, caller, credential, newer_than
+                ureq, spec, policy, caller, credential, newer_than, tags
             )
-        return await self.fetcher.fetch(ureq, policy, caller, credential, newer_than)
+        return await self.fetcher.fetch(ureq, policy, caller, credential, newer_than, tags)
 
 
 def _problem(

@@ -127,10 +127,13 @@ async def write_stream(
     return written
 
 
-def fast_entry(answer: Answer, resp: web.Response, l1_on: bool) -> FastEntry | SharedFast | None:
+def fast_entry(
+    answer: Answer, resp: web.Response, l1_on: bool, tag_header: str = ""
+) -> FastEntry | SharedFast | None:
     """What the front door may remember of ``answer`` (a fresh hit of a plain GET, answered
     ``resp``): a :class:`FastEntry` with its body, or — with L1 off — a :class:`SharedFast`
-    that reads the entry from Redis each time. None when it may not be remembered."""
+    that reads the entry from Redis each time. None when it may not be remembered.
+    ``tag_header``: the answer's tag header (``cache.tag_header``), repeated too."""
     fetched = answer.fetched
     if (
         fetched is None
@@ -145,9 +148,12 @@ def fast_entry(answer: Answer, resp: web.Response, l1_on: bool) -> FastEntry | S
     if not l1_on:
         if "Content-Encoding" in h:
             return None  # compressed for this request: nowhere to keep it without L1
-        vary = tuple(("Vary", v) for v in h.getall("Vary", ()))
-        return SharedFast(fetched.key, answer.route, answer.renderer, answer.content_type, vary)
-    static = [(k, v) for k, v in h.items() if k.lower() in _FAST_KEPT]
+        extra = tuple(("Vary", v) for v in h.getall("Vary", ()))
+        if tag_header and tag_header in h:
+            extra += ((tag_header, h[tag_header]),)
+        return SharedFast(fetched.key, answer.route, answer.renderer, answer.content_type, extra)
+    kept = _FAST_KEPT | {tag_header.lower()} if tag_header else _FAST_KEPT
+    static = [(k, v) for k, v in h.items() if k.lower() in kept]
     if answer.etag:
         static.append(("ETag", answer.etag))
     return FastEntry(

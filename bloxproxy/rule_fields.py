@@ -19,6 +19,7 @@ from . import normalize, schema
 from .config import SERVICE_NAME_RE
 from .params import PARAM_TYPES
 from .schema import Block, Key
+from .tagging import TagTemplate, compile_tag
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 CLEAN_PATH_RE = re.compile(r"^/v[0-9]+(/[A-Za-z0-9._~-]+|/\{[a-z_][a-z0-9_]*\})+$")
@@ -95,6 +96,11 @@ def value_list(value: object) -> tuple[Any, ...]:
     if not isinstance(value, list):
         raise ValueError("expected a list")
     return tuple(value)
+
+
+def tag_templates(value: object) -> tuple[TagTemplate, ...]:
+    """``["user:{user_id}"]``: tag templates (their names are checked against the route)."""
+    return tuple(compile_tag(text) for text in schema.string_list(value))
 
 
 def anything(value: object) -> object:
@@ -642,6 +648,17 @@ CACHE = Block(
             "to each credential).",
             schema.choice("bypass", "per_credential"),
             "bypass",
+        ),
+        Key(
+            "tags",
+            "Entity tags of the route's entries, as templates filled with its parameters: "
+            "`user:{user_id}` (a list parameter gives one tag per item; a parameter "
+            "left out, none). A purge by tag drops every entry carrying it (see "
+            "[Tags](#tags-and-purge-by-entity)). An entity entry of `backend.batch` is tagged "
+            "`<about>:<id>` without this.",
+            tag_templates,
+            (),
+            shown="none",
         ),
         Key(
             "when",

@@ -41,6 +41,7 @@ from .rule_fields import (
     ROUTE,
     WHEN,
 )
+from .tagging import TagTemplate
 from .templates import PathTemplate, QueryTemplate, Renderer, TemplateError, compile_body
 from .yamlsrc import MarkedDict, MarkedList, load_file
 
@@ -110,6 +111,7 @@ class CachePolicy:
     not_found_ttl: float | None = None  # None: the config's cache.negative_ttl
     credentials: Literal["bypass", "per_credential"] = "bypass"
     when: tuple[CacheCondition, ...] = ()
+    tags: tuple[TagTemplate, ...] = ()  # entity tags of its entries (tagging.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +388,7 @@ def _load_route(
 
     backend = _load_backend(d, file_service, known, problems)
     response = _load_response(d, query_params, problems)
-    cache = _load_cache(d, problems)
+    cache = _load_cache(d, known, problems)
     bucket = _load_bucket(d, backend.service if backend else "", problems)
     if backend is None or response is None:
         return None
@@ -783,7 +785,7 @@ def _load_status_map(r: MarkedDict, problems: list[Problem]) -> dict[int, int]:
     return status_map
 
 
-def _load_cache(d: MarkedDict, problems: list[Problem]) -> CachePolicy:
+def _load_cache(d: MarkedDict, known: frozenset[str], problems: list[Problem]) -> CachePolicy:
     raw = d.get("cache")
     if raw is None:
         return CachePolicy()
@@ -793,6 +795,16 @@ def _load_cache(d: MarkedDict, problems: list[Problem]) -> CachePolicy:
     if c is None:
         return CachePolicy()
     v = CACHE.read(c, problems, "cache")
+    for template in v["tags"]:
+        for name in template.names:
+            if name not in known:
+                problems.append(
+                    Problem(
+                        c.at("tags"),
+                        f"cache.tags: {template.text!r}: {{{name}}} is not a parameter of "
+                        "the route",
+                    )
+                )
     return CachePolicy(
         enabled=v["enabled"],
         ttl=v["ttl"],
@@ -801,6 +813,7 @@ def _load_cache(d: MarkedDict, problems: list[Problem]) -> CachePolicy:
         not_found_ttl=v["not_found_ttl"],
         credentials=v["credentials"],
         when=_load_when(c, problems),
+        tags=v["tags"],
     )
 
 

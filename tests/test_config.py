@@ -191,6 +191,7 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("cache", "negative_ttl"), "1m", "1m", 60.0),
     (("cache", "coalesce_timeout"), "1h", "1h", 3600.0),
     (("cache", "credential_secret"), "k3y", "k3y", "k3y"),
+    (("cache", "tag_header"), "Surrogate-Key", "Surrogate-Key", "Surrogate-Key"),
     (
         ("cache", "redis", "url"),
         "redis://127.0.0.1:6379/0",

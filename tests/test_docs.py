@@ -276,3 +276,46 @@ async def test_the_rules_bucket_example(
     shown = re.search(r'`"users-history": (\{[^`]*\})`', text)
     assert shown is not None
     assert budgets == {"users-history": orjson.loads(shown[1])}
+
+
+# --- the README's purge-by-entity example runs as written ---------------------------------
+
+
+def _curls(body: str) -> list[tuple[list[str], str]]:
+    """Each curl of a shell block (continuation lines joined, trailing comments cut) and the
+    output shown under it (a ``# {...}`` line), or ""."""
+    out: list[tuple[list[str], str]] = []
+    joined = body.replace("\\\n", " ")
+    for line in joined.splitlines():
+        if line.startswith("curl"):
+            out.append((shlex.split(line, comments=True), ""))
+        elif line.startswith("# {"):
+            out[-1] = (out[-1][0], line[2:])
+    return out
+
+
+async def test_the_readme_purge_by_tag_example(
+    fake_server: TestServer,
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> None:
+    section = _section(ROOT / "README.md", "### Purging")
+    (_, body) = next(b for b in section if b[0] == "sh" and '"tag"' in b[1])
+    fake = f"http://127.0.0.1:{fake_server.port}/{{service}}"
+    env = {"BLOXPROXY_UPSTREAM_BASE_URL": fake, "BLOXPROXY_SERVER_ADMIN_TOKEN": "t0ken"}
+    client = await aiohttp_client(create_app(config_mod.load(None, env=env)))
+    curls = _curls(body)
+    assert len(curls) == 4
+    for argv, shown in curls:
+        url = next(a for a in argv if a.startswith("http://127.0.0.1:8080/"))
+        path = url.removeprefix("http://127.0.0.1:8080")
+        if "-X" in argv:
+            data = argv[argv.index("-d") + 1]
+            header = argv[argv.index("-H") + 1].replace("$TOKEN", "t0ken")
+            name, value = header.split(": ", 1)
+            async with client.post(path, data=data, headers={name: value}) as resp:
+                assert resp.status == 200
+                assert orjson.loads(await resp.read()) == orjson.loads(shown)
+        else:
+            async with client.get(path) as resp:
+                assert resp.status == 200
+                assert shown == ""

@@ -494,7 +494,7 @@ ALLOWED_RESPONSE = (
     "shape, status_map"
 )
 ALLOWED_CACHE = (
-    "credentials, enabled, not_found_ttl, stale_if_error, stale_while_revalidate, ttl, when"
+    "credentials, enabled, not_found_ttl, stale_if_error, stale_while_revalidate, tags, ttl, when"
 )
 CLEAN_PATH = "endpoint: expected a clean path like '/v1/users/{user_id}' (first segment v<N>)"
 
@@ -597,6 +597,36 @@ ERRORS = [
         """,
         [(7, f"cache.max_age: unknown key (allowed: {ALLOWED_CACHE})")],
         id="unknown-cache-key",
+    ),
+    pytest.param(
+        """\
+        service: users
+        routes:
+          - endpoint: /v1/users/{user_id}
+            params: {user_id: {type: int}}
+            backend: {path: "/v1/users/{user_id}"}
+            cache:
+              tags: ["user:{user_id}", "group:{group_id}"]
+        """,
+        [(7, "cache.tags: 'group:{group_id}': {group_id} is not a parameter of the route")],
+        id="tag-of-no-parameter",
+    ),
+    pytest.param(
+        """\
+        service: users
+        routes:
+          - endpoint: /v1/users
+            backend: {path: /v1/users}
+            cache: {tags: ["user {x}"]}
+        """,
+        [
+            (
+                5,
+                "cache.tags: 'user {x}': a tag template is letters, digits, _ . : @ / + = - "
+                "and {parameter} names (no spaces)",
+            )
+        ],
+        id="tag-template-with-a-space",
     ),
     pytest.param(
         """\

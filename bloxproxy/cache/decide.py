@@ -146,6 +146,28 @@ def freshness(entry: Entry, now: float) -> Freshness:
     return Freshness.EXPIRED
 
 
+def marked_stale(entry: Entry, now: float) -> Entry | None:
+    """``entry`` as a soft purge leaves it: stale from ``now`` on (its TTL cut to its age),
+    its stale windows kept, so it is served STALE while one refresh runs (within
+    stale-while-revalidate) or stands in for a failed refresh (stale-if-error); with
+    neither window it is past its hard expiry, i.e. gone. None: not fresh, nothing to do.
+    An entry of age 0 is moved a millisecond into the past (a TTL of 0 would mean "never
+    stored")."""
+    if not entry.is_fresh(now):
+        return None
+    stored_at = min(entry.stored_at, now - 0.001)
+    return Entry(
+        entry.status,
+        entry.headers,
+        entry.body,
+        stored_at,
+        now - stored_at,
+        entry.stale_while_revalidate,
+        entry.stale_if_error,
+        entry.etag,
+    )
+
+
 def usable_on_error(entry: Entry | None, now: float) -> bool:
     """May ``entry`` stand in for a failed upstream call (stale-if-error, RFC 5861)?"""
     return entry is not None and now - entry.stored_at < entry.ttl + max(

@@ -34,6 +34,7 @@ from urllib.parse import parse_qsl, quote
 import orjson
 
 from ..rules import BatchSpec
+from ..tagging import MAX_TAGS, valid_tag
 from ..upstream.client import UpstreamRequest
 
 __all__ = [
@@ -43,7 +44,9 @@ __all__ = [
     "batch_request",
     "canonical_json",
     "entity_key",
+    "entity_tags",
     "items_of",
+    "request_tags",
 ]
 
 # Ids that can be merged safely: Roblox's numeric ids, and names of the username alphabet.
@@ -182,3 +185,54 @@ def assemble(spec: BatchSpec, ask: Ask, items: Sequence[bytes | None]) -> bytes:
             item = orjson.dumps(data)
         parts.append(item)
     return b'{"' + spec.items.encode() + b'":[' + b",".join(parts) + b"]}"
+
+
+def entity_tags(spec: BatchSpec, norm_id: str, item: bytes | None) -> tuple[str, ...]:
+    """The tags of one id's entry (``about: user`` → ``user:156``): for numeric ids the id;
+    for names (usernames) the item's numeric ``id`` when it has one, so that a purge of
+    ``user:156`` drops the answer to ``builderman`` too (a name Roblox left out has none)."""
+    if not spec.about:
+        return ()
+    if spec.numeric:
+        ident: object = norm_id
+    else:
+        if item is None:
+            return ()
+        try:
+            data = orjson.loads(item)
+        except orjson.JSONDecodeError:
+            return ()
+        ident = data.get("id") if isinstance(data, dict) else None
+        if type(ident) is not int:
+            return ()
+    tag = f"{spec.about}:{ident}"
+    return (tag,) if valid_tag(tag) else ()
+
+
+def request_tags(spec: BatchSpec, req: UpstreamRequest) -> tuple[str, ...]:
+    """The tags of a request to a batch endpoint stored whole (one :func:`ask_of` would not
+    split: too many ids, an id twice): ``<about>:<id>`` for each numeric id it names."""
+    if not spec.about or not spec.numeric or req.path != spec.path:
+        return ()
+    raw: list[object] = []
+    if spec.method == "GET":
+        try:
+            pairs = parse_qsl(req.query, keep_blank_values=True, errors="strict")
+        except UnicodeDecodeError:
+            return ()
+        raw = [i for name, value in pairs if name == spec.ids for i in value.split(",")]
+    else:
+        try:
+            data = orjson.loads(req.body or b"")
+        except orjson.JSONDecodeError:
+            return ()
+        if isinstance(data, dict) and isinstance(data.get(spec.ids), list):
+            raw = data[spec.ids]
+    out: dict[str, None] = {}
+    for ident in raw:
+        text = str(ident) if type(ident) is int else ident
+        if isinstance(text, str) and _NUMERIC.fullmatch(text):
+            out.setdefault(f"{spec.about}:{text}", None)
+            if len(out) >= MAX_TAGS:
+                break
+    return tuple(out)

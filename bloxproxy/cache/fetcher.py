@@ -33,6 +33,7 @@ from typing import Any
 from ..config import Config
 from ..errors import UpstreamError
 from ..rules import BatchSpec
+from ..tagging import MAX_TAGS, valid_tag
 from ..upstream.client import NOBODY, Caller, Upstream, UpstreamRequest
 from ..upstream.inflight import ByteBudget, Lease
 from . import decide, entities
@@ -42,6 +43,7 @@ from .policy import Policy
 from .result import Fetched
 from .shared import SharedCache
 from .store import MemoryStore
+from .tags import TagIndex
 
 __all__ = ["Fetcher"]
 
@@ -64,6 +66,12 @@ class Fetcher:
         self.enabled = config.cache.enabled
         self.l1 = MemoryStore(config.cache.max_bytes, config.cache.max_entries, clock)
         self.shared = shared
+        # tag -> L1 keys (purge by tag); a few tags per entry on average fit the bound
+        self.tags = TagIndex(max(1024, 8 * config.cache.max_entries))
+        self.tag_header = config.cache.tag_header  # "": answers need not know their tags
+        # Called after a soft purge marked entries stale in L1 (the front door forgets its
+        # remembered answers: they hold the entry's freshness as it was).
+        self.on_soft_purge: list[Callable[[], None]] = []
         self.bodies = bodies  # the byte budget every upstream body is read under
         self._timeout = config.cache.coalesce_timeout
         secret = config.cache.credential_secret
@@ -88,11 +96,14 @@ class Fetcher:
         caller: Caller = NOBODY,
         credential: str = "",
         newer_than: float = 0.0,
+        tags: tuple[str, ...] = (),
     ) -> Fetched:
         """The answer to ``req`` under ``policy``, for ``caller``, whose credential is
         ``credential`` (``""``: anonymous); an entry stored before ``newer_than`` counts as
         expired (a held answer asking again). A leader's answer carries the lease on its
-        body (``Fetched.lease``): the caller releases it once the answer is written out."""
+        body (``Fetched.lease``): the caller releases it once the answer is written out.
+        ``tags``: the entity tags of the entry (:mod:`bloxproxy.tagging`), indexed when
+        it is stored or read from Redis, and on the answer (``Fetched.tags``)."""
         if not (self.enabled and req.safe_read and policy.cacheable):
             return await self._direct(req, caller)
         scope = ""
@@ -112,23 +123,25 @@ class Fetcher:
             entry = await self.shared.get(key)
             if entry is not None:
                 self.l1.set_nowait(key, entry)
+                if tags:
+                    self._index(key, tags)
         looked = time.perf_counter() - looked
         if entry is not None and entry.stored_at >= newer_than:
             state = decide.freshness(entry, self.clock())
             if state is decide.Freshness.FRESH:
                 hit = Fetched(entry, "HIT", key=key, shared=shared)
-                hit.fast_ok, hit.cache_time = policy.fast_ok, looked
+                hit.fast_ok, hit.cache_time, hit.tags = policy.fast_ok, looked, tags
                 return hit
             if state is decide.Freshness.STALE_WHILE_REVALIDATE:
                 if key not in self._inflight:
-                    self._start(key, req, policy, caller, entry, shared)
+                    self._start(key, req, policy, caller, entry, shared, tags)
                 stale = Fetched(entry, "STALE", key=key, shared=shared, detail="revalidating")
-                stale.cache_time = looked
+                stale.cache_time, stale.tags = looked, tags
                 return stale
         task = running = self._inflight.get(key)
         lease = None
         if task is None:
-            task, lease = self._start(key, req, policy, caller, entry, shared)
+            task, lease = self._start(key, req, policy, caller, entry, shared, tags)
             if lease is not None:
                 lease.hold()  # this caller writes the answer out: the body stays counted
         if running is not None:
@@ -150,7 +163,7 @@ class Fetcher:
             if running is not None:
                 self.waiting -= 1
         out = fetched if running is None else fetched.coalesced()
-        out.fast_ok, out.cache_time, out.lease = policy.fast_ok, looked, lease
+        out.fast_ok, out.cache_time, out.lease, out.tags = policy.fast_ok, looked, lease, tags
         return out
 
     async def _wait(self, task: asyncio.Task[Fetched]) -> Fetched:
@@ -210,10 +223,11 @@ class Fetcher:
         caller: Caller,
         stale: Entry | None,
         shared: bool,
+        tags: tuple[str, ...] = (),
     ) -> tuple[asyncio.Task[Fetched], Lease | None]:
         lease = self._lease()
         task = self._running_loop().create_task(
-            self._miss(key, req, policy, caller, stale, shared, lease)
+            self._miss(key, req, policy, caller, stale, shared, lease, tags)
         )
         self._inflight[key] = task
 
@@ -235,10 +249,11 @@ class Fetcher:
         stale: Entry | None,
         shared: bool,
         lease: Lease | None,
+        tags: tuple[str, ...],
     ) -> Fetched:
         start = time.perf_counter()
         try:
-            fetched = await self._call(key, req, policy, caller, stale, shared, lease)
+            fetched = await self._call(key, req, policy, caller, stale, shared, lease, tags)
         finally:
             if lease is not None:
                 lease.release()  # the call's own hold; a waiting leader keeps its own
@@ -254,6 +269,7 @@ class Fetcher:
         stale: Entry | None,
         shared: bool,
         lease: Lease | None,
+        tags: tuple[str, ...],
     ) -> Fetched:
         try:
             resp = await self.upstream.send(req, caller, lease)
@@ -282,11 +298,13 @@ class Fetcher:
             make_etag(resp.body),
         )
         self.l1.set_nowait(key, entry)
+        if tags:
+            self._index(key, tags)
         if self.shared is not None:
-            self._spawn(self.shared.set(key, entry))
+            self._spawn(self.shared.set(key, entry, tags))
         times = decide.repolls(policy, resp.status, resp.body)
         if times:
-            self._repoll(key, req, policy, caller, shared, ttl, times)
+            self._repoll(key, req, policy, caller, shared, ttl, times, tags)
         # The caller of this very call gets Roblox's headers (x-ratelimit-*, a cookie …) as
         # sent; its coalesced followers get them without the per-caller ones
         # (Fetched.coalesced), and later hits only what the entry keeps.
@@ -302,6 +320,7 @@ class Fetcher:
         shared: bool,
         ttl: float,
         times: int,
+        tags: tuple[str, ...],
     ) -> None:
         """Ask ``req`` again in the background when its entry expires, up to ``times``
         times while the answer still matches a re-poll condition."""
@@ -316,7 +335,7 @@ class Fetcher:
                     await self._sleep(wait)
                     if key in self._inflight:
                         return  # a client asked meanwhile: its call decides
-                    task, _ = self._start(key, req, policy, caller, None, shared)
+                    task, _ = self._start(key, req, policy, caller, None, shared, tags)
                     fetched = await task
                     entry = fetched.entry
                     if entry.ttl <= 0 or not decide.repolls(policy, entry.status, entry.body):
@@ -342,18 +361,22 @@ class Fetcher:
         caller: Caller = NOBODY,
         credential: str = "",
         newer_than: float = 0.0,
+        tags: tuple[str, ...] = (),
     ) -> Fetched:
         """The answer to ``req``, a request to the batch endpoint ``spec`` describes,
         assembled from one entry per id; the ids not in the cache are asked upstream
         through the micro-batcher (:mod:`.batcher`), merged with other callers' (see
         :mod:`.entities`). A request that cannot be split, a credentialed one, and one
-        whose batch Roblox refused as a whole are fetched as they are (:meth:`fetch`)."""
+        whose batch Roblox refused as a whole are fetched as they are (:meth:`fetch`),
+        tagged with the ids they name. ``tags``: the rule's, on the answer beside its
+        entities' (each entity entry carries its own, :func:`entities.entity_tags`)."""
         if credential or not (self.enabled and policy.cacheable and req.safe_read):
             return await self.fetch(req, policy, caller, credential, newer_than)
         shared = decide.shared_request(req, policy.send)
         ask = entities.ask_of(spec, shared)
         if ask is None:
-            return await self.fetch(req, policy, caller, credential, newer_than)
+            whole = _union(tags, entities.request_tags(spec, shared))
+            return await self.fetch(req, policy, caller, credential, newer_than, whole)
         variant_key = decide.cache_key(ask.variant, policy.send)
         keys = [entities.entity_key(variant_key, n) for n in ask.norm]
         looked = time.perf_counter()
@@ -365,6 +388,7 @@ class Fetcher:
                 if entry is not None:
                     found[i] = entry
                     self.l1.set_nowait(keys[i], entry)
+                    self._index(keys[i], self._entity_tags(spec, ask.norm[i], entry))
         looked = time.perf_counter() - looked
         now = self.clock()
         deadline = self._running_loop().time() + (
@@ -406,7 +430,8 @@ class Fetcher:
             upstream = time.perf_counter() - began
             for i, outcome in zip(waiting, outcomes, strict=True):
                 if outcome is _WHOLE:  # Roblox refused the merged batch: ask as asked
-                    return await self.fetch(req, policy, caller, credential, newer_than)
+                    whole = _union(tags, entities.request_tags(spec, shared))
+                    return await self.fetch(req, policy, caller, credential, newer_than, whole)
                 if isinstance(outcome, Entry) and outcome.status in (200, 404):
                     parts[i] = outcome  # the id's item, or Roblox's word that it has none
                     continue
@@ -434,6 +459,9 @@ class Fetcher:
             stored=result == "MISS",
         )
         fetched.cache_time, fetched.upstream = looked, upstream
+        if self.tag_header:  # (only the tag header needs an assembled answer's tags)
+            mine = [self._entity_tags(spec, n, p) for n, p in zip(ask.norm, parts, strict=True)]
+            fetched.tags = _union(tags, tuple(t for ts in mine for t in ts))
         return fetched  # (no fast path: the answer is made of parts, not one L1 entry)
 
     def _ask(
@@ -482,9 +510,12 @@ class Fetcher:
                 out[norm] = entry = self._entity(policy, spec, kept, item, now)
                 if entry.ttl > 0:
                     key = entities.entity_key(batch.variant_key, norm)
+                    tags = entities.entity_tags(spec, norm, item)
                     self.l1.set_nowait(key, entry)
+                    if tags:
+                        self._index(key, tags)
                     if self.shared is not None:
-                        self._spawn(self.shared.set(key, entry))
+                        self._spawn(self.shared.set(key, entry, tags))
                     if item is not None:
                         times = decide.repolls(policy, 200, _alone(spec, item))
                         if times:
@@ -531,6 +562,16 @@ class Fetcher:
                 self._repolling.discard(key)
 
         self._spawn(again())
+
+    @staticmethod
+    def _entity_tags(spec: BatchSpec, norm: str, entry: Entry | None) -> tuple[str, ...]:
+        item = entry.body if entry is not None and entry.status == 200 else None
+        return entities.entity_tags(spec, norm, item)
+
+    def _index(self, key: str, tags: tuple[str, ...]) -> None:
+        """``key`` (just put in L1) carries ``tags``."""
+        if tags and self.l1.max_entries:
+            self.tags.add(key, tags, self.l1.__contains__)
 
     @staticmethod
     def _entity(
@@ -653,7 +694,41 @@ class Fetcher:
             await self.shared.publish("prefix", prefix)
         return n
 
+    async def purge_tag(self, tag: str, *, soft: bool = False) -> int:
+        """Remove every entry carrying ``tag`` everywhere (L1, Redis, every replica's L1);
+        ``soft``: mark them stale instead (:func:`decide.marked_stale`), so they are served
+        STALE while one refresh runs. How many entries it found."""
+        n = self._soften_l1(tag) if soft else self._drop_l1_tag(tag)
+        if self.shared is not None:
+            if soft:
+                n = max(n, await self.shared.soften_tag(tag, self._mark))
+            else:
+                n = max(n, await self.shared.delete_tag(tag))
+            await self.shared.publish("soft_tag" if soft else "tag", tag)
+        return n
+
+    def _mark(self, entry: Entry) -> Entry | None:
+        return decide.marked_stale(entry, self.clock())
+
+    def _drop_l1_tag(self, tag: str) -> int:
+        keys = self.tags.pop(tag)
+        return self.l1.delete_keys_nowait(keys) if keys else 0
+
+    def _soften_l1(self, tag: str) -> int:
+        count = 0
+        for key in self.tags.keys(tag):
+            entry = self.l1.get_nowait(key)
+            marked = None if entry is None else self._mark(entry)
+            if marked is not None:
+                self.l1.set_nowait(key, marked)  # (gone if it has no stale window)
+                count += 1
+        if count:
+            for hook in self.on_soft_purge:
+                hook()
+        return count
+
     async def purge_all(self) -> int:
+        self.tags.clear()
         n = self.l1.clear_nowait()
         if self.shared is not None:
             n = max(n, await self.shared.clear())
@@ -662,6 +737,7 @@ class Fetcher:
 
     def drop_l1(self) -> None:
         self.l1.clear_nowait()
+        self.tags.clear()
 
     def apply_event(self, event: dict[str, Any]) -> None:
         """An invalidation published by another replica: drop it from our L1."""
@@ -671,8 +747,15 @@ class Fetcher:
             self.l1.delete_prefix_nowait(arg + " |")
         elif op == "prefix" and isinstance(arg, str):
             self.l1.delete_prefix_nowait(arg)
+        elif op == "tag" and valid_tag(arg):
+            assert isinstance(arg, str)
+            self._drop_l1_tag(arg)
+        elif op == "soft_tag" and valid_tag(arg):
+            assert isinstance(arg, str)
+            self._soften_l1(arg)
         elif op == "all":
             self.l1.clear_nowait()
+            self.tags.clear()
 
     @property
     def in_flight(self) -> int:
@@ -721,6 +804,13 @@ def _assembled(spec: BatchSpec, ask: entities.Ask, parts: list[Entry | None], no
 
 
 _JSON = (("Content-Type", "application/json; charset=utf-8"),)
+
+
+def _union(first: tuple[str, ...], second: tuple[str, ...]) -> tuple[str, ...]:
+    """Both tag lists, each tag once, in order, at most MAX_TAGS."""
+    if not second:
+        return first
+    return tuple(dict.fromkeys((*first, *second)))[:MAX_TAGS]
 
 
 def _alone(spec: BatchSpec, item: bytes) -> bytes:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ..rules import CacheCondition, Route
+from ..tagging import TagTemplate
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -42,6 +43,10 @@ class Policy:
     # The request headers a shared (anonymous, cached) request may send upstream, lower-case:
     # the varied ones and those the rule sets itself (``backend.headers``, a body's type).
     send: frozenset[str] = frozenset()
+    # Its entries' tag templates (``cache.tags``) and the upstream path template they are
+    # filled from when a passthrough request gets this policy (tagging.path_values).
+    tags: tuple[TagTemplate, ...] = ()
+    backend_path: str = ""
 
     @property
     def cacheable(self) -> bool:
@@ -81,6 +86,8 @@ class Policy:
                     *(("content-type",) if route.backend.body is not None else ()),
                 }
             ),
+            c.tags,
+            route.backend.path.text,
         )
 
     @classmethod

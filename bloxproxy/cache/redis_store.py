@@ -19,7 +19,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -29,6 +29,44 @@ from .entry import Entry
 from .resp import PipelinedGet
 
 __all__ = ["RedisStore", "escape_glob"]
+
+# An entry and its tags at once: SET the entry; add its key to each tag's set, whose expiry
+# is pushed out to the entry's if that is later (a set lives as long as its longest-lived
+# entry may, so it never outlives what it lists for long). KEYS[1]: the entry, KEYS[2..]:
+# the tag sets; ARGV: value, PX, the entry's key (unprefixed).
+_SET_TAGGED = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+local px = tonumber(ARGV[2])
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[3])
+  if redis.call('PTTL', KEYS[i]) < px then redis.call('PEXPIRE', KEYS[i], px) end
+end
+return 1
+"""
+# Every entry of a tag, and its set, at once (atomic: an entry stored meanwhile is either
+# gone too or listed in a new set). KEYS[1]: the set; ARGV[1]: the key prefix.
+_DROP_TAG = """
+local members = redis.call('SMEMBERS', KEYS[1])
+local n = 0
+for i = 1, #members, 500 do
+  local batch = {}
+  for j = i, math.min(i + 499, #members) do batch[#batch + 1] = ARGV[1] .. members[j] end
+  n = n + redis.call('UNLINK', unpack(batch))
+end
+redis.call('UNLINK', KEYS[1])
+return n
+"""
+# Replace a value only if it is still the one read (a soft purge must not overwrite a
+# refresh that landed meanwhile). ARGV: the value read, the new one, its PX (0: delete).
+_SWAP = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+else
+  redis.call('UNLINK', KEYS[1])
+end
+return 1
+"""
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +87,17 @@ def _unavailable(op: str, exc: BaseException) -> StoreUnavailable:
 class RedisStore:
     """:class:`~bloxproxy.cache.store.Store` on a ``redis.asyncio.Redis`` client."""
 
-    __slots__ = ("_batch", "_client", "_clock", "_getter", "_owns_client", "_prefix")
+    __slots__ = (
+        "_batch",
+        "_client",
+        "_clock",
+        "_drop_tag",
+        "_getter",
+        "_owns_client",
+        "_prefix",
+        "_set_tagged",
+        "_swap",
+    )
 
     def __init__(
         self,
@@ -71,6 +119,9 @@ class RedisStore:
         self._owns_client = owns_client
         self._batch = batch_size
         self._getter = getter
+        self._set_tagged = client.register_script(_SET_TAGGED)
+        self._drop_tag = client.register_script(_DROP_TAG)
+        self._swap = client.register_script(_SWAP)
 
     @property
     def prefix(self) -> str:
@@ -109,16 +160,64 @@ class RedisStore:
             return None
         return entry
 
-    async def set(self, key: str, entry: Entry) -> None:
+    async def set(self, key: str, entry: Entry, tags: Sequence[str] = ()) -> None:
+        """Store ``entry`` until its hard expiry, listed under each of ``tags``."""
         px = math.ceil((entry.hard_expiry() - self._clock()) * 1000)
         if px <= 0:
             # Already unusable: store nothing, but do not leave an older value behind.
             await self.delete(key)
             return
+        name = self._prefix + key
         try:
-            await self._client.set(self._prefix + key, entry.to_bytes(), px=px)
+            if tags:
+                names = [name, *(self.tag_set(t) for t in tags)]
+                await self._set_tagged(keys=names, args=[entry.to_bytes(), px, key])
+            else:
+                await self._client.set(name, entry.to_bytes(), px=px)
         except _ERRORS as exc:
             raise _unavailable("SET", exc) from exc
+
+    def tag_set(self, tag: str) -> str:
+        """The name of the set listing the keys that carry ``tag``."""
+        return f"{self._prefix}tag:{tag}"
+
+    async def delete_tag(self, tag: str) -> int:
+        """Remove every entry listed under ``tag``, and the list; how many entries went.
+
+        The sets are named apart from the entries they list (Redis Cluster would need them
+        in one slot, which this store, like :meth:`delete_prefix`, does not do)."""
+        try:
+            n: int = await self._drop_tag(keys=[self.tag_set(tag)], args=[self._prefix])
+        except _ERRORS as exc:
+            raise _unavailable("tag purge", exc) from exc
+        return n
+
+    async def soften_tag(self, tag: str, mark: Callable[[Entry], Entry | None]) -> int:
+        """Replace each fresh entry listed under ``tag`` by ``mark(entry)`` (a soft purge:
+        the entry made stale), unless it changed meanwhile; how many were marked."""
+        client = self._client
+        count = 0
+        try:
+            # (bytes: __init__ refuses a decoding client)
+            members: list[bytes] = sorted(await client.smembers(self.tag_set(tag)))  # type: ignore[arg-type]
+            for i in range(0, len(members), self._batch):
+                names = [self._prefix + m.decode() for m in members[i : i + self._batch]]
+                values: list[bytes | None] = await client.mget(names)  # type: ignore[assignment]
+                for name, data in zip(names, values, strict=True):
+                    if data is None:
+                        continue
+                    try:
+                        entry = Entry.from_bytes(data)
+                    except ValueError:
+                        continue  # (unreadable: get() drops it when asked)
+                    marked = mark(entry)
+                    if marked is None:
+                        continue
+                    px = max(0, math.ceil((marked.hard_expiry() - self._clock()) * 1000))
+                    count += await self._swap(keys=[name], args=[data, marked.to_bytes(), px])
+        except _ERRORS as exc:
+            raise _unavailable("soft tag purge", exc) from exc
+        return count
 
     async def delete(self, key: str) -> bool:
         try:

@@ -31,6 +31,7 @@ class Fetched:
         "result",
         "shared",
         "stored",
+        "tags",
         "upstream",
     )
 
@@ -54,6 +55,7 @@ class Fetched:
         self.fast_ok = False  # may the front door remember this answer (a hit of a plain GET)?
         self.cache_time = 0.0  # seconds the L1/L2 lookup took
         self.lease: Lease | None = None
+        self.tags: tuple[str, ...] = ()  # the entry's entity tags (bloxproxy.tagging)
 
     @property
     def cached(self) -> bool:
@@ -76,4 +78,5 @@ class Fetched:
         )
         out.upstream = self.upstream
         out.cache_time = self.cache_time
+        out.tags = self.tags
         return out

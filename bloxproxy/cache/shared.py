@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -109,14 +109,22 @@ class SharedCache:
             self._worked()
         return entry
 
-    async def set(self, key: str, entry: Entry) -> None:
-        await self._call(self.store.set(key, entry), None)
+    async def set(self, key: str, entry: Entry, tags: Sequence[str] = ()) -> None:
+        await self._call(self.store.set(key, entry, tags), None)
 
     async def delete(self, key: str) -> int:
         return 1 if await self._call(self.store.delete(key), False) else 0
 
     async def delete_prefix(self, prefix: str) -> int:
         result: int = await self._call(self.store.delete_prefix(prefix), 0)
+        return result
+
+    async def delete_tag(self, tag: str) -> int:
+        result: int = await self._call(self.store.delete_tag(tag), 0)
+        return result
+
+    async def soften_tag(self, tag: str, mark: Callable[[Entry], Entry | None]) -> int:
+        result: int = await self._call(self.store.soften_tag(tag, mark), 0)
         return result
 
     async def clear(self) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 from ..errors import StoreUnavailable
@@ -156,6 +156,30 @@ class MemoryStore:
             self._bytes -= row_size(row)
             if now < row[ROW_EXPIRY]:
                 count += 1
+        return count
+
+    def delete_keys_nowait(self, keys: Collection[str]) -> int:
+        """Remove ``keys`` and what is memoized beside them (``key + " |…"``: renderings,
+        encodings) in one pass over the store; counts only the keys' entries not yet
+        expired."""
+        cache = self._cache
+        now = self._clock()
+        count = 0
+        for key in keys:
+            row = cache.pop(key, None)
+            if row is not None:
+                self._bytes -= row_size(row)
+                count += now < row[ROW_EXPIRY]
+        beside = []
+        for name in cache:
+            i = name.find(" |")
+            while i >= 0:
+                if name[:i] in keys:
+                    beside.append(name)
+                    break
+                i = name.find(" |", i + 2)
+        for name in beside:
+            self._bytes -= row_size(cache.pop(name))
         return count
 
     def clear_nowait(self) -> int:
