@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from .appkeys import CONFIG, PIPELINE, RULES
-from .errors import HTTPProblem
+from .errors import only_get
 from .openapi import PASSTHROUGH_TAG, build_openapi, dumps
 
 JSON = dict[str, Any]
@@ -369,14 +369,14 @@ def add_routes(app: web.Application, wrap: Wrap) -> None:
     described = _Described()
 
     async def spec(request: web.Request) -> web.Response:
-        _only_get(request)
+        only_get(request)
         body = described.refresh(request.app).json
         return web.Response(
             body=body, content_type="application/json", headers={"Cache-Control": "no-cache"}
         )
 
     async def docs(request: web.Request) -> web.Response:
-        _only_get(request)
+        only_get(request)
         body = described.refresh(request.app).html
         return web.Response(
             body=body,
@@ -389,12 +389,3 @@ def add_routes(app: web.Application, wrap: Wrap) -> None:
         gated = prefix == "/"  # the top-level copies need the access key, like the API
         app.router.add_route("*", prefix + "openapi.json", wrap(spec, gated=gated))
         app.router.add_route("*", prefix + "docs", wrap(docs, gated=gated))
-
-
-def _only_get(request: web.Request) -> None:
-    if request.method not in ("GET", "HEAD"):
-        raise HTTPProblem(
-            405,
-            f"{request.method} is not allowed here (allowed: GET, HEAD)",
-            headers={"Allow": "GET, HEAD"},
-        )

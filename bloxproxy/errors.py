@@ -133,6 +133,16 @@ def bad_request(detail: str, *, invalid: Sequence[Mapping[str, str]] = ()) -> HT
     return HTTPProblem(400, detail, code="invalid_request", extra=extra)
 
 
+def only_get(request: web.BaseRequest) -> None:
+    """A 405 problem for anything but GET and HEAD (the proxy's own read-only pages)."""
+    if request.method not in ("GET", "HEAD"):
+        raise HTTPProblem(
+            405,
+            f"{request.method} is not allowed here (allowed: GET, HEAD)",
+            headers={"Allow": "GET, HEAD"},
+        )
+
+
 def not_found(detail: str, code: str = "not_found") -> HTTPProblem:
     return HTTPProblem(404, detail, code=code)
 

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from .appkeys import CONFIG, FETCHER, FRONT, GUARD, METRICS, PIPELINE, RUNTIME
 from .authn import basic_password, bearer
-from .errors import HTTPProblem
+from .errors import HTTPProblem, only_get
 from .status import Breaker, Inputs, RequestRow, snapshot
 
 __all__ = ["PAGE", "POINTS", "add_routes", "collect"]
@@ -417,20 +417,11 @@ async def _authorize(request: web.Request) -> None:
         raise
 
 
-def _only_get(request: web.Request) -> None:
-    if request.method not in ("GET", "HEAD"):
-        raise HTTPProblem(
-            405,
-            f"{request.method} is not allowed here (allowed: GET, HEAD)",
-            headers={"Allow": "GET, HEAD"},
-        )
-
-
 _HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 async def page(request: web.Request) -> web.Response:
-    _only_get(request)
+    only_get(request)
     await _authorize(request)
     return web.Response(
         body=PAGE,
@@ -441,7 +432,7 @@ async def page(request: web.Request) -> web.Response:
 
 
 async def status_json(request: web.Request) -> web.Response:
-    _only_get(request)
+    only_get(request)
     await _authorize(request)
     body = orjson.dumps(snapshot(await collect(request.app)))
     return web.Response(body=body, content_type="application/json", headers=_HEADERS)
