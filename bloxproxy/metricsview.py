@@ -118,6 +118,8 @@ def decode(data: bytes) -> list[Family]:
     """The inverse of :func:`encode`; ValueError for anything else."""
     try:
         raw = orjson.loads(data)
+        if not isinstance(raw, list):
+            raise TypeError(f"a list, not {type(raw).__name__}")
         return [
             Family(
                 str(name),
