@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -260,3 +262,22 @@ async def test_a_sibling_that_answers_junk_or_late_is_left_out(short_dir: str) -
     assert took < 1.0, "the siblings are asked at once, each within the wait"
     assert samples(out, "bloxproxy_requests") == {(("route", "users.get"),): 3}
     assert workers(out) == {"answered": 1, "missing": 3}
+
+
+def test_no_directory_for_the_sockets_is_logged_and_not_fatal(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where no private directory can be made (a read-only root and no writable /tmp), the
+    workers still serve, each scrape showing one worker's numbers, and the log says why."""
+    from bloxproxy.serve import _siblings_directory
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with caplog.at_level(logging.WARNING, logger="bloxproxy"):
+        assert _siblings_directory() is None
+    (record,) = caplog.records
+    assert "one worker's numbers, not the sum" in record.getMessage()
+    assert "TMPDIR" in record.getMessage()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = _siblings_directory()
+    assert made is not None and Path(made).parent == tmp_path
+    assert Path(made).stat().st_mode & 0o777 == 0o700
