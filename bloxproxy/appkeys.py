@@ -19,6 +19,7 @@ from .front import Front
 from .observe import AccessLog, Metrics
 from .pipeline import Pipeline
 from .rules import RuleSet
+from .siblings import Siblings
 from .upstream.client import Upstream
 from .upstream.guard import Guard
 
@@ -34,6 +35,7 @@ __all__ = [
     "PIPELINE",
     "RULES",
     "RUNTIME",
+    "SIBLINGS",
     "UPSTREAM",
     "Runtime",
 ]
@@ -64,3 +66,5 @@ ACCESS_LOG = web.AppKey("access_log", AccessLog)
 RUNTIME = web.AppKey("runtime", Runtime)
 CONNECTIONS = web.AppKey("connections", ConnectionStats)  # counted by serve's runner
 AUTH_THROTTLE = web.AppKey("auth_throttle", FailureThrottle)
+# With serve --workers N: this worker's siblings, whose metrics a scrape merges (serve.py)
+SIBLINGS = web.AppKey("siblings", Siblings)

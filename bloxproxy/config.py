@@ -284,7 +284,9 @@ class ServerConfig:
         1,
         schema.integer(1, 64),
         "Processes sharing the port (SO_REUSEPORT), each with its own L1 cache; they share "
-        "Redis when configured. `serve --workers N` overrides it.",
+        "Redis when configured. A scrape of `/_bloxproxy/metrics` on any of them answers the "
+        "sum over all (the README's metrics view; their sockets go in `TMPDIR`). "
+        "`serve --workers N` overrides it.",
     )
     shutdown_grace: float = opt(
         "10s",

@@ -41,6 +41,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from .config import ACCESS_FIELDS
+from .metricsview import WORKERS_DOC
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -163,6 +164,11 @@ class Metrics:
         self.reloads = Counter(
             "bloxproxy_reloads_total", "Config/rule reloads by result.", ["result"], registry=r
         )
+        # One process: itself. With --workers N, the merged view (metricsview.merge) counts
+        # the workers that answered the scrape instead.
+        self.workers = Gauge("bloxproxy_workers", WORKERS_DOC, ["state"], registry=r)
+        self.workers.labels("answered").set(1)
+        self.workers.labels("missing").set(0)
 
     def observe_request(self, route: str, status: int, cache: str, seconds: float) -> None:
         row = self._requests.get((route, status, cache))

@@ -25,9 +25,11 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .appkeys import FRONT, GUARD, METRICS, PIPELINE, RUNTIME
+from .appkeys import CONFIG, FRONT, GUARD, METRICS, PIPELINE, RUNTIME, SIBLINGS
 from .authn import bearer
 from .errors import not_found
+from .metricsview import View
+from .siblings import merged
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 PREFIX = "/_bloxproxy/"
@@ -57,14 +59,22 @@ def readyz(main: web.Application, *, keyed: bool) -> Handler:
 
 
 def metrics(main: web.Application, *, keyed: bool) -> Handler:
-    """Prometheus text format."""
+    """Prometheus text format: this process's metrics, or with ``serve --workers N`` every
+    worker's merged into one view (:mod:`bloxproxy.siblings`, :mod:`bloxproxy.metricsview`)."""
 
     async def handler(request: web.Request) -> web.Response:
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
         if keyed:
             await _key(main, request, required=True)
-        resp = web.Response(body=generate_latest(main[METRICS].registry))
+        registry = main[METRICS].registry
+        siblings = main.get(SIBLINGS)
+        if siblings is not None:
+            shared = main[RUNTIME].redis is not None and main[CONFIG].limits.upstream.shared
+            view = CollectorRegistry(auto_describe=False)
+            view.register(View(await merged(siblings, registry, shared_budgets=shared)))
+            registry = view
+        resp = web.Response(body=generate_latest(registry))
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 

@@ -17,7 +17,8 @@
   (:mod:`bloxproxy.ops`).
 - **Workers** (``--workers N``): the supervisor starts N processes that bind the same port
   with ``SO_REUSEPORT``; each has its own L1 and they share Redis when configured. Signals
-  are forwarded; a worker that dies is restarted.
+  are forwarded; a worker that dies is restarted. A scrape of ``/_bloxproxy/metrics``
+  reaching any worker answers the sum over all of them (:mod:`bloxproxy.siblings`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ import ipaddress
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +49,7 @@ from .errors import ConfigError, Problem
 from .files import connection_cap, open_file_limit, raise_file_limit
 from .ops import OPS_MAX_CONNECTIONS, create_ops_app
 from .rules import RuleSet, load_configured, rule_files
+from .siblings import Siblings, serve_snapshots
 
 log = logging.getLogger("bloxproxy")
 
@@ -279,9 +283,11 @@ async def serve(
     fake_upstream: bool = False,
     reuse_port: bool = False,
     watch_files: bool = False,
+    siblings: Siblings | None = None,
 ) -> None:
-    """Run one server process until SIGINT/SIGTERM."""
+    """Run one server process until SIGINT/SIGTERM (a worker of ``siblings`` when given)."""
     from .app import create_app
+    from .appkeys import METRICS, SIBLINGS
 
     before, after = raise_file_limit()
     if after > before:
@@ -301,6 +307,8 @@ async def serve(
         config = overrides.apply(config)
         log.info("fake Roblox upstream on http://127.0.0.1:%d", fake_port)
     app = create_app(config, rules=rules)
+    if siblings is not None:
+        app[SIBLINGS] = siblings
     runner = await start_runner(app, config)
     runners.insert(0, runner)
     site = web.TCPSite(
@@ -313,6 +321,9 @@ async def serve(
         host, port = config.server.ops_host, config.server.ops_port
         await web.TCPSite(ops_runner, host, port, reuse_port=reuse_port or None).start()
         log.info("ops endpoints (no access keys) on http://%s:%d/_bloxproxy/", host, port)
+    if siblings is not None:
+        # closed last: while this worker drains, a sibling's scrape still counts its numbers
+        runners.append(await serve_snapshots(siblings, app[METRICS].registry))
     _tune_gc()
     log.info(
         "bloxproxy listening on http://%s:%d (%d clean routes, pid %d)",
@@ -410,6 +421,7 @@ def run_single(
     fake_upstream: bool,
     reuse_port: bool,
     watch_files: bool,
+    siblings: Siblings | None = None,
 ) -> None:
     _use_uvloop()
     asyncio.run(
@@ -421,6 +433,7 @@ def run_single(
             fake_upstream=fake_upstream,
             reuse_port=reuse_port,
             watch_files=watch_files,
+            siblings=siblings,
         )
     )
 
@@ -450,7 +463,9 @@ def _use_uvloop() -> None:
         uvloop.install()
 
 
-def _worker(path: str | None, overrides: Overrides, watch_files: bool) -> None:
+def _worker(
+    path: str | None, overrides: Overrides, watch_files: bool, siblings: Siblings | None
+) -> None:
     from .logs import setup_logging
 
     config, rules = load_all(path)
@@ -464,6 +479,7 @@ def _worker(path: str | None, overrides: Overrides, watch_files: bool) -> None:
         fake_upstream=False,
         reuse_port=True,
         watch_files=watch_files,
+        siblings=siblings,
     )
 
 
@@ -492,8 +508,11 @@ def supervise(
         )
         log.info("fake Roblox upstream on http://127.0.0.1:%d", fake_port)
 
-    def start_one() -> Any:
-        p = ctx.Process(target=_worker, args=(path, overrides, watch_files))
+    directory = _siblings_directory()
+
+    def start_one(index: int) -> Any:
+        siblings = None if directory is None else Siblings(directory, index, workers)
+        p = ctx.Process(target=_worker, args=(path, overrides, watch_files, siblings))
         p.start()
         return p
 
@@ -512,9 +531,9 @@ def supervise(
     # Handlers first: a SIGTERM while workers start must still reach every worker.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
-    for _ in range(workers):
+    for i in range(workers):
         if not stopping:
-            procs.append(start_one())
+            procs.append(start_one(i))
     started = [time.monotonic()] * len(procs)
     quick_deaths = [0] * len(procs)
     log.info("supervising %d workers on port %d", workers, config.server.port)
@@ -537,7 +556,7 @@ def supervise(
                     forward(signal.SIGTERM, None)
                     break
                 log.warning("worker pid %s exited with %s; restarting", p.pid, p.exitcode)
-                procs[i] = start_one()
+                procs[i] = start_one(i)
                 started[i] = time.monotonic()
     deadline = time.monotonic() + config.server.shutdown_grace + 5
     for p in procs:
@@ -546,7 +565,25 @@ def supervise(
             p.kill()
     if fake_proc is not None:
         fake_proc.kill()
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
     return code
+
+
+def _siblings_directory() -> str | None:
+    """A private directory (0700) for the workers' sockets (:mod:`bloxproxy.siblings`), in
+    the temporary directory (``TMPDIR``); None, logged, when none can be made: each worker's
+    metrics are then its own."""
+    try:
+        return tempfile.mkdtemp(prefix="bloxproxy-workers-")
+    except OSError as exc:
+        log.warning(
+            "no directory for the workers' sockets (%s): a scrape of /_bloxproxy/metrics "
+            "shows one worker's numbers, not the sum; set TMPDIR to a writable directory",
+            exc,
+            extra={"event": "no_metrics_view"},
+        )
+        return None
 
 
 def _run_fake_process(port: int) -> None:

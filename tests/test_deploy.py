@@ -981,6 +981,18 @@ def kube_docs() -> list[tuple[Path, dict[str, Any]]]:
     return docs
 
 
+def kinds(
+    docs: list[tuple[Path, dict[str, Any]]], file: str
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """One manifest's objects by kind and name."""
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for path, doc in docs:
+        if path.name == file:
+            by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
+    assert by_kind, file
+    return by_kind
+
+
 def quantity(text: str) -> int:
     units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "K": 10**3, "M": 10**6, "G": 10**9}
     m = re.fullmatch(r"(\d+)([KMG]i?)?", str(text))
@@ -996,10 +1008,8 @@ def test_kubernetes_sidecar(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
-    for _, doc in kube_docs:
-        by_kind.setdefault(doc["kind"], {})[doc["metadata"]["name"]] = doc
-    texts = "\n".join(p.read_text(encoding="utf-8") for p in {p for p, _ in kube_docs})
+    by_kind = kinds(kube_docs, "sidecar.yaml")
+    texts = (ROOT / "deploy" / "kubernetes" / "sidecar.yaml").read_text(encoding="utf-8")
     (deployment,) = by_kind["Deployment"].values()
     pod = deployment["spec"]["template"]["spec"]
     containers = [*pod.get("initContainers", []), *pod["containers"]]
@@ -1080,3 +1090,113 @@ def test_kubernetes_sidecar(
         assert ctx.get("allowPrivilegeEscalation") is False, c["name"]
         assert c.get("resources", {}).get("limits", {}).get("memory"), c["name"]
     assert pod.get("terminationGracePeriodSeconds", 30) > config.server.shutdown_grace
+
+
+def secret_env(
+    container: dict[str, Any], by_kind: dict[str, dict[str, dict[str, Any]]]
+) -> tuple[dict[str, str], set[str]]:
+    """A container's environment, its Secret references resolved, and which came from one."""
+    env: dict[str, str] = {}
+    from_secret = set()
+    for item in container["env"]:
+        ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            secret = by_kind["Secret"][ref["name"]]
+            env[item["name"]] = {**secret.get("stringData", {})}[ref["key"]]
+            from_secret.add(item["name"])
+        else:
+            env[item["name"]] = str(item["value"])
+    return env, from_secret
+
+
+def test_kubernetes_replicas_share_redis_and_one_budget(
+    kube_docs: list[tuple[Path, dict[str, Any]]],
+    final: Stage,
+    image_env: dict[str, str],
+    etc_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """deploy/kubernetes/replicas.yaml: N pods, one Redis, one budget per Roblox service,
+    a PodDisruptionBudget and an autoscaler on a bloxproxy gauge; `bloxproxy check` passes."""
+    from bloxproxy.metricsview import GAUGES
+
+    path = ROOT / "deploy" / "kubernetes" / "replicas.yaml"
+    text = path.read_text(encoding="utf-8")
+    by_kind = kinds(kube_docs, "replicas.yaml")
+    (namespace,) = by_kind["Namespace"]
+    for kind, objects in by_kind.items():
+        for name, doc in objects.items():
+            if kind != "Namespace":
+                assert doc["metadata"].get("namespace") == namespace, f"{kind} {name}"
+    assert "MORE PODS ADD NO ROBLOX BUDGET" in text
+
+    deployment = by_kind["Deployment"]["bloxproxy"]
+    assert deployment["spec"]["replicas"] >= 2
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pod = deployment["spec"]["template"]["spec"]
+    (proxy,) = pod["containers"]
+    assert str(proxy["image"]).startswith("bloxproxy")
+    cli.build_parser().parse_args(proxy.get("args") or exec_form(final.last("CMD").args))
+    env, from_secret = secret_env(proxy, by_kind)
+    assert_known_env(list(env), "replicas.yaml")
+    assert {"BLOXPROXY_SERVER_ADMIN_TOKEN", "BLOXPROXY_AUTH_KEYS"} <= from_secret
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m for m in proxy["volumeMounts"]}
+    config_mount = mounts[env.get("BLOXPROXY_CONFIG", image_env["BLOXPROXY_CONFIG"])]
+    config_map = by_kind["ConfigMap"][volumes[config_mount["name"]]["configMap"]["name"]]
+    (etc_dir / "config.yaml").write_text(config_map["data"][config_mount["subPath"]])
+    (etc_dir / "rules" / "mine.yaml").write_text(MY_RULES, encoding="utf-8")
+    config = effective_check(monkeypatch, capsys, mapped({**image_env, **env}, etc_dir))
+
+    # one Redis, the budgets shared in it, one egress (the default), keys on 0.0.0.0
+    assert config.limits.upstream.shared and config.upstream.egress_id == "shared"
+    (redis_set,) = by_kind["StatefulSet"].values()
+    assert redis_set["spec"]["replicas"] == 1
+    (redis_box,) = redis_set["spec"]["template"]["spec"]["containers"]
+    assert re.fullmatch(r"redis:7\.\d+\.\d+-alpine", redis_box["image"])
+    headless = by_kind["Service"][redis_set["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    host = f"{redis_set['metadata']['name']}-0.{headless['metadata']['name']}.{namespace}.svc"
+    assert re.fullmatch(rf"redis://{re.escape(host)}:6379/\d+", config.cache.redis.url)
+    assert config.server.host == "0.0.0.0" and open_listener(config) is None
+
+    # the Service reaches the proxy's port; Prometheus the ops port, which it does not expose
+    ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert ports["http"] == config.server.port and ports["ops"] == config.server.ops_port
+    service = by_kind["Service"]["bloxproxy"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == config.server.ops_port
+    assert annotations["prometheus.io/path"] == RESERVED_PREFIX + "metrics"
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = proxy[probe]["httpGet"]
+        assert get["port"] == "ops" and get["path"].startswith(RESERVED_PREFIX), probe
+
+    # workers: their sockets need a writable /tmp; memory holds every worker's L1
+    assert config.server.workers >= 2
+    assert volumes[mounts["/tmp"]["name"]].get("emptyDir") is not None
+    limit = quantity(proxy["resources"]["limits"]["memory"])
+    assert limit > 2 * config.cache.max_bytes * config.server.workers
+    assert pod["terminationGracePeriodSeconds"] > config.server.shutdown_grace
+    uid = image_uid(final)
+    ctx = {**pod["securityContext"], **proxy["securityContext"]}
+    assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == uid
+    assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
+
+    # a drain takes one pod at a time; the autoscaler scales the Deployment on a summed gauge
+    (pdb,) = by_kind["PodDisruptionBudget"].values()
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+    (hpa,) = by_kind["HorizontalPodAutoscaler"].values()
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "bloxproxy")
+    assert hpa["spec"]["minReplicas"] == deployment["spec"]["replicas"]
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    (metric,) = hpa["spec"]["metrics"]
+    name = metric["pods"]["metric"]["name"]
+    assert GAUGES[name] == "sum", "a pod's load: its workers' sum"
+    assert f"name: {{as: {name}}}" in text, "the Prometheus Adapter rule that serves it"

@@ -72,6 +72,7 @@ FAMILIES = {
     "bloxproxy_batch_ids_total": "counter",
     "bloxproxy_batch_capacity_total": "counter",
     "bloxproxy_coalesce_waiting": "gauge",
+    "bloxproxy_workers": "gauge",
 }
 
 

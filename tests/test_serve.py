@@ -621,6 +621,82 @@ async def test_workers_share_the_port_each_with_its_own_l1(
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
+async def scrape_text(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One scrape on a fresh connection (the kernel picks the worker), as samples."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        async with s.get(url) as resp:
+            assert resp.status == 200
+            text = await resp.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def test_one_metrics_view_over_the_workers(
+    spawn: Callable[..., Proc], tmp_path: Path
+) -> None:
+    """Whichever worker a scrape reaches, it answers the sum over both (bloxproxy.siblings):
+    the requests sent, each worker's own numbers adding up to it, gauges as documented."""
+    from bloxproxy.metricsview import Family
+    from bloxproxy.siblings import fetch
+
+    port = free_port()
+    config = write_setup(tmp_path, port)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    supervisor = spawn(
+        "-m", "bloxproxy", "serve", "-c", config.name, "--fake-upstream", "--workers", "2",
+        name="serve", TMPDIR=str(tmp),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    await wait_http(supervisor, base + "/_bloxproxy/healthz")
+    (directory,) = list(tmp.iterdir())  # the supervisor's, private
+    assert directory.stat().st_mode & 0o777 == 0o700
+    await wait_until(
+        lambda: sorted(p.name for p in directory.iterdir()) == ["worker-0.sock", "worker-1.sock"],
+        "both workers serve their snapshots",
+        10,
+        supervisor,
+    )
+    sent, caches = 40, []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as s:
+        for _ in range(sent):  # a new connection each time: the kernel spreads them
+            async with s.get(base + "/v1/users/1") as resp:
+                assert resp.status == 200
+                caches.append(resp.headers["X-Cache"])
+    assert caches.count("MISS") == 2, caches  # both workers answered some
+
+    users = ("bloxproxy_requests_total", (("route", "users.get"), ("status", "200")))
+    for _ in range(8):
+        view = await scrape_text(base + "/_bloxproxy/metrics")
+        assert view[users] == sent
+        assert view[("bloxproxy_workers", (("state", "answered"),))] == 2
+        assert view[("bloxproxy_workers", (("state", "missing"),))] == 0
+        tasks = {k[1] for k in view if k[0] == "bloxproxy_asyncio_tasks"}
+        assert tasks == {(("worker", "0"),), (("worker", "1"),)}
+
+    def value(fams: list[Family], name: str) -> float:
+        return sum(v for f in fams for n, labels, v in f.samples if (n, labels) == (name, ()))
+
+    own = [await fetch(str(directory / f"worker-{i}.sock")) for i in (0, 1)]
+    assert own[0] is not None and own[1] is not None
+    counts = [sum(v for f in fams for n, ls, v in f.samples if (n, ls) == users) for fams in own]
+    assert sum(counts) == sent and min(counts) > 0, counts
+    for name in ("bloxproxy_cache_l1_entries", "bloxproxy_cache_l1_bytes"):
+        assert view[(name, ())] == value(own[0], name) + value(own[1], name) > 0, name
+    assert (
+        view[("bloxproxy_cache_results_total", (("result", "MISS"), ("route", "users.get")))] == 2
+    )
+
+    os.kill(supervisor.pid, signal.SIGTERM)
+    assert await supervisor.exited(15) == 0
+    assert list(tmp.iterdir()) == [], "the sockets' directory is removed"
+
+
 async def test_sigterm_cuts_requests_that_outlive_the_grace(
     spawn: Callable[..., Proc], tmp_path: Path
 ) -> None:
