@@ -404,12 +404,39 @@ class RulesConfig:
     )
 
 
+def _positive_duration(value: object) -> float:
+    seconds = schema.duration(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration above 0, got {schema.show(value)}")
+    return seconds
+
+
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str = opt("", schema.string, "Redis URL enabling the shared L2 cache. Empty: L1 only.")
     prefix: str = opt("bloxproxy:", schema.string, "Prefix of every Redis key bloxproxy writes.")
     timeout: float = opt("250ms", schema.duration, "Deadline for one Redis command.")
     max_connections: int = opt(64, schema.integer(1, 10_000), "Size of the Redis pool.")
+    cluster_coalescing: bool = opt(
+        True,
+        schema.boolean,
+        "One upstream call per cold key across all replicas on this Redis: one replica holds "
+        "the key's lease while it asks, the others wait for its word on pub/sub (no polling) "
+        "and read its entry, or serve a stale one. Redis down: one call per key per process, "
+        "as with `false`. Shared (anonymous) entries only.",
+    )
+    lease_ttl: float = opt(
+        "3s",
+        _positive_duration,
+        "Lifetime of a cold key's lease, renewed every third of it while the call runs: how "
+        "soon a waiter takes over when the replica leading the call dies without a word.",
+    )
+    cluster_wait: float = opt(
+        "10s",
+        _positive_duration,
+        "How long a replica waits for another one's answer before asking upstream itself "
+        "(that answer is stored too). Keep it under `cache.coalesce_timeout`.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from ..upstream.inflight import ByteBudget, Lease
 from . import decide, entities
 from .batcher import Batch, Batcher
 from .entry import KEPT_HEADERS, Entry, make_etag
+from .lease import Act, Claim, ClaimResult, Leases, Wake, lease_key, on_claim, on_wake
 from .policy import Policy
 from .result import Fetched
 from .shared import SharedCache
@@ -74,6 +75,11 @@ class Fetcher:
         self._max_wait = config.limits.upstream.max_wait
         self._sleep = sleep  # (injected: background re-polls wait out a TTL with it)
         self._repolling: set[str] = set()
+        # Cluster coalescing (cache/lease.py), set by the app with Redis; None: per process.
+        self.leases: Leases | None = None
+        # Keys another replica is fetching while a stale entry of ours stands in: their
+        # requests get it without a Redis command until that replica's word comes.
+        self._elsewhere: set[str] = set()
         # (batch windows and deadlines are real time: the loop's clock, as the timers are)
         # batches fill while the upstream limiter has no slot for them
         self.batcher = Batcher(self._run_batch, slot_in=upstream.next_slot_in)
@@ -119,12 +125,21 @@ class Fetcher:
                 hit.fast_ok, hit.cache_time = policy.fast_ok, looked
                 return hit
             if state is decide.Freshness.STALE_WHILE_REVALIDATE:
-                if key not in self._inflight:
+                if key not in self._inflight and key not in self._elsewhere:
                     self._start(key, req, policy, caller, entry, shared)
                 stale = Fetched(entry, "STALE", key=key, shared=shared, detail="revalidating")
                 stale.cache_time = looked
                 return stale
         task = running = self._inflight.get(key)
+        if (
+            task is None
+            and entry is not None
+            and key in self._elsewhere
+            and decide.usable_on_error(entry, self.clock())
+        ):
+            stale = Fetched(entry, "STALE", key=key, shared=shared, detail=_ELSEWHERE)
+            stale.cache_time = looked
+            return stale
         lease = None
         if task is None:
             task, lease = self._start(key, req, policy, caller, entry, shared)
@@ -232,7 +247,10 @@ class Fetcher:
     ) -> Fetched:
         start = time.perf_counter()
         try:
-            fetched = await self._call(key, req, policy, caller, stale, shared, lease)
+            if shared and self.leases is not None and self.shared is not None:
+                fetched = await self._clustered(self.leases, key, req, policy, caller, stale, lease)
+            else:
+                fetched = await self._call(key, req, policy, caller, stale, shared, lease)
         finally:
             if lease is not None:
                 lease.release()  # the call's own hold; a waiting leader keeps its own
@@ -248,7 +266,10 @@ class Fetcher:
         stale: Entry | None,
         shared: bool,
         lease: Lease | None,
+        then: Callable[[Entry], Coroutine[Any, Any, None]] | None = None,
     ) -> Fetched:
+        """One upstream call and its entry stored: in L1 now, in L2 in the background (by
+        ``then(entry)`` instead when given: a leader stores, then announces)."""
         try:
             resp = await self.upstream.send(req, caller, lease)
         except UpstreamError:
@@ -276,7 +297,9 @@ class Fetcher:
             make_etag(resp.body),
         )
         self.l1.set_nowait(key, entry)
-        if self.shared is not None:
+        if then is not None:
+            self._spawn(then(entry))
+        elif self.shared is not None:
             self._spawn(self.shared.set(key, entry))
         times = decide.repolls(policy, resp.status, resp.body)
         if times:
@@ -286,6 +309,145 @@ class Fetcher:
         # (Fetched.coalesced), and later hits only what the entry keeps.
         live = entry.with_headers(resp.headers)
         return Fetched(live, "MISS", key=key, shared=shared, stored=True)
+
+    # -- cluster coalescing (the decisions: cache/lease.py) ---------------------------------
+
+    async def _clustered(
+        self,
+        leases: Leases,
+        key: str,
+        req: UpstreamRequest,
+        policy: Policy,
+        caller: Caller,
+        stale: Entry | None,
+        lease: Lease | None,
+    ) -> Fetched:
+        """This process's one call for a shared ``key``, made one call for every replica:
+        lead it under the key's lease, or wait for the replica that leads it."""
+        name = lease_key(leases.prefix, key)
+        deadline = self._running_loop().time() + leases.max_wait
+        while True:
+            usable = decide.usable_on_error(stale, self.clock())
+            interest = leases.interest(name)  # before the claim: no word is missed
+            watched = False
+            away = False  # Redis is: no lease, no word
+            try:
+                got = await leases.claim(name)
+                away = got.claim is Claim.DOWN
+                act = on_claim(got.claim, usable)
+                if act is Act.STALE:
+                    # Served now; the word, when it comes, brings the new entry into L1.
+                    self._elsewhere.add(key)
+                    self._spawn(self._watch(leases, key, name, interest, got.pttl, deadline))
+                    watched = True
+                elif act is Act.WAIT:
+                    wake = await leases.wait(interest, got.pttl, deadline)
+                    away = wake is Wake.LOST
+                    act = on_wake(wake, decide.usable_on_error(stale, self.clock()))
+            finally:
+                if not watched:
+                    leases.forget(name, interest)
+            if act is Act.LEAD:
+                return await self._lead(leases, got, key, req, policy, caller, stale, lease)
+            if act is Act.STALE:
+                assert stale is not None
+                return Fetched(stale, "STALE", key=key, detail=_ELSEWHERE)
+            if act is Act.READ:
+                found = await self._stored_elsewhere(key, stale)
+                if found is not None:
+                    return found
+                act = Act.FETCH  # gone already (evicted, purged, Redis away): ask ourselves
+            if act is Act.FETCH:
+                # Past the wait, the fallback's entry is announced like a leader's.
+                announce = None if away else self._announcer(leases, key, name, "")
+                return await self._call(key, req, policy, caller, stale, True, lease, announce)
+            # Act.CLAIM: the leader is gone; claim again (one waiter wins, others wait)
+
+    async def _lead(
+        self,
+        leases: Leases,
+        got: ClaimResult,
+        key: str,
+        req: UpstreamRequest,
+        policy: Policy,
+        caller: Caller,
+        stale: Entry | None,
+        lease: Lease | None,
+    ) -> Fetched:
+        # The previous leader may have stored its entry just before releasing the lease.
+        found = await self._stored_elsewhere(key, stale)
+        if found is not None:
+            self._spawn(leases.done(got.lease, got.token, Wake.STORED))
+            return found
+        renewing = leases.renewing(got)
+        try:
+            announce = self._announcer(leases, key, got.lease, got.token, renewing)
+            fetched = await self._call(key, req, policy, caller, stale, True, lease, announce)
+        except BaseException as exc:
+            renewing.cancel()
+            # Cancelled (a shutdown): the lease goes to a waiter now, not at its expiry;
+            # an error: every waiter asks as it would have (or serves its stale entry).
+            wake = Wake.GONE if isinstance(exc, asyncio.CancelledError) else Wake.EMPTY
+            with contextlib.suppress(BaseException):
+                await leases.done(got.lease, got.token, wake)
+            raise
+        if not fetched.stored:
+            renewing.cancel()
+            self._spawn(leases.done(got.lease, got.token, Wake.EMPTY))
+        return fetched
+
+    def _announcer(
+        self,
+        leases: Leases,
+        key: str,
+        name: str,
+        token: str,
+        renewing: asyncio.Task[None] | None = None,
+    ) -> Callable[[Entry], Coroutine[Any, Any, None]]:
+        """Store an entry in L2, then release the lease and say so."""
+        shared = self.shared
+        assert shared is not None
+
+        async def announce(entry: Entry) -> None:
+            try:
+                await shared.set(key, entry)
+            finally:
+                if renewing is not None:
+                    renewing.cancel()
+                await leases.done(name, token, Wake.STORED)
+
+        return announce
+
+    async def _stored_elsewhere(self, key: str, stale: Entry | None) -> Fetched | None:
+        """The fresh entry another replica stored under ``key`` (newer than ``stale``)."""
+        assert self.shared is not None
+        entry = await self.shared.get(key)
+        if entry is None or decide.freshness(entry, self.clock()) is not decide.Freshness.FRESH:
+            return None
+        if stale is not None and entry.stored_at <= stale.stored_at:
+            return None
+        self.l1.set_nowait(key, entry)
+        return Fetched(entry, "COALESCED", key=key, detail="another replica")
+
+    async def _watch(
+        self,
+        leases: Leases,
+        key: str,
+        name: str,
+        interest: asyncio.Future[Wake],
+        pttl: float,
+        deadline: float,
+    ) -> None:
+        """Wait for the word on a key another replica fetches while our stale entry
+        stands in; a stored entry is brought into L1 for the requests after."""
+        try:
+            if await leases.wait(interest, pttl, deadline) is Wake.STORED and self.shared:
+                entry = await self.shared.get(key)
+                if entry is not None:
+                    self.l1.set_nowait(key, entry)
+        finally:
+            leases.forget(name, interest)
+            self._elsewhere.discard(key)
 
     def _repoll(
         self,
@@ -681,6 +843,8 @@ class Fetcher:
             with contextlib.suppress(BaseException):
                 await task
 
+
+_ELSEWHERE = "refreshing in another replica"
 
 # A batch outcome: Roblox refused the merged batch as a whole (a 4xx other than 429), so
 # each caller asks its own request as it asked it.

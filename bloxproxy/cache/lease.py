@@ -1,0 +1,290 @@
+"""Cluster-wide coalescing: one upstream call per cold key across every replica on one Redis.
+
+Per process, the fetcher already makes one call per key (the key's in-flight task). With
+``cache.redis.cluster_coalescing`` on, that task first claims the key's *lease* in Redis:
+
+- ``SET <lease> <token> NX PX <ttl>`` wins → this replica leads: it re-reads L2 once (the
+  previous leader may have stored the entry just before releasing), calls upstream, renews
+  the lease every third of its TTL while the call runs (compare-and-``PEXPIRE``), stores the
+  entry in L2, then releases the lease (compare-and-``DEL``) and publishes ``stored <lease>``
+  on the coalescing channel — one Lua script, so the release and the word are one step.
+- the lease is held by another replica → this one waits for that word. The word comes on
+  the channel the invalidations use, on the same subscription (one per process, a dict of
+  lease → futures): no Redis command while waiting, no polling. Woken by ``stored`` it reads
+  the entry from L2. A stale entry is served at once instead of waiting, when one exists.
+- the leader gives up (its call was cancelled, its replica is shutting down) → it publishes
+  ``gone``, and one waiter takes the lease over (``SET NX`` again; the others keep waiting).
+  A leader that dies without a word stops renewing: at the lease's expiry (the waiter knows
+  its remaining ``PTTL`` from the claim) the waiter claims it again — one command per lease
+  TTL while a live leader works, never more.
+- a wait past ``cache.redis.cluster_wait`` → the waiter calls upstream itself, and that
+  answer is stored (and announced) like a leader's.
+- Redis down (a command fails, or the subscription is lost) → coalescing falls back to per
+  process: the task calls upstream itself. Nothing fails because of Redis.
+
+What to do at each step is decided by the pure functions :func:`on_claim` and
+:func:`on_wake` (tested as tables); :class:`Leases` performs it. A lease key is
+``<prefix>lease:{<digest of the cache key>}``: its hash tag is the whole digest, and every
+script touches that one key only, so it runs on Redis Cluster as on one server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = [
+    "Act",
+    "Claim",
+    "ClaimResult",
+    "Leases",
+    "Wake",
+    "lease_key",
+    "on_claim",
+    "on_wake",
+]
+
+log = logging.getLogger("bloxproxy.cache")
+
+
+class Claim(enum.Enum):
+    """What ``SET NX`` on a key's lease gave."""
+
+    ACQUIRED = "acquired"  # this replica leads
+    HELD = "held"  # another replica leads
+    DOWN = "down"  # Redis (or the subscription that would wake us) is unavailable
+
+
+class Wake(enum.Enum):
+    """Why a waiter stopped waiting."""
+
+    STORED = "stored"  # the leader stored the entry in L2
+    EMPTY = "empty"  # the leader finished without storing (an error, or not storable)
+    GONE = "gone"  # the leader gave up its lease (cancelled, shutting down)
+    EXPIRED = "expired"  # the lease's time ran out without a word: the leader may be dead
+    DEADLINE = "deadline"  # waited ``cluster_wait`` and no answer
+    LOST = "lost"  # the subscription was lost (Redis down): no word can come
+
+
+class Act(enum.Enum):
+    """What the fetcher does next."""
+
+    LEAD = "lead"  # call upstream, renewing the lease; store; announce
+    WAIT = "wait"  # wait for the leader's word
+    STALE = "stale"  # serve the stale entry now
+    READ = "read"  # read the leader's entry from L2 (absent: FETCH)
+    CLAIM = "claim"  # claim the lease again: one waiter takes over
+    FETCH = "fetch"  # call upstream here, without a lease; store as usual
+
+
+def on_claim(claim: Claim, stale_usable: bool) -> Act:
+    """The step after a claim. ``stale_usable``: a stale entry of the key may stand in."""
+    if claim is Claim.ACQUIRED:
+        return Act.LEAD
+    if claim is Claim.DOWN:
+        return Act.FETCH  # per-process coalescing: this process's one call
+    return Act.STALE if stale_usable else Act.WAIT
+
+
+def on_wake(wake: Wake, stale_usable: bool) -> Act:
+    """The step after a wait ended for ``wake``."""
+    if wake is Wake.STORED:
+        return Act.READ
+    if wake is Wake.EMPTY:
+        # The leader's answer was not stored (Roblox failed, or said something not kept):
+        # a stale entry stands in as it would for our own failed call; else ask ourselves.
+        return Act.STALE if stale_usable else Act.FETCH
+    if wake in (Wake.GONE, Wake.EXPIRED):
+        return Act.CLAIM
+    return Act.FETCH  # DEADLINE (the fallback is stored), LOST (Redis down: per process)
+
+
+def lease_key(prefix: str, key: str) -> str:
+    """The Redis key of ``key``'s lease: hash-tagged by a digest of the cache key."""
+    digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    return f"{prefix}lease:{{{digest}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claim: Claim
+    lease: str  # the lease's Redis key
+    token: str  # ours when ACQUIRED, else ""
+    pttl: float  # HELD: seconds the other's lease has left (0 unknown)
+
+
+# KEYS[1] lease; ARGV token, ttl_ms. -1: acquired; else the holder's PTTL (ms).
+_CLAIM = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+return redis.call('PTTL', KEYS[1])
+"""
+# KEYS[1] lease; ARGV token, ttl_ms. 1: still ours, renewed.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS[1] lease; ARGV token ('' none), channel, message. Deletes the lease if it is ours,
+# then publishes the word (also when it is not: a stored entry is news to any waiter).
+_DONE = """
+local released = 0
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then
+  released = redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return released
+"""
+
+_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+
+class Leases:
+    """The I/O of cluster coalescing (see the module docstring).
+
+    ``client`` carries the commands (with the command timeout); the word arrives through
+    :meth:`on_message`, which the owner of the one subscription calls with every message of
+    :attr:`channel`, and :meth:`on_lost` when that subscription is lost. ``listening`` says
+    whether it is up now (no subscription, no waiting: the claim says DOWN).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        ttl: float,
+        wait: float,
+        listening: Callable[[], bool],
+        usable: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self._client = client
+        self.prefix = prefix
+        self.channel = prefix + "coalesce"
+        self.ttl = ttl
+        self.max_wait = wait
+        self._ttl_ms = max(1, round(ttl * 1000))
+        self._listening = listening
+        self._usable = usable
+        self._claim = client.register_script(_CLAIM)
+        self._renew = client.register_script(_RENEW)
+        self._done = client.register_script(_DONE)
+        self._waiters: dict[str, list[asyncio.Future[Wake]]] = {}
+
+    # -- the word -------------------------------------------------------------------------
+
+    def on_message(self, data: object) -> None:
+        """A message of the coalescing channel: ``<wake> <lease>``; anything else ignored."""
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, bytes):
+            return
+        word, _, lease = data.partition(b" ")
+        try:
+            wake = Wake(word.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            return
+        if wake not in (Wake.STORED, Wake.EMPTY, Wake.GONE):
+            return
+        for fut in self._waiters.pop(lease.decode("ascii", "replace"), ()):
+            if not fut.done():
+                fut.set_result(wake)
+
+    def on_lost(self) -> None:
+        """The subscription is gone: every waiter stops (and asks upstream itself)."""
+        waiters, self._waiters = self._waiters, {}
+        for futs in waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(Wake.LOST)
+
+    @property
+    def waiting(self) -> int:
+        """Waiters registered now (for tests and metrics)."""
+        return sum(len(f) for f in self._waiters.values())
+
+    # -- the commands ---------------------------------------------------------------------
+
+    def interest(self, lease: str) -> asyncio.Future[Wake]:
+        """A future the next word on ``lease`` resolves; registered *before* the claim, so a
+        word published between the claim and the wait is not missed."""
+        fut: asyncio.Future[Wake] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(lease, []).append(fut)
+        return fut
+
+    def forget(self, lease: str, fut: asyncio.Future[Wake]) -> None:
+        futs = self._waiters.get(lease)
+        if futs is not None:
+            if fut in futs:
+                futs.remove(fut)
+            if not futs:
+                del self._waiters[lease]
+
+    async def claim(self, lease: str) -> ClaimResult:
+        """``SET NX`` the lease with a new token; DOWN when Redis or the subscription is not
+        there (per-process coalescing then)."""
+        if not (self._listening() and self._usable()):
+            return ClaimResult(Claim.DOWN, lease, "", 0.0)
+        token = os.urandom(12).hex()
+        try:
+            got = int(await self._claim(keys=[lease], args=[token, self._ttl_ms]))
+        except _ERRORS as exc:
+            log.debug("lease claim failed: %s", exc)
+            return ClaimResult(Claim.DOWN, lease, "", 0.0)
+        if got == -1:
+            return ClaimResult(Claim.ACQUIRED, lease, token, 0.0)
+        # -2: gone between SET and PTTL (cannot happen in one script); -1 no expiry (not ours)
+        return ClaimResult(Claim.HELD, lease, "", max(0, got) / 1000)
+
+    async def wait(self, fut: asyncio.Future[Wake], pttl: float, deadline: float) -> Wake:
+        """Wait for the word on ``fut``: at most until the held lease's expiry (``pttl``
+        seconds from now, plus a little) or the loop time ``deadline``, whichever first."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        expiry = now + (pttl if pttl > 0 else self.ttl) + 0.01
+        until = min(expiry, deadline)
+        if not fut.done():
+            wake = Wake.EXPIRED if expiry < deadline else Wake.DEADLINE
+
+            def ring() -> None:
+                if not fut.done():
+                    fut.set_result(wake)
+
+            timer = loop.call_at(until, ring)
+            try:
+                await fut
+            finally:
+                timer.cancel()
+        return fut.result()
+
+    def renewing(self, result: ClaimResult) -> asyncio.Task[None]:
+        """A task renewing ``result``'s lease every third of its TTL until cancelled."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.ttl / 3)
+                try:
+                    if not await self._renew(
+                        keys=[result.lease], args=[result.token, self._ttl_ms]
+                    ):
+                        return  # lost (expired and taken): the call goes on, unannounced
+                except _ERRORS as exc:
+                    log.debug("lease renewal failed: %s", exc)
+
+        return asyncio.get_running_loop().create_task(renew())
+
+    async def done(self, lease: str, token: str, wake: Wake) -> None:
+        """Release the lease if ``token`` still holds it and publish ``wake`` (best effort:
+        Redis down, the lease expires on its own)."""
+        message = f"{wake.value} {lease}"
+        try:
+            await self._done(keys=[lease], args=[token, self.channel, message])
+        except _ERRORS as exc:
+            log.debug("lease release failed: %s", exc)

@@ -1,0 +1,334 @@
+"""Cluster-wide coalescing (bloxproxy/cache/lease.py): one upstream call per cold key
+across replicas on one real redis-server.
+
+The decisions are tables; then the lease's scripts on Redis; then two proxy apps on one
+Redis: a herd split across both, a leader cancelled or dead mid-fetch, a wait deadline, a
+stale entry standing in, Redis killed during a herd, and no Redis command while waiting.
+The fake holds an answer with a scripted ``delay`` (real time, a few hundred ms at most).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+
+from bloxproxy import config as config_mod
+from bloxproxy.cache.lease import (
+    Act,
+    Claim,
+    Leases,
+    Wake,
+    lease_key,
+    on_claim,
+    on_wake,
+)
+from bloxproxy.config import ConfigError
+from bloxproxy.fake import FakeRoblox, Fault
+from tests.conftest import FakeClock, ProxyFactory, fetcher_of
+from tests.redis_server import RedisServer
+from tests.test_cache import USER, USER_KEY, Answer, Client, get, settle, users_get_count
+from tests.test_cache_redis import eventually, listening
+
+LEASE = lease_key("bloxproxy:", USER_KEY)
+
+# -- the decisions -------------------------------------------------------------------------
+
+CLAIMS = [
+    # (claim, a stale entry may stand in) -> next step
+    (Claim.ACQUIRED, False, Act.LEAD),
+    (Claim.ACQUIRED, True, Act.LEAD),  # ours: ask, even with a stale entry at hand
+    (Claim.HELD, False, Act.WAIT),
+    (Claim.HELD, True, Act.STALE),  # waiters are served stale when an entry exists
+    (Claim.DOWN, False, Act.FETCH),  # Redis down: per-process coalescing, nothing fails
+    (Claim.DOWN, True, Act.FETCH),
+]
+
+
+@pytest.mark.parametrize(("claim", "stale", "act"), CLAIMS)
+def test_on_claim(claim: Claim, stale: bool, act: Act) -> None:
+    assert on_claim(claim, stale) is act
+
+
+WAKES = [
+    (Wake.STORED, False, Act.READ),
+    (Wake.STORED, True, Act.READ),  # the new entry beats the stale one
+    (Wake.EMPTY, False, Act.FETCH),  # the leader's answer was not stored: ask ourselves
+    (Wake.EMPTY, True, Act.STALE),  # ... or stand in with stale, as for our own failure
+    (Wake.GONE, False, Act.CLAIM),  # the leader gave up: one waiter takes over
+    (Wake.EXPIRED, False, Act.CLAIM),  # the leader died without a word
+    (Wake.EXPIRED, True, Act.CLAIM),
+    (Wake.DEADLINE, False, Act.FETCH),  # waited long enough: a fallback call, stored
+    (Wake.DEADLINE, True, Act.FETCH),
+    (Wake.LOST, False, Act.FETCH),  # the subscription is gone: per process
+]
+
+
+@pytest.mark.parametrize(("wake", "stale", "act"), WAKES)
+def test_on_wake(wake: Wake, stale: bool, act: Act) -> None:
+    assert on_wake(wake, stale) is act
+
+
+def test_lease_keys_are_hash_tagged_and_bounded() -> None:
+    name = lease_key("bloxproxy:", "GET users/v1/users/{156}?x=" + "y" * 5000)
+    assert name.startswith("bloxproxy:lease:{") and name.endswith("}")
+    tag = name[len("bloxproxy:lease:{") : -1]
+    assert len(tag) == 32 and "{" not in tag  # the whole digest is the hash tag
+    assert lease_key("bloxproxy:", USER_KEY) != lease_key("bloxproxy:", USER_KEY + "?")
+
+
+@pytest.mark.parametrize("value", ["0", "0s", "-1s", "soon"])
+def test_lease_durations_must_be_positive(value: str) -> None:
+    with pytest.raises(ConfigError, match="lease_ttl"):
+        config_mod.load(None, env={"BLOXPROXY_CACHE_REDIS_LEASE_TTL": value})
+    with pytest.raises(ConfigError, match="cluster_wait"):
+        config_mod.load(None, env={"BLOXPROXY_CACHE_REDIS_CLUSTER_WAIT": value})
+
+
+# -- the lease's scripts on Redis ----------------------------------------------------------
+
+
+async def next_message(sub: PubSub) -> bytes:
+    """The next published message's data (redis-py returns None for a skipped subscribe
+    confirmation, so ask until a message comes or a second passes)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.0
+    while loop.time() < deadline:
+        msg = await sub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+        if msg is not None:
+            data: bytes = msg["data"]
+            return data
+    raise AssertionError("no message within 1 s")
+
+
+def up() -> bool:
+    return True
+
+
+async def test_claim_renew_release_and_the_word(redis_client: aioredis.Redis) -> None:
+    leases = Leases(redis_client, "t:", ttl=1.2, wait=1.0, listening=up)
+    other = Leases(redis_client, "t:", ttl=1.2, wait=1.0, listening=up)
+    name = lease_key("t:", "k")
+    mine = await leases.claim(name)
+    assert mine.claim is Claim.ACQUIRED and mine.token
+    theirs = await other.claim(name)
+    assert theirs.claim is Claim.HELD and 1.1 < theirs.pttl <= 1.2  # how long it has left
+    await redis_client.pexpire(name, 600)
+    renewing = leases.renewing(mine)  # renews every ttl/3: at 0.4 s
+    await asyncio.sleep(0.5)
+    renewing.cancel()
+    assert await redis_client.pttl(name) > 800  # renewed: it had 100 ms left
+    # A release with another token leaves the lease alone, but the word still goes out.
+    async with redis_client.pubsub() as sub:
+        await sub.subscribe(leases.channel)
+        await other.done(name, "not-the-token", Wake.STORED)
+        assert await redis_client.get(name) == mine.token.encode()
+        await leases.done(name, mine.token, Wake.STORED)
+        assert await redis_client.exists(name) == 0
+        words = [await next_message(sub), await next_message(sub)]
+    assert words == [f"stored {name}".encode()] * 2
+
+
+async def test_the_word_wakes_registered_waiters_only() -> None:
+    leases = Leases(aioredis.Redis(), "t:", ttl=1.0, wait=1.0, listening=up)
+    a, b = leases.interest("t:lease:{a}"), leases.interest("t:lease:{b}")
+    for junk in (b"", b"stored", b"nonsense t:lease:{a}", b"lost t:lease:{a}", 7, b"\xff {a}"):
+        leases.on_message(junk)  # hostile or foreign messages change nothing
+    assert not a.done() and leases.waiting == 2
+    leases.on_message("gone t:lease:{a}")
+    assert a.result() is Wake.GONE and not b.done()
+    leases.on_lost()
+    assert b.result() is Wake.LOST and leases.waiting == 0
+
+
+async def test_no_subscription_means_no_claim() -> None:
+    leases = Leases(aioredis.Redis(), "t:", ttl=1.0, wait=1.0, listening=lambda: False)
+    assert (await leases.claim("t:lease:{x}")).claim is Claim.DOWN  # not even a command
+
+
+# -- two replicas --------------------------------------------------------------------------
+
+
+async def replicas(make_proxy: ProxyFactory, url: str, **env: str) -> tuple[Client, Client]:
+    env = {"BLOXPROXY_CACHE_REDIS_URL": url, "BLOXPROXY_RETRIES_ATTEMPTS": "1", **env}
+    a, b = await make_proxy(**env), await make_proxy(**env)
+    await listening(a)
+    await listening(b)
+    return a, b
+
+
+def leases_of(client: Client) -> Leases:
+    leases = fetcher_of(client).leases
+    assert leases is not None
+    return leases
+
+
+def hold(fake: FakeRoblox, seconds: float, path: str = "/v1/users/156") -> None:
+    """The fake holds the next answer for ``path`` ``seconds`` (a real wait)."""
+    fake.script("users", path, [Fault(delay=seconds)])
+
+
+async def herd(a: Client, b: Client, n: int, path: str = USER) -> list[Answer]:
+    return await asyncio.gather(*(get((a, b)[i % 2], path) for i in range(n)))
+
+
+async def test_a_herd_on_two_replicas_is_one_upstream_call(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, redis_client: aioredis.Redis
+) -> None:
+    a, b = await replicas(make_proxy, redis_url)
+    hold(fake, 0.2)
+    answers = await herd(a, b, 60)
+    assert users_get_count(fake) == 1
+    assert {x.status for x in answers} == {200}
+    assert len({x.body for x in answers}) == 1  # every answer the leader's
+    results = [x.x_cache for x in answers]
+    assert results.count("MISS") == 1 and results.count("COALESCED") == 59
+    # the other replica's answers came from L2, woken by the word
+    other = answers[(results.index("MISS") + 1) % 2 :: 2]
+    assert all("another replica" in x.headers["Cache-Status"] for x in other)
+    await settle(a)
+    await settle(b)
+    assert await redis_client.exists(LEASE) == 0  # released
+    assert leases_of(a).waiting == leases_of(b).waiting == 0
+
+
+async def test_off_each_replica_asks_once(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox
+) -> None:
+    a, b = await replicas(make_proxy, redis_url, BLOXPROXY_CACHE_REDIS_CLUSTER_COALESCING="false")
+    assert fetcher_of(a).leases is None
+    hold(fake, 0.2)
+    answers = await herd(a, b, 20)
+    assert {x.status for x in answers} == {200}
+    assert users_get_count(fake) == 2  # per process, as before
+
+
+async def test_waiters_issue_no_redis_command_while_waiting(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, redis_client: aioredis.Redis
+) -> None:
+    a, b = await replicas(make_proxy, redis_url)
+    hold(fake, 0.6)
+    running = asyncio.ensure_future(herd(a, b, 20))
+    await eventually(lambda: leases_of(a).waiting + leases_of(b).waiting == 1)
+    before = await redis_client.info("commandstats")
+    await asyncio.sleep(0.25)  # both replicas mid-herd: one asking, one waiting
+    after = await redis_client.info("commandstats")
+    changed = {k: v["calls"] - before.get(k, {"calls": 0})["calls"] for k, v in after.items()}
+    assert {k: n for k, n in changed.items() if n} == {"cmdstat_info": 1}  # only ours
+    answers = await running
+    assert {x.status for x in answers} == {200} and users_get_count(fake) == 1
+
+
+async def test_a_cancelled_leader_hands_over_to_a_waiter(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox
+) -> None:
+    a, b = await replicas(make_proxy, redis_url)
+    hold(fake, 2.0)
+    lead = asyncio.ensure_future(get(a, USER))
+    await eventually(lambda: users_get_count(fake) == 1)  # a's call is at the fake
+    follow = asyncio.ensure_future(get(b, USER))
+    await eventually(lambda: leases_of(b).waiting == 1)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    for task in fetcher_of(a).tasks():
+        task.cancel()  # a's replica stops mid-fetch: its lease goes with a word
+    answer = await follow
+    assert (answer.status, answer.x_cache) == (200, "MISS")  # b took over
+    assert loop.time() - began < 0.5  # at the word, not at the lease's expiry (3 s)
+    assert users_get_count(fake) == 2  # one more call, no more
+    await asyncio.gather(lead, return_exceptions=True)
+
+
+async def test_a_dead_leader_is_taken_over_at_its_lease_expiry(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, redis_client: aioredis.Redis
+) -> None:
+    _, b = await replicas(make_proxy, redis_url)
+    # A replica that claimed the key and died: no renewals, no word.
+    await redis_client.set(LEASE, "dead-replica", px=300)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answer = await get(b, USER)
+    assert (answer.status, answer.x_cache) == (200, "MISS")
+    assert 0.28 <= loop.time() - began < 1.5
+    assert users_get_count(fake) == 1
+    await settle(b)
+    assert await redis_client.exists("bloxproxy:" + USER_KEY)
+
+
+async def test_past_the_wait_deadline_the_fallback_is_stored(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, redis_client: aioredis.Redis
+) -> None:
+    _, b = await replicas(make_proxy, redis_url, BLOXPROXY_CACHE_REDIS_CLUSTER_WAIT="200ms")
+    await redis_client.set(LEASE, "a-slow-replica", px=5000)  # alive, but slow
+    async with redis_client.pubsub() as sub:
+        await sub.subscribe("bloxproxy:coalesce")
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        answer = await get(b, USER)
+        assert (answer.status, answer.x_cache) == (200, "MISS")
+        assert 0.19 <= loop.time() - began < 1.0
+        await settle(b)
+        assert await redis_client.exists("bloxproxy:" + USER_KEY)  # stored
+        assert await next_message(sub) == f"stored {LEASE}".encode()  # and said
+    assert await redis_client.get(LEASE) == b"a-slow-replica"  # not its lease to free
+    assert users_get_count(fake) == 1
+
+
+async def test_waiters_are_served_stale_while_another_replica_refreshes(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, clock: FakeClock
+) -> None:
+    a, b = await replicas(make_proxy, redis_url)
+    first = await get(a, USER)  # ttl 10m, swr 1m, sie 1h
+    await settle(a)
+    assert (await get(b, USER)).x_cache == "HIT"  # b has it in L1 too
+    clock.advance(15 * 60)  # past stale-while-revalidate, inside stale-if-error
+    hold(fake, 0.4)
+    lead = asyncio.ensure_future(get(a, USER))
+    await eventually(lambda: users_get_count(fake) == 2)  # a is refreshing
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    stale = await get(b, USER)
+    assert (stale.status, stale.x_cache, stale.body) == (200, "STALE", first.body)
+    assert "another replica" in stale.headers["Cache-Status"]
+    assert loop.time() - began < 0.3  # at once, not after the leader's call
+    fetcher = fetcher_of(b)
+    assert USER_KEY in fetcher._elsewhere
+    assert (await get(b, USER)).x_cache == "STALE"  # again, without a claim
+    fresh = await lead
+    assert fresh.x_cache == "MISS"
+    await eventually(lambda: USER_KEY not in fetcher._elsewhere)  # the word came
+    answer = await get(b, USER)
+    assert answer.x_cache == "HIT" and answer.headers["ETag"] == fresh.headers["ETag"]
+    assert users_get_count(fake) == 2
+
+
+@pytest.mark.redis  # starts its own redis-server
+async def test_redis_killed_during_a_herd_fails_nothing(
+    make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        a, b = await replicas(make_proxy, server.url)
+        hold(fake, 0.5)
+        running = asyncio.ensure_future(herd(a, b, 40))
+        await eventually(lambda: leases_of(a).waiting + leases_of(b).waiting == 1)
+        server.kill()
+        answers = await running
+        assert {x.status for x in answers} == {200}
+        assert len({x.body for x in answers}) == 1
+        assert users_get_count(fake) <= 2  # at most one per process
+        # Redis still down: a new herd coalesces per process, and nothing fails
+        shared = fetcher_of(b).shared
+        assert shared is not None
+        await eventually(lambda: not shared.listening.is_set())
+        hold(fake, 0.2, "/v1/users/1")
+        again = await herd(a, b, 20, "/v1/users/1")
+        assert {x.status for x in again} == {200}
+        assert users_get_count(fake, 1) == 2
+        for client in (a, b):
+            await settle(client)
+    finally:
+        server.stop()
