@@ -30,6 +30,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from redis.asyncio.client import Pipeline
+
 from ..config import Config
 from ..errors import UpstreamError
 from ..rules import BatchSpec
@@ -269,7 +271,8 @@ class Fetcher:
         then: Callable[[Entry], Coroutine[Any, Any, None]] | None = None,
     ) -> Fetched:
         """One upstream call and its entry stored: in L1 now, in L2 in the background (by
-        ``then(entry)`` instead when given: a leader stores, then announces)."""
+        ``then(entry)`` instead when given, before the answer is handed out: a leader
+        stores and announces)."""
         try:
             resp = await self.upstream.send(req, caller, lease)
         except UpstreamError:
@@ -298,7 +301,9 @@ class Fetcher:
         )
         self.l1.set_nowait(key, entry)
         if then is not None:
-            self._spawn(then(entry))
+            # Awaited, one round trip: spawned, the write would wait behind every answer
+            # this loop is about to write, and the other replicas with it (bench/RESULTS.md).
+            await then(entry)
         elif self.shared is not None:
             self._spawn(self.shared.set(key, entry))
         times = decide.repolls(policy, resp.status, resp.body)
@@ -380,6 +385,8 @@ class Fetcher:
             self._spawn(leases.done(got.lease, got.token, Wake.STORED))
             return found
         renewing = leases.renewing(got)
+        self._background.add(renewing)  # (cancelled with the rest when the fetcher closes)
+        renewing.add_done_callback(self._background.discard)
         try:
             announce = self._announcer(leases, key, got.lease, got.token, renewing)
             fetched = await self._call(key, req, policy, caller, stale, True, lease, announce)
@@ -404,17 +411,20 @@ class Fetcher:
         token: str,
         renewing: asyncio.Task[None] | None = None,
     ) -> Callable[[Entry], Coroutine[Any, Any, None]]:
-        """Store an entry in L2, then release the lease and say so."""
+        """Store an entry in L2, then release the lease and say so (Redis down: the lease
+        expires; the waiters, having lost their subscription, ask upstream themselves)."""
         shared = self.shared
         assert shared is not None
 
+        async def also(pipe: Pipeline) -> None:
+            await leases.queue_done(pipe, name, token, Wake.STORED)
+
         async def announce(entry: Entry) -> None:
-            try:
-                await shared.set(key, entry)
-            finally:
-                if renewing is not None:
-                    renewing.cancel()
-                await leases.done(name, token, Wake.STORED)
+            if renewing is not None:
+                renewing.cancel()
+            # The entry, the release and the word in one write: the other replicas hear
+            # of it as soon as Redis has it, however busy this loop is with its answers.
+            await shared.set(key, entry, also)
 
         return announce
 

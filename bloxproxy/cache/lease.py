@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 __all__ = [
@@ -279,6 +280,12 @@ class Leases:
                     log.debug("lease renewal failed: %s", exc)
 
         return asyncio.get_running_loop().create_task(renew())
+
+    async def queue_done(self, pipe: Pipeline, lease: str, token: str, wake: Wake) -> None:
+        """:meth:`done` queued on ``pipe`` (behind the entry's ``SET``: one write)."""
+        await self._done(
+            keys=[lease], args=[token, self.channel, f"{wake.value} {lease}"], client=pipe
+        )
 
     async def done(self, lease: str, token: str, wake: Wake) -> None:
         """Release the lease if ``token`` still holds it and publish ``wake`` (best effort:

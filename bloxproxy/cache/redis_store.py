@@ -19,21 +19,24 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
 from .entry import Entry
 from .resp import PipelinedGet
 
-__all__ = ["RedisStore", "escape_glob"]
+__all__ = ["RedisStore", "Then", "escape_glob"]
 
 log = logging.getLogger(__name__)
 
 # TimeoutError is asyncio.TimeoutError since 3.11 and an OSError; listed for clarity.
 _ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+# Commands queued after a SET, in the same write (RedisStore.set's ``then``).
+Then = Callable[[Pipeline], Awaitable[object]]
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
@@ -109,14 +112,29 @@ class RedisStore:
             return None
         return entry
 
-    async def set(self, key: str, entry: Entry) -> None:
+    async def set(self, key: str, entry: Entry, then: Then | None = None) -> None:
+        """Store ``entry`` under ``key``; ``then(pipeline)`` queues more commands to go in
+        the same write, run by Redis right after the ``SET`` (a lease's release and word:
+        no round trip between the entry and the news of it)."""
         px = math.ceil((entry.hard_expiry() - self._clock()) * 1000)
-        if px <= 0:
-            # Already unusable: store nothing, but do not leave an older value behind.
-            await self.delete(key)
+        if then is None:
+            if px <= 0:
+                # Already unusable: store nothing, but do not leave an older value behind.
+                await self.delete(key)
+                return
+            try:
+                await self._client.set(self._prefix + key, entry.to_bytes(), px=px)
+            except _ERRORS as exc:
+                raise _unavailable("SET", exc) from exc
             return
         try:
-            await self._client.set(self._prefix + key, entry.to_bytes(), px=px)
+            pipe = self._client.pipeline(transaction=False)
+            if px <= 0:
+                pipe.unlink(self._prefix + key)
+            else:
+                pipe.set(self._prefix + key, entry.to_bytes(), px=px)
+            await then(pipe)
+            await pipe.execute()
         except _ERRORS as exc:
             raise _unavailable("SET", exc) from exc
 

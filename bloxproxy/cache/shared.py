@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
 from .entry import Entry
-from .redis_store import RedisStore
+from .redis_store import RedisStore, Then
 
 __all__ = ["SharedCache"]
 
@@ -118,8 +118,8 @@ class SharedCache:
             self._worked()
         return entry
 
-    async def set(self, key: str, entry: Entry) -> None:
-        await self._call(self.store.set(key, entry), None)
+    async def set(self, key: str, entry: Entry, then: Then | None = None) -> None:
+        await self._call(self.store.set(key, entry, then), None)
 
     async def delete(self, key: str) -> int:
         return 1 if await self._call(self.store.delete(key), False) else 0
