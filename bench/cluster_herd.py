@@ -1,7 +1,7 @@
 """Cluster-wide coalescing: a herd of cold requests for one key split across two replicas.
 
     .venv/bin/python bench/cluster_herd.py [--requests 1000] [--rounds 5] [--latency 0.2]
-        [--pairs 50] [--off] [--out bench/out/cluster_herd.json]
+        [--pairs 50] [--singles 0] [--off] [--out bench/out/cluster_herd.json]
 
 Starts a throw-away ``redis-server`` (found like the tests find it, ``tests/redis_server.py``),
 the fake Roblox (``python -m bloxproxy.fake --latency S``) and two proxy processes
@@ -19,7 +19,10 @@ once, half through each replica, over connections opened and warmed beforehand, 
 - ``--pairs`` rounds of the smallest herd (one request per replica, a new key each): the
   other replica's answer after the leader's, without the hundreds of answers around it.
 
-``--off`` runs the same with ``cache.redis.cluster_coalescing: false`` (one call per replica).
+``--singles N`` then times N lone misses one after the other on one replica (what the lease
+costs a miss nobody shares: the claim, and the entry's write with the word awaited; best
+with ``--latency 0``). ``--off`` runs the same with ``cache.redis.cluster_coalescing:
+false`` (one call per replica).
 """
 
 from __future__ import annotations
@@ -231,6 +234,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 },
             }
             print(json.dumps(result["pairs"]), flush=True)
+            singles = []
+            for r in range(args.singles):
+                path = f"/v1/users/{4_000_000 + r}"
+                began = time.perf_counter()
+                async with sessions[0].get(bases[0] + path) as resp:
+                    await resp.read()
+                singles.append(time.perf_counter() - began)
+            if singles:
+                result["single_miss_ms"] = {"p50": ms(singles, 0.5), "p90": ms(singles, 0.9)}
+                print(json.dumps({"single_miss_ms": result["single_miss_ms"]}), flush=True)
         finally:
             for s in sessions:
                 await s.close()
@@ -306,6 +319,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--latency", type=float, default=0.2, help="the fake's latency, seconds")
     ap.add_argument("--pairs", type=int, default=50)
+    ap.add_argument("--singles", type=int, default=0, help="sequential lone misses to time")
     ap.add_argument("--off", action="store_true", help="cluster_coalescing: false")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "cluster_herd.json"))
     args = ap.parse_args()

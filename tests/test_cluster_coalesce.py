@@ -17,12 +17,14 @@ from redis.asyncio.client import PubSub
 
 from bloxproxy import config as config_mod
 from bloxproxy.cache.lease import (
+    STORED_MARK_MS,
     Act,
     Claim,
     Leases,
     Wake,
     lease_key,
     on_claim,
+    on_read,
     on_wake,
 )
 from bloxproxy.config import ConfigError
@@ -42,6 +44,8 @@ CLAIMS = [
     (Claim.ACQUIRED, True, Act.LEAD),  # ours: ask, even with a stale entry at hand
     (Claim.HELD, False, Act.WAIT),
     (Claim.HELD, True, Act.STALE),  # waiters are served stale when an entry exists
+    (Claim.STORED, False, Act.READ),  # stored just after our L2 read: read it again
+    (Claim.STORED, True, Act.READ),
     (Claim.DOWN, False, Act.FETCH),  # Redis down: per-process coalescing, nothing fails
     (Claim.DOWN, True, Act.FETCH),
 ]
@@ -69,6 +73,20 @@ WAKES = [
 @pytest.mark.parametrize(("wake", "stale", "act"), WAKES)
 def test_on_wake(wake: Wake, stale: bool, act: Act) -> None:
     assert on_wake(wake, stale) is act
+
+
+READS = [
+    # (the entry was in L2, the claim met the "stored" marker) -> next step (None: done)
+    (True, False, None),
+    (True, True, None),
+    (False, False, Act.FETCH),  # a word said stored, the entry is gone: ask ourselves
+    (False, True, Act.CLAIM),  # the marker's entry is gone: claim over the marker
+]
+
+
+@pytest.mark.parametrize(("found", "marked", "act"), READS)
+def test_on_read(found: bool, marked: bool, act: Act | None) -> None:
+    assert on_read(found, marked) is act
 
 
 def test_lease_keys_are_hash_tagged_and_bounded() -> None:
@@ -126,9 +144,19 @@ async def test_claim_renew_release_and_the_word(redis_client: aioredis.Redis) ->
         await other.done(name, "not-the-token", Wake.STORED)
         assert await redis_client.get(name) == mine.token.encode()
         await leases.done(name, mine.token, Wake.STORED)
-        assert await redis_client.exists(name) == 0
+        # released into the "stored" marker, for a second
+        assert await redis_client.get(name) == b"!stored"
+        assert 900 < await redis_client.pttl(name) <= STORED_MARK_MS
         words = [await next_message(sub), await next_message(sub)]
     assert words == [f"stored {name}".encode()] * 2
+    # a claim meeting the marker is told to read L2 again; one taking it over leads
+    assert (await other.claim(name)).claim is Claim.STORED
+    taken = await other.claim(name, take_mark=True)
+    assert taken.claim is Claim.ACQUIRED
+    assert (await leases.claim(name, take_mark=True)).claim is Claim.HELD  # not twice
+    # a lease given up (not stored) is deleted: the next claim leads
+    await other.done(name, taken.token, Wake.GONE)
+    assert await redis_client.exists(name) == 0
 
 
 async def test_the_word_wakes_registered_waiters_only() -> None:
@@ -190,7 +218,7 @@ async def test_a_herd_on_two_replicas_is_one_upstream_call(
     assert all("another replica" in x.headers["Cache-Status"] for x in other)
     await settle(a)
     await settle(b)
-    assert await redis_client.exists(LEASE) == 0  # released
+    assert await redis_client.get(LEASE) == b"!stored"  # released, into the marker
     assert leases_of(a).waiting == leases_of(b).waiting == 0
 
 
@@ -332,3 +360,20 @@ async def test_redis_killed_during_a_herd_fails_nothing(
             await settle(client)
     finally:
         server.stop()
+
+
+async def test_a_key_purged_right_after_its_fill_is_coalesced_again(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, redis_client: aioredis.Redis
+) -> None:
+    a, b = await replicas(make_proxy, redis_url)
+    hold(fake, 0.1)
+    await herd(a, b, 10)
+    assert await redis_client.get(LEASE) == b"!stored"  # the fill's marker, for a second
+    await fetcher_of(a).purge_key(USER_KEY)  # L2, both L1s
+    await eventually(lambda: USER_KEY not in fetcher_of(b).l1)
+    hold(fake, 0.2)
+    answers = await herd(a, b, 20)
+    assert {x.status for x in answers} == {200}
+    # the marker's entry was gone: one replica claimed over it, the other waited
+    assert [x.x_cache for x in answers].count("MISS") == 1
+    assert users_get_count(fake) == 2

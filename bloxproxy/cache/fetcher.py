@@ -40,7 +40,17 @@ from ..upstream.inflight import ByteBudget, Lease
 from . import decide, entities
 from .batcher import Batch, Batcher
 from .entry import KEPT_HEADERS, Entry, make_etag
-from .lease import Act, Claim, ClaimResult, Leases, Wake, lease_key, on_claim, on_wake
+from .lease import (
+    Act,
+    Claim,
+    ClaimResult,
+    Leases,
+    Wake,
+    lease_key,
+    on_claim,
+    on_read,
+    on_wake,
+)
 from .policy import Policy
 from .result import Fetched
 from .shared import SharedCache
@@ -331,13 +341,14 @@ class Fetcher:
         lead it under the key's lease, or wait for the replica that leads it."""
         name = lease_key(leases.prefix, key)
         deadline = self._running_loop().time() + leases.max_wait
+        take = False  # claim over a "stored" marker whose entry was not there
         while True:
             usable = decide.usable_on_error(stale, self.clock())
             interest = leases.interest(name)  # before the claim: no word is missed
             watched = False
             away = False  # Redis is: no lease, no word
             try:
-                got = await leases.claim(name)
+                got = await leases.claim(name, take)
                 away = got.claim is Claim.DOWN
                 act = on_claim(got.claim, usable)
                 if act is Act.STALE:
@@ -359,9 +370,11 @@ class Fetcher:
                 return Fetched(stale, "STALE", key=key, detail=_ELSEWHERE)
             if act is Act.READ:
                 found = await self._stored_elsewhere(key, stale)
-                if found is not None:
+                after = on_read(found is not None, got.claim is Claim.STORED)
+                if after is None:
+                    assert found is not None
                     return found
-                act = Act.FETCH  # gone already (evicted, purged, Redis away): ask ourselves
+                act, take = after, after is Act.CLAIM
             if act is Act.FETCH:
                 # Past the wait, the fallback's entry is announced like a leader's.
                 announce = None if away else self._announcer(leases, key, name, "")
@@ -379,11 +392,6 @@ class Fetcher:
         stale: Entry | None,
         lease: Lease | None,
     ) -> Fetched:
-        # The previous leader may have stored its entry just before releasing the lease.
-        found = await self._stored_elsewhere(key, stale)
-        if found is not None:
-            self._spawn(leases.done(got.lease, got.token, Wake.STORED))
-            return found
         renewing = leases.renewing(got)
         self._background.add(renewing)  # (cancelled with the rest when the fetcher closes)
         renewing.add_done_callback(self._background.discard)

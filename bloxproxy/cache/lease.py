@@ -3,11 +3,13 @@
 Per process, the fetcher already makes one call per key (the key's in-flight task). With
 ``cache.redis.cluster_coalescing`` on, that task first claims the key's *lease* in Redis:
 
-- ``SET <lease> <token> NX PX <ttl>`` wins → this replica leads: it re-reads L2 once (the
-  previous leader may have stored the entry just before releasing), calls upstream, renews
+- ``SET <lease> <token> NX PX <ttl>`` wins → this replica leads: it calls upstream, renews
   the lease every third of its TTL while the call runs (compare-and-``PEXPIRE``), stores the
-  entry in L2, then releases the lease (compare-and-``DEL``) and publishes ``stored <lease>``
-  on the coalescing channel — one Lua script, so the release and the word are one step.
+  entry in L2, then releases the lease and publishes ``stored <lease>`` on the coalescing
+  channel — one Lua script behind the entry's ``SET``, in one write. The release leaves a
+  marker in the lease's place for a second (:data:`STORED_MARK_MS`): a replica whose L2
+  read came just before the entry, and whose claim just after, reads L2 again instead of
+  asking Roblox a second time.
 - the lease is held by another replica → this one waits for that word. The word comes on
   the channel the invalidations use, on the same subscription (one per process, a dict of
   lease → futures): no Redis command while waiting, no polling. Woken by ``stored`` it reads
@@ -43,6 +45,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 __all__ = [
+    "STORED_MARK_MS",
     "Act",
     "Claim",
     "ClaimResult",
@@ -50,6 +53,7 @@ __all__ = [
     "Wake",
     "lease_key",
     "on_claim",
+    "on_read",
     "on_wake",
 ]
 
@@ -61,6 +65,7 @@ class Claim(enum.Enum):
 
     ACQUIRED = "acquired"  # this replica leads
     HELD = "held"  # another replica leads
+    STORED = "stored"  # another replica stored the entry a moment ago (the lease's marker)
     DOWN = "down"  # Redis (or the subscription that would wake us) is unavailable
 
 
@@ -90,6 +95,8 @@ def on_claim(claim: Claim, stale_usable: bool) -> Act:
     """The step after a claim. ``stale_usable``: a stale entry of the key may stand in."""
     if claim is Claim.ACQUIRED:
         return Act.LEAD
+    if claim is Claim.STORED:
+        return Act.READ  # our L2 read came just before that entry: read again
     if claim is Claim.DOWN:
         return Act.FETCH  # per-process coalescing: this process's one call
     return Act.STALE if stale_usable else Act.WAIT
@@ -108,6 +115,15 @@ def on_wake(wake: Wake, stale_usable: bool) -> Act:
     return Act.FETCH  # DEADLINE (the fallback is stored), LOST (Redis down: per process)
 
 
+def on_read(found: bool, marked: bool) -> Act | None:
+    """The step after reading the leader's entry from L2: None when it was ``found`` (done);
+    when not, a claim that met the "stored" marker (``marked``) claims again, over the
+    marker — else ask upstream (the entry is gone: evicted, purged, or Redis away)."""
+    if found:
+        return None
+    return Act.CLAIM if marked else Act.FETCH
+
+
 def lease_key(prefix: str, key: str) -> str:
     """The Redis key of ``key``'s lease: hash-tagged by a digest of the cache key."""
     digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
@@ -122,9 +138,21 @@ class ClaimResult:
     pttl: float  # HELD: seconds the other's lease has left (0 unknown)
 
 
-# KEYS[1] lease; ARGV token, ttl_ms. -1: acquired; else the holder's PTTL (ms).
+#: How long a released lease's place says "stored" (ms): longer than a replica takes from
+#: its L2 read to its claim, short enough that a purged key is coalesced again soon.
+STORED_MARK_MS = 1000
+
+# KEYS[1] lease; ARGV token, ttl_ms, take ('1': a marker counts as free). -1: acquired;
+# -3: just stored (the marker, never a token: tokens are hex); else the holder's PTTL (ms).
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+if redis.call('GET', KEYS[1]) == '!stored' then
+  if ARGV[3] == '1' then
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return -1
+  end
+  return -3
+end
 return redis.call('PTTL', KEYS[1])
 """
 # KEYS[1] lease; ARGV token, ttl_ms. 1: still ours, renewed.
@@ -134,12 +162,18 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-# KEYS[1] lease; ARGV token ('' none), channel, message. Deletes the lease if it is ours,
-# then publishes the word (also when it is not: a stored entry is news to any waiter).
+# KEYS[1] lease; ARGV token ('' none), channel, message, mark_ms ('' none). Releases the
+# lease if it is ours (into the "stored" marker when mark_ms is given), then publishes the
+# word (also when it is not ours: a stored entry is news to any waiter).
 _DONE = """
 local released = 0
 if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) == ARGV[1] then
-  released = redis.call('DEL', KEYS[1])
+  released = 1
+  if ARGV[4] ~= '' then
+    redis.call('SET', KEYS[1], '!stored', 'PX', ARGV[4])
+  else
+    redis.call('DEL', KEYS[1])
+  end
 end
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 return released
@@ -228,19 +262,23 @@ class Leases:
             if not futs:
                 del self._waiters[lease]
 
-    async def claim(self, lease: str) -> ClaimResult:
+    async def claim(self, lease: str, take_mark: bool = False) -> ClaimResult:
         """``SET NX`` the lease with a new token; DOWN when Redis or the subscription is not
-        there (per-process coalescing then)."""
+        there (per-process coalescing then). ``take_mark``: a "stored" marker counts as no
+        lease (its entry was not there after all)."""
         if not (self._listening() and self._usable()):
             return ClaimResult(Claim.DOWN, lease, "", 0.0)
         token = os.urandom(12).hex()
         try:
-            got = int(await self._claim(keys=[lease], args=[token, self._ttl_ms]))
+            take = "1" if take_mark else ""
+            got = int(await self._claim(keys=[lease], args=[token, self._ttl_ms, take]))
         except _ERRORS as exc:
             log.debug("lease claim failed: %s", exc)
             return ClaimResult(Claim.DOWN, lease, "", 0.0)
         if got == -1:
             return ClaimResult(Claim.ACQUIRED, lease, token, 0.0)
+        if got == -3:
+            return ClaimResult(Claim.STORED, lease, "", 0.0)
         # -2: gone between SET and PTTL (cannot happen in one script); -1 no expiry (not ours)
         return ClaimResult(Claim.HELD, lease, "", max(0, got) / 1000)
 
@@ -283,15 +321,16 @@ class Leases:
 
     async def queue_done(self, pipe: Pipeline, lease: str, token: str, wake: Wake) -> None:
         """:meth:`done` queued on ``pipe`` (behind the entry's ``SET``: one write)."""
-        await self._done(
-            keys=[lease], args=[token, self.channel, f"{wake.value} {lease}"], client=pipe
-        )
+        await self._done(keys=[lease], args=self._done_args(token, wake, lease), client=pipe)
+
+    def _done_args(self, token: str, wake: Wake, lease: str) -> list[str | int]:
+        mark: str | int = STORED_MARK_MS if wake is Wake.STORED else ""
+        return [token, self.channel, f"{wake.value} {lease}", mark]
 
     async def done(self, lease: str, token: str, wake: Wake) -> None:
         """Release the lease if ``token`` still holds it and publish ``wake`` (best effort:
         Redis down, the lease expires on its own)."""
-        message = f"{wake.value} {lease}"
         try:
-            await self._done(keys=[lease], args=[token, self.channel, message])
+            await self._done(keys=[lease], args=self._done_args(token, wake, lease))
         except _ERRORS as exc:
             log.debug("lease release failed: %s", exc)
