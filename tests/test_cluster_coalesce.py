@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -377,3 +378,89 @@ async def test_a_key_purged_right_after_its_fill_is_coalesced_again(
     # the marker's entry was gone: one replica claimed over it, the other waited
     assert [x.x_cache for x in answers].count("MISS") == 1
     assert users_get_count(fake) == 2
+
+
+# -- batches, per entity -------------------------------------------------------------------
+
+
+def batch_calls(fake: FakeRoblox) -> list[list[int]]:
+    """The ids of every batch call to users' POST /v1/users, in order."""
+    return [
+        sorted(orjson.loads(r.body)["userIds"])
+        for r in fake.requests
+        if (r.method, r.service, r.path) == ("POST", "users", "/v1/users")
+    ]
+
+
+async def times(n: int, client: Client, path: str) -> list[Answer]:
+    return await asyncio.gather(*(get(client, path) for _ in range(n)))
+
+
+def ids_of(answer: Answer) -> list[int]:
+    return sorted(u["id"] for u in orjson.loads(answer.body)["data"])
+
+
+async def test_batches_coalesce_per_entity_across_replicas(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox
+) -> None:
+    a, b = await replicas(make_proxy, redis_url)
+    fake.script("users", "/v1/users", [Fault(delay=0.3)], method="POST")
+    first = asyncio.ensure_future(times(5, a, "/v1/users?ids=1,156"))
+    await eventually(lambda: len(batch_calls(fake)) == 1)  # a's batch is at the fake
+    # b wants 156 (a is asking it) and 2 (nobody is): it asks only 2, and waits for 156
+    second = await times(5, b, "/v1/users?ids=156,2")
+    assert {x.status for x in second} == {200}
+    assert {tuple(ids_of(x)) for x in second} == {(2, 156)}
+    assert batch_calls(fake) == [[1, 156], [2]]
+    assert {tuple(ids_of(x)) for x in await first} == {(1, 156)}
+    # every entity is in L2 now: a third replica's batch of all three is a hit
+    c = await make_proxy(BLOXPROXY_CACHE_REDIS_URL=redis_url)
+    await listening(c)
+    answer = await get(c, "/v1/users?ids=2,1,156")
+    assert (answer.status, answer.x_cache, ids_of(answer)) == (200, "HIT", [1, 2, 156])
+    assert len(batch_calls(fake)) == 2
+
+
+async def test_a_batch_whose_leader_gives_up_is_asked_by_the_waiter(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox
+) -> None:
+    a, b = await replicas(make_proxy, redis_url)
+    fake.script("users", "/v1/users", [Fault(delay=2.0)], method="POST")
+    lead = asyncio.ensure_future(get(a, "/v1/users?ids=1,156"))
+    await eventually(lambda: len(batch_calls(fake)) == 1)
+    follow = asyncio.ensure_future(get(b, "/v1/users?ids=1,156"))
+    await eventually(lambda: leases_of(b).waiting == 2)  # one per entity
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await fetcher_of(a).batcher.close()  # a's replica stops mid-call: "gone" for both ids
+    answer = await follow
+    assert (answer.status, ids_of(answer)) == (200, [1, 156])
+    assert loop.time() - began < 0.5  # at the word, not the lease's expiry
+    assert batch_calls(fake) == [[1, 156], [1, 156]]
+    await asyncio.gather(lead, return_exceptions=True)
+
+
+@pytest.mark.redis  # starts its own redis-server
+async def test_redis_killed_while_a_batch_waits_fails_nothing(
+    make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
+    server = RedisServer()
+    server.start()
+    try:
+        a, b = await replicas(make_proxy, server.url)
+        fake.script("users", "/v1/users", [Fault(delay=0.4)], method="POST")
+        lead = asyncio.ensure_future(times(3, a, "/v1/users?ids=1,156"))
+        await eventually(lambda: len(batch_calls(fake)) == 1)
+        follow = asyncio.ensure_future(times(3, b, "/v1/users?ids=1,156"))
+        await eventually(lambda: leases_of(b).waiting == 2)
+        server.kill()  # b's waits end (the subscription is gone): it asks itself
+        for answers in (await follow, await lead):
+            assert {(x.status, tuple(ids_of(x))) for x in answers} == {(200, (1, 156))}
+        assert batch_calls(fake) == [[1, 156], [1, 156]]
+        # still down: a batch is asked per replica, and answered
+        again = await times(2, b, "/v1/users?ids=2")
+        assert {x.status for x in again} == {200}
+        for client in (a, b):
+            await settle(client)
+    finally:
+        server.stop()

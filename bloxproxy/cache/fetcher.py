@@ -627,47 +627,156 @@ class Fetcher:
 
     async def _run_batch(self, batch: Batch) -> dict[str, Any]:
         """One batch call: ask Roblox, store each id's entry (absent ids as negative
-        entries), and say what each id got."""
+        entries), and say what each id got. With cluster coalescing, per entity: the ids
+        another replica is asking are waited for (:meth:`_clustered_batch`)."""
+        if self.leases is not None and self.shared is not None:
+            return await self._clustered_batch(self.leases, self.shared, batch)
+        return await self._ask_batch(batch, list(batch.ids))
+
+    async def _clustered_batch(
+        self, leases: Leases, shared: SharedCache, batch: Batch
+    ) -> dict[str, Any]:
+        """The batch's ids claimed in one write: ours (and all of them with Redis down) are
+        asked in this replica's call; those another replica asks are waited for, each woken
+        by its own word, and read from L2; an id whose word says anything but ``stored``
+        (or none comes in time) is asked in one more call of ours, stored and announced."""
+        norms = list(batch.ids)
+        keys = {n: entities.entity_key(batch.variant_key, n) for n in norms}
+        names = {n: lease_key(leases.prefix, keys[n]) for n in norms}
+        interests = {n: leases.interest(names[n]) for n in norms}  # before the claims
+        deadline = self._running_loop().time() + leases.max_wait
+        try:
+            got = dict(zip(norms, await leases.claim_many([names[n] for n in norms]), strict=True))
+            ours = [n for n in norms if got[n].claim in (Claim.ACQUIRED, Claim.DOWN)]
+            out: dict[str, Any] = {}
+            for n in (n for n in norms if got[n].claim is Claim.STORED):
+                found = await self._entity_elsewhere(shared, keys[n])
+                if found is None:
+                    ours.append(n)  # gone meanwhile: ask it ourselves (no lease)
+                else:
+                    out[n] = found
+            held = [n for n in norms if got[n].claim is Claim.HELD]
+
+            async def waited(n: str) -> Entry | None:
+                wake = await leases.wait(interests[n], got[n].pttl, deadline)
+                return (
+                    await self._entity_elsewhere(shared, keys[n]) if wake is Wake.STORED else None
+                )
+
+            asked = self._ask_batch(batch, ours, got) if ours else _nothing()
+            mine, *theirs = await asyncio.gather(asked, *(waited(n) for n in held))
+            out.update(mine)
+            left = []
+            for n, entry in zip(held, theirs, strict=True):
+                if entry is None:
+                    left.append(n)
+                else:
+                    out[n] = entry
+            if left:  # their replica gave up, died or is too slow: ours, stored and said
+                out.update(await self._ask_batch(batch, left, {}))
+            return out
+        finally:
+            for n in norms:
+                leases.forget(names[n], interests[n])
+
+    async def _entity_elsewhere(self, shared: SharedCache, key: str) -> Entry | None:
+        """The fresh entity another replica stored under ``key`` (into L1 too), if any."""
+        entry = await shared.get(key)
+        if entry is None or decide.freshness(entry, self.clock()) is not decide.Freshness.FRESH:
+            return None
+        self.l1.set_nowait(key, entry)
+        return entry
+
+    async def _ask_batch(
+        self, batch: Batch, norms: list[str], claims: dict[str, ClaimResult] | None = None
+    ) -> dict[str, Any]:
+        """One batch call for the ids ``norms`` of ``batch``. ``claims``: with cluster
+        coalescing, the ids' claims — the leases held are renewed while the call runs, and
+        the entities, the releases and their words leave in one write once it is back."""
         spec: BatchSpec = batch.spec
         policy: Policy = batch.policy
-        req = entities.batch_request(spec, batch.variant, list(batch.ids.values()))
+        req = entities.batch_request(spec, batch.variant, [batch.ids[n] for n in norms])
+        held = [] if claims is None else [claims[n] for n in norms if n in claims]
+        leases = self.leases if claims is not None else None
+        renewing = leases.renewing(*held) if leases is not None and held else None
         lease = self._lease()
+        stored: list[tuple[str, Entry]] = []
         try:
             resp = await self.upstream.send(req, batch.caller, lease)
-        except UpstreamError as exc:
-            return dict.fromkeys(batch.ids, exc)
+        except BaseException as exc:
+            if leases is not None:
+                wake = Wake.GONE if isinstance(exc, asyncio.CancelledError) else Wake.EMPTY
+                with contextlib.suppress(BaseException):
+                    await self._announce_entities(leases, held, [], wake)
+            if isinstance(exc, UpstreamError):
+                return dict.fromkeys(norms, exc)
+            raise
         finally:
+            if renewing is not None:
+                renewing.cancel()
             if lease is not None:
                 lease.release()
         now = self.clock()
-        if 200 <= resp.status < 300:
-            items = entities.items_of(spec, resp.body)
-            if items is None:
-                bad = UpstreamError(
-                    502,
-                    f"{req.service} answered a batch with an unexpected shape",
-                    code="upstream_bad_response",
-                )
-                return dict.fromkeys(batch.ids, bad)
+        out: dict[str, Any]
+        if 200 <= resp.status < 300 and (items := entities.items_of(spec, resp.body)) is not None:
             kept = tuple((k, v) for k, v in resp.headers if k.lower() in KEPT_HEADERS)
-            out: dict[str, Any] = {}
-            for norm in batch.ids:
+            out = {}
+            for norm in norms:
                 item = items.get(norm)
                 out[norm] = entry = self._entity(policy, spec, kept, item, now)
                 if entry.ttl > 0:
                     key = entities.entity_key(batch.variant_key, norm)
                     self.l1.set_nowait(key, entry)
-                    if self.shared is not None:
-                        self._spawn(self.shared.set(key, entry))
+                    stored.append((key, entry))
                     if item is not None:
                         times = decide.repolls(policy, 200, _alone(spec, item))
                         if times:
                             self._repoll_entity(batch, norm, key, entry.ttl, times)
-            return out
-        if resp.status == 429 or resp.status >= 500:  # about the moment: everyone's call
+        elif 200 <= resp.status < 300:
+            bad = UpstreamError(
+                502,
+                f"{req.service} answered a batch with an unexpected shape",
+                code="upstream_bad_response",
+            )
+            out = dict.fromkeys(norms, bad)
+        elif resp.status == 429 or resp.status >= 500:  # about the moment: everyone's call
             failed = Entry(resp.status, resp.headers, resp.body, now, 0.0).for_another_caller()
-            return dict.fromkeys(batch.ids, failed)
-        return dict.fromkeys(batch.ids, _WHOLE)  # refused as a whole: each asks as it asked
+            out = dict.fromkeys(norms, failed)
+        else:
+            out = dict.fromkeys(norms, _WHOLE)  # refused as a whole: each asks as it asked
+        if leases is not None:
+            await self._announce_entities(leases, held, stored, Wake.STORED)
+        elif stored and self.shared is not None:
+            for key, entry in stored:
+                self._spawn(self.shared.set(key, entry))
+        return out
+
+    async def _announce_entities(
+        self,
+        leases: Leases,
+        held: list[ClaimResult],
+        stored: list[tuple[str, Entry]],
+        wake: Wake,
+    ) -> None:
+        """Store ``stored`` in L2 and, in the same write, say ``wake`` for each of them
+        (releasing the leases ``held``) and ``empty`` for the leases held of ids not
+        stored."""
+        shared = self.shared
+        assert shared is not None
+        tokens = {r.lease: r.token for r in held if r.claim is Claim.ACQUIRED}
+        said = {lease_key(leases.prefix, key) for key, _ in stored}
+
+        async def words(pipe: Pipeline) -> None:
+            for name in said:
+                await leases.queue_done(pipe, name, tokens.get(name, ""), wake)
+            for name, token in tokens.items():
+                if name not in said:
+                    await leases.queue_done(
+                        pipe, name, token, Wake.EMPTY if wake is Wake.STORED else wake
+                    )
+
+        if stored or tokens:
+            await shared.set_many(stored, words)
 
     def _repoll_entity(self, batch: Batch, norm: str, key: str, ttl: float, times: int) -> None:
         """Ask one id again in the background when its entry expires, up to ``times``
@@ -863,6 +972,11 @@ class Fetcher:
 
 
 _ELSEWHERE = "refreshing in another replica"
+
+
+async def _nothing() -> dict[str, Any]:
+    return {}
+
 
 # A batch outcome: Roblox refused the merged batch as a whole (a 4xx other than 429), so
 # each caller asks its own request as it asked it.

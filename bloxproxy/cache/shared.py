@@ -121,6 +121,9 @@ class SharedCache:
     async def set(self, key: str, entry: Entry, then: Then | None = None) -> None:
         await self._call(self.store.set(key, entry, then), None)
 
+    async def set_many(self, items: list[tuple[str, Entry]], then: Then | None = None) -> None:
+        await self._call(self.store.set_many(items, then), None)
+
     async def delete(self, key: str) -> int:
         return 1 if await self._call(self.store.delete(key), False) else 0
 
