@@ -215,7 +215,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                 rt.redis,
                 redis_cfg.prefix,
                 redis_cfg.lease_ttl,
-                redis_cfg.cluster_wait,
+                min(redis_cfg.cluster_wait, config.cache.coalesce_timeout / 2),
                 listening=shared.listening.is_set,
                 usable=shared.usable,
             )

@@ -432,10 +432,11 @@ class RedisConfig:
         "soon a waiter takes over when the replica leading the call dies without a word.",
     )
     cluster_wait: float = opt(
-        "10s",
+        "5s",
         _positive_duration,
         "How long a replica waits for another one's answer before asking upstream itself "
-        "(that answer is stored too). Keep it under `cache.coalesce_timeout`.",
+        "(that answer is stored too); at most half of `cache.coalesce_timeout`, so that the "
+        "call has time to answer before the waiting requests give up.",
     )
 
 

@@ -464,3 +464,13 @@ async def test_redis_killed_while_a_batch_waits_fails_nothing(
             await settle(client)
     finally:
         server.stop()
+
+
+async def test_the_wait_is_at_most_half_the_coalesce_timeout(
+    make_proxy: ProxyFactory, redis_url: str
+) -> None:
+    """Else the waiting requests would give up (504) as the fallback call starts."""
+    a, _ = await replicas(make_proxy, redis_url, BLOXPROXY_CACHE_COALESCE_TIMEOUT="2s")
+    assert leases_of(a).max_wait == 1.0
+    b, _ = await replicas(make_proxy, redis_url, BLOXPROXY_CACHE_REDIS_CLUSTER_WAIT="300ms")
+    assert leases_of(b).max_wait == 0.3
