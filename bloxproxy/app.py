@@ -219,6 +219,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                 listening=shared.listening.is_set,
                 usable=shared.usable,
             )
+            leases.counts = metrics.coalescing
             shared.also_listen(leases.channel, leases.on_message, leases.on_lost)
             fetcher.leases = leases
         shared.start()

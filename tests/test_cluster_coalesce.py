@@ -221,6 +221,12 @@ async def test_a_herd_on_two_replicas_is_one_upstream_call(
     await settle(b)
     assert await redis_client.get(LEASE) == b"!stored"  # released, into the marker
     assert leases_of(a).waiting == leases_of(b).waiting == 0
+    leader, waiter = (a, b) if results.index("MISS") % 2 == 0 else (b, a)
+    assert leases_of(leader).counts == {"led": 1}  # one key, one outcome per replica
+    assert leases_of(waiter).counts == {"waited": 1}
+    async with waiter.get("/_bloxproxy/metrics") as resp:
+        text = await resp.text()
+    assert 'bloxproxy_cluster_coalescing_total{outcome="waited"} 1.0' in text
 
 
 async def test_off_each_replica_asks_once(
@@ -265,6 +271,7 @@ async def test_a_cancelled_leader_hands_over_to_a_waiter(
         task.cancel()  # a's replica stops mid-fetch: its lease goes with a word
     answer = await follow
     assert (answer.status, answer.x_cache) == (200, "MISS")  # b took over
+    assert leases_of(b).counts == {"took_over": 1}
     assert loop.time() - began < 0.5  # at the word, not at the lease's expiry (3 s)
     assert users_get_count(fake) == 2  # one more call, no more
     await asyncio.gather(lead, return_exceptions=True)
@@ -412,6 +419,7 @@ async def test_batches_coalesce_per_entity_across_replicas(
     assert {x.status for x in second} == {200}
     assert {tuple(ids_of(x)) for x in second} == {(2, 156)}
     assert batch_calls(fake) == [[1, 156], [2]]
+    assert leases_of(b).counts == {"led": 1, "waited": 1}  # per entity
     assert {tuple(ids_of(x)) for x in await first} == {(1, 156)}
     # every entity is in L2 now: a third replica's batch of all three is a hit
     c = await make_proxy(BLOXPROXY_CACHE_REDIS_URL=redis_url)
@@ -437,6 +445,7 @@ async def test_a_batch_whose_leader_gives_up_is_asked_by_the_waiter(
     assert (answer.status, ids_of(answer)) == (200, [1, 156])
     assert loop.time() - began < 0.5  # at the word, not the lease's expiry
     assert batch_calls(fake) == [[1, 156], [1, 156]]
+    assert leases_of(b).counts == {"fallback": 2}
     await asyncio.gather(lead, return_exceptions=True)
 
 

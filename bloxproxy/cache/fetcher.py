@@ -342,7 +342,9 @@ class Fetcher:
         name = lease_key(leases.prefix, key)
         deadline = self._running_loop().time() + leases.max_wait
         take = False  # claim over a "stored" marker whose entry was not there
+        claims = 0
         while True:
+            claims += 1
             usable = decide.usable_on_error(stale, self.clock())
             interest = leases.interest(name)  # before the claim: no word is missed
             watched = False
@@ -364,20 +366,24 @@ class Fetcher:
                 if not watched:
                     leases.forget(name, interest)
             if act is Act.LEAD:
+                leases.count("led" if claims == 1 else "took_over")
                 return await self._lead(leases, got, key, req, policy, caller, stale, lease)
             if act is Act.STALE:
                 assert stale is not None
+                leases.count("stale")
                 return Fetched(stale, "STALE", key=key, detail=_ELSEWHERE)
             if act is Act.READ:
                 found = await self._stored_elsewhere(key, stale)
                 after = on_read(found is not None, got.claim is Claim.STORED)
                 if after is None:
                     assert found is not None
+                    leases.count("waited")
                     return found
                 act, take = after, after is Act.CLAIM
             if act is Act.FETCH:
                 # Past the wait, the fallback's entry is announced like a leader's.
                 announce = None if away else self._announcer(leases, key, name, "")
+                leases.count("local" if away else "fallback")
                 return await self._call(key, req, policy, caller, stale, True, lease, announce)
             # Act.CLAIM: the leader is gone; claim again (one waiter wins, others wait)
 
@@ -649,13 +655,18 @@ class Fetcher:
             got = dict(zip(norms, await leases.claim_many([names[n] for n in norms]), strict=True))
             ours = [n for n in norms if got[n].claim in (Claim.ACQUIRED, Claim.DOWN)]
             out: dict[str, Any] = {}
+            gone = 0
             for n in (n for n in norms if got[n].claim is Claim.STORED):
                 found = await self._entity_elsewhere(shared, keys[n])
                 if found is None:
                     ours.append(n)  # gone meanwhile: ask it ourselves (no lease)
+                    gone += 1
                 else:
                     out[n] = found
             held = [n for n in norms if got[n].claim is Claim.HELD]
+            down = sum(got[n].claim is Claim.DOWN for n in norms)
+            leases.count("led", len(ours) - down - gone)
+            leases.count("local", down)
 
             async def waited(n: str) -> Entry | None:
                 wake = await leases.wait(interests[n], got[n].pttl, deadline)
@@ -672,6 +683,8 @@ class Fetcher:
                     left.append(n)
                 else:
                     out[n] = entry
+            leases.count("waited", len(norms) - len(ours) - len(left))
+            leases.count("fallback", len(left) + gone)
             if left:  # their replica gave up, died or is too slow: ours, stored and said
                 out.update(await self._ask_batch(batch, left, {}))
             return out

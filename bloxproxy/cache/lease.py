@@ -222,6 +222,14 @@ class Leases:
         self._renew = client.register_script(_RENEW)
         self._done = client.register_script(_DONE)
         self._waiters: dict[str, list[asyncio.Future[Wake]]] = {}
+        # what became of each key (observe.CoalescingCollector reads it; the app binds it)
+        self.counts: dict[str, float] = {}
+
+    def count(self, outcome: str, n: int = 1) -> None:
+        """One more key (or ``n`` entities) that ended in ``outcome`` (``led``,
+        ``took_over``, ``waited``, ``stale``, ``fallback``, ``local``)."""
+        if n:
+            self.counts[outcome] = self.counts.get(outcome, 0) + n
 
     # -- the word -------------------------------------------------------------------------
 
