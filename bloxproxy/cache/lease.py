@@ -24,10 +24,15 @@ Per process, the fetcher already makes one call per key (the key's in-flight tas
 - Redis down (a command fails, or the subscription is lost) → coalescing falls back to per
   process: the task calls upstream itself. Nothing fails because of Redis.
 
-What to do at each step is decided by the pure functions :func:`on_claim` and
-:func:`on_wake` (tested as tables); :class:`Leases` performs it. A lease key is
+A micro-batch does the same per entity (:meth:`Leases.claim_many`: its ids' claims in one
+write; the fetcher asks Roblox only for the ids it won).
+
+What to do at each step is decided by the pure functions :func:`on_claim`, :func:`on_wake`
+and :func:`on_read` (tested as tables); :class:`Leases` performs it. A lease key is
 ``<prefix>lease:{<digest of the cache key>}``: its hash tag is the whole digest, and every
-script touches that one key only, so it runs on Redis Cluster as on one server.
+script touches that one key only, so it runs on Redis Cluster as on one server. The entry's
+``SET`` and the release go in one *pipeline*, not one script, so the entry key (not
+hash-tagged) need not share the lease's slot.
 """
 
 from __future__ import annotations
