@@ -160,6 +160,37 @@ async def test_claim_renew_release_and_the_word(redis_client: aioredis.Redis) ->
     assert await redis_client.exists(name) == 0
 
 
+async def test_a_batchs_leases_in_one_write_each(redis_client: aioredis.Redis) -> None:
+    leases = Leases(redis_client, "t:", ttl=1.2, wait=1.0, listening=up)
+    names = [lease_key("t:", f"entity {i}") for i in range(3)]
+    await redis_client.set(names[1], "another-replica", px=5000)
+    got = await leases.claim_many(names)
+    assert [g.claim for g in got] == [Claim.ACQUIRED, Claim.HELD, Claim.ACQUIRED]
+    assert 4.9 < got[1].pttl <= 5.0
+    for name in (names[0], names[2]):
+        await redis_client.pexpire(name, 600)
+    renewing = leases.renewing(*got)  # the two it holds, together, at 0.4 s
+    await asyncio.sleep(0.5)
+    renewing.cancel()
+    assert [await redis_client.pttl(n) > 800 for n in names] == [True, True, True]
+    assert await redis_client.get(names[1]) == b"another-replica"  # not renewed: not ours
+    async with redis_client.pubsub() as sub:
+        await sub.subscribe(leases.channel)
+        pipe = redis_client.pipeline(transaction=False)
+        for g in got:
+            await leases.queue_done(pipe, g.lease, g.token, Wake.STORED)
+        await pipe.execute()
+        words = {await next_message(sub) for _ in names}
+    assert words == {f"stored {n}".encode() for n in names}
+    assert [await redis_client.get(n) for n in names] == [
+        b"!stored",
+        b"another-replica",
+        b"!stored",
+    ]
+    down = Leases(redis_client, "t:", ttl=1.0, wait=1.0, listening=lambda: False)
+    assert {g.claim for g in await down.claim_many(names)} == {Claim.DOWN}
+
+
 async def test_the_word_wakes_registered_waiters_only() -> None:
     leases = Leases(aioredis.Redis(), "t:", ttl=1.0, wait=1.0, listening=up)
     a, b = leases.interest("t:lease:{a}"), leases.interest("t:lease:{b}")

@@ -339,9 +339,7 @@ class Leases:
                     else:
                         pipe = self._client.pipeline(transaction=False)
                         for r in held:
-                            await self._renew(
-                                keys=[r.lease], args=[r.token, self._ttl_ms], client=pipe
-                            )
+                            pipe.eval(_RENEW, 1, r.lease, r.token, self._ttl_ms)
                         kept = await pipe.execute()
                 except _ERRORS as exc:
                     log.debug("lease renewal failed: %s", exc)
@@ -361,7 +359,7 @@ class Leases:
         try:
             pipe = self._client.pipeline(transaction=False)
             for lease, token in zip(leases, tokens, strict=True):
-                await self._claim(keys=[lease], args=[token, self._ttl_ms, ""], client=pipe)
+                pipe.eval(_CLAIM, 1, lease, token, self._ttl_ms, "")
             got = await pipe.execute()
         except _ERRORS as exc:
             log.debug("lease claim failed: %s", exc)
@@ -373,7 +371,10 @@ class Leases:
 
     async def queue_done(self, pipe: Pipeline, lease: str, token: str, wake: Wake) -> None:
         """:meth:`done` queued on ``pipe`` (behind the entry's ``SET``: one write)."""
-        await self._done(keys=[lease], args=self._done_args(token, wake, lease), client=pipe)
+        # EVAL, not the Script: a pipeline holding a Script object first asks SCRIPT EXISTS,
+        # one more round trip per write; EVAL of a script Redis has seen is looked up by
+        # its digest, and never fails with NOSCRIPT after a restart.
+        pipe.eval(_DONE, 1, lease, *self._done_args(token, wake, lease))
 
     def _done_args(self, token: str, wake: Wake, lease: str) -> list[str | int]:
         mark: str | int = STORED_MARK_MS if wake is Wake.STORED else ""
