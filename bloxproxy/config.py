@@ -404,11 +404,16 @@ class RulesConfig:
     )
 
 
-def _positive_duration(value: object) -> float:
-    seconds = schema.duration(value)
-    if seconds <= 0:
-        raise ValueError(f"expected a duration above 0, got {schema.show(value)}")
-    return seconds
+def _duration_from(low: float, text: str) -> Callable[[object], float]:
+    """A duration reader refusing less than ``low`` seconds (``text`` says it)."""
+
+    def read(value: object) -> float:
+        seconds = schema.duration(value)
+        if seconds < low:
+            raise ValueError(f"expected a duration of at least {text}, got {schema.show(value)}")
+        return seconds
+
+    return read
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,13 +432,13 @@ class RedisConfig:
     )
     lease_ttl: float = opt(
         "3s",
-        _positive_duration,
+        _duration_from(0.1, "100ms"),  # renewed every third of it: not a busy loop
         "Lifetime of a cold key's lease, renewed every third of it while the call runs: how "
         "soon a waiter takes over when the replica leading the call dies without a word.",
     )
     cluster_wait: float = opt(
         "5s",
-        _positive_duration,
+        _duration_from(0.001, "1ms"),
         "How long a replica waits for another one's answer before asking upstream itself "
         "(that answer is stored too); at most half of `cache.coalesce_timeout`, so that the "
         "call has time to answer before the waiting requests give up.",

@@ -98,12 +98,18 @@ def test_lease_keys_are_hash_tagged_and_bounded() -> None:
     assert lease_key("bloxproxy:", USER_KEY) != lease_key("bloxproxy:", USER_KEY + "?")
 
 
-@pytest.mark.parametrize("value", ["0", "0s", "-1s", "soon"])
-def test_lease_durations_must_be_positive(value: str) -> None:
-    with pytest.raises(ConfigError, match="lease_ttl"):
-        config_mod.load(None, env={"BLOXPROXY_CACHE_REDIS_LEASE_TTL": value})
+@pytest.mark.parametrize("value", ["0", "0s", "-1s", "soon", "[1]"])
+def test_the_wait_must_be_a_duration_above_0(value: str) -> None:
     with pytest.raises(ConfigError, match="cluster_wait"):
         config_mod.load(None, env={"BLOXPROXY_CACHE_REDIS_CLUSTER_WAIT": value})
+
+
+@pytest.mark.parametrize("value", ["0", "-1s", "soon", "50ms", "99ms"])
+def test_a_lease_lives_100ms_at_least(value: str) -> None:
+    """Renewed every third of its life: a shorter one would keep the loop busy."""
+    with pytest.raises(ConfigError, match="lease_ttl: expected a duration"):
+        config_mod.load(None, env={"BLOXPROXY_CACHE_REDIS_LEASE_TTL": value})
+    assert config_mod.load(None, env={"BLOXPROXY_CACHE_REDIS_LEASE_TTL": "100ms"})
 
 
 # -- the lease's scripts on Redis ----------------------------------------------------------
