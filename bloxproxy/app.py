@@ -218,6 +218,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                 min(redis_cfg.cluster_wait, config.cache.coalesce_timeout / 2),
                 listening=shared.listening.is_set,
                 usable=shared.usable,
+                failed=shared.note_failure,
             )
             leases.counts = metrics.coalescing
             shared.also_listen(leases.channel, leases.on_message, leases.on_lost)

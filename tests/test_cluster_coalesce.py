@@ -15,6 +15,8 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from bloxproxy import config as config_mod
 from bloxproxy.cache.lease import (
@@ -207,6 +209,19 @@ async def test_the_word_wakes_registered_waiters_only() -> None:
     assert a.result() is Wake.GONE and not b.done()
     leases.on_lost()
     assert b.result() is Wake.LOST and leases.waiting == 0
+
+
+async def test_a_failed_claim_is_down_and_feeds_the_back_off() -> None:
+    seen: list[BaseException] = []
+    nowhere = aioredis.Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
+    try:
+        leases = Leases(nowhere, "t:", ttl=1.0, wait=1.0, listening=up, failed=seen.append)
+        assert (await leases.claim("t:lease:{x}")).claim is Claim.DOWN
+        claims = await leases.claim_many(["t:lease:{x}", "t:lease:{y}"])
+        assert [c.claim for c in claims] == [Claim.DOWN, Claim.DOWN]
+        assert len(seen) == 2  # SharedCache counts it with its own failures (one incident)
+    finally:
+        await nowhere.aclose()
 
 
 async def test_no_subscription_means_no_claim() -> None:

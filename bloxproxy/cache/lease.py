@@ -214,6 +214,7 @@ class Leases:
         wait: float,
         listening: Callable[[], bool],
         usable: Callable[[], bool] = lambda: True,
+        failed: Callable[[BaseException], None] = lambda exc: None,
     ) -> None:
         self._client = client
         self.prefix = prefix
@@ -223,6 +224,7 @@ class Leases:
         self._ttl_ms = max(1, round(ttl * 1000))
         self._listening = listening
         self._usable = usable
+        self._failed = failed  # a claim that failed: Redis's back-off applies to L2 too
         self._claim = client.register_script(_CLAIM)
         self._renew = client.register_script(_RENEW)
         self._done = client.register_script(_DONE)
@@ -297,6 +299,7 @@ class Leases:
             got = int(await self._claim(keys=[lease], args=[token, self._ttl_ms, take]))
         except _ERRORS as exc:
             log.debug("lease claim failed: %s", exc)
+            self._failed(exc)
             return ClaimResult(Claim.DOWN, lease, "", 0.0)
         return _claimed(lease, token, got)
 
@@ -363,6 +366,7 @@ class Leases:
             got = await pipe.execute()
         except _ERRORS as exc:
             log.debug("lease claim failed: %s", exc)
+            self._failed(exc)
             return [ClaimResult(Claim.DOWN, lease, "", 0.0) for lease in leases]
         return [
             _claimed(lease, token, int(n))

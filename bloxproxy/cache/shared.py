@@ -205,6 +205,11 @@ class SharedCache:
         """Is Redis worth a command now (not inside a failure's back-off window)?"""
         return self._usable()
 
+    def note_failure(self, exc: BaseException) -> None:
+        """A command of another part (the leases) failed: the same incident, the same
+        back-off."""
+        self._failed(exc)
+
     def _event(self, data: object) -> None:
         try:
             event = orjson.loads(data) if isinstance(data, bytes | str) else None
