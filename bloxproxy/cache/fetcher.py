@@ -12,7 +12,11 @@ upstream requests, policies and request ids — not HTTP requests. Per key:
   others wait for. An answer that may not be stored is still handed to every waiter, but
   only its own caller gets the per-caller headers;
 - the upstream fails (connection, timeout, 5xx, 429) and a stale entry is within its
-  stale-if-error window → STALE.
+  stale-if-error window → STALE;
+- with Redis and ``cache.redis.cluster_coalescing``, a shared key's one call is one for
+  every replica: its task claims the key's lease first and leads, or waits for the
+  replica that does (or serves a stale entry meanwhile) — :mod:`bloxproxy.cache.lease`
+  decides, :meth:`Fetcher._clustered` performs; a batch does the same per entity.
 
 Credentialed requests bypass the shared cache unless the policy opts in to per-credential
 entries keyed by an HMAC of the credential. A shared request goes upstream with its
@@ -147,6 +151,7 @@ class Fetcher:
             task is None
             and entry is not None
             and key in self._elsewhere
+            and entry.stored_at >= newer_than
             and decide.usable_on_error(entry, self.clock())
         ):
             stale = Fetched(entry, "STALE", key=key, shared=shared, detail=_ELSEWHERE)
