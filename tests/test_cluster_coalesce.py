@@ -341,6 +341,7 @@ async def test_a_dead_leader_is_taken_over_at_its_lease_expiry(
     assert (answer.status, answer.x_cache) == (200, "MISS")
     assert 0.28 <= loop.time() - began < 1.5
     assert users_get_count(fake) == 1
+    assert leases_of(b).counts == {"took_over": 1}
     await settle(b)
     assert await redis_client.exists("bloxproxy:" + USER_KEY)
 
@@ -437,6 +438,9 @@ async def test_a_key_purged_right_after_its_fill_is_coalesced_again(
     # the marker's entry was gone: one replica claimed over it, the other waited
     assert [x.x_cache for x in answers].count("MISS") == 1
     assert users_get_count(fake) == 2
+    both = [leases_of(a).counts, leases_of(b).counts]
+    assert sum(c.get("led", 0) for c in both) == 2  # the fill, and the claim over its marker
+    assert sum(c.get("waited", 0) for c in both) == 2
 
 
 # -- batches, per entity -------------------------------------------------------------------

@@ -347,9 +347,8 @@ class Fetcher:
         name = lease_key(leases.prefix, key)
         deadline = self._running_loop().time() + leases.max_wait
         take = False  # claim over a "stored" marker whose entry was not there
-        claims = 0
+        handover = False  # claiming again because the leader gave up or died
         while True:
-            claims += 1
             usable = decide.usable_on_error(stale, self.clock())
             interest = leases.interest(name)  # before the claim: no word is missed
             watched = False
@@ -367,11 +366,12 @@ class Fetcher:
                     wake = await leases.wait(interest, got.pttl, deadline)
                     away = wake is Wake.LOST
                     act = on_wake(wake, decide.usable_on_error(stale, self.clock()))
+                    handover = act is Act.CLAIM
             finally:
                 if not watched:
                     leases.forget(name, interest)
             if act is Act.LEAD:
-                leases.count("led" if claims == 1 else "took_over")
+                leases.count("took_over" if handover else "led")
                 return await self._lead(leases, got, key, req, policy, caller, stale, lease)
             if act is Act.STALE:
                 assert stale is not None
