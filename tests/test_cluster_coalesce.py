@@ -168,6 +168,13 @@ async def test_claim_renew_release_and_the_word(redis_client: aioredis.Redis) ->
     assert await redis_client.exists(name) == 0
 
 
+async def test_a_lease_without_expiry_is_held_not_ours(redis_client: aioredis.Redis) -> None:
+    leases = Leases(redis_client, "t:", ttl=1.0, wait=1.0, listening=up)
+    await redis_client.set("t:lease:{x}", "set-by-hand")  # no PX: PTTL says -1
+    got = await leases.claim("t:lease:{x}")
+    assert (got.claim, got.pttl) == (Claim.HELD, 0.0)  # waited for as one lease TTL
+
+
 async def test_a_batchs_leases_in_one_write_each(redis_client: aioredis.Redis) -> None:
     leases = Leases(redis_client, "t:", ttl=1.2, wait=1.0, listening=up)
     names = [lease_key("t:", f"entity {i}") for i in range(3)]

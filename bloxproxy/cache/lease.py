@@ -147,19 +147,21 @@ class ClaimResult:
 #: its L2 read to its claim, short enough that a purged key is coalesced again soon.
 STORED_MARK_MS = 1000
 
-# KEYS[1] lease; ARGV token, ttl_ms, take ('1': a marker counts as free). -1: acquired;
-# -3: just stored (the marker, never a token: tokens are hex); else the holder's PTTL (ms).
+# KEYS[1] lease; ARGV token, ttl_ms, take ('1': a marker counts as free). -10: acquired;
+# -13: just stored (the marker, never a token: tokens are hex); else the holder's PTTL in
+# ms (-1 when a foreign hand set it without one).
 _CLAIM = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -10 end
 if redis.call('GET', KEYS[1]) == '!stored' then
   if ARGV[3] == '1' then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-    return -1
+    return -10
   end
-  return -3
+  return -13
 end
 return redis.call('PTTL', KEYS[1])
 """
+_ACQUIRED, _JUST_STORED = -10, -13
 # KEYS[1] lease; ARGV token, ttl_ms. 1: still ours, renewed.
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -189,11 +191,11 @@ _ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
 
 def _claimed(lease: str, token: str, got: int) -> ClaimResult:
     """What the claim script's answer ``got`` means."""
-    if got == -1:
+    if got == _ACQUIRED:
         return ClaimResult(Claim.ACQUIRED, lease, token, 0.0)
-    if got == -3:
+    if got == _JUST_STORED:
         return ClaimResult(Claim.STORED, lease, "", 0.0)
-    # else the holder's PTTL (-2, gone meanwhile, cannot happen inside one script)
+    # else the holder's PTTL; -1: none (a foreign hand's value: waited for as one lease TTL)
     return ClaimResult(Claim.HELD, lease, "", max(0, got) / 1000)
 
 
