@@ -508,8 +508,29 @@ async def test_a_batch_whose_leader_gives_up_is_asked_by_the_waiter(
     assert (answer.status, ids_of(answer)) == (200, [1, 156])
     assert loop.time() - began < 0.5  # at the word, not the lease's expiry
     assert batch_calls(fake) == [[1, 156], [1, 156]]
-    assert leases_of(b).counts == {"fallback": 2}
+    assert leases_of(b).counts == {"took_over": 2}  # each entity's lease claimed again
     await asyncio.gather(lead, return_exceptions=True)
+
+
+async def test_an_entity_whose_leader_died_is_taken_over_at_its_lease_expiry(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, redis_client: aioredis.Redis
+) -> None:
+    _, b = await replicas(make_proxy, redis_url)
+    assert (await get(b, "/v1/users?ids=2")).status == 200  # to learn how entities are keyed
+    await settle(b)
+    [two] = [k.decode() async for k in redis_client.scan_iter("bloxproxy:POST users*")]
+    assert two.endswith("id=2")
+    entity = two.removeprefix("bloxproxy:")[: -len("2")] + "156"
+    await redis_client.set(lease_key("bloxproxy:", entity), "dead-replica", px=300)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    answer = await get(b, "/v1/users?ids=1,156")
+    assert (answer.status, ids_of(answer)) == (200, [1, 156])
+    assert 0.28 <= loop.time() - began < 1.5
+    assert batch_calls(fake) == [[2], [1], [156]]  # 1 at once; 156 once its lease expired
+    assert leases_of(b).counts == {"led": 2, "took_over": 1}
+    await settle(b)
+    assert await redis_client.exists("bloxproxy:" + entity)
 
 
 @pytest.mark.redis  # starts its own redis-server

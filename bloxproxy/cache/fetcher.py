@@ -648,9 +648,10 @@ class Fetcher:
         self, leases: Leases, shared: SharedCache, batch: Batch
     ) -> dict[str, Any]:
         """The batch's ids claimed in one write: ours (and all of them with Redis down) are
-        asked in this replica's call; those another replica asks are waited for, each woken
-        by its own word, and read from L2; an id whose word says anything but ``stored``
-        (or none comes in time) is asked in one more call of ours, stored and announced."""
+        asked in this replica's call at once; every other id follows the steps of a single
+        key (:meth:`_entity_settled`) — waited for by its word and read from L2, claimed
+        again when its leader gives up or dies — and those that end up ours are asked in
+        one more call, stored and announced."""
         norms = list(batch.ids)
         keys = {n: entities.entity_key(batch.variant_key, n) for n in norms}
         names = {n: lease_key(leases.prefix, keys[n]) for n in norms}
@@ -659,43 +660,68 @@ class Fetcher:
         try:
             got = dict(zip(norms, await leases.claim_many([names[n] for n in norms]), strict=True))
             ours = [n for n in norms if got[n].claim in (Claim.ACQUIRED, Claim.DOWN)]
-            out: dict[str, Any] = {}
-            gone = 0
-            for n in (n for n in norms if got[n].claim is Claim.STORED):
-                found = await self._entity_elsewhere(shared, keys[n])
-                if found is None:
-                    ours.append(n)  # gone meanwhile: ask it ourselves (no lease)
-                    gone += 1
-                else:
-                    out[n] = found
-            held = [n for n in norms if got[n].claim is Claim.HELD]
+            others = [n for n in norms if n not in ours]
             down = sum(got[n].claim is Claim.DOWN for n in norms)
-            leases.count("led", len(ours) - down - gone)
+            leases.count("led", len(ours) - down)
             leases.count("local", down)
-
-            async def waited(n: str) -> Entry | None:
-                wake = await leases.wait(interests[n], got[n].pttl, deadline)
-                return (
-                    await self._entity_elsewhere(shared, keys[n]) if wake is Wake.STORED else None
-                )
-
             asked = self._ask_batch(batch, ours, got) if ours else _nothing()
-            mine, *theirs = await asyncio.gather(asked, *(waited(n) for n in held))
-            out.update(mine)
-            left = []
-            for n, entry in zip(held, theirs, strict=True):
-                if entry is None:
-                    left.append(n)
+            mine, *settled = await asyncio.gather(
+                asked,
+                *(
+                    self._entity_settled(leases, shared, keys[n], got[n], interests, n, deadline)
+                    for n in others
+                ),
+            )
+            out: dict[str, Any] = dict(mine)
+            left: dict[str, ClaimResult] = {}
+            for n, outcome in zip(others, settled, strict=True):
+                if isinstance(outcome, Entry):
+                    out[n] = outcome
                 else:
-                    out[n] = entry
-            leases.count("waited", len(norms) - len(ours) - len(left))
-            leases.count("fallback", len(left) + gone)
-            if left:  # their replica gave up, died or is too slow: ours, stored and said
-                out.update(await self._ask_batch(batch, left, {}))
+                    left[n] = outcome
+            taken = sum(c.claim is Claim.ACQUIRED for c in left.values())
+            leases.count("waited", len(others) - len(left))
+            leases.count("took_over", taken)
+            leases.count("fallback", len(left) - taken)
+            if left:  # ours after all: asked together, stored and said
+                out.update(await self._ask_batch(batch, list(left), left))
             return out
         finally:
             for n in norms:
                 leases.forget(names[n], interests[n])
+
+    async def _entity_settled(
+        self,
+        leases: Leases,
+        shared: SharedCache,
+        key: str,
+        got: ClaimResult,
+        interests: dict[str, asyncio.Future[Wake]],
+        norm: str,
+        deadline: float,
+    ) -> Entry | ClaimResult:
+        """One id of a batch that this replica did not win at once, as :meth:`_clustered`
+        does a key (no stale stand-in here: the batch's caller picks stale on an error):
+        the entity another replica stored, or the claim to ask it with ourselves (acquired:
+        its lease is ours; else asked without one)."""
+        name = got.lease
+        take = False
+        while True:
+            act = on_claim(got.claim, False)
+            if act is Act.WAIT:
+                act = on_wake(await leases.wait(interests[norm], got.pttl, deadline), False)
+            if act is Act.READ:
+                found = await self._entity_elsewhere(shared, key)
+                after = on_read(found is not None, got.claim is Claim.STORED)
+                if after is None:
+                    assert found is not None
+                    return found
+                act, take = after, after is Act.CLAIM
+            if act is not Act.CLAIM:  # LEAD: ours now; FETCH: ask it without a lease
+                return got if act is Act.LEAD else ClaimResult(Claim.DOWN, name, "", 0.0)
+            leases.forget(name, interests[norm])
+            interests[norm] = leases.interest(name)  # (forgotten by the batch's finally)
+            got = await leases.claim(name, take)
 
     async def _entity_elsewhere(self, shared: SharedCache, key: str) -> Entry | None:
         """The fresh entity another replica stored under ``key`` (into L1 too), if any."""
