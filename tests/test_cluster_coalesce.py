@@ -2,8 +2,9 @@
 across replicas on one real redis-server.
 
 The decisions are tables; then the lease's scripts on Redis; then two proxy apps on one
-Redis: a herd split across both, a leader cancelled or dead mid-fetch, a wait deadline, a
-stale entry standing in, Redis killed during a herd, and no Redis command while waiting.
+Redis: a herd split across both, a leader cancelled, dead or failing mid-fetch, a wait
+deadline, a stale entry standing in, Redis killed during a herd, no Redis command while
+waiting; and the same per entity for batches.
 The fake holds an answer with a scripted ``delay`` (real time, a few hundred ms at most).
 """
 
@@ -370,6 +371,26 @@ async def test_past_the_wait_deadline_the_fallback_is_stored(
         assert await next_message(sub) == f"stored {LEASE}".encode()  # and said
     assert await redis_client.get(LEASE) == b"a-slow-replica"  # not its lease to free
     assert users_get_count(fake) == 1
+
+
+async def test_a_leaders_failure_is_not_handed_to_the_waiters(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, redis_client: aioredis.Redis
+) -> None:
+    """Roblox fails the leader's call (nothing stored): the word says "empty", and the
+    waiting replica asks for itself instead of waiting out its deadline."""
+    a, b = await replicas(make_proxy, redis_url)
+    fake.script("users", "/v1/users/156", [Fault(status=500, delay=0.3)])
+    lead = asyncio.ensure_future(get(a, USER))
+    await eventually(lambda: users_get_count(fake) == 1)
+    follow = asyncio.ensure_future(get(b, USER))
+    await eventually(lambda: leases_of(b).waiting == 1)
+    assert (await lead).status >= 500
+    answer = await follow
+    assert (answer.status, answer.x_cache) == (200, "MISS")
+    assert users_get_count(fake) == 2
+    assert leases_of(b).counts == {"fallback": 1}
+    await settle(b)
+    assert await redis_client.exists("bloxproxy:" + USER_KEY)  # b's answer is stored
 
 
 async def test_waiters_are_served_stale_while_another_replica_refreshes(
