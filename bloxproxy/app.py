@@ -40,6 +40,7 @@ from .appkeys import (
 )
 from .authn import FailureThrottle
 from .cache.fetcher import Fetcher
+from .cache.lease import Leases
 from .cache.redis_store import RedisStore
 from .cache.resp import PipelinedGet
 from .cache.shared import SharedCache
@@ -209,6 +210,20 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
             publisher=rt.redis,
         )
         fetcher.shared = shared
+        if redis_cfg.cluster_coalescing:
+            # One call per cold key for all replicas; the word on the one subscription.
+            leases = Leases(
+                rt.redis,
+                redis_cfg.prefix,
+                redis_cfg.lease_ttl,
+                min(redis_cfg.cluster_wait, config.cache.coalesce_timeout / 2),
+                listening=shared.listening.is_set,
+                usable=shared.usable,
+                failed=shared.note_failure,
+            )
+            leases.counts = metrics.coalescing
+            shared.also_listen(leases.channel, leases.on_message, leases.on_lost)
+            fetcher.leases = leases
         shared.start()
     app[GUARD] = guard
     app[FETCHER] = fetcher

@@ -414,12 +414,47 @@ class RulesConfig:
     )
 
 
+def _duration_from(low: float, text: str) -> Callable[[object], float]:
+    """A duration reader refusing less than ``low`` seconds (``text`` says it)."""
+
+    def read(value: object) -> float:
+        seconds = schema.duration(value)
+        if seconds < low:
+            raise ValueError(f"expected a duration of at least {text}, got {schema.show(value)}")
+        return seconds
+
+    return read
+
+
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
     url: str = opt("", schema.string, "Redis URL enabling the shared L2 cache. Empty: L1 only.")
     prefix: str = opt("bloxproxy:", schema.string, "Prefix of every Redis key bloxproxy writes.")
     timeout: float = opt("250ms", schema.duration, "Deadline for one Redis command.")
     max_connections: int = opt(64, schema.integer(1, 10_000), "Size of the Redis pool.")
+    cluster_coalescing: bool = opt(
+        True,
+        schema.boolean,
+        "One upstream call per cold key across all replicas on this Redis: one replica holds "
+        "the key's lease while it asks, the others wait for its word on pub/sub (no polling) "
+        "and read its entry, or serve a stale one. Redis down: one call per key per process, "
+        "as with `false`. Shared (anonymous) entries only; costs a miss about two Redis round "
+        "trips.",
+    )
+    lease_ttl: float = opt(
+        "3s",
+        _duration_from(0.1, "100ms"),  # renewed every third of it: not a busy loop
+        "Lifetime of a cold key's lease, renewed every third of it while the call runs: how "
+        "soon a waiter takes over when the replica leading the call dies without a word "
+        "(at least `100ms`).",
+    )
+    cluster_wait: float = opt(
+        "5s",
+        _duration_from(0.001, "1ms"),
+        "How long a replica waits for another one's answer before asking upstream itself "
+        "(that answer is stored too); at most half of `cache.coalesce_timeout`, so that the "
+        "call has time to answer before the waiting requests give up.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,9 @@ class Metrics:
             "Client requests waiting for an identical request's upstream call.",
             registry=r,
         )
+        # Cluster coalescing's outcomes per key (or entity), counted by cache.lease.Leases.
+        self.coalescing: dict[str, float] = {}
+        r.register(CoalescingCollector(self.coalescing))
         self.retries = Counter(
             "bloxproxy_upstream_retries_total", "Upstream retries.", ["service"], registry=r
         )
@@ -381,6 +384,26 @@ _BUDGET_COUNTERS = (
         "Requests refused (503 or stale) for want of a slot of a scope within their deadline.",
     ),
 )
+
+
+class CoalescingCollector(Collector):
+    """``bloxproxy_cluster_coalescing_total{outcome}`` from its plain counts."""
+
+    def __init__(self, counts: dict[str, float]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "bloxproxy_cluster_coalescing",
+            "Cold keys (a batch: entities) with Redis's cluster coalescing, by what this "
+            "replica did: led (asked for all), took_over (from a leader gone or dead), waited "
+            "(got another replica's entry), stale (served one meanwhile), fallback (asked "
+            "itself: the wait's deadline, or the leader stored nothing), local (Redis down).",
+            labels=["outcome"],
+        )
+        for outcome, n in sorted(list(self._counts.items())):
+            family.add_metric([outcome], n)
+        yield family
 
 
 class BudgetCollector(Collector):

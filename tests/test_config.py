@@ -201,6 +201,9 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("cache", "redis", "prefix"), "'bp:'", "bp:", "bp:"),
     (("cache", "redis", "timeout"), "1s", "1s", 1.0),
     (("cache", "redis", "max_connections"), "8", "8", 8),
+    (("cache", "redis", "cluster_coalescing"), "false", "false", False),
+    (("cache", "redis", "lease_ttl"), "500ms", "500ms", 0.5),
+    (("cache", "redis", "cluster_wait"), "2s", "2s", 2.0),
     (("auth", "keys"), "[k1, k2]", "k1,k2", ("k1", "k2")),
     (("auth", "header"), "X-Proxy-Key", "X-Proxy-Key", "X-Proxy-Key"),
     (
@@ -418,7 +421,9 @@ UNKNOWN_ALLOWED_SERVER = (
     "host_suffix, keepalive_timeout, max_body_size, max_connections, ops_host, ops_port, "
     "port, shutdown_grace, workers"
 )
-UNKNOWN_ALLOWED_REDIS = "max_connections, prefix, timeout, url"
+UNKNOWN_ALLOWED_REDIS = (
+    "cluster_coalescing, cluster_wait, lease_ttl, max_connections, prefix, timeout, url"
+)
 
 FILE_ERRORS = [
     # (yaml, [(line, message)])

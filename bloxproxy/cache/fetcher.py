@@ -12,7 +12,11 @@ upstream requests, policies and request ids — not HTTP requests. Per key:
   others wait for. An answer that may not be stored is still handed to every waiter, but
   only its own caller gets the per-caller headers;
 - the upstream fails (connection, timeout, 5xx, 429) and a stale entry is within its
-  stale-if-error window → STALE.
+  stale-if-error window → STALE;
+- with Redis and ``cache.redis.cluster_coalescing``, a shared key's one call is one for
+  every replica: its task claims the key's lease first and leads, or waits for the
+  replica that does (or serves a stale entry meanwhile) — :mod:`bloxproxy.cache.lease`
+  decides, :meth:`Fetcher._clustered` performs; a batch does the same per entity.
 
 Credentialed requests bypass the shared cache unless the policy opts in to per-credential
 entries keyed by an HMAC of the credential. A shared request goes upstream with its
@@ -30,6 +34,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
+from redis.asyncio.client import Pipeline
+
 from ..config import Config
 from ..errors import UpstreamError
 from ..rules import BatchSpec
@@ -39,6 +45,17 @@ from ..upstream.inflight import ByteBudget, Lease
 from . import decide, entities
 from .batcher import Batch, Batcher
 from .entry import KEPT_HEADERS, Entry, make_etag
+from .lease import (
+    Act,
+    Claim,
+    ClaimResult,
+    Leases,
+    Wake,
+    lease_key,
+    on_claim,
+    on_read,
+    on_wake,
+)
 from .policy import Policy
 from .result import Fetched
 from .shared import SharedCache
@@ -83,6 +100,11 @@ class Fetcher:
         self._max_wait = config.limits.upstream.max_wait
         self._sleep = sleep  # (injected: background re-polls wait out a TTL with it)
         self._repolling: set[str] = set()
+        # Cluster coalescing (cache/lease.py), set by the app with Redis; None: per process.
+        self.leases: Leases | None = None
+        # Keys another replica is fetching while a stale entry of ours stands in: their
+        # requests get it without a Redis command until that replica's word comes.
+        self._elsewhere: set[str] = set()
         # (batch windows and deadlines are real time: the loop's clock, as the timers are)
         # batches fill while the upstream limiter has no slot for them
         self.batcher = Batcher(self._run_batch, slot_in=upstream.next_slot_in)
@@ -133,12 +155,22 @@ class Fetcher:
                 hit.fast_ok, hit.cache_time, hit.tags = policy.fast_ok, looked, tags
                 return hit
             if state is decide.Freshness.STALE_WHILE_REVALIDATE:
-                if key not in self._inflight:
+                if key not in self._inflight and key not in self._elsewhere:
                     self._start(key, req, policy, caller, entry, shared, tags)
                 stale = Fetched(entry, "STALE", key=key, shared=shared, detail="revalidating")
                 stale.cache_time, stale.tags = looked, tags
                 return stale
         task = running = self._inflight.get(key)
+        if (
+            task is None
+            and entry is not None
+            and key in self._elsewhere
+            and entry.stored_at >= newer_than
+            and decide.usable_on_error(entry, self.clock())
+        ):
+            stale = Fetched(entry, "STALE", key=key, shared=shared, detail=_ELSEWHERE)
+            stale.cache_time = looked
+            return stale
         lease = None
         if task is None:
             task, lease = self._start(key, req, policy, caller, entry, shared, tags)
@@ -253,7 +285,12 @@ class Fetcher:
     ) -> Fetched:
         start = time.perf_counter()
         try:
-            fetched = await self._call(key, req, policy, caller, stale, shared, lease, tags)
+            if shared and self.leases is not None and self.shared is not None:
+                fetched = await self._clustered(
+                    self.leases, key, req, policy, caller, stale, lease, tags
+                )
+            else:
+                fetched = await self._call(key, req, policy, caller, stale, shared, lease, tags)
         finally:
             if lease is not None:
                 lease.release()  # the call's own hold; a waiting leader keeps its own
@@ -270,7 +307,11 @@ class Fetcher:
         shared: bool,
         lease: Lease | None,
         tags: tuple[str, ...],
+        then: Callable[[Entry], Coroutine[Any, Any, None]] | None = None,
     ) -> Fetched:
+        """One upstream call and its entry stored: in L1 now, in L2 in the background (by
+        ``then(entry)`` instead when given, before the answer is handed out: a leader
+        stores and announces)."""
         try:
             resp = await self.upstream.send(req, caller, lease)
         except UpstreamError:
@@ -300,7 +341,11 @@ class Fetcher:
         self.l1.set_nowait(key, entry)
         if tags:
             self._index(key, tags)
-        if self.shared is not None:
+        if then is not None:
+            # Awaited, one round trip: spawned, the write would wait behind every answer
+            # this loop is about to write, and the other replicas with it (bench/RESULTS.md).
+            await then(entry)
+        elif self.shared is not None:
             self._spawn(self.shared.set(key, entry, tags))
         times = decide.repolls(policy, resp.status, resp.body)
         if times:
@@ -310,6 +355,168 @@ class Fetcher:
         # (Fetched.coalesced), and later hits only what the entry keeps.
         live = entry.with_headers(resp.headers)
         return Fetched(live, "MISS", key=key, shared=shared, stored=True)
+
+    # -- cluster coalescing (the decisions: cache/lease.py) ---------------------------------
+
+    async def _clustered(
+        self,
+        leases: Leases,
+        key: str,
+        req: UpstreamRequest,
+        policy: Policy,
+        caller: Caller,
+        stale: Entry | None,
+        lease: Lease | None,
+        tags: tuple[str, ...] = (),
+    ) -> Fetched:
+        """This process's one call for a shared ``key``, made one call for every replica:
+        lead it under the key's lease, or wait for the replica that leads it."""
+        name = lease_key(leases.prefix, key)
+        deadline = self._running_loop().time() + leases.max_wait
+        take = False  # claim over a "stored" marker whose entry was not there
+        handover = False  # claiming again because the leader gave up or died
+        while True:
+            usable = decide.usable_on_error(stale, self.clock())
+            interest = leases.interest(name)  # before the claim: no word is missed
+            watched = False
+            away = False  # Redis is: no lease, no word
+            try:
+                got = await leases.claim(name, take)
+                away = got.claim is Claim.DOWN
+                act = on_claim(got.claim, usable)
+                if act is Act.STALE:
+                    # Served now; the word, when it comes, brings the new entry into L1.
+                    self._elsewhere.add(key)
+                    self._spawn(self._watch(leases, key, name, interest, got.pttl, deadline, tags))
+                    watched = True
+                elif act is Act.WAIT:
+                    wake = await leases.wait(interest, got.pttl, deadline)
+                    away = wake is Wake.LOST
+                    act = on_wake(wake, decide.usable_on_error(stale, self.clock()))
+                    handover = act is Act.CLAIM
+            finally:
+                if not watched:
+                    leases.forget(name, interest)
+            if act is Act.LEAD:
+                leases.count("took_over" if handover else "led")
+                return await self._lead(leases, got, key, req, policy, caller, stale, lease, tags)
+            if act is Act.STALE:
+                assert stale is not None
+                leases.count("stale")
+                return Fetched(stale, "STALE", key=key, detail=_ELSEWHERE)
+            if act is Act.READ:
+                found = await self._stored_elsewhere(key, stale, tags)
+                after = on_read(found is not None, got.claim is Claim.STORED)
+                if after is None:
+                    assert found is not None
+                    leases.count("waited")
+                    return found
+                act, take = after, after is Act.CLAIM
+            if act is Act.FETCH:
+                # Past the wait, the fallback's entry is announced like a leader's.
+                announce = None if away else self._announcer(leases, key, name, "", tags)
+                leases.count("local" if away else "fallback")
+                return await self._call(
+                    key, req, policy, caller, stale, True, lease, tags, announce
+                )
+            # Act.CLAIM: the leader is gone; claim again (one waiter wins, others wait)
+
+    async def _lead(
+        self,
+        leases: Leases,
+        got: ClaimResult,
+        key: str,
+        req: UpstreamRequest,
+        policy: Policy,
+        caller: Caller,
+        stale: Entry | None,
+        lease: Lease | None,
+        tags: tuple[str, ...] = (),
+    ) -> Fetched:
+        renewing = leases.renewing(got)
+        self._background.add(renewing)  # (cancelled with the rest when the fetcher closes)
+        renewing.add_done_callback(self._background.discard)
+        try:
+            announce = self._announcer(leases, key, got.lease, got.token, tags, renewing)
+            fetched = await self._call(key, req, policy, caller, stale, True, lease, tags, announce)
+        except BaseException as exc:
+            renewing.cancel()
+            # Cancelled (a shutdown): the lease goes to a waiter now, not at its expiry;
+            # an error: every waiter asks as it would have (or serves its stale entry).
+            wake = Wake.GONE if isinstance(exc, asyncio.CancelledError) else Wake.EMPTY
+            with contextlib.suppress(BaseException):
+                await leases.done(got.lease, got.token, wake)
+            raise
+        if not fetched.stored:
+            renewing.cancel()
+            self._spawn(leases.done(got.lease, got.token, Wake.EMPTY))
+        return fetched
+
+    def _announcer(
+        self,
+        leases: Leases,
+        key: str,
+        name: str,
+        token: str,
+        tags: tuple[str, ...] = (),
+        renewing: asyncio.Task[None] | None = None,
+    ) -> Callable[[Entry], Coroutine[Any, Any, None]]:
+        """Store an entry in L2, then release the lease and say so (Redis down: the lease
+        expires; the waiters, having lost their subscription, ask upstream themselves)."""
+        shared = self.shared
+        assert shared is not None
+
+        async def also(pipe: Pipeline) -> None:
+            await leases.queue_done(pipe, name, token, Wake.STORED)
+
+        async def announce(entry: Entry) -> None:
+            if renewing is not None:
+                renewing.cancel()
+            # The entry, the release and the word in one write: the other replicas hear
+            # of it as soon as Redis has it, however busy this loop is with its answers.
+            await shared.set(key, entry, tags, also)
+
+        return announce
+
+    async def _stored_elsewhere(
+        self, key: str, stale: Entry | None, tags: tuple[str, ...] = ()
+    ) -> Fetched | None:
+        """The fresh entry another replica stored under ``key`` (newer than ``stale``)."""
+        assert self.shared is not None
+        entry = await self.shared.get(key)
+        if entry is None or decide.freshness(entry, self.clock()) is not decide.Freshness.FRESH:
+            return None
+        if stale is not None and entry.stored_at <= stale.stored_at:
+            return None
+        self.l1.set_nowait(key, entry)
+        if tags:
+            self._index(key, tags)
+        found = Fetched(entry, "COALESCED", key=key, detail="another replica")
+        found.tags = tags
+        return found
+
+    async def _watch(
+        self,
+        leases: Leases,
+        key: str,
+        name: str,
+        interest: asyncio.Future[Wake],
+        pttl: float,
+        deadline: float,
+        tags: tuple[str, ...] = (),
+    ) -> None:
+        """Wait for the word on a key another replica fetches while our stale entry
+        stands in; a stored entry is brought into L1 for the requests after."""
+        try:
+            if await leases.wait(interest, pttl, deadline) is Wake.STORED and self.shared:
+                entry = await self.shared.get(key)
+                if entry is not None:
+                    self.l1.set_nowait(key, entry)
+                    if tags:
+                        self._index(key, tags)
+        finally:
+            leases.forget(name, interest)
+            self._elsewhere.discard(key)
 
     def _repoll(
         self,
@@ -481,31 +688,136 @@ class Fetcher:
 
     async def _run_batch(self, batch: Batch) -> dict[str, Any]:
         """One batch call: ask Roblox, store each id's entry (absent ids as negative
-        entries), and say what each id got."""
+        entries), and say what each id got. With cluster coalescing, per entity: the ids
+        another replica is asking are waited for (:meth:`_clustered_batch`)."""
+        if self.leases is not None and self.shared is not None:
+            return await self._clustered_batch(self.leases, self.shared, batch)
+        return await self._ask_batch(batch, list(batch.ids))
+
+    async def _clustered_batch(
+        self, leases: Leases, shared: SharedCache, batch: Batch
+    ) -> dict[str, Any]:
+        """The batch's ids claimed in one write: ours (and all of them with Redis down) are
+        asked in this replica's call at once; every other id follows the steps of a single
+        key (:meth:`_entity_settled`) — waited for by its word and read from L2, claimed
+        again when its leader gives up or dies — and those that end up ours are asked in
+        one more call, stored and announced."""
+        norms = list(batch.ids)
+        keys = {n: entities.entity_key(batch.variant_key, n) for n in norms}
+        names = {n: lease_key(leases.prefix, keys[n]) for n in norms}
+        interests = {n: leases.interest(names[n]) for n in norms}  # before the claims
+        deadline = self._running_loop().time() + leases.max_wait
+        try:
+            got = dict(zip(norms, await leases.claim_many([names[n] for n in norms]), strict=True))
+            ours = [n for n in norms if got[n].claim in (Claim.ACQUIRED, Claim.DOWN)]
+            others = [n for n in norms if n not in ours]
+            down = sum(got[n].claim is Claim.DOWN for n in norms)
+            leases.count("led", len(ours) - down)
+            leases.count("local", down)
+            asked = self._ask_batch(batch, ours, got) if ours else _nothing()
+            mine, *settled = await asyncio.gather(
+                asked,
+                *(
+                    self._entity_settled(leases, shared, keys[n], got[n], interests, n, deadline)
+                    for n in others
+                ),
+            )
+            out: dict[str, Any] = dict(mine)
+            left: dict[str, ClaimResult] = {}
+            for n, outcome in zip(others, settled, strict=True):
+                if isinstance(outcome, Entry):  # another replica's (now in our L1)
+                    out[n] = outcome
+                    key = entities.entity_key(batch.variant_key, n)
+                    self._index(key, self._entity_tags(batch.spec, n, outcome))
+                else:
+                    left[n] = outcome
+            taken = sum(c.claim is Claim.ACQUIRED for c in left.values())
+            leases.count("waited", len(others) - len(left))
+            leases.count("took_over", taken)
+            leases.count("fallback", len(left) - taken)
+            if left:  # ours after all: asked together, stored and said
+                out.update(await self._ask_batch(batch, list(left), left))
+            return out
+        finally:
+            for n in norms:
+                leases.forget(names[n], interests[n])
+
+    async def _entity_settled(
+        self,
+        leases: Leases,
+        shared: SharedCache,
+        key: str,
+        got: ClaimResult,
+        interests: dict[str, asyncio.Future[Wake]],
+        norm: str,
+        deadline: float,
+    ) -> Entry | ClaimResult:
+        """One id of a batch that this replica did not win at once, as :meth:`_clustered`
+        does a key (no stale stand-in here: the batch's caller picks stale on an error):
+        the entity another replica stored, or the claim to ask it with ourselves (acquired:
+        its lease is ours; else asked without one)."""
+        name = got.lease
+        take = False
+        while True:
+            act = on_claim(got.claim, False)
+            if act is Act.WAIT:
+                act = on_wake(await leases.wait(interests[norm], got.pttl, deadline), False)
+            if act is Act.READ:
+                found = await self._entity_elsewhere(shared, key)
+                after = on_read(found is not None, got.claim is Claim.STORED)
+                if after is None:
+                    assert found is not None
+                    return found
+                act, take = after, after is Act.CLAIM
+            if act is not Act.CLAIM:  # LEAD: ours now; FETCH: ask it without a lease
+                return got if act is Act.LEAD else ClaimResult(Claim.DOWN, name, "", 0.0)
+            leases.forget(name, interests[norm])
+            interests[norm] = leases.interest(name)  # (forgotten by the batch's finally)
+            got = await leases.claim(name, take)
+
+    async def _entity_elsewhere(self, shared: SharedCache, key: str) -> Entry | None:
+        """The fresh entity another replica stored under ``key`` (into L1 too), if any."""
+        entry = await shared.get(key)
+        if entry is None or decide.freshness(entry, self.clock()) is not decide.Freshness.FRESH:
+            return None
+        self.l1.set_nowait(key, entry)
+        return entry
+
+    async def _ask_batch(
+        self, batch: Batch, norms: list[str], claims: dict[str, ClaimResult] | None = None
+    ) -> dict[str, Any]:
+        """One batch call for the ids ``norms`` of ``batch``. ``claims``: with cluster
+        coalescing, the ids' claims — the leases held are renewed while the call runs, and
+        the entities, the releases and their words leave in one write once it is back."""
         spec: BatchSpec = batch.spec
         policy: Policy = batch.policy
-        req = entities.batch_request(spec, batch.variant, list(batch.ids.values()))
+        req = entities.batch_request(spec, batch.variant, [batch.ids[n] for n in norms])
+        held = [] if claims is None else [claims[n] for n in norms if n in claims]
+        leases = self.leases if claims is not None else None
+        renewing = leases.renewing(*held) if leases is not None and held else None
         lease = self._lease()
+        stored: list[tuple[str, Entry, tuple[str, ...]]] = []
         try:
             resp = await self.upstream.send(req, batch.caller, lease)
-        except UpstreamError as exc:
-            return dict.fromkeys(batch.ids, exc)
+        except BaseException as exc:
+            if leases is not None:
+                wake = Wake.GONE if isinstance(exc, asyncio.CancelledError) else Wake.EMPTY
+                with contextlib.suppress(BaseException):
+                    await self._announce_entities(leases, held, [], wake)
+            if isinstance(exc, UpstreamError):
+                return dict.fromkeys(norms, exc)
+            raise
         finally:
+            if renewing is not None:
+                renewing.cancel()
             if lease is not None:
                 lease.release()
         now = self.clock()
-        if 200 <= resp.status < 300:
-            items = entities.items_of(spec, resp.body)
-            if items is None:
-                bad = UpstreamError(
-                    502,
-                    f"{req.service} answered a batch with an unexpected shape",
-                    code="upstream_bad_response",
-                )
-                return dict.fromkeys(batch.ids, bad)
+        out: dict[str, Any]
+        if 200 <= resp.status < 300 and (items := entities.items_of(spec, resp.body)) is not None:
             kept = tuple((k, v) for k, v in resp.headers if k.lower() in KEPT_HEADERS)
-            out: dict[str, Any] = {}
-            for norm in batch.ids:
+            out = {}
+            for norm in norms:
                 item = items.get(norm)
                 out[norm] = entry = self._entity(policy, spec, kept, item, now)
                 if entry.ttl > 0:
@@ -514,17 +826,56 @@ class Fetcher:
                     self.l1.set_nowait(key, entry)
                     if tags:
                         self._index(key, tags)
-                    if self.shared is not None:
-                        self._spawn(self.shared.set(key, entry, tags))
+                    stored.append((key, entry, tags))
                     if item is not None:
                         times = decide.repolls(policy, 200, _alone(spec, item))
                         if times:
                             self._repoll_entity(batch, norm, key, entry.ttl, times)
-            return out
-        if resp.status == 429 or resp.status >= 500:  # about the moment: everyone's call
+        elif 200 <= resp.status < 300:
+            bad = UpstreamError(
+                502,
+                f"{req.service} answered a batch with an unexpected shape",
+                code="upstream_bad_response",
+            )
+            out = dict.fromkeys(norms, bad)
+        elif resp.status == 429 or resp.status >= 500:  # about the moment: everyone's call
             failed = Entry(resp.status, resp.headers, resp.body, now, 0.0).for_another_caller()
-            return dict.fromkeys(batch.ids, failed)
-        return dict.fromkeys(batch.ids, _WHOLE)  # refused as a whole: each asks as it asked
+            out = dict.fromkeys(norms, failed)
+        else:
+            out = dict.fromkeys(norms, _WHOLE)  # refused as a whole: each asks as it asked
+        if leases is not None:
+            await self._announce_entities(leases, held, stored, Wake.STORED)
+        elif stored and self.shared is not None:
+            for key, entry, tags in stored:
+                self._spawn(self.shared.set(key, entry, tags))
+        return out
+
+    async def _announce_entities(
+        self,
+        leases: Leases,
+        held: list[ClaimResult],
+        stored: list[tuple[str, Entry, tuple[str, ...]]],
+        wake: Wake,
+    ) -> None:
+        """Store ``stored`` in L2 and, in the same write, say ``wake`` for each of them
+        (releasing the leases ``held``) and ``empty`` for the leases held of ids not
+        stored."""
+        shared = self.shared
+        assert shared is not None
+        tokens = {r.lease: r.token for r in held if r.claim is Claim.ACQUIRED}
+        said = {lease_key(leases.prefix, key) for key, _, _ in stored}
+
+        async def words(pipe: Pipeline) -> None:
+            for name in said:
+                await leases.queue_done(pipe, name, tokens.get(name, ""), wake)
+            for name, token in tokens.items():
+                if name not in said:
+                    await leases.queue_done(
+                        pipe, name, token, Wake.EMPTY if wake is Wake.STORED else wake
+                    )
+
+        if stored or tokens:
+            await shared.set_many(stored, words)
 
     def _repoll_entity(self, batch: Batch, norm: str, key: str, ttl: float, times: int) -> None:
         """Ask one id again in the background when its entry expires, up to ``times``
@@ -774,6 +1125,13 @@ class Fetcher:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+
+
+_ELSEWHERE = "refreshing in another replica"
+
+
+async def _nothing() -> dict[str, Any]:
+    return {}
 
 
 # A batch outcome: Roblox refused the merged batch as a whole (a 4xx other than 429), so

@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
 from .entry import Entry
-from .redis_store import RedisStore
+from .redis_store import RedisStore, Then
 
 __all__ = ["SharedCache"]
 
@@ -62,6 +62,15 @@ class SharedCache:
         self._backoff = 0.5
         self._listener: asyncio.Task[None] | None = None
         self.listening = asyncio.Event()
+        # Further channels on the same subscription: name -> (on message, on lost).
+        self._channels: dict[str, tuple[Callable[[object], None], Callable[[], None]]] = {}
+
+    def also_listen(
+        self, channel: str, on_message: Callable[[object], None], on_lost: Callable[[], None]
+    ) -> None:
+        """Deliver ``channel``'s messages to ``on_message`` over the one subscription (before
+        :meth:`start`); ``on_lost`` is called whenever that subscription is lost."""
+        self._channels[channel] = (on_message, on_lost)
 
     def _usable(self) -> bool:
         return self.healthy or time.monotonic() >= self._retry_at
@@ -109,8 +118,15 @@ class SharedCache:
             self._worked()
         return entry
 
-    async def set(self, key: str, entry: Entry, tags: Sequence[str] = ()) -> None:
-        await self._call(self.store.set(key, entry, tags), None)
+    async def set(
+        self, key: str, entry: Entry, tags: Sequence[str] = (), then: Then | None = None
+    ) -> None:
+        await self._call(self.store.set(key, entry, tags, then), None)
+
+    async def set_many(
+        self, items: Sequence[tuple[str, Entry, Sequence[str]]], then: Then | None = None
+    ) -> None:
+        await self._call(self.store.set_many(items, then), None)
 
     async def delete(self, key: str) -> int:
         return 1 if await self._call(self.store.delete(key), False) else 0
@@ -160,7 +176,7 @@ class SharedCache:
         while True:
             pubsub = self._listener_client.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.channel, *self._channels)
                 if missed:
                     # Events published while we were away are lost (also when Redis was
                     # already away at start: L1 filled meanwhile): whatever L1 holds may
@@ -175,11 +191,17 @@ class SharedCache:
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None:
-                        self._event(msg.get("data"))
+                        extra = self._channels.get(_text(msg.get("channel")))
+                        if extra is None:
+                            self._event(msg.get("data"))
+                        else:
+                            extra[0](msg.get("data"))
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
                 self.listening.clear()
+                for _, on_lost in self._channels.values():
+                    on_lost()
                 missed = True
                 if self.healthy:  # one incident with the store's failures: one warning
                     self._failed(exc)
@@ -191,6 +213,15 @@ class SharedCache:
                     close: Callable[[], Coroutine[Any, Any, None]] = pubsub.aclose
                     await close()
 
+    def usable(self) -> bool:
+        """Is Redis worth a command now (not inside a failure's back-off window)?"""
+        return self._usable()
+
+    def note_failure(self, exc: BaseException) -> None:
+        """A command of another part (the leases) failed: the same incident, the same
+        back-off."""
+        self._failed(exc)
+
     def _event(self, data: object) -> None:
         try:
             event = orjson.loads(data) if isinstance(data, bytes | str) else None
@@ -199,3 +230,7 @@ class SharedCache:
         if not isinstance(event, dict) or event.get("origin") == self.origin:
             return
         self._apply(event)
+
+
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
