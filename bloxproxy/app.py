@@ -39,6 +39,7 @@ from .appkeys import (
     Runtime,
 )
 from .authn import FailureThrottle
+from .cache.cluster_batch import Collectors
 from .cache.fetcher import Fetcher
 from .cache.lease import Leases
 from .cache.redis_store import RedisStore
@@ -224,6 +225,16 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
             leases.counts = metrics.coalescing
             shared.also_listen(leases.channel, leases.on_message, leases.on_lost)
             fetcher.leases = leases
+            if redis_cfg.cluster_batches:
+                fetcher.collectors = Collectors(
+                    rt.redis,
+                    redis_cfg.prefix,
+                    max(1, round(redis_cfg.collect_for * 1000)),
+                    max(1, round(redis_cfg.lease_ttl * 1000)),
+                    # (no subscription, no word for a follower: alone then)
+                    usable=lambda: shared.usable() and shared.listening.is_set(),
+                    failed=shared.note_failure,
+                )
         shared.start()
     app[GUARD] = guard
     app[FETCHER] = fetcher

@@ -455,6 +455,21 @@ class RedisConfig:
         "(that answer is stored too); at most half of `cache.coalesce_timeout`, so that the "
         "call has time to answer before the waiting requests give up.",
     )
+    cluster_batches: bool = opt(
+        True,
+        schema.boolean,
+        "With `cluster_coalescing`: one upstream batch call for the single lookups every "
+        "replica merges at once. A batch that opens takes its endpoint's collector lease, "
+        "or, when another replica's batch holds it, hands its ids to that one and waits for "
+        "their word (docs/ARCHITECTURE.md, *Batches across replicas*). Costs a batch two "
+        "Redis round trips.",
+    )
+    collect_for: float = opt(
+        "1s",
+        _duration_from(0.01, "10ms"),
+        "How long a batch may collect other replicas' ids (its collector lease): past it, "
+        "a replica's next batch collects for itself.",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -204,6 +204,8 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("cache", "redis", "cluster_coalescing"), "false", "false", False),
     (("cache", "redis", "lease_ttl"), "500ms", "500ms", 0.5),
     (("cache", "redis", "cluster_wait"), "2s", "2s", 2.0),
+    (("cache", "redis", "cluster_batches"), "false", "false", False),
+    (("cache", "redis", "collect_for"), "300ms", "300ms", 0.3),
     (("auth", "keys"), "[k1, k2]", "k1,k2", ("k1", "k2")),
     (("auth", "header"), "X-Proxy-Key", "X-Proxy-Key", "X-Proxy-Key"),
     (
@@ -422,7 +424,8 @@ UNKNOWN_ALLOWED_SERVER = (
     "port, shutdown_grace, workers"
 )
 UNKNOWN_ALLOWED_REDIS = (
-    "cluster_coalescing, cluster_wait, lease_ttl, max_connections, prefix, timeout, url"
+    "cluster_batches, cluster_coalescing, cluster_wait, collect_for, lease_ttl, "
+    "max_connections, prefix, timeout, url"
 )
 
 FILE_ERRORS = [

@@ -72,8 +72,11 @@ def flush_at(
     slot_at: float,
     busy: bool,
     deadline: float,
+    follower: bool = False,
 ) -> float:
-    """When an open batch should go: now when it is full; while another batch of its
+    """When an open batch should go: now when it is full; a ``follower`` (another replica
+    collects its variant: :mod:`.cluster_batch`) once its window has passed, as it costs no
+    slot and must reach the collector before it goes; while another batch of its
     variant is in flight (``busy``), not before that one is back (it keeps filling: the
     batcher looks again then); else once its window has passed and the limiter's next slot
     (``slot_at``) has come. Never after the earliest caller's ``deadline``; and when no slot
@@ -81,6 +84,8 @@ def flush_at(
     or a 503 now, not after the wait)."""
     if size >= cap:
         return now
+    if follower:
+        return min(opened + window, deadline)
     if busy:
         return deadline
     if slot_at > deadline:
@@ -104,6 +109,8 @@ class Batch:
     timer: asyncio.TimerHandle | None = None
     slot_at: float | None = None  # the limiter's next slot, estimated once (see above)
     window: float = 0.0  # how long it waits for companions (window_for, at its opening)
+    follower: bool = False  # another replica's batch collects its variant (Batcher.follow)
+    cluster: Any = None  # what the runner keeps for it (the fetcher: its collector lease)
 
 
 class Batcher:
@@ -111,9 +118,16 @@ class Batcher:
     docstring). ``slot_in(scope)`` is the limiter's "seconds until a slot is free"; times
     are the event loop's (deadlines are in it too)."""
 
-    def __init__(self, run: Run, *, slot_in: Callable[[str], float] = lambda scope: 0.0) -> None:
+    def __init__(
+        self,
+        run: Run,
+        *,
+        slot_in: Callable[[str], float] = lambda scope: 0.0,
+        on_open: Callable[[Batch], None] | None = None,
+    ) -> None:
         self._run = run
         self._slot_in = slot_in
+        self._on_open = on_open  # told of each batch as it opens (before its first id)
         self._open: dict[str, Batch] = {}
         self._busy: dict[str, int] = {}  # variant key → its batches in flight
         self._flying: dict[str, asyncio.Future[Outcome]] = {}  # entity key → its outcome
@@ -157,6 +171,8 @@ class Batcher:
             batch = Batch(spec, variant_key, variant, policy, caller, now, deadline)
             batch.window = window_for(rate, spec.window, spec.max_window)
             self._open[variant_key] = batch
+            if self._on_open is not None:
+                self._on_open(batch)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         batch.ids[norm] = spelled
         batch.futures[norm] = future
@@ -183,6 +199,7 @@ class Batcher:
             slot_at=batch.slot_at,
             busy=self._busy.get(batch.variant_key, 0) > 0,
             deadline=batch.deadline,
+            follower=batch.follower,
         )
         if batch.timer is not None:
             batch.timer.cancel()
@@ -192,6 +209,14 @@ class Batcher:
             return
         loop = asyncio.get_running_loop()
         batch.timer = loop.call_later(when - now, self._schedule, batch)
+
+    def follow(self, batch: Batch) -> None:
+        """``batch`` is a follower (another replica collects its variant): it goes after
+        its short window, whatever the limiter and the batch before it."""
+        if batch.follower or self._open.get(batch.variant_key) is not batch:
+            return
+        batch.follower, batch.window = True, batch.spec.window
+        self._schedule(batch)
 
     def _flush(self, batch: Batch) -> None:
         if self._open.get(batch.variant_key) is batch:

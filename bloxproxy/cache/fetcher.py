@@ -44,6 +44,7 @@ from ..upstream.client import NOBODY, Caller, Upstream, UpstreamRequest
 from ..upstream.inflight import ByteBudget, Lease
 from . import decide, entities
 from .batcher import Batch, Batcher
+from .cluster_batch import Collectors, merged
 from .entry import KEPT_HEADERS, Entry, make_etag
 from .lease import (
     Act,
@@ -107,7 +108,12 @@ class Fetcher:
         self._elsewhere: set[str] = set()
         # (batch windows and deadlines are real time: the loop's clock, as the timers are)
         # batches fill while the upstream limiter has no slot for them
-        self.batcher = Batcher(self._run_batch, slot_in=upstream.next_slot_in)
+        self.batcher = Batcher(
+            self._run_batch, slot_in=upstream.next_slot_in, on_open=self._batch_opened
+        )
+        # Batches across replicas (cache/cluster_batch.py), set by the app with Redis and
+        # cluster coalescing; None: each replica batches alone.
+        self.collectors: Collectors | None = None
 
     # -- the request path ----------------------------------------------------------------
 
@@ -691,8 +697,112 @@ class Fetcher:
         entries), and say what each id got. With cluster coalescing, per entity: the ids
         another replica is asking are waited for (:meth:`_clustered_batch`)."""
         if self.leases is not None and self.shared is not None:
+            if batch.cluster is not None:
+                followed = await self._collected(self.leases, self.shared, batch)
+                if followed is not None:
+                    return followed
             return await self._clustered_batch(self.leases, self.shared, batch)
         return await self._ask_batch(batch, list(batch.ids))
+
+    def _batch_opened(self, batch: Batch) -> None:
+        """A batch just opened: with batches across replicas, it takes its variant's
+        collector lease (in the background: its first id is not held up), and follows
+        another replica's batch when that one holds it."""
+        collectors = self.collectors
+        if collectors is None or self.leases is None or self.shared is None:
+            return
+
+        async def lead() -> str | None:
+            token = await collectors.lead(batch.variant_key)
+            if token == "":
+                self.batcher.follow(batch)
+            return token
+
+        task = self._running_loop().create_task(lead())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        batch.cluster = task
+
+    async def _collected(
+        self, leases: Leases, shared: SharedCache, batch: Batch
+    ) -> dict[str, Any] | None:
+        """The cluster side of a batch about to go (:mod:`.cluster_batch`). A follower puts
+        its ids in the collector's box and waits for each id's word as for an entity another
+        replica leads (the outcomes; None when it must collect after all). A collector (or
+        a follower whose collector has gone) takes the box's ids into its own batch, up to
+        the cap, and returns None: the batch then goes as any other, claiming and
+        announcing every id it carries."""
+        collectors = self.collectors
+        assert collectors is not None
+        token: str | None = await batch.cluster
+        if token is None:
+            return None  # Redis away: alone
+        names = {
+            n: lease_key(leases.prefix, entities.entity_key(batch.variant_key, n))
+            for n in batch.ids
+        }
+        if token == "":
+            interests = {n: leases.interest(names[n]) for n in batch.ids}  # before joining
+            try:
+                left, remote = await collectors.join(batch.variant_key, batch.ids)
+                if left > 0:
+                    return await self._followed(leases, shared, batch, names, interests, left)
+            finally:
+                for n, fut in interests.items():
+                    leases.forget(names[n], fut)
+        else:
+            remote = await collectors.take(batch.variant_key, token)
+        ids, carried, _ = merged(batch.ids, remote, batch.spec.max)
+        # (ids past the cap: nobody claims them, their followers' bound passes, they ask)
+        collectors.carried += len(carried)
+        batch.ids = ids
+        return None
+
+    async def _followed(
+        self,
+        leases: Leases,
+        shared: SharedCache,
+        batch: Batch,
+        names: dict[str, str],
+        interests: dict[str, asyncio.Future[Wake]],
+        left: float,
+    ) -> dict[str, Any]:
+        """A follower's ids, now in another replica's batch: each waited for as an entity
+        that replica leads, from the collector's lease left plus one lease TTL (its take
+        and claims); claimed again when no word came by then (the collector died), and
+        the ids that end up ours asked in one call of our own."""
+        deadline = self._running_loop().time() + leases.max_wait
+        norms = list(batch.ids)
+        # as if each id's lease were held for the collector's lease left plus one TTL
+        held = {n: ClaimResult(Claim.HELD, names[n], "", left + leases.ttl) for n in norms}
+        settled = await asyncio.gather(
+            *(
+                self._entity_settled(
+                    leases,
+                    shared,
+                    entities.entity_key(batch.variant_key, n),
+                    held[n],
+                    interests,
+                    n,
+                    deadline,
+                )
+                for n in norms
+            )
+        )
+        out: dict[str, Any] = {}
+        mine: dict[str, ClaimResult] = {}
+        for n, outcome in zip(norms, settled, strict=True):
+            if isinstance(outcome, Entry):  # the collector's (now in our L1)
+                out[n] = outcome
+                key = entities.entity_key(batch.variant_key, n)
+                self._index(key, self._entity_tags(batch.spec, n, outcome))
+            else:
+                mine[n] = outcome
+        leases.count("waited", len(norms) - len(mine))
+        leases.count("fallback", len(mine))
+        if mine:
+            out.update(await self._ask_batch(batch, list(mine), mine))
+        return out
 
     async def _clustered_batch(
         self, leases: Leases, shared: SharedCache, batch: Batch

@@ -1,0 +1,191 @@
+"""Batches across replicas: one upstream batch call for the ids every replica asks at once.
+
+Each replica's micro-batcher (:mod:`.batcher`) merges its own callers' ids; with two replicas
+each would still send its own half-full batch. With Redis, a batch that opens takes its
+variant's *collector lease* (``SET NX PX``) — it is then the one batch of the cluster that
+collects — or, when another replica's batch holds it, becomes a *follower*. A follower does
+not call Roblox: after its short window it puts its ids in the collector's box (a list
+beside the lease, in one script that checks the lease is still held) and waits; the
+collector, when it goes, takes the box (atomically with releasing its lease), asks its own
+ids and the box's in one call, claiming each id's lease and announcing each stored entity
+as cluster coalescing does (:mod:`.lease`); the follower's waiters wake on that word (not
+by polling) and read their entities from Redis. When the collector is gone by the time a
+follower would join, the follower collects itself (taking what is in the box with it); when
+a collector dies after taking ids, its followers claim those ids again once its lease and
+one lease TTL have passed without their word, as they would for any entity whose leader
+died; when Redis is down, every replica batches on its own.
+
+Both keys of a variant share one hash tag, so the scripts run on Redis Cluster too. This
+module holds the pure parts (keys, the box's item format, how remote ids join a batch),
+tested as tables, and :class:`Collectors`, the Redis side (three
+commands: the lease, the take, the join); the fetcher performs it (``Fetcher._run_batch``),
+and a follower waits for each id's word as for an entity another replica leads
+(:mod:`.lease`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+__all__ = ["Collectors", "box_item", "keys", "merged", "read_box_item"]
+
+log = logging.getLogger("bloxproxy.cache")
+_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+
+# KEYS[1]: a variant's collector lease, KEYS[2]: its box (one hash tag). The collector
+# going: take the box and release the lease (if still its own) at once, so that an id is
+# either in the box it takes or finds no lease. ARGV[1]: the collector's token.
+_TAKE = """
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return items
+"""
+# A follower joining: while the lease is held, its ids go into the box (which lives as long
+# as the lease, plus ARGV[1] ms) and the answer is the ms the lease has left; else it takes
+# what is in the box (a collector's that died before taking it) and the answer is -1 and
+# those items: the follower collects itself.
+_JOIN = """
+local left = redis.call('PTTL', KEYS[1])
+if left > 0 then
+  for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+  redis.call('PEXPIRE', KEYS[2], left + tonumber(ARGV[1]))
+  return {left, {}}
+end
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+return {-1, items}
+"""
+
+_MAX_ITEM = 512  # bytes: an id (a number or a username) with its spelling is far shorter
+
+
+def keys(prefix: str, variant_key: str) -> tuple[str, str]:
+    """The collector lease and the box of one batch variant (one hash tag: one slot)."""
+    tag = hashlib.sha1(variant_key.encode(), usedforsecurity=False).hexdigest()[:20]
+    return f"{prefix}batch:{{{tag}}}:lease", f"{prefix}batch:{{{tag}}}:box"
+
+
+def box_item(norm: str, spelled: str) -> bytes:
+    """One id as a follower puts it in the box: its normalized form and its spelling."""
+    return orjson.dumps([norm, spelled])
+
+
+def read_box_item(raw: object) -> tuple[str, str] | None:
+    """A box item back, or None for anything that is not one (the box is in Redis: whatever
+    is there is read defensively)."""
+    if not isinstance(raw, bytes | str) or len(raw) > _MAX_ITEM:
+        return None
+    try:
+        item = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) and x for x in item):
+        return item[0], item[1]
+    return None
+
+
+def merged(
+    own: Mapping[str, str], remote: Sequence[tuple[str, str]], cap: int
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """The ids a collector asks (``own`` first, then the box's, up to ``cap``), the remote
+    ids it carries, and the remote ids left over (past the cap: their followers are told
+    to ask themselves). An id both own and remote is asked once and counts as carried."""
+    ids = dict(own)
+    carried: list[str] = []
+    left: list[str] = []
+    for norm, spelled in remote:
+        if norm in ids:
+            if norm not in carried:
+                carried.append(norm)
+            continue
+        if len(ids) >= cap:
+            if norm not in left:
+                left.append(norm)
+            continue
+        ids[norm] = spelled
+        carried.append(norm)
+    return ids, carried, left
+
+
+class Collectors:
+    """The Redis side of batches across replicas. Every failure degrades to "this replica
+    batches on its own": :meth:`lead` says so with None, :meth:`take` with an empty box,
+    :meth:`join` with -1 (collect yourself)."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        lease_ms: int,
+        grace_ms: int,
+        usable: Callable[[], bool] = lambda: True,
+        failed: Callable[[BaseException], None] = lambda exc: None,
+    ) -> None:
+        self._client = client
+        self.prefix = prefix
+        self.lease_ms = lease_ms  # how long a batch may collect for the cluster
+        self.grace_ms = grace_ms  # a box outlives its lease by this: the collector's take
+        self._usable = usable
+        self._failed = failed
+        self._take = client.register_script(_TAKE)
+        self._join = client.register_script(_JOIN)
+        self.joined = 0  # follower batches whose ids went into another's box (tests, bench)
+        self.carried = 0  # remote ids a collector of ours took along
+
+    async def lead(self, variant_key: str) -> str | None:
+        """Take the variant's collector lease: our token; "" when another replica's batch
+        holds it (we follow); None when Redis is not there (we batch alone)."""
+        if not self._usable():
+            return None
+        lease, _ = keys(self.prefix, variant_key)
+        token = os.urandom(12).hex()
+        try:
+            got = await self._client.set(lease, token, nx=True, px=self.lease_ms)
+        except _ERRORS as exc:
+            log.debug("batch lease failed: %s", exc)
+            self._failed(exc)
+            return None
+        return token if got else ""
+
+    async def take(self, variant_key: str, token: str) -> list[tuple[str, str]]:
+        """The collector going: what followers put in its box (its lease released)."""
+        lease, box = keys(self.prefix, variant_key)
+        try:
+            raw = await self._take(keys=[lease, box], args=[token])
+        except _ERRORS as exc:
+            log.debug("batch take failed: %s", exc)
+            self._failed(exc)
+            return []
+        return _items(raw)
+
+    async def join(
+        self, variant_key: str, ids: Mapping[str, str]
+    ) -> tuple[float, list[tuple[str, str]]]:
+        """A follower's ids into the collector's box: (seconds its lease has left, []) once
+        joined; (-1, leftovers taken from the box) when it must collect itself."""
+        lease, box = keys(self.prefix, variant_key)
+        items = [box_item(n, s) for n, s in ids.items()]
+        try:
+            left, raw = await self._join(keys=[lease, box], args=[self.grace_ms, *items])
+        except _ERRORS as exc:
+            log.debug("batch join failed: %s", exc)
+            self._failed(exc)
+            return -1.0, []
+        if int(left) > 0:
+            self.joined += 1
+            return int(left) / 1000, []
+        return -1.0, _items(raw)
+
+
+def _items(raw: object) -> list[tuple[str, str]]:
+    if not isinstance(raw, list):
+        return []
+    return [item for item in map(read_box_item, raw) if item is not None]

@@ -1,0 +1,202 @@
+"""Batches across replicas (bloxproxy/cache/cluster_batch.py): the pure parts as tables, the
+box's scripts on a real Redis, and two replicas whose single lookups go out in one batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+
+from bloxproxy.cache.batcher import flush_at
+from bloxproxy.cache.cluster_batch import Collectors, box_item, keys, merged, read_box_item
+from bloxproxy.fake import FakeRoblox, Fault
+from tests.conftest import ProxyFactory, fetcher_of
+from tests.test_cache import Client, get
+from tests.test_cache_redis import eventually
+from tests.test_cluster_coalesce import batch_calls, ids_of, replicas
+
+U3, U4, U5 = 1_000_003, 1_000_004, 1_000_005  # synthetic users of the fake
+
+
+def collectors_of(client: Client) -> Collectors:
+    collectors = fetcher_of(client).collectors
+    assert collectors is not None
+    return collectors
+
+
+# -- the pure parts --------------------------------------------------------------------------
+
+
+def test_a_variants_lease_and_box_share_one_hash_tag() -> None:
+    lease, box = keys("bp:", "POST users /v1/users |excludeBannedUsers=false")
+    assert lease.startswith("bp:batch:{") and lease.endswith("}:lease")
+    assert box == lease.removesuffix(":lease") + ":box"
+    other, _ = keys("bp:", "POST users /v1/users |excludeBannedUsers=true")
+    assert other != lease and len(other) == len(lease)  # bounded, whatever the variant
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (box_item("156", "156"), ("156", "156")),
+        (box_item("builderman", "BuilderMan"), ("builderman", "BuilderMan")),
+        (b'["1"]', None),  # not a pair
+        (b'["1", 1]', None),  # not strings
+        (b'["", "x"]', None),  # empty
+        (b"{", None),  # not JSON
+        (b'{"a": 1}', None),
+        (b'["' + b"1" * 600 + b'", "1"]', None),  # longer than any id
+        (None, None),
+        (7, None),
+    ],
+)
+def test_box_items_are_read_defensively(raw: object, expected: tuple[str, str] | None) -> None:
+    assert read_box_item(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("own", "remote", "cap", "ids", "carried", "left"),
+    [
+        ({"1": "1"}, [("2", "2"), ("3", "3")], 10, ["1", "2", "3"], ["2", "3"], []),
+        ({"1": "1"}, [("1", "1"), ("2", "2")], 10, ["1", "2"], ["1", "2"], []),  # asked once
+        ({"1": "1", "2": "2"}, [("3", "3"), ("4", "4")], 3, ["1", "2", "3"], ["3"], ["4"]),
+        ({"1": "1"}, [("2", "2"), ("2", "2")], 10, ["1", "2"], ["2"], []),  # twice in the box
+        ({}, [("5", "5")], 1, ["5"], ["5"], []),  # a follower that collects after all
+    ],
+)
+def test_remote_ids_join_up_to_the_cap(
+    own: dict[str, str],
+    remote: list[tuple[str, str]],
+    cap: int,
+    ids: list[str],
+    carried: list[str],
+    left: list[str],
+) -> None:
+    got_ids, got_carried, got_left = merged(own, remote, cap)
+    assert (list(got_ids), got_carried, got_left) == (ids, carried, left)
+
+
+def test_a_follower_goes_after_its_window_whatever_the_limiter() -> None:
+    common = {"now": 10.0, "opened": 10.0, "window": 0.005, "size": 1, "cap": 100}
+    # busy and no slot for 5 s: a collector keeps filling, a follower goes at 10.005
+    assert flush_at(**common, slot_at=15.0, busy=True, deadline=99.0) == 99.0
+    assert flush_at(**common, slot_at=15.0, busy=True, deadline=99.0, follower=True) == 10.005
+    assert flush_at(**common, slot_at=10.0, busy=False, deadline=10.001, follower=True) == 10.001
+
+
+# -- the scripts on Redis --------------------------------------------------------------------
+
+
+async def test_lead_join_take_on_redis(redis_client: aioredis.Redis) -> None:
+    a = Collectors(redis_client, "t:", lease_ms=1000, grace_ms=500)
+    b = Collectors(redis_client, "t:", lease_ms=1000, grace_ms=500)
+    token = await a.lead("v")
+    assert token
+    assert await b.lead("v") == ""  # a collects: b follows
+    left, leftovers = await b.join("v", {"2": "2", "3": "3"})
+    assert 0.9 < left <= 1.0 and leftovers == []
+    lease, box = keys("t:", "v")
+    assert 1400 < await redis_client.pttl(box) <= 1500  # the lease's time plus the grace
+    assert await a.take("v", token) == [("2", "2"), ("3", "3")]
+    assert await redis_client.exists(lease, box) == 0  # taken and released at once
+    # no collector any more: a late follower collects itself, with what a dead one left
+    await redis_client.rpush(box, box_item("9", "9"), b"junk")
+    assert await b.join("v", {"4": "4"}) == (-1.0, [("9", "9")])
+    assert await redis_client.exists(box) == 0
+    # a take with a token that is not the lease's leaves the lease alone
+    other = await b.lead("v")
+    assert other and await a.take("v", "not-the-token") == []
+    assert await redis_client.get(lease) == other.encode()
+
+
+async def test_redis_away_means_alone() -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    failures: list[BaseException] = []
+    c = Collectors(dead, "t:", lease_ms=1000, grace_ms=500, failed=failures.append)
+    assert await c.lead("v") is None
+    assert await c.take("v", "x") == []
+    assert await c.join("v", {"1": "1"}) == (-1.0, [])
+    assert len(failures) == 3
+    assert await Collectors(dead, "t:", 1000, 500, usable=lambda: False).lead("v") is None
+    assert len(failures) == 3  # not even tried while the back-off lasts
+    await dead.aclose()
+
+
+# -- two replicas ----------------------------------------------------------------------------
+
+
+async def lease_held(redis_client: aioredis.Redis) -> bool:
+    return bool([k async for k in redis_client.scan_iter("bloxproxy:batch:*:lease")])
+
+
+async def test_single_lookups_on_two_replicas_go_out_in_one_batch(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox, redis_client: aioredis.Redis
+) -> None:
+    """a's second batch waits for its first (in flight, held by the fake) and collects
+    meanwhile; b's lookups, opened after, follow it: one call carries a's id and b's."""
+    a, b = await replicas(make_proxy, redis_url)
+    fake.script("users", "/v1/users", [Fault(delay=0.3)], method="POST")
+    first = asyncio.ensure_future(get(a, "/v1/users?ids=1"))
+    await eventually(lambda: len(batch_calls(fake)) == 1)
+    second = asyncio.ensure_future(get(a, "/v1/users?ids=2"))
+    for _ in range(200):  # a's second batch took the collector lease
+        if await lease_held(redis_client):
+            break
+        await asyncio.sleep(0.005)
+    followers = await asyncio.gather(*(get(b, f"/v1/users?ids={i}") for i in (U3, U4, U5)))
+    assert [(x.status, ids_of(x)) for x in followers] == [(200, [U3]), (200, [U4]), (200, [U5])]
+    assert [(x.status, ids_of(x)) for x in (await first, await second)] == [
+        (200, [1]),
+        (200, [2]),
+    ]
+    assert batch_calls(fake) == [[1], [2, U3, U4, U5]]
+    assert collectors_of(b).joined == 1
+    assert collectors_of(a).carried == 3
+    # b's answers are what its own calls would have got: ask a third replica, cold
+    c = await make_proxy(BLOXPROXY_CACHE_ENABLED="false")
+    for x, i in zip(followers, (U3, U4, U5), strict=True):
+        assert x.body == (await get(c, f"/v1/users?ids={i}")).body
+
+
+async def test_a_collector_that_dies_with_the_box_is_taken_over(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox
+) -> None:
+    """b's ids are in a's box when a's replica stops: once a's lease and one lease TTL have
+    passed without a word, b claims them and asks them itself."""
+    a, b = await replicas(
+        make_proxy,
+        redis_url,
+        BLOXPROXY_CACHE_REDIS_LEASE_TTL="200ms",
+        BLOXPROXY_CACHE_REDIS_COLLECT_FOR="300ms",
+    )
+    fake.script("users", "/v1/users", [Fault(delay=2.0)], method="POST")
+    first = asyncio.ensure_future(get(a, "/v1/users?ids=1"))
+    await eventually(lambda: len(batch_calls(fake)) == 1)
+    second = asyncio.ensure_future(get(a, "/v1/users?ids=2"))
+    await asyncio.sleep(0.05)  # a's second batch collects (its first is held for 2 s)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    follow = asyncio.ensure_future(get(b, f"/v1/users?ids={U3}"))
+    await eventually(lambda: collectors_of(b).joined == 1)
+    await fetcher_of(a).batcher.close()  # a stops before its second batch went
+    answer = await follow
+    assert (answer.status, ids_of(answer)) == (200, [U3])
+    assert 0.2 <= loop.time() - began < 1.5
+    assert batch_calls(fake) == [[1], [U3]]
+    await asyncio.gather(first, second, return_exceptions=True)
+
+
+async def test_off_each_replica_batches_alone(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox
+) -> None:
+    a, b = await replicas(make_proxy, redis_url, BLOXPROXY_CACHE_REDIS_CLUSTER_BATCHES="false")
+    assert fetcher_of(a).collectors is None
+    fake.script("users", "/v1/users", [Fault(delay=0.3)], method="POST")
+    first = asyncio.ensure_future(get(a, "/v1/users?ids=1"))
+    await eventually(lambda: len(batch_calls(fake)) == 1)
+    second = asyncio.ensure_future(get(a, "/v1/users?ids=2"))
+    await asyncio.sleep(0.05)
+    await asyncio.gather(*(get(b, f"/v1/users?ids={i}") for i in (U3, U4, U5)))
+    await asyncio.gather(first, second)
+    assert batch_calls(fake) == [[1], [U3, U4, U5], [2]]
