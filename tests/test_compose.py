@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from jsonschema import Draft202012Validator, ValidationError
 from multidict import MultiDict
 
 from bloxproxy import compose
@@ -26,6 +27,7 @@ from bloxproxy.compose import Outcome, chosen, merge, outcome_of
 from bloxproxy.config import shipped_rules_dir
 from bloxproxy.errors import ConfigError, HTTPProblem
 from bloxproxy.fake import SYNTHETIC_MIN, FakeRoblox, Fault
+from bloxproxy.openapi import build_openapi
 from bloxproxy.rules import Composite, Part, load_rules
 
 from .conftest import ProxyFactory, fetcher_of
@@ -700,6 +702,54 @@ async def test_the_readme_examples_answer_what_they_show(
             async with proxy.get(url) as resp:
                 got = orjson.loads(await resp.read())
             assert _same(got) == _same(shown), url
+
+
+# -- OpenAPI ------------------------------------------------------------------------------
+
+
+def _resolved(doc: dict[str, Any], schema: Any) -> Any:
+    """``schema`` with the document's ``$ref``s put in place (they do not nest in loops)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            node: Any = doc
+            for step in ref.removeprefix("#/").split("/"):
+                node = node[step]
+            return _resolved(doc, node)
+        return {k: _resolved(doc, v) for k, v in schema.items()}
+    if isinstance(schema, list):
+        return [_resolved(doc, v) for v in schema]
+    return schema
+
+
+async def test_the_openapi_entry_describes_what_the_route_answers(
+    make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
+    doc = build_openapi(SHIPPED)
+    op = doc["paths"]["/v1/users/{user_id}/profile"]["get"]
+    assert op["operationId"] == "users.profile"
+    include = next(p for p in op["parameters"] if p["name"] == "include")
+    assert include["schema"]["items"]["enum"] == list(PARTS)
+    assert (include["style"], include["explode"], include["required"]) == ("form", False, False)
+    assert [p["route"] for p in op["x-bloxproxy-parts"]] == [p.route.id for p in PROFILE.parts]
+    assert "304" not in op["responses"]  # never cached whole: no ETag to match
+    assert {"400", "404", "502", "503", "504"} <= set(op["responses"])
+    media = op["responses"]["200"]["content"]["application/json"]
+    ok = Draft202012Validator(_resolved(doc, media["schema"]))
+    problem = Draft202012Validator(_resolved(doc, doc["components"]["schemas"]["Problem"]))
+    proxy = await make_proxy(**NO_RETRIES)
+    fake.script("presence", "/v1/presence/users", [Fault(status=503)])
+    for uid in (MIGHTYPART, 156, 1):  # a part missing; no primary group (null); all there
+        body, _ = await get(proxy, f"/v1/users/{uid}/profile")
+        ok.validate(body)
+    body, _ = await get(proxy, "/v1/users/156/profile?include=presence")
+    ok.validate(body)
+    ok.validate(media["example"])
+    with pytest.raises(ValidationError):
+        ok.validate({"user": {}, "missing": [], "extra": 1})
+    for url, status in (("/v1/users/4/profile", 404), ("/v1/users/1/profile?include=x", 400)):
+        body, _ = await get(proxy, url, status)
+        problem.validate(body)
 
 
 def test_every_shipped_composite_is_tested_here() -> None:
