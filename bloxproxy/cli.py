@@ -206,12 +206,12 @@ def routes_table(rules: RuleSet, width: int = ROUTES_WIDTH) -> str:
         if batch is not None:  # entities per id, merged calls: say which ids and how many
             upstream += f" [batch: {batch.ids} <= {batch.max}]"
         rows.append((_cut(r.id, _ID_MAX), f"{r.method} {r.endpoint}", ttls, upstream))
-    for c in rules.composites:  # made of other routes, each cached as its route is
-        parts = " ".join(f"{p.name}={p.route.id}" for p in c.parts)
+    for comp in rules.composites:  # made of other routes, each cached as its route is
+        parts = " ".join(f"{p.name}={p.route.id}" for p in comp.parts)
         rows.append(
             (
-                _cut(c.id, _ID_MAX),
-                f"{c.method} {c.endpoint}",
+                _cut(comp.id, _ID_MAX),
+                f"{comp.method} {comp.endpoint}",
                 ("per part", "", ""),
                 f"[compose] {parts}",
             )
