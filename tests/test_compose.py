@@ -19,10 +19,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from jsonschema import Draft202012Validator, ValidationError
-from multidict import MultiDict
 
 from bloxproxy import compose
-from bloxproxy.appkeys import PIPELINE
 from bloxproxy.compose import Outcome, chosen, merge, outcome_of
 from bloxproxy.config import shipped_rules_dir
 from bloxproxy.errors import ConfigError, HTTPProblem
@@ -488,18 +486,38 @@ async def test_every_part_of_a_profile(proxy: Client, fake: FakeRoblox) -> None:
     assert fake.total == len(PARTS)
 
 
-async def test_the_composite_shows_a_parts_fresher_entry(proxy: Client, fake: FakeRoblox) -> None:
+TOKEN = "s3cret-admin-token"
+
+
+async def purge(proxy: Client, body: object) -> tuple[int, Any]:
+    async with proxy.post(
+        "/_bloxproxy/admin/purge",
+        data=orjson.dumps(body),
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    ) as resp:
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def test_the_composite_shows_a_parts_fresher_entry(
+    make_proxy: ProxyFactory, fake: FakeRoblox
+) -> None:
     """Nothing of the composite is stored: purge one part's route and the next profile asks
     that part again, and only that part."""
+    proxy = await make_proxy(BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN)
     await get(proxy, "/v1/users/156/profile")
     assert fake.total == len(PARTS)
-    key = proxy.server.app[PIPELINE].cache_key_for("/v1/users/156/friends/count", MultiDict())
-    assert key is not None
-    assert await fetcher_of(proxy).purge_key(key) == 1
+    status, done = await purge(proxy, {"url": "/v1/users/156/friends/count"})
+    assert status == 200 and done["purged"] == 1
     _, headers = await get(proxy, "/v1/users/156/profile")
     assert headers["X-Cache"] == "MISS"
     assert fake.total == len(PARTS) + 1
     assert fake.count("friends", "/v1/users/156/friends/count") == 2
+    # the composite itself has no entry to purge: the answer says what to purge instead
+    for body in ({"route": "users.profile"}, {"url": "/v1/users/156/profile"}):
+        status, problem = await purge(proxy, body)
+        assert status == 400, problem
+        assert problem["detail"].startswith("users.profile is a composite route: only its parts")
+        assert "friends.count" in problem["detail"]
 
 
 async def test_include_asks_only_the_chosen_parts(proxy: Client, fake: FakeRoblox) -> None:
