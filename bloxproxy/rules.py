@@ -1002,7 +1002,7 @@ def _composites(
             continue
         seen[draft.id] = draft.where
         before = len(problems)
-        composite = _resolve(draft, by_id, problems)
+        composite = _resolve(draft, by_id, {d.id for d in drafts}, problems)
         if composite is None or len(problems) > before:
             continue
         try:
@@ -1015,7 +1015,7 @@ def _composites(
 
 
 def _resolve(
-    draft: _Draft, by_id: Mapping[str, Route], problems: list[Problem]
+    draft: _Draft, by_id: Mapping[str, Route], composites: set[str], problems: list[Problem]
 ) -> Composite | None:
     c = draft.compose
     v = COMPOSE.read(c, problems, "compose")
@@ -1039,7 +1039,7 @@ def _resolve(
             continue
         m = schema.mapping(raw, pm.at(name), ctx, problems)
         if m is not None:
-            part = _load_part(m, name, ctx, draft, v["deadline"], by_id, problems)
+            part = _load_part(m, name, ctx, draft, v["deadline"], by_id, composites, problems)
             if part is not None:
                 parts.append(part)
     if not pm or not any(not k.startswith("_") for k in pm):
@@ -1080,6 +1080,7 @@ def _load_part(
     draft: _Draft,
     default_deadline: float,
     by_id: Mapping[str, Route],
+    composites: set[str],
     problems: list[Problem],
 ) -> Part | None:
     before = len(problems)
@@ -1089,7 +1090,14 @@ def _load_part(
         problems.append(Problem(m.at("deadline"), f"{ctx}.deadline: expected more than 0s"))
     route_id: str | None = v["route"]
     route = by_id.get(route_id) if route_id is not None else None
-    if route_id is not None and route is None:
+    if route_id is not None and route is None and route_id in composites:
+        problems.append(
+            Problem(
+                m.at("route"),
+                f"{ctx}.route: {route_id} is a composite route: a part is an ordinary route",
+            )
+        )
+    elif route_id is not None and route is None:
         problems.append(Problem(m.at("route"), f"{ctx}.route: no route has the id {route_id!r}"))
     elif route is not None and route.redirect is not None:
         problems.append(

@@ -411,6 +411,53 @@ def test_bloxproxy_check_says_what_is_wrong_and_where(
     )
 
 
+@pytest.mark.parametrize(
+    ("compose_text", "problem"),
+    [
+        ("[]", "compose: expected a mapping, got []"),
+        ("null", "compose: expected a mapping, got None"),
+        ("{parts: [a, b]}", "compose.parts: expected a mapping, got ['a', 'b']"),
+        ("{parts: {user: 5}}", "compose.parts.user: expected a mapping, got 5"),
+        ("{parts: {user: {route: 5}}}", "compose.parts.user.route: expected a string, got 5"),
+        (
+            "{parts: {user: {route: users.get, params: [1]}}}",
+            "compose.parts.user.params: expected a mapping, got [1]",
+        ),
+        (
+            "{parts: {user: {route: users.get, params: {user_id: [1, 2]}}}}",
+            "compose.parts.user.params.user_id: expected an integer, got '1,2'",
+        ),
+        (
+            "{parts: {user: {route: users.get, params: {user_id: '{user_id'}}}}",
+            "compose.parts.user.params: malformed placeholder in '{user_id' (use {name})",
+        ),
+        ("{parts: {User: {route: users.get}}}", "compose.parts.User: part names are snake_case"),
+        (
+            "{main: 5, parts: {user: {route: users.get, params: {user_id: '{user_id}'}}}}",
+            "compose.main: expected a string, got 5",
+        ),
+        (
+            "{deadline: soon, parts: {user: {route: users.get, params: {user_id: '{user_id}'}}}}",
+            "compose.deadline: expected a duration like '30s', '500ms' or '5m', got 'soon'",
+        ),
+        (
+            "{parts: {user: {route: users.get, params: {user_id: '{user_id}'}, first: maybe}}}",
+            "compose.parts.user.first: expected true or false, got 'maybe'",
+        ),
+        (
+            "{parts: {user: {route: users.profile, params: {user_id: '{user_id}'}}}}",
+            "compose.parts.user.route: users.profile is a composite route: a part is an "
+            "ordinary route",
+        ),
+    ],
+)
+def test_hostile_compose_blocks_are_problems_not_crashes(
+    tmp_path: Path, compose_text: str, problem: str
+) -> None:
+    text = composite_file("{}\n").split("    compose:\n")[0] + f"    compose: {compose_text}\n"
+    assert check(tmp_path, text) == [f"mine.yaml:7: {problem}"]
+
+
 def test_a_composite_cannot_take_a_routes_endpoint_or_id(tmp_path: Path) -> None:
     text = composite_file('user: {route: users.get, params: {user_id: "{user_id}"}}\n')
     clash = text.replace("/v1/mine/{user_id}", "/v1/users/{user_id}")
