@@ -85,6 +85,7 @@ class Outcome:
     reason: str | None = None  # None: the part is there
     status: int = 200  # what the part's own route answered (504: it ran out of time)
     result: str = ""  # how the cache got it (X-Cache of the part), when it answered
+    retry_after: str | None = None  # the part's Retry-After, when its problem had one
 
     @property
     def missing(self) -> bool:
@@ -140,8 +141,11 @@ def problem_reason(status: int, problem: object) -> str:
     return f"status {status}"
 
 
-def outcome_of(part: Part, status: int, body: bytes, result: str = "") -> Outcome:
-    """What the part's route answered (``status``, its rendered ``body``) makes of it."""
+def outcome_of(
+    part: Part, status: int, body: bytes, result: str = "", retry_after: str | None = None
+) -> Outcome:
+    """What the part's route answered (``status``, its rendered ``body``, a problem's
+    ``Retry-After``) makes of it."""
     try:
         value: Any = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -149,7 +153,8 @@ def outcome_of(part: Part, status: int, body: bytes, result: str = "") -> Outcom
         if status == 200:
             return Outcome(reason="upstream_bad_response", status=502, result=result)
     if status != 200:
-        return Outcome(reason=problem_reason(status, value), status=status, result=result)
+        reason = problem_reason(status, value)
+        return Outcome(reason=reason, status=status, result=result, retry_after=retry_after)
     if part.first:
         items = value.get("data") if isinstance(value, dict) else None
         if not isinstance(items, list):
@@ -183,17 +188,15 @@ def merge(composite: Composite, parts: Sequence[Part], outcomes: Sequence[Outcom
     if main.missing:
         status, reason = main.status, main.reason
         if reason == NOT_FOUND:
-            problem = HTTPProblem(
-                404, f"{composite.main} not found", code="not_found", extra={MISSING_KEY: missing}
-            )
-        else:
-            problem = HTTPProblem(
-                status if status >= 400 else 502,
-                f"{composite.main} is missing ({reason}): nothing to compose",
-                code="main_part_missing",
-                extra={MISSING_KEY: missing},
-            )
-        raise problem
+            extra = {MISSING_KEY: missing}
+            raise HTTPProblem(404, f"{composite.main} not found", code="not_found", extra=extra)
+        raise HTTPProblem(
+            status if status >= 400 else 502,
+            f"{composite.main} is missing ({reason}): nothing to compose",
+            code="main_part_missing",
+            extra={MISSING_KEY: missing},
+            headers={"Retry-After": main.retry_after} if main.retry_after else None,
+        )
     body[MISSING_KEY] = missing
     return body
 
@@ -241,7 +244,11 @@ async def _run(
         return Outcome(reason=TIMEOUT, status=504)
     except HTTPProblem as problem:  # no answer at all: unreachable, no slot, bad parameters
         shown = {**problem.extra, "code": problem.code}
-        return Outcome(reason=problem_reason(problem.status, shown), status=problem.status)
+        return Outcome(
+            reason=problem_reason(problem.status, shown),
+            status=problem.status,
+            retry_after=problem.headers.get("Retry-After"),
+        )
     except Exception as exc:  # a bug of ours: this part is missing, the rest is answered
         log.error(
             "composite part failed",
@@ -252,7 +259,8 @@ async def _run(
     try:
         fetched = answer.fetched
         result = fetched.result if fetched is not None else ""
-        return outcome_of(part, answer.status, answer.body, result)
+        retry_after = next((v for k, v in answer.headers if k.lower() == "retry-after"), None)
+        return outcome_of(part, answer.status, answer.body, result, retry_after)
     finally:
         _release(answer)
 

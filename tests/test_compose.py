@@ -217,6 +217,16 @@ def test_without_the_main_part_the_answer_is_its_problem(
     assert problem.extra["missing"] == [
         {"part": "user", "reason": main.reason, "status": main.status}
     ]
+    assert "Retry-After" not in problem.headers
+
+
+def test_the_main_parts_retry_after_is_the_answers() -> None:
+    held = Outcome(reason="circuit_open", status=503, retry_after="30")
+    with pytest.raises(HTTPProblem) as raised:
+        merge(PROFILE, [part("user")], [held])
+    assert raised.value.headers == {"Retry-After": "30"}
+    outcome = outcome_of(part("user"), 503, orjson.dumps({"code": "circuit_open"}), "", "7")
+    assert (outcome.reason, outcome.retry_after) == ("circuit_open", "7")
 
 
 def test_merge_refuses_parts_without_the_main_one() -> None:
@@ -663,8 +673,13 @@ async def test_a_failing_main_part_is_the_answer(
     make_proxy: ProxyFactory, fake: FakeRoblox
 ) -> None:
     proxy = await make_proxy(**NO_RETRIES)
-    fake.script("users", "/v1/users", [Fault(status=503)])
-    problem, _ = await get(proxy, f"/v1/users/{MIGHTYPART}/profile", 503)
+    fake.script("presence", "/v1/presence/users", [Fault(status=503, retry_after="5")])
+    problem, headers = await get(proxy, "/v1/users/1/profile?include=presence", 200)
+    assert problem["missing"] == [{"part": "presence", "reason": "upstream 503", "status": 503}]
+    assert "Retry-After" not in headers  # only the main part's would be the answer's
+    fake.script("users", "/v1/users", [Fault(status=503, retry_after="5")])
+    problem, headers = await get(proxy, f"/v1/users/{MIGHTYPART}/profile", 503)
+    assert headers["Retry-After"] == "5"
     assert problem["code"] == "main_part_missing"
     assert problem["missing"] == [{"part": "user", "reason": "upstream 503", "status": 503}]
 
