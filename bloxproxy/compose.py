@@ -100,15 +100,18 @@ def chosen(composite: Composite, include: Sequence[str]) -> tuple[Part, ...]:
         return composite.parts
     names = composite.part_names
     wanted: set[str] = set()
-    unknown: list[str] = []
+    unknown: dict[str, None] = {}  # the first few, in the order sent (a set's cost per name)
+    more = False
     for text in include:
         for name in text.split(","):
             if name in names:
                 wanted.add(name)
+            elif len(unknown) < 5:
+                unknown[name] = None
             elif name not in unknown:
-                unknown.append(name)
+                more = True
     if unknown:
-        shown = ", ".join(repr(_cut(n)) for n in unknown[:5]) + (" …" if len(unknown) > 5 else "")
+        shown = ", ".join(repr(_cut(n)) for n in unknown) + (" …" if more else "")
         allowed = ", ".join(names)
         reason = f"names no part: {shown} (allowed: {allowed})"
         problem = bad_request(
