@@ -32,6 +32,7 @@ from .appkeys import AUTH_THROTTLE, CONFIG, FETCHER, PIPELINE
 from .authn import bearer, digests, matches
 from .clients import client_ip
 from .errors import HTTPProblem, bad_request, not_found
+from .rules import Composite
 from .tagging import MAX_TAG_LENGTH, valid_tag
 
 SCOPES = ("url", "key", "route", "prefix", "tag", "all")
@@ -126,6 +127,9 @@ async def purge(request: web.Request) -> web.Response:
             for k, v in parse_qsl(parts.query, keep_blank_values=True):
                 query.add(k, v)
             key = pipeline.cache_key_for(parts.path, query)
+            matched, _, _ = pipeline.rules.clean_router.match("GET", parts.path)
+            if isinstance(matched, Composite):
+                raise _composite(matched)
             if key is None:
                 raise not_found(f"no route or service matches {parts.path}", code="no_route")
             n = await fetcher.purge_key(key)
@@ -134,6 +138,9 @@ async def purge(request: web.Request) -> web.Response:
             n = await fetcher.purge_key(target)
         elif scope == "route":
             route = pipeline.rules.by_id(target)
+            composite = next((c for c in pipeline.rules.composites if c.id == target), None)
+            if composite is not None:
+                raise _composite(composite)
             if route is None:
                 raise not_found(f"no route with id {target!r}", code="no_route")
             target = pipeline.route_prefix(route)
@@ -146,3 +153,12 @@ async def purge(request: web.Request) -> web.Response:
         # L1 was purged; Redis and the other replicas could not be told.
         body["warning"] = "redis unavailable: purged this replica's L1 only"
     return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
+
+
+def _composite(composite: Composite) -> HTTPProblem:
+    """Nothing of a composite route is cached but its parts' own entries: say which."""
+    parts = ", ".join(sorted({p.route.id for p in composite.parts}))
+    return bad_request(
+        f"{composite.id} is a composite route: only its parts are cached; purge their "
+        f"routes ({parts}) or their urls"
+    )

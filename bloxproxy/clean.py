@@ -21,7 +21,7 @@ from . import normalize
 from .cache.entry import Entry
 from .errors import HTTPProblem, UpstreamError, UpstreamStatus, bad_request, not_found
 from .params import ParamError
-from .rules import Route
+from .rules import Composite, Route
 from .upstream.client import UpstreamRequest
 
 __all__ = ["JSON", "render", "upstream_problem", "upstream_request", "values_of"]
@@ -30,8 +30,11 @@ JSON = "application/json; charset=utf-8"
 _CREDENTIAL_HEADERS = ("cookie", "authorization", "x-api-key")
 
 
-def values_of(route: Route, raw: dict[str, str], query: MultiMapping[str]) -> dict[str, Any]:
-    """Every parameter of ``route`` parsed; one 400 listing every invalid one."""
+def values_of(
+    route: Route | Composite, raw: dict[str, str], query: MultiMapping[str]
+) -> dict[str, Any]:
+    """Every parameter of ``route`` (or of a composite route) parsed; one 400 listing every
+    invalid one."""
     values: dict[str, Any] = {}
     invalid: list[dict[str, str]] = []
     for p in route.path_params:

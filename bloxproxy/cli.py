@@ -206,6 +206,17 @@ def routes_table(rules: RuleSet, width: int = ROUTES_WIDTH) -> str:
         if batch is not None:  # entities per id, merged calls: say which ids and how many
             upstream += f" [batch: {batch.ids} <= {batch.max}]"
         rows.append((_cut(r.id, _ID_MAX), f"{r.method} {r.endpoint}", ttls, upstream))
+    for comp in rules.composites:  # made of other routes, each cached as its route is
+        parts = " ".join(f"{p.name}={p.route.id}" for p in comp.parts)
+        rows.append(
+            (
+                _cut(comp.id, _ID_MAX),
+                f"{comp.method} {comp.endpoint}",
+                ("per part", "", ""),
+                f"[compose] {parts}",
+            )
+        )
+    rows.sort(key=lambda row: (row[1].split(" ", 1)[1], row[1]))
     head = ("TTL", "SWR", "SIE")
     ttl_w = [max([len(head[i])] + [len(row[2][i]) for row in rows]) for i in range(3)]
     ttl_cols = sum(ttl_w) + 2 * len(ttl_w)

@@ -77,14 +77,30 @@ def rule_key_parts() -> dict[str, Callable[[], str]]:
 
 
 def route_table(rules: RuleSet) -> str:
-    """The README's route table: each clean route, what it is, its upstream request, TTL."""
+    """The README's route table: each clean route, what it is, its upstream request, TTL;
+    a composite route with the routes of its parts instead (each cached as its route)."""
     lines = ["| route | what | upstream | TTL |", "| --- | --- | --- | --- |"]
-    for r in sorted(rules.routes, key=lambda r: r.endpoint):
+    rows: list[tuple[str, str]] = []
+    for r in rules.routes:
         summary = r.summary.replace("|", "\\|")  # a | would end the cell
-        lines.append(
-            f"| `{r.method} {r.endpoint}{_required_query(r)}`{_notes(r)} | {summary} "
-            f"| `{_upstream(r)}` | {_ttl(r)} |"
+        rows.append(
+            (
+                r.endpoint,
+                f"| `{r.method} {r.endpoint}{_required_query(r)}`{_notes(r)} | {summary} "
+                f"| `{_upstream(r)}` | {_ttl(r)} |",
+            )
         )
+    for c in rules.composites:
+        summary = c.summary.replace("|", "\\|")
+        parts = ", ".join(f"`{p.route.id}`" for p in c.parts)
+        rows.append(
+            (
+                c.endpoint,
+                f"| `{c.method} {c.endpoint}` (composite) | {summary} | parts: {parts} "
+                "| each part's |",
+            )
+        )
+    lines.extend(row for _, row in sorted(rows, key=lambda row: row[0]))
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ from .config import SERVICE_NAME_RE, Config
 from .errors import PROBLEM_JSON, HTTPProblem, problem_body
 from .normalize import Plan
 from .params import INT64_MAX, INT64_MIN, Param
-from .rules import CacheCondition, Route, RuleSet
+from .rules import INCLUDE_PARAM, MISSING_KEY, CacheCondition, Composite, Part, Route, RuleSet
 from .walk import NDJSON, walkable
 
 JSON = dict[str, Any]
@@ -68,9 +68,12 @@ def build_openapi(
     paths: JSON = {}
     for route in sorted(rules.routes, key=lambda r: (r.endpoint, r.method)):
         paths.setdefault(route.endpoint, {})[route.method.lower()] = _operation(route, keyed)
+    for c in sorted(rules.composites, key=lambda c: (c.endpoint, c.method)):
+        paths.setdefault(c.endpoint, {})[c.method.lower()] = _composite_operation(c, keyed)
     paths["/{service}/{path}"] = _passthrough(passthrough_services, keyed)
     paths.update(_proxy_paths(keyed))
-    tag_names = dict.fromkeys(t for r in rules.routes for t in r.tags)
+    tagged: list[Route | Composite] = [*rules.routes, *rules.composites]
+    tag_names = dict.fromkeys(t for r in tagged for t in r.tags)
     tags = [{"name": t} for t in sorted(tag_names)]
     tags.append(
         {
@@ -160,6 +163,93 @@ def _operation(route: Route, keyed: bool) -> JSON:
     if walkable(route):
         _add_walk(op)
     return op
+
+
+def _composite_operation(c: Composite, keyed: bool) -> JSON:
+    """A composite route (``compose``): its own parameters and ``include``, a 200 object
+    of the parts and ``missing``, never cached whole (no ETag, no 304)."""
+    names = list(c.part_names)
+    parts = ", ".join(f"`{p.name}` ({p.route.id})" for p in c.parts)
+    description = c.description.strip()
+    description = (description + "\n\n" if description else "") + (
+        f"Composite: the answers of {parts}, asked at once, each within its deadline. "
+        f"A part that fails or runs out of time is listed in `{MISSING_KEY}`; without "
+        f"`{c.main}` the answer is its problem (404 when not found)."
+    )
+    include: JSON = {
+        "name": INCLUDE_PARAM,
+        "in": "query",
+        "required": False,
+        "schema": {"type": "array", "items": {"type": "string", "enum": names}, "minItems": 1},
+        "style": "form",
+        "explode": False,
+        "description": f"The parts to ask (`{c.main}` always is); all when left out. "
+        "Comma-separated; repeated keys work too. An unknown name is a 400 listing the "
+        "allowed ones.",
+    }
+    body: JSON = {
+        "type": "object",
+        "required": [c.main, MISSING_KEY],
+        "additionalProperties": False,
+        "properties": {
+            **{p.name: _part_schema(p) for p in c.parts},
+            MISSING_KEY: {"type": "array", "items": _ref("schemas", "MissingPart")},
+        },
+    }
+    media: JSON = {"schema": body}
+    if c.example is not None:
+        media["example"] = _plain(c.example)
+    responses: JSON = {
+        "200": {
+            "description": "The parts that are there, and those missing.",
+            "headers": {h: _ref("headers", h) for h in ("X-Cache", "Cache-Control")},
+            "content": {"application/json": media},
+        }
+    }
+    for status, name, *_ in _PROBLEMS:
+        if status != "401" or keyed:
+            responses[status] = _ref("responses", name)
+    op: JSON = {
+        "operationId": c.id,
+        "summary": c.summary or f"{c.method} {c.endpoint}",
+        "description": description,
+        "tags": list(c.tags) or ["clean"],
+        "parameters": [
+            *(_parameter(p) for p in (*c.path_params, *c.query_params)),
+            include,
+        ],
+        "responses": responses,
+        "x-bloxproxy-parts": [
+            {
+                "name": p.name,
+                "route": p.route.id,
+                "deadline": p.deadline,
+                "main": p.name == c.main,
+            }
+            for p in c.parts
+        ],
+    }
+    if c.deprecated:
+        op["deprecated"] = True
+    return op
+
+
+def _part_schema(part: Part) -> JSON:
+    """What a part's value can be: its route's body, the first item of its list, or the
+    value ``pick`` keeps."""
+    if part.pick is not None:
+        return {"description": f"`{part.route.id}`'s answer at `{_path_text(part.pick)}`."}
+    if part.first:
+        return {"description": f"The first item of `{part.route.id}`'s list."}
+    schema = body_schema(part.route.plan)
+    return schema | {"description": f"`{part.route.id}`'s answer."}
+
+
+def _path_text(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for step in path:
+        out += f"[{step}]" if isinstance(step, int) else (f".{step}" if out else step)
+    return out or "."
 
 
 def _redirect_responses(responses: JSON) -> JSON:
@@ -257,6 +347,8 @@ def body_schema(plan: Plan) -> JSON:
     """
     if plan.pagination is not None or plan.shape == "list":
         return dict(_ENVELOPE_REF)
+    if plan.pick == () and not plan.empty_is_404:  # the whole body, which may be null
+        return {"anyOf": [{"type": "object"}, {"type": "null"}]}
     listy = plan.shape == "auto" and (
         plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str))
     )
@@ -429,12 +521,13 @@ _PROBLEMS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
      "(`upstream_status`, Roblox's `errors`).", "upstream_error", ("Retry-After",)),
     ("502", "BadGateway", "Roblox failed, could not be reached, or answered something "
      "unusable.", "upstream_bad_response, upstream_error, upstream_unreachable, "
-     "upstream_too_large", ()),
+     "upstream_too_large, main_part_missing", ()),
     ("503", "ServiceUnavailable", "Roblox is unavailable, or the proxy holds calls to it back "
      "(paused after a 429, circuit open, queue full).",
-     "circuit_open, upstream_paused, upstream_busy, upstream_error", ("Retry-After",)),
+     "circuit_open, upstream_paused, upstream_busy, upstream_error, main_part_missing",
+     ("Retry-After",)),
     ("504", "GatewayTimeout", "Roblox did not answer in time.",
-     "upstream_timeout, upstream_error", ()),
+     "upstream_timeout, upstream_error, main_part_missing", ()),
 )  # fmt: skip
 _INVALID = {"name": "user_id", "in": "path", "reason": "must be at least 1, got 0"}
 _EXAMPLE_DETAIL: dict[str, tuple[str, JSON]] = {
@@ -529,6 +622,8 @@ _PROBLEM_MEMBERS = (  # name, JSON type, description
     ("upstream_status", "integer", "The status Roblox answered."),
     ("errors", "array", "Roblox's `errors` list, as Roblox sent it."),
     ("retry_after", "integer", "Seconds, as in `Retry-After`."),
+    ("missing", "array", "A composite route without its main part: every part missing."),
+    ("allowed", "array", "An unknown `include` part: the part names there are."),
 )
 _WALK_END_MEMBERS: tuple[tuple[str, Any, str], ...] = (  # name, JSON type, description
     ("done", "boolean", "`false`: a page failed (`error`); the items before it were sent."),
@@ -545,6 +640,8 @@ _PROBLEM_ITEMS: dict[str, JSON] = {
     "invalid_params": {"type": "object", "required": ["name", "in", "reason"], "properties": {
         "name": {"type": "string"}, "in": {"enum": ["path", "query"]},
         "reason": {"type": "string"}}},
+    "missing": {"$ref": "#/components/schemas/MissingPart"},
+    "allowed": {"type": "string"},
     # Only described: Roblox's items are objects like this, but they are passed on as sent.
     "errors": {"properties": {"code": {"type": "integer"}, "message": {"type": "string"},
                               "userFacingMessage": {"type": "string"}}},
@@ -603,6 +700,19 @@ _SCHEMAS: JSON = {
             | ({"minimum": 0} if kind == "integer" else {})
             | {"description": text}
             for name, kind, text in _WALK_END_MEMBERS
+        },
+    },
+    "MissingPart": {
+        "type": "object",
+        "description": "A part of a composite route that is not in its answer, and why: "
+        "`timeout` (its deadline passed), `not found`, `upstream <N>` (Roblox answered N), or "
+        "the part's problem `code`; `status` is what its own route would have answered.",
+        "required": ["part", "reason", "status"],
+        "additionalProperties": False,
+        "properties": {
+            "part": {"type": "string"},
+            "reason": {"type": "string"},
+            "status": {"type": "integer", "minimum": 400, "maximum": 599},
         },
     },
     "Problem": {

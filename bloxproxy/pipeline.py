@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from . import clean, normalize, passthrough, tagging, walk
+from . import clean, compose, normalize, passthrough, tagging, walk
 from .answer import Answer
 from .cache import decide
 from .cache.entry import Entry
@@ -46,7 +46,7 @@ from .errors import (
 )
 from .observe import RequestInfo
 from .router import DuplicateRoute, Router
-from .rules import BatchSpec, Hold, Redirect, Route, RuleSet
+from .rules import BatchSpec, Composite, Hold, Redirect, Route, RuleSet
 from .upstream.client import MAX_WAIT_HEADER, Caller, UpstreamRequest, max_wait_of
 
 __all__ = ["Pipeline"]
@@ -149,6 +149,18 @@ class Pipeline:
             raise bad_request("the query string is not valid UTF-8") from None
         info.route = route.id
         values = clean.values_of(route, raw_params, request.rel_url.query)
+        if isinstance(route, Composite):  # made of other routes' answers (compose.py)
+            info.cache = "COMPOSE"
+            return await compose.composite_answer(
+                self,
+                route,
+                values,
+                request.rel_url.query,
+                request.headers,
+                self._caller(request, info),
+                credential,
+                raw_path,
+            )
         if route.plan.pagination is not None and walk.asked(request.rel_url.query):
             caller = self._caller(request, info)  # ?all=true: the whole list, streamed
             info.cache = "WALK"  # (a first page that fails says what the cache did instead)
@@ -188,15 +200,16 @@ class Pipeline:
                 fetched.lease.release()  # no answer will be written
             raise
 
-    def _match(self, method: str, raw_path: str) -> tuple[Route, dict[str, str]]:
+    def _match(self, method: str, raw_path: str) -> tuple[Route | Composite, dict[str, str]]:
+        router = self.rules.clean_router  # the routes and the composite routes
         try:
-            route, raw_params, exists = self.rules.router.match(method, raw_path)
+            route, raw_params, exists = router.match(method, raw_path)
         except UnicodeDecodeError:
             raise bad_request("the path is not valid UTF-8") from None
         if route is not None:
             return route, raw_params
         if exists:
-            methods = self.rules.router.methods(raw_path)
+            methods = router.methods(raw_path)
             if "GET" in methods and "HEAD" not in methods:
                 methods = [*methods, "HEAD"]  # the router answers HEAD with GET
             allowed = ", ".join(methods)

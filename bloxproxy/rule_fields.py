@@ -719,6 +719,110 @@ LIMITS = Block(
     ),
 )
 
+
+def _route_key(name: str) -> Key:
+    return next(k for k in ROUTE.keys if k.name == name)
+
+
+COMPOSITE = Block(
+    "composite route",
+    (
+        *(
+            _route_key(n)
+            for n in (
+                "endpoint",
+                "id",
+                "method",
+                "summary",
+                "description",
+                "tags",
+                "deprecated",
+                "example",
+                "params",
+                "query",
+            )
+        ),
+        Key(
+            "compose",
+            "The parts this route is made of (see [Composite routes](#composite-routes)): a "
+            "route with `compose` has no `backend`, `response`, `cache` or `limits` of its own; "
+            "each part is an ordinary route with its own.",
+            required="required (the parts of a composite route)",
+        ),
+    ),
+)
+
+COMPOSE = Block(
+    "compose",
+    (
+        Key(
+            "parts",
+            "The parts, a mapping `name: {route: ..., ...}` in the order the answer lists them "
+            "(see [Part keys](#part-keys)). Names are snake_case; `missing` is the answer's own "
+            "key and cannot be a part's name.",
+            required="required: a mapping of part names to parts",
+        ),
+        Key(
+            "main",
+            "The part the answer cannot do without (the user of a profile): always asked, "
+            "whatever `include` says; when it is missing the whole answer is that part's "
+            "problem (a 404 for an unknown user), with `missing` listing every missing part.",
+            schema.string,
+            shown="the first part",
+        ),
+        Key(
+            "deadline",
+            "How long each part may take unless it says otherwise; past it the part is "
+            "reported missing with reason `timeout` (its upstream call, if any, goes on and "
+            "fills the part's cache entry for the next request).",
+            schema.duration,
+            "2s",
+        ),
+    ),
+)
+
+PART = Block(
+    "compose.parts",
+    (
+        Key(
+            "route",
+            "The id of the clean route that makes this part (`users.batch`), shipped or your "
+            "own; a redirect (image) route cannot be a part.",
+            route_id,
+            required="required: the id of the route that makes this part",
+        ),
+        Key(
+            "params",
+            "The part route's parameters: a mapping `name: template`, each template a literal "
+            '(`150x150`) or naming the composite\'s own parameters (`"{user_id}"`), rendered '
+            "like `backend.query` and then parsed by the part route's parameter as a client's "
+            "value would be. Every required parameter of the part route must be given; the "
+            "others take their defaults.",
+            shown="none",
+        ),
+        Key(
+            "deadline",
+            "How long this part may take (overrides `compose.deadline`).",
+            schema.duration,
+            shown="`compose.deadline`",
+        ),
+        Key(
+            "first",
+            "`true`: the part route answers a list (`{data: [...]}`, e.g. a batch route asked "
+            "for one id) and the part is its first item; an empty list is the part missing "
+            "with reason `not found`.",
+            schema.boolean,
+            False,
+        ),
+        Key(
+            "pick",
+            "A path into the part's answer (after `first`) to keep only that value: `count` "
+            "makes `{count: 47}` the number `47`. Missing there: reason `not found`.",
+            optional_path,
+        ),
+    ),
+)
+
 BLOCKS: tuple[Block, ...] = (
     FILE,
     ROUTE,
@@ -733,4 +837,7 @@ BLOCKS: tuple[Block, ...] = (
     CACHE,
     WHEN,
     LIMITS,
+    COMPOSITE,
+    COMPOSE,
+    PART,
 )

@@ -30,12 +30,15 @@ from .rule_fields import (
     BACKEND,
     BATCH,
     CACHE,
+    COMPOSE,
+    COMPOSITE,
     FILE,
     HOLD,
     LIMITS,
     ORDER_BY,
     PAGINATION,
     PARAM,
+    PART,
     REDIRECT,
     RESPONSE,
     ROUTE,
@@ -52,6 +55,11 @@ _NAME_RE = re.compile(r"^[a-z_][a-z0-9_]*$")
 # The query parameter that walks a paginated route's whole list (?all=true, walk.py): no
 # rule may declare it, so it means the same on every route.
 WALK_PARAM = "all"
+# The query parameter that chooses a composite route's parts (?include=user,presence,
+# compose.py), and the answer's own key that lists the parts missing: neither can be
+# declared (as a parameter, as a part) on a composite route.
+INCLUDE_PARAM = "include"
+MISSING_KEY = "missing"
 _HEADER_RE = re.compile(r"^[A-Za-z0-9-]+$")
 # Never forwarded from a clean route even if listed: credentials go through
 # `backend.credentials`, hop-by-hop and framing headers are ours to set.
@@ -180,6 +188,62 @@ class Route:
 
 
 @dataclass(frozen=True, slots=True)
+class Part:
+    """One part of a composite route (``compose.parts``): the answer of ``route`` for the
+    parameters ``params`` renders from the composite's own, within ``deadline``."""
+
+    name: str
+    route: Route
+    params: QueryTemplate  # the part route's parameters, as templates of the composite's
+    deadline: float
+    first: bool = False  # the part is the first item of the route's list answer
+    pick: normalize.Path | None = None  # the value kept of the part's answer
+
+
+@dataclass(frozen=True, slots=True)
+class Composite:
+    """One compiled composite route (a rule with ``compose``): its parts, asked at once."""
+
+    id: str
+    method: str
+    endpoint: str
+    path_params: tuple[Param, ...]
+    query_params: tuple[Param, ...]
+    parts: tuple[Part, ...]
+    main: str  # the part the answer cannot do without
+    summary: str
+    description: str
+    tags: tuple[str, ...]
+    deprecated: bool
+    example: Any
+    where: Where
+    file: str
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Draft:
+    """A composite route as read from its file, before its parts' routes are known."""
+
+    values: dict[str, Any]  # COMPOSITE's values
+    path_params: tuple[Param, ...]
+    query_params: tuple[Param, ...]
+    known: frozenset[str]
+    compose: MarkedDict
+    tags: tuple[str, ...]
+    where: Where
+    file: str
+
+    @property
+    def id(self) -> str:
+        route_id: str | None = self.values["id"]
+        return route_id or f"{self.values['method']} {self.values['endpoint']}"
+
+
+@dataclass(frozen=True, slots=True)
 class Override:
     """A route of the user's rule files that replaces the shipped route with its id."""
 
@@ -199,6 +263,10 @@ class RuleSet:
     router: Router[Route] = field(repr=False)
     files: tuple[str, ...] = ()
     overrides: tuple[Override, ...] = ()  # shipped routes replaced by the user's
+    composites: tuple[Composite, ...] = ()  # routes made of other routes (compose)
+    # What the clean door matches: the routes and the composites in one trie, so literal
+    # segments beat parameters across both and a clash between them is a DuplicateRoute.
+    clean_router: Router[Route | Composite] = field(default_factory=Router, repr=False)
 
     def by_id(self, route_id: str) -> Route | None:
         return next((r for r in self.routes if r.id == route_id), None)
@@ -238,8 +306,10 @@ def load_rules(
     shipped_files = rule_files(shipped)
     known = {f.resolve() for f in shipped_files}
     user_files = [f for f in rule_files(paths) if f.resolve() not in known]
-    shipped_routes = _load_files(shipped_files, problems)
-    user_routes = _load_files(user_files, problems)
+    shipped_drafts: list[_Draft] = []
+    user_drafts: list[_Draft] = []
+    shipped_routes = _load_files(shipped_files, problems, shipped_drafts)
+    user_routes = _load_files(user_files, problems, user_drafts)
     replacing = {r.id: r for r in reversed(user_routes)}  # the first of each id
     overrides = tuple(
         Override(r.id, replacing[r.id].where, r.where) for r in shipped_routes if r.id in replacing
@@ -283,12 +353,22 @@ def load_rules(
         else:
             where = ", ".join(str(p) for p in [*shipped, *paths]) or "rules"
             problems.append(Problem(Where(where, 0), "no rule files found"))
+    composites, clean_router = _composites(shipped_drafts, user_drafts, added, seen_ids, problems)
     if problems:
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))
-    return RuleSet(tuple(routes), router, tuple(str(f) for f in files), overrides)
+    return RuleSet(
+        tuple(routes),
+        router,
+        tuple(str(f) for f in files),
+        overrides,
+        tuple(composites),
+        clean_router,
+    )
 
 
-def _load_files(files: Iterable[Path], problems: list[Problem]) -> list[Route]:
+def _load_files(
+    files: Iterable[Path], problems: list[Problem], drafts: list[_Draft]
+) -> list[Route]:
     routes: list[Route] = []
     for path in files:
         try:
@@ -296,7 +376,7 @@ def _load_files(files: Iterable[Path], problems: list[Problem]) -> list[Route]:
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        routes.extend(_load_file(data, _display(path), problems))
+        routes.extend(_load_file(data, _display(path), problems, drafts))
     return routes
 
 
@@ -320,7 +400,9 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-def _load_file(data: object, name: str, problems: list[Problem]) -> list[Route]:
+def _load_file(
+    data: object, name: str, problems: list[Problem], drafts: list[_Draft]
+) -> list[Route]:
     top = schema.mapping(data, Where(name, 1), "rule file", problems)
     if top is None:
         return []
@@ -337,6 +419,11 @@ def _load_file(data: object, name: str, problems: list[Problem]) -> list[Route]:
         if route_map is None:
             continue
         before = len(problems)
+        if "compose" in route_map:
+            draft = _load_draft(route_map, name, values["tags"], problems)
+            if draft is not None and len(problems) == before:
+                drafts.append(draft)
+            continue
         route = _load_route(route_map, name, values["service"], values["tags"], problems)
         if route is not None and len(problems) == before:
             out.append(route)
@@ -357,34 +444,7 @@ def _load_route(
     method: str = values["method"]
     route_id: str = values["id"] or f"{method} {endpoint}"
 
-    path_names = re.findall(r"\{([a-z_][a-z0-9_]*)\}", endpoint)
-    if len(set(path_names)) != len(path_names):
-        problems.append(Problem(d.at("endpoint"), "endpoint: a parameter appears twice"))
-    path_params = _load_params(d, "params", "path", problems)
-    query_params = _load_params(d, "query", "query", problems)
-    # Names as written, valid or not: a parameter with a bad field is reported once, not
-    # again as "not declared" by the endpoint and every template that uses it.
-    declared = _declared_names(d, "params")
-    query_names = _declared_names(d, "query")
-    for name in path_names:
-        if name not in declared:
-            problems.append(
-                Problem(d.at("endpoint"), f"endpoint: {{{name}}} is not declared under params")
-            )
-    for name in declared:
-        if name not in path_names:
-            problems.append(Problem(d.at("params"), f"params.{name}: not in the endpoint path"))
-    for name in sorted(set(declared) & set(query_names)):
-        problems.append(Problem(d.at("query"), f"query.{name}: also a path parameter"))
-    if WALK_PARAM in query_names:
-        problems.append(
-            Problem(
-                d["query"].at(WALK_PARAM),
-                f"query.{WALK_PARAM}: reserved: ?{WALK_PARAM}=true walks a paginated route's "
-                "whole list (docs/RULES.md, Whole lists); give the parameter another name",
-            )
-        )
-    known = frozenset(declared) | frozenset(query_names)
+    path_params, query_params, known = _route_params(d, endpoint, problems)
 
     backend = _load_backend(d, file_service, known, problems)
     response = _load_response(d, query_params, problems)
@@ -416,6 +476,42 @@ def _load_route(
         redirect=redirect,
         hold=hold,
     )
+
+
+def _route_params(
+    d: MarkedDict, endpoint: str, problems: list[Problem]
+) -> tuple[list[Param], list[Param], frozenset[str]]:
+    """A route's path and query parameters, checked against its endpoint, and every name
+    declared (valid or not: templates are checked against these)."""
+    path_names = re.findall(r"\{([a-z_][a-z0-9_]*)\}", endpoint)
+    if len(set(path_names)) != len(path_names):
+        problems.append(Problem(d.at("endpoint"), "endpoint: a parameter appears twice"))
+    path_params = _load_params(d, "params", "path", problems)
+    query_params = _load_params(d, "query", "query", problems)
+    # Names as written, valid or not: a parameter with a bad field is reported once, not
+    # again as "not declared" by the endpoint and every template that uses it.
+    declared = _declared_names(d, "params")
+    query_names = _declared_names(d, "query")
+    for name in path_names:
+        if name not in declared:
+            problems.append(
+                Problem(d.at("endpoint"), f"endpoint: {{{name}}} is not declared under params")
+            )
+    for name in declared:
+        if name not in path_names:
+            problems.append(Problem(d.at("params"), f"params.{name}: not in the endpoint path"))
+    for name in sorted(set(declared) & set(query_names)):
+        problems.append(Problem(d.at("query"), f"query.{name}: also a path parameter"))
+    if WALK_PARAM in query_names:
+        problems.append(
+            Problem(
+                d["query"].at(WALK_PARAM),
+                f"query.{WALK_PARAM}: reserved: ?{WALK_PARAM}=true walks a paginated route's "
+                "whole list (docs/RULES.md, Whole lists); give the parameter another name",
+            )
+        )
+    known = frozenset(declared) | frozenset(query_names)
+    return path_params, query_params, known
 
 
 def _declared_names(d: MarkedDict, key: str) -> list[str]:
@@ -852,6 +948,234 @@ def _load_bucket(d: MarkedDict, service: str, problems: list[Problem]) -> str:
         return service
     bucket: str | None = LIMITS.read(lm, problems, "limits")["bucket"]
     return service if bucket is None else bucket
+
+
+# What an ordinary route has and a composite route leaves to its parts.
+_NOT_COMPOSED = ("backend", "response", "cache", "limits")
+
+
+def _load_draft(
+    d: MarkedDict, file: str, file_tags: tuple[str, ...], problems: list[Problem]
+) -> _Draft | None:
+    """A composite route (``compose``) as far as its own file tells: its parameters are
+    checked here, its parts once every route is known (:func:`_composites`)."""
+    own = [key for key in _NOT_COMPOSED if key in d]
+    for key in own:
+        problems.append(
+            Problem(
+                d.at(key),
+                f"{key}: a composite route (compose) has none of its own: each part is "
+                "asked, normalized, cached and limited as its own route is",
+            )
+        )
+    if own:  # reported above: not again as unknown keys
+        rest = MarkedDict({k: v for k, v in d.items() if k not in own})
+        rest.where, rest.key_where = d.where, d.key_where
+        d = rest
+    values = COMPOSITE.read(d, problems, "")
+    endpoint: str | None = values["endpoint"]
+    if endpoint is None:
+        return None
+    path_params, query_params, known = _route_params(d, endpoint, problems)
+    if INCLUDE_PARAM in _declared_names(d, "query"):
+        problems.append(
+            Problem(
+                d["query"].at(INCLUDE_PARAM),
+                f"query.{INCLUDE_PARAM}: reserved: ?{INCLUDE_PARAM}= chooses a composite "
+                "route's parts (docs/RULES.md, Composite routes); give the parameter another name",
+            )
+        )
+    compose = schema.mapping(d["compose"], d.at("compose"), "compose", problems)
+    if compose is None:
+        return None
+    tags = file_tags if values["tags"] is None else values["tags"]
+    return _Draft(
+        values, tuple(path_params), tuple(query_params), known, compose, tags, d.where, file
+    )
+
+
+def _composites(
+    shipped: list[_Draft],
+    user: list[_Draft],
+    routes: list[Route],
+    route_ids: Mapping[str, Route],
+    problems: list[Problem],
+) -> tuple[list[Composite], Router[Route | Composite]]:
+    """The composite routes, their parts resolved against the final ``routes`` (a user's
+    composite with a shipped composite's id replaces it), and the trie of both kinds."""
+    router: Router[Route | Composite] = Router()
+    for route in routes:
+        router.add(route.method, route.endpoint, route)  # (added once already: no clash)
+    replacing = {d.id for d in user}
+    drafts = [*(d for d in shipped if d.id not in replacing), *user]
+    by_id = {r.id: r for r in routes}
+    seen: dict[str, Where] = {}
+    out: list[Composite] = []
+    for draft in drafts:
+        other = route_ids.get(draft.id)
+        first = other.where if other is not None else seen.get(draft.id)
+        if first is not None:
+            problems.append(Problem(draft.where, f"id: {draft.id!r} is already used at {first}"))
+            continue
+        seen[draft.id] = draft.where
+        before = len(problems)
+        composite = _resolve(draft, by_id, {d.id for d in drafts}, problems)
+        if composite is None or len(problems) > before:
+            continue
+        try:
+            router.add(composite.method, composite.endpoint, composite)
+        except DuplicateRoute as exc:
+            problems.append(Problem(draft.where, f"endpoint: {exc}"))
+            continue
+        out.append(composite)
+    return out, router
+
+
+def _resolve(
+    draft: _Draft, by_id: Mapping[str, Route], composites: set[str], problems: list[Problem]
+) -> Composite | None:
+    c = draft.compose
+    v = COMPOSE.read(c, problems, "compose")
+    if "parts" not in c:
+        return None  # COMPOSE.read reported it
+    pm = schema.mapping(c["parts"], c.at("parts"), "compose.parts", problems)
+    if pm is None:
+        return None
+    parts: list[Part] = []
+    for name, raw in pm.items():
+        if name.startswith("_"):
+            continue
+        ctx = f"compose.parts.{name}"
+        if not _NAME_RE.match(name):
+            problems.append(Problem(pm.at(name), f"{ctx}: part names are snake_case"))
+            continue
+        if name == MISSING_KEY:
+            problems.append(
+                Problem(pm.at(name), f"{ctx}: reserved: the answer lists missing parts there")
+            )
+            continue
+        m = schema.mapping(raw, pm.at(name), ctx, problems)
+        if m is not None:
+            part = _load_part(m, name, ctx, draft, v["deadline"], by_id, composites, problems)
+            if part is not None:
+                parts.append(part)
+    if not pm or not any(not k.startswith("_") for k in pm):
+        problems.append(Problem(c.at("parts"), "compose.parts: expected at least one part"))
+        return None
+    main: str | None = v["main"]
+    names = [p.name for p in parts]
+    if main is not None and main not in pm:
+        problems.append(
+            Problem(c.at("main"), f"compose.main: {main!r} is not a part (parts: {list(pm)})")
+        )
+        return None
+    if not parts:
+        return None
+    values = draft.values
+    return Composite(
+        id=draft.id,
+        method=values["method"],
+        endpoint=values["endpoint"],
+        path_params=draft.path_params,
+        query_params=draft.query_params,
+        parts=tuple(parts),
+        main=main if main is not None else names[0],
+        summary=values["summary"],
+        description=values["description"],
+        tags=draft.tags,
+        deprecated=values["deprecated"],
+        example=values["example"],
+        where=draft.where,
+        file=draft.file,
+    )
+
+
+def _load_part(
+    m: MarkedDict,
+    name: str,
+    ctx: str,
+    draft: _Draft,
+    default_deadline: float,
+    by_id: Mapping[str, Route],
+    composites: set[str],
+    problems: list[Problem],
+) -> Part | None:
+    before = len(problems)
+    v = PART.read(m, problems, ctx)
+    deadline: float = default_deadline if v["deadline"] is None else v["deadline"]
+    if deadline <= 0:
+        problems.append(Problem(m.at("deadline"), f"{ctx}.deadline: expected more than 0s"))
+    route_id: str | None = v["route"]
+    route = by_id.get(route_id) if route_id is not None else None
+    if route_id is not None and route is None and route_id in composites:
+        problems.append(
+            Problem(
+                m.at("route"),
+                f"{ctx}.route: {route_id} is a composite route: a part is an ordinary route",
+            )
+        )
+    elif route_id is not None and route is None:
+        problems.append(Problem(m.at("route"), f"{ctx}.route: no route has the id {route_id!r}"))
+    elif route is not None and route.redirect is not None:
+        problems.append(
+            Problem(m.at("route"), f"{ctx}.route: {route_id} answers a redirect, not JSON")
+        )
+    template = QueryTemplate(())
+    if "params" in m:
+        pm = schema.mapping(m["params"], m.at("params"), f"{ctx}.params", problems)
+        if pm is not None:
+            try:
+                template = QueryTemplate.compile(
+                    {k: x for k, x in pm.items() if not k.startswith("_")}, draft.known
+                )
+            except TemplateError as exc:
+                problems.append(Problem(m.at("params"), f"{ctx}.params: {exc}"))
+    if route is not None and len(problems) == before:
+        _check_part_params(m, ctx, route, template, draft, problems)
+    if len(problems) > before or route is None:
+        return None
+    return Part(name, route, template, deadline, v["first"], v["pick"])
+
+
+def _check_part_params(
+    m: MarkedDict,
+    ctx: str,
+    route: Route,
+    template: QueryTemplate,
+    draft: _Draft,
+    problems: list[Problem],
+) -> None:
+    """The part's parameters against its route's: each one the route has, every required
+    one given, and each value as the route would take it (for the composite's examples)."""
+    where = m.at("params") if "params" in m else m.where
+    before = len(problems)
+    own = {p.name: p for p in (*route.path_params, *route.query_params)}
+    given = [name for name, _ in template.items]
+    for name in given:
+        if name not in own:
+            problems.append(
+                Problem(
+                    where,
+                    f"{ctx}.params.{name}: {route.id} has no such parameter "
+                    f"(its parameters: {', '.join(own) or 'none'})",
+                )
+            )
+    for p in own.values():
+        if p.required and p.name not in given:
+            problems.append(
+                Problem(where, f"{ctx}.params: {route.id} needs its parameter {p.name!r}")
+            )
+    if len(problems) > before:
+        return
+    examples = {
+        p.name: p.example if p.example is not None else p.default
+        for p in (*draft.path_params, *draft.query_params)
+    }
+    for name, text in template.render(examples):
+        try:
+            own[name].parse([text])
+        except ParamError as exc:
+            problems.append(Problem(where, f"{ctx}.params.{name}: {exc.reason}"))
 
 
 def match_condition(cond: CacheCondition, body: object) -> bool:

@@ -412,3 +412,48 @@ async def test_no_credential_in_any_redis_key(
     # shipped users.get, the first rule describing this request): bypass each time; then
     # the anonymous as-viewer request
     assert fake.count("users", "/v1/users/156") == 4 + 4 * 2 + 1
+
+
+async def test_a_failed_pipelined_write_leaves_no_pipeline_behind() -> None:
+    """A Redis that accepts and never answers: the batch write and the claims fail (a
+    StoreUnavailable, a DOWN claim), and the pipelines they used are reset, not left for
+    the garbage collector to warn about (an unclosed pipeline's ResourceWarning surfaced
+    as an error in a later test)."""
+    import gc
+    import warnings
+
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    from bloxproxy.cache.lease import Claim, Leases
+    from bloxproxy.cache.redis_store import RedisStore
+    from bloxproxy.errors import StoreUnavailable
+
+    done = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await done.wait()  # reads nothing, answers nothing
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(
+        host="127.0.0.1", port=port, socket_timeout=0.1, retry=Retry(NoBackoff(), 0)
+    )
+    entry = Entry(200, (), b"{}", 0.0, 60.0)
+    store = RedisStore(client, "t:", clock=lambda: 1.0)
+    leases = Leases(client, "t:", ttl=1.0, wait=1.0, listening=lambda: True)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.set_many([("a", entry, ("user:1",)), ("b", entry, ())])
+        got = await leases.claim_many(["t:lease:{a}", "t:lease:{b}"])
+        assert [g.claim for g in got] == [Claim.DOWN, Claim.DOWN]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            gc.collect()
+        assert [w for w in caught if "Unclosed" in str(w.message)] == []
+    finally:
+        done.set()
+        await client.aclose()
+        server.close()
+        await server.wait_closed()

@@ -229,7 +229,7 @@ def test_routes_prints_every_route_with_its_id_upstream_and_ttls(
     assert err == ""
     rules = load_rules([ROOT / "rules"])
     table = parse_routes(out)
-    assert sorted(table) == sorted(r.id for r in rules.routes)
+    assert sorted(table) == sorted(r.id for r in (*rules.routes, *rules.composites))
     for r in rules.routes:
         cells, upstream = table[r.id]
         assert cells[1:3] == [r.method, r.endpoint]
@@ -241,6 +241,10 @@ def test_routes_prints_every_route_with_its_id_upstream_and_ttls(
     assert table["users.batch"][0][3:] == ["10m", "1m", "1h"]
     assert table["users.batch"][1] == "POST users/v1/users [batch: userIds <= 200]"
     assert table["presence.batch"][0][-3:] == ["30s", "-", "5m"]
+    # a composite route: its parts' routes, each cached as its own route is
+    cells, parts = table["users.profile"]
+    assert cells == ["users.profile", "GET", "/v1/users/{user_id}/profile", "per", "part"]
+    assert parts.startswith("[compose] user=users.batch headshot=thumbnails.user_headshots ")
     assert table["groups.members"] == (
         ["groups.members", "GET", "/v1/groups/{group_id}/members", "2m", "-", "1h"],
         "GET groups/v1/groups/{group_id}/users?limit={limit}&cursor={cursor}"

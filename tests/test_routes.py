@@ -288,6 +288,17 @@ CASES = [
         ),
     ),
     Case(
+        "groups.primary_of_user",
+        f"/v1/users/{MIGHTYPART}/groups/primary",
+        "GET",
+        "groups",
+        f"/v1/users/{MIGHTYPART}/groups/primary/role",
+        expect={
+            "group": {"id": 5850082, "name": "MightyPart Games", "member_count": 102},
+            "role": {"id": 38353811, "name": "Owner", "rank": 255},
+        },
+    ),
+    Case(
         "groups.of_user",
         f"/v1/users/{MIGHTYPART}/groups",
         "GET",
@@ -890,6 +901,15 @@ async def test_unknown_user_is_404_with_roblox_errors(proxy: Client, fake: FakeR
     ]
     assert "The user id is invalid." in problem["detail"]
     assert fake.count("users", "/v1/users/4") == 1
+
+
+async def test_a_user_without_a_primary_group_is_null(proxy: Client, fake: FakeRoblox) -> None:
+    async with proxy.get("/v1/users/156/groups/primary") as resp:
+        assert resp.status == 200
+        assert await resp.read() == b"null"
+    problem = await get_problem(proxy, "/v1/users/4/groups/primary", 404)  # unknown user
+    assert problem["upstream_status"] == 400
+    assert fake.count("groups", "/v1/users/4/groups/primary/role") == 1
 
 
 async def test_friends_count_of_unknown_user_maps_400_to_404(

@@ -342,10 +342,10 @@ class Leases:
                             )
                         ]
                     else:
-                        pipe = self._client.pipeline(transaction=False)
-                        for r in held:
-                            pipe.eval(_RENEW, 1, r.lease, r.token, self._ttl_ms)
-                        kept = await pipe.execute()
+                        async with self._client.pipeline(transaction=False) as pipe:
+                            for r in held:
+                                pipe.eval(_RENEW, 1, r.lease, r.token, self._ttl_ms)
+                            kept = await pipe.execute()
                 except _ERRORS as exc:
                     log.debug("lease renewal failed: %s", exc)
                     continue
@@ -362,10 +362,11 @@ class Leases:
             return [ClaimResult(Claim.DOWN, lease, "", 0.0) for lease in leases]
         tokens = [os.urandom(12).hex() for _ in leases]
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for lease, token in zip(leases, tokens, strict=True):
-                pipe.eval(_CLAIM, 1, lease, token, self._ttl_ms, "")
-            got = await pipe.execute()
+            # (async with: a pipeline left unreset when Redis fails warns when collected)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for lease, token in zip(leases, tokens, strict=True):
+                    pipe.eval(_CLAIM, 1, lease, token, self._ttl_ms, "")
+                got = await pipe.execute()
         except _ERRORS as exc:
             log.debug("lease claim failed: %s", exc)
             self._failed(exc)

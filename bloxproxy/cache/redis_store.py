@@ -194,22 +194,23 @@ class RedisStore:
                 else:
                     await self._client.set(name, entry.to_bytes(), px=px)
                 return
-            pipe = self._client.pipeline(transaction=False)
-            for key, entry, tags in items:
-                px = math.ceil((entry.hard_expiry() - now) * 1000)
-                name = self._prefix + key
-                if px <= 0:
-                    pipe.unlink(name)
-                elif tags:
-                    names = [name, *(self.tag_set(t) for t in tags)]
-                    await self._set_tagged(
-                        keys=names, args=[entry.to_bytes(), px, key], client=pipe
-                    )
-                else:
-                    pipe.set(name, entry.to_bytes(), px=px)
-            if then is not None:
-                await then(pipe)
-            await pipe.execute()
+            # (async with: a pipeline left unreset when Redis fails warns when collected)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, entry, tags in items:
+                    px = math.ceil((entry.hard_expiry() - now) * 1000)
+                    name = self._prefix + key
+                    if px <= 0:
+                        pipe.unlink(name)
+                    elif tags:
+                        # EVAL, not the Script: in a pipeline a Script first asks SCRIPT
+                        # EXISTS, one more round trip per write (cache/lease.py does the same)
+                        names = [name, *(self.tag_set(t) for t in tags)]
+                        pipe.eval(_SET_TAGGED, len(names), *names, entry.to_bytes(), px, key)
+                    else:
+                        pipe.set(name, entry.to_bytes(), px=px)
+                if then is not None:
+                    await then(pipe)
+                await pipe.execute()
         except _ERRORS as exc:
             raise _unavailable("SET", exc) from exc
 

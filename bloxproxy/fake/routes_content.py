@@ -151,6 +151,19 @@ def user_group_roles(ctx: Ctx) -> Reply:
     return ok({"data": data})
 
 
+def user_primary_group(ctx: Ctx) -> Reply:
+    """GET groups /v1/users/{userId}/groups/primary/role: ``{group, role}``, or ``null`` when
+    the user has no primary group (guess: the fake takes a user's first group as primary)."""
+    uid = ctx.params["userId"]
+    if not user_exists(uid):
+        return GROUP_USER_INVALID
+    memberships = MEMBERSHIPS.get(uid)
+    if not memberships:
+        return ok(None)
+    gid, role = memberships[0]
+    return ok({"group": _GROUP_INFO[gid], "role": _role_brief(role)})
+
+
 def groups_v2(ctx: Ctx) -> Reply:
     """GET groups /v2/groups?groupIds=1,2 (unknown ids omitted)."""
     ids = csv_ids(ctx.query.get("groupids"))
@@ -264,6 +277,7 @@ ROUTES = [
     Route("groups", "GET", "/v1/groups/{groupId}/roles", group_roles),
     Route("groups", "GET", "/v1/groups/{groupId}/users", group_members),
     Route("groups", "GET", "/v1/users/{userId}/groups/roles", user_group_roles),
+    Route("groups", "GET", "/v1/users/{userId}/groups/primary/role", user_primary_group),
     Route("groups", "GET", "/v2/groups", groups_v2),
     Route("games", "GET", "/v1/games", games, too_many=GAMES_RATE_LIMITED),
     Route("games", "GET", "/v1/games/votes", votes),
