@@ -414,11 +414,11 @@ async def test_no_credential_in_any_redis_key(
     assert fake.count("users", "/v1/users/156") == 4 + 4 * 2 + 1
 
 
-async def test_a_failed_pipelined_write_leaves_no_pipeline_behind() -> None:
-    """A Redis that accepts and never answers: the batch write and the claims fail (a
-    StoreUnavailable, a DOWN claim), and the pipelines they used are reset, not left for
-    the garbage collector to warn about (an unclosed pipeline's ResourceWarning surfaced
-    as an error in a later test)."""
+async def test_pipelined_writes_to_a_silent_redis_fail_cleanly() -> None:
+    """A Redis that accepts and never answers: a batch's pipelined write is a
+    StoreUnavailable and its pipelined claims are DOWN (per-process coalescing), within the
+    command timeout, and no pipeline is left holding a connection for the garbage
+    collector to warn about."""
     import gc
     import warnings
 
