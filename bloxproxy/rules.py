@@ -303,6 +303,12 @@ def load_rules(
     """
     problems: list[Problem] = []
     paths, shipped = list(paths), list(shipped)
+    if origin is not None:
+        # A path the config names that is not there: said where it was named, not as a
+        # "line 1" of a file that does not exist.
+        for path in [p for p in paths if not p.exists()]:
+            problems.append(Problem(origin, f"rules.paths: {path}: no such file or directory"))
+        paths = [p for p in paths if p.exists()]
     shipped_files = rule_files(shipped)
     known = {f.resolve() for f in shipped_files}
     user_files = [f for f in rule_files(paths) if f.resolve() not in known]

@@ -555,3 +555,16 @@ def test_routes_show_the_batch_endpoints(capsys: pytest.CaptureFixture[str]) -> 
     out = capsys.readouterr().out
     assert "POST presence/v1/presence/users [batch: userIds <= 50]" in out
     assert "[batch: usernames <= 100]" in out
+
+
+def test_check_a_rules_path_that_is_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Said of the config that named it (its file:line), not as line 1 of a file that does
+    not exist (as it was, whether the path came from the file or from the environment)."""
+    config = write(tmp_path / "config.yaml", "rules:\n  paths: [mine]\n")
+    assert cli.main(["check", "-c", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{config}:1: rules.paths: {tmp_path / 'mine'}: no such file or directory",
+        "1 problem(s) found",
+    ]
