@@ -28,6 +28,7 @@ from .errors import PROBLEM_JSON, HTTPProblem, problem_body
 from .normalize import Plan
 from .params import INT64_MAX, INT64_MIN, Param
 from .rules import CacheCondition, Route, RuleSet
+from .samples import item_schema, samples
 from .walk import NDJSON, walkable
 
 JSON = dict[str, Any]
@@ -143,13 +144,18 @@ def _operation(route: Route, keyed: bool) -> JSON:
         upstream += "?" + query
     description = route.description.strip()
     description = (description + "\n\n" if description else "") + f"Upstream: `{upstream}`."
+    # The rule's example, else the fake's answer to the example parameters: both are what
+    # the 200 body's members are inferred from (samples.py).
+    given, sampled = _plain(route.example), samples(route)
+    bodies = [b for b in (given, *sampled) if b is not None]
+    example = bodies[0] if bodies else None
     op: JSON = {
         "operationId": route.id,
         "summary": route.summary or f"{route.method} {route.endpoint}",
         "description": description,
         "tags": list(route.tags) or ["clean"],
         "parameters": [_parameter(p) for p in (*route.path_params, *route.query_params)],
-        "responses": _responses(body_schema(route.plan), _plain(route.example), keyed),
+        "responses": _responses(body_schema(route.plan, bodies), example, keyed),
         "x-bloxproxy-upstream": _upstream(route),
         "x-bloxproxy-cache": _cache(route),
     }
@@ -193,7 +199,12 @@ def _add_walk(op: JSON) -> None:
     op["parameters"].append(copy.deepcopy(_WALK_PARAMETER))
     content = op["responses"]["200"]["content"]
     page = content["application/json"]
-    page["schema"] = {"anyOf": [page["schema"], dict(_WHOLE_REF)]}
+    items = page["schema"].get("properties", {}).get("data", {}).get("items")
+    whole: JSON = dict(_WHOLE_REF)
+    if items:  # the route's items are known (samples): the whole list has them too
+        whole = copy.deepcopy(_SCHEMAS["WholeList"])
+        whole["properties"]["data"]["items"] = copy.deepcopy(items)
+    page["schema"] = {"anyOf": [page["schema"], whole]}
     content[NDJSON] = {"schema": dict(_WALK_LINE_REF)}
 
 
@@ -247,23 +258,40 @@ def _scalar_schema(p: Param) -> JSON:
     return s
 
 
-def body_schema(plan: Plan) -> JSON:
-    """The 200 body a plan can produce (normalize.apply, step 5).
+def body_schema(plan: Plan, bodies: Sequence[Any] = ()) -> JSON:
+    """The 200 body a plan can produce (normalize.apply, step 5), with the members that
+    ``bodies`` (normalized sample answers, :mod:`bloxproxy.samples`) show.
 
     Paginated and ``shape: list`` plans always give the list envelope; ``shape: object``,
     no ``pick`` (the whole body) or a ``pick`` ending in an index give an object; a ``pick``
     of a key (``data``, ``roles``) is taken to select Roblox's list. Without
-    ``empty: not_found`` a picked part that is missing is answered as JSON ``null``.
+    ``empty: not_found`` a picked part that is missing is answered as JSON ``null``. The
+    envelope's items and the object's members are inferred from the samples; without any,
+    the envelope is ``ListPage`` (items of any kind) and the object has no listed members.
     """
-    if plan.pagination is not None or plan.shape == "list":
-        return dict(_ENVELOPE_REF)
-    listy = plan.shape == "auto" and (
-        plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str))
+    obj, items = item_schema(list(bodies))
+    listy = plan.pagination is not None or plan.shape == "list"
+    listy = listy or (
+        plan.shape == "auto"
+        and (
+            plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str))
+        )
     )
-    schema: JSON = dict(_ENVELOPE_REF) if listy else {"type": "object"}
-    if plan.pick is not None and not plan.empty_is_404:
-        return {"anyOf": [schema, {"type": "null"}]}
+    if listy:
+        schema: JSON = envelope_schema(items) if items is not None else dict(_ENVELOPE_REF)
+    else:
+        schema = obj if obj is not None else {"type": "object"}
+    if plan.pagination is None and plan.shape != "list":
+        if plan.pick is not None and not plan.empty_is_404:
+            return {"anyOf": [schema, {"type": "null"}]}
     return schema
+
+
+def envelope_schema(items: JSON) -> JSON:
+    """``ListPage`` with its items' schema: the list envelope of one route."""
+    out: JSON = copy.deepcopy(_SCHEMAS["ListPage"])
+    out["properties"]["data"]["items"] = items
+    return out
 
 
 def _upstream(route: Route) -> JSON:
@@ -500,8 +528,15 @@ def _components(access_key_header: str | None) -> JSON:
         "responses": responses,
         "headers": copy.deepcopy(_HEADERS),
     }
+    out["securitySchemes"] = {
+        "adminToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The config's `server.admin_token`, for `/_bloxproxy/admin/*`.",
+        }
+    }
     if access_key_header is not None:
-        out["securitySchemes"] = {
+        out["securitySchemes"] |= {
             "accessKey": {
                 "type": "apiKey",
                 "in": "header",
@@ -618,33 +653,200 @@ _SCHEMAS: JSON = {
 }
 
 
-_OK: JSON = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+_OK: JSON = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "const": "ok"}},
+}
+_BUDGET: JSON = {
+    "type": "object",
+    "required": ["rate", "ceiling", "waiting"],
+    "properties": {
+        "rate": {"type": "number", "description": "The learned rate (calls a second)."},
+        "ceiling": {"type": "number", "description": "The configured rate."},
+        "limit": {"type": "number", "description": "Roblox's own limit, when it sent one."},
+        "hold_seconds": {"type": "number", "description": "Left of a hold after a 429."},
+        "waiting": {"type": "integer", "minimum": 0, "description": "Calls in the line."},
+    },
+}
 _READY: JSON = {
     "type": "object",
-    "required": ["status", "checks"],
-    "properties": {"status": {"enum": ["ok", "degraded"]}, "checks": {"type": "object"}},
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "checks": {
+            "type": "object",
+            "description": "With an access key (or keys off): each check's result.",
+            "required": ["config", "rules"],
+            "properties": {
+                "config": {"type": "string"},
+                "rules": {"type": "string"},
+                "redis": {"type": "string"},
+            },
+            "additionalProperties": {"type": "string"},
+        },
+        "budgets": {
+            "type": "object",
+            "description": "With an access key (or keys off): each upstream scope's budget.",
+            "additionalProperties": _BUDGET,
+        },
+    },
+}
+_READY_EXAMPLE = {
+    "status": "ok",
+    "checks": {"config": "ok", "rules": "27 routes"},
+    "budgets": {"users": {"rate": 10.0, "ceiling": 10.0, "waiting": 0}},
 }
 _STRING: JSON = {"type": "string"}
-# path, operationId, summary, media type, schema; /_bloxproxy/ is exempt from access keys
-_PROXY_ENDPOINTS = (
-    ("/_bloxproxy/healthz", "proxy.healthz", "Liveness: the process answers", "json", _OK),
-    ("/_bloxproxy/readyz", "proxy.readyz", "Readiness: config, rules, Redis", "json", _READY),
-    ("/_bloxproxy/metrics", "proxy.metrics", "Prometheus metrics", "text/plain", _STRING),
-    ("/openapi.json", "proxy.openapi", "This OpenAPI document", "json", {"type": "object"}),
+_METRICS_EXAMPLE = (
+    "# HELP bloxproxy_requests_total Requests answered.\n# TYPE bloxproxy_requests_total counter\n"
+)
+_OPENAPI: JSON = {"type": "object", "required": ["openapi", "info", "paths"]}
+_HTML_EXAMPLE = '<!doctype html><html lang="en">...</html>'
+# path, operationId, summary, media type, schema, example; /_bloxproxy/ is exempt from
+# access keys
+_PROXY_ENDPOINTS: tuple[tuple[str, str, str, str, JSON, Any], ...] = (
+    ("/_bloxproxy/healthz", "proxy.healthz", "Liveness: the process answers", "json", _OK,
+     {"status": "ok"}),
+    ("/_bloxproxy/readyz", "proxy.readyz", "Readiness: config, rules, Redis", "json", _READY,
+     _READY_EXAMPLE),
+    ("/_bloxproxy/metrics", "proxy.metrics", "Prometheus metrics", "text/plain", _STRING,
+     _METRICS_EXAMPLE),
+    ("/openapi.json", "proxy.openapi", "This OpenAPI document", "json", _OPENAPI,
+     {"openapi": "3.1.0", "info": {"title": "bloxproxy", "version": "0.1.0"}, "paths": {}}),
     ("/_bloxproxy/openapi.json", "proxy.openapi.reserved", "This OpenAPI document", "json",
-     {"type": "object"}),
-    ("/docs", "proxy.docs", "The API docs page", "text/html", _STRING),
-    ("/_bloxproxy/docs", "proxy.docs.reserved", "The API docs page", "text/html", _STRING),
+     _OPENAPI, {"openapi": "3.1.0", "info": {"title": "bloxproxy", "version": "0.1.0"},
+                "paths": {}}),
+    ("/docs", "proxy.docs", "The API docs page", "text/html", _STRING, _HTML_EXAMPLE),
+    ("/_bloxproxy/docs", "proxy.docs.reserved", "The API docs page", "text/html", _STRING,
+     _HTML_EXAMPLE),
 )  # fmt: skip
+
+# The admin purge (admin.py): one member names what to drop.
+_PURGE_SCOPES: tuple[tuple[str, JSON, str, Any], ...] = (
+    ("url", {"type": "string", "minLength": 1, "pattern": "^/"},
+     "The entry an anonymous GET of this clean or passthrough URL uses.", "/v1/users/156"),
+    ("key", {"type": "string", "minLength": 1}, "One raw cache key.", "GET users/v1/users/156"),
+    ("route", {"type": "string", "minLength": 1},
+     "Every entry under the route's upstream path prefix (a route id).", "users.get"),
+    ("prefix", {"type": "string", "minLength": 1}, "Every key with this prefix.",
+     "GET thumbnails/"),
+    ("all", {"type": "boolean", "const": True}, "Everything.", True),
+)  # fmt: skip
+_PURGE_REQUEST: JSON = {
+    "description": "Exactly one member: what to purge.",
+    "oneOf": [
+        {
+            "type": "object",
+            "title": f"Purge by {name}",
+            "required": [name],
+            "additionalProperties": False,
+            "properties": {name: schema | {"description": text}},
+        }
+        for name, schema, text, _ in _PURGE_SCOPES
+    ],
+}
+_PURGED: JSON = {
+    "type": "object",
+    "required": ["purged", "scope", "target"],
+    "properties": {
+        "purged": {"type": "integer", "minimum": 0, "description": "Entries dropped."},
+        "scope": {"type": "string", "enum": [name for name, *_ in _PURGE_SCOPES]},
+        "target": {
+            "type": ["string", "boolean"],
+            "description": "What was purged: the cache key of a `url`, the prefix of a "
+            "`route`, else the member's value.",
+        },
+        "warning": {
+            "type": "string",
+            "description": "Redis was unavailable: only this replica's L1 was purged.",
+        },
+    },
+}
+
+
+def _admin_problem(status: str, description: str, code: str, detail: str) -> JSON:
+    example = HTTPProblem(int(status), detail, code=code)
+    headers = {"X-Request-ID": _ref("headers", "X-Request-ID")}
+    return {
+        "description": f"{description} `code`: {code}.",
+        "headers": headers,
+        "content": {
+            PROBLEM_JSON: {
+                "schema": PROBLEM_REF,
+                "example": orjson.loads(
+                    problem_body(
+                        example, instance="/_bloxproxy/admin/purge", request_id="5f0c3e1a9b7d2c41"
+                    )
+                ),
+            }
+        },
+    }
+
+
+def _purge_operation() -> JSON:
+    ok = {
+        "description": "Purged.",
+        "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
+        "content": {
+            "application/json": {
+                "schema": copy.deepcopy(_PURGED),
+                "example": {"purged": 1, "scope": "url", "target": "GET users/v1/users/156"},
+            }
+        },
+    }
+    return {
+        "operationId": "proxy.admin.purge",
+        "summary": "Purge cache entries (admin)",
+        "description": "Drops entries from L1 and Redis and tells every replica (the "
+        "invalidation channel). Off unless the config's `server.admin_token` is set (404 "
+        "`no_route`); the token goes in `Authorization: Bearer <token>`. Not behind the "
+        "access keys.",
+        "tags": [PROXY_TAG],
+        "security": [{"adminToken": []}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": copy.deepcopy(_PURGE_REQUEST),
+                    "example": {"url": "/v1/users/156"},
+                }
+            },
+        },
+        "responses": {
+            "200": ok,
+            "400": _admin_problem(
+                "400", "Not one of the members above.", "invalid_request",
+                "expected exactly one of url, key, route, prefix, all",
+            ),
+            "401": _admin_problem(
+                "401", "Missing or wrong admin token.", "unauthorized",
+                "missing or wrong admin token",
+            ),
+            "404": _admin_problem(
+                "404", "Admin endpoints are off, or no route or service matches.", "no_route",
+                "admin endpoints are disabled (set server.admin_token)",
+            ),
+            "429": _admin_problem(
+                "429", "Too many failed attempts from this address.", "rate_limited",
+                "too many failed attempts",
+            ),
+        },
+    }  # fmt: skip
 
 
 def _proxy_paths(keyed: bool) -> JSON:
     out: JSON = {}
-    for path, op_id, summary, media, schema in _PROXY_ENDPOINTS:
+    for path, op_id, summary, media, schema, example in _PROXY_ENDPOINTS:
         ok = {
             "description": "OK",
             "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
-            "content": {"application/json" if media == "json" else media: {"schema": schema}},
+            "content": {
+                "application/json" if media == "json" else media: {
+                    "schema": copy.deepcopy(schema),
+                    "example": copy.deepcopy(example),
+                }
+            },
         }
         op: JSON = {
             "operationId": op_id,
@@ -657,4 +859,5 @@ def _proxy_paths(keyed: bool) -> JSON:
         elif keyed:
             op["responses"]["401"] = _ref("responses", "Unauthorized")
         out[path] = {"get": op}
+    out["/_bloxproxy/admin/purge"] = {"post": _purge_operation()}
     return out

@@ -40,7 +40,14 @@ from bloxproxy.docs_page import render_docs
 from bloxproxy.errors import HTTPProblem, problem_body
 from bloxproxy.fake import create_fake_app
 from bloxproxy.normalize import OrderBy, Pagination, Plan
-from bloxproxy.openapi import PASSTHROUGH_TAG, body_schema, build_openapi, dumps, openapi_for
+from bloxproxy.openapi import (
+    PASSTHROUGH_TAG,
+    body_schema,
+    build_openapi,
+    dumps,
+    envelope_schema,
+    openapi_for,
+)
 from bloxproxy.params import Param
 from bloxproxy.rules import RuleSet, load_rules
 from bloxproxy.serve import MAX_LINE, start_runner
@@ -163,28 +170,126 @@ def test_anchored_patterns_mean_what_the_parser_does() -> None:
         )
 
 
-def test_list_routes_answer_the_envelope_and_objects_stay_open() -> None:
-    def body(route_id: str) -> dict[str, Any]:
-        route = RULES.by_id(route_id)
-        assert route is not None
-        op = SPEC["paths"][route.endpoint]["get"]
-        return dict(op["responses"]["200"]["content"]["application/json"])
+JSON_ROUTES = [r for r in RULES.routes if r.redirect is None]
 
+
+def _media(route: Any, spec: dict[str, Any] = SPEC) -> dict[str, Any]:
+    op = spec["paths"][route.endpoint][route.method.lower()]
+    return dict(op["responses"]["200"]["content"]["application/json"])
+
+
+def _page(route: Any, schema: dict[str, Any]) -> dict[str, Any]:
+    """The page of a walkable route's ``anyOf [page, whole list]``, else the schema."""
+    return schema["anyOf"][0] if walkable(route) else schema
+
+
+def _typed(schema: dict[str, Any]) -> None:
+    """Every member (and item) down the tree has a type, or is a value only ever null."""
+    if "anyOf" in schema:
+        for s in schema["anyOf"]:
+            _typed(s)
+        return
+    if "$ref" in schema or not schema:
+        return
+    assert "type" in schema, schema
+    for member in schema.get("properties", {}).values():
+        _typed(member)
+    if "items" in schema:
+        _typed(schema["items"])
+
+
+def test_list_routes_answer_the_envelope_with_their_items() -> None:
     envelope = _resolve({"$ref": "#/components/schemas/ListPage"})
     assert envelope["required"] == ["data", "next_cursor", "previous_cursor"]
-    json_routes = [r for r in RULES.routes if r.redirect is None]
-    for route in json_routes:
+    for route in JSON_ROUTES:
+        schema = _media(route)["schema"]
         if walkable(route):  # the page, or with ?all=true the whole list
-            assert body(route.id)["schema"] == {
-                "anyOf": [{"$ref": "#/components/schemas/ListPage"}, WHOLE]
-            }
+            page, whole = schema["anyOf"]
+            assert whole["required"] == ["data", "next_cursor", "previous_cursor", "_end"]
+            assert whole["properties"]["data"]["items"] == page["properties"]["data"]["items"]
         elif route.plan.pagination is not None or route.plan.shape == "list":
-            assert body(route.id)["schema"] == {"$ref": "#/components/schemas/ListPage"}
-    assert body("users.get")["schema"] == {"type": "object"}  # no invented fields
-    for route in json_routes:  # every rule example fits the schema it illustrates
-        media = body(route.id)
-        if "example" in media:
-            assert not _check(media["schema"], media["example"]), route.id
+            page = schema
+        else:
+            continue
+        assert page["required"] == envelope["required"], route.id
+        assert page["additionalProperties"] is False
+        items = page["properties"]["data"]["items"]
+        assert items["type"] == "object" and items["properties"], route.id  # members known
+
+
+@pytest.mark.parametrize("route", JSON_ROUTES, ids=lambda r: r.id)
+def test_every_clean_route_has_typed_members_and_an_example_that_fits(route: Any) -> None:
+    media = _media(route)
+    schema = _page(route, media["schema"])
+    if "anyOf" in schema:  # a picked part: the object, or null when it is missing
+        schema, null = schema["anyOf"]
+        assert null == {"type": "null"}
+    members = schema["properties"]
+    if set(members) == {"data", "next_cursor", "previous_cursor"}:
+        members = members["data"]["items"]["properties"]
+    assert members and all(isinstance(m, dict) for m in members.values()), route.id
+    _typed(media["schema"])
+    assert "example" in media, route.id
+    assert not _check(media["schema"], media["example"]), route.id
+    if route.example is not None:  # the rule's own example is the one shown
+        assert media["example"] == json.loads(json.dumps(route.example, default=str))
+
+
+def test_member_types_come_from_the_samples() -> None:
+    user = _media(RULES.by_id("users.get"))["schema"]
+    assert user["properties"]["id"] == {"type": "integer"}
+    assert user["properties"]["has_verified_badge"] == {"type": "boolean"}
+    assert user["properties"]["name"] == {"type": "string"}
+    assert user["properties"]["external_app_display_name"] == {}  # only ever null: any
+    assert {"id", "name", "display_name"} <= set(user["required"])
+    assert not _check(user, {"id": 1, "name": "a", "display_name": "a", "description": "",
+                             "created": "x", "is_banned": False, "has_verified_badge": True,
+                             "external_app_display_name": "b", "new_field": [1]})  # fmt: skip
+    assert _check(user, {**_media(RULES.by_id("users.get"))["example"], "id": "1"})
+    group = _media(RULES.by_id("groups.get"))["schema"]
+    assert group["properties"]["owner"]["type"] == ["object", "null"]  # a synthetic group's
+    heads = _media(RULES.by_id("thumbnails.user_headshots"))["schema"]
+    item = heads["properties"]["data"]["items"]
+    assert item["properties"]["image_url"] == {"type": ["string", "null"]}  # pending: null
+    by_name = _media(RULES.by_id("users.by_username"))["schema"]
+    assert by_name["type"] == "object" and "anyOf" not in by_name  # empty: not_found
+
+
+def test_every_operation_has_examples_that_fit() -> None:
+    spec = build_openapi(RULES, access_key_header="X-Key", passthrough_services=["users"])
+    validate(spec)
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method == "parameters" or op.get("x-bloxproxy-passthrough"):
+                continue
+            where = f"{method.upper()} {path}"
+            contents = [
+                media
+                for response in op["responses"].values()
+                for media in _resolve(response, spec).get("content", {}).values()
+            ]
+            if "requestBody" in op:
+                contents += list(op["requestBody"]["content"].values())
+            fit = [m for m in contents if "example" in m]
+            assert fit or "302" in op["responses"], where  # an image route: no body
+            for media in fit:
+                assert not _check(media["schema"], media["example"], spec), where
+
+
+def test_admin_purge_is_described() -> None:
+    op = SPEC["paths"]["/_bloxproxy/admin/purge"]["post"]
+    assert op["security"] == [{"adminToken": []}]
+    assert SPEC["components"]["securitySchemes"]["adminToken"]["scheme"] == "bearer"
+    assert {"200", "400", "401", "404", "429"} == set(op["responses"])
+    body = op["requestBody"]["content"]["application/json"]["schema"]
+    for good in ({"url": "/v1/users/1"}, {"key": "k"}, {"route": "users.get"},
+                 {"prefix": "GET users/"}, {"all": True}):  # fmt: skip
+        assert not _check(body, good), good
+    for bad in ({}, {"url": "/x", "key": "k"}, {"all": False}, {"url": ""}, {"nope": 1}, []):
+        assert _check(body, bad), bad
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]
+    assert not _check(ok, {"purged": 0, "scope": "all", "target": True})
+    assert _check(ok, {"purged": -1, "scope": "all", "target": True})
 
 
 def test_image_routes_answer_a_redirect() -> None:
@@ -239,6 +344,29 @@ def test_body_schema_follows_the_plan(plan: Plan, schema: dict[str, Any]) -> Non
     assert body_schema(plan) == schema
 
 
+_ID = {"type": "object", "properties": {"id": {"type": "integer"}}, "required": ["id"]}
+_PAGE = {"data": [{"id": 1}], "next_cursor": None, "previous_cursor": None}
+
+
+@pytest.mark.parametrize(
+    ("plan", "bodies", "schema"),
+    [
+        (Plan(), [{"id": 1}], _ID),
+        (Plan(pick=("data", 0)), [{"id": 1}], {"anyOf": [_ID, {"type": "null"}]}),
+        (Plan(pagination=Pagination()), [_PAGE], envelope_schema(_ID)),
+        (Plan(pick=("data",), shape="list"), [_PAGE, None], envelope_schema(_ID)),
+        (Plan(pick=("data",)), [_PAGE], {"anyOf": [envelope_schema(_ID), {"type": "null"}]}),
+        # an empty page tells nothing of its items: the envelope of any items
+        (Plan(pagination=Pagination()), [{**_PAGE, "data": []}], ENVELOPE),
+    ],
+)
+def test_body_schema_has_the_samples_members(
+    plan: Plan, bodies: list[Any], schema: dict[str, Any]
+) -> None:
+    assert body_schema(plan, bodies) == schema
+    assert all(not _check(schema, b) for b in bodies if b is not None or "anyOf" in schema)
+
+
 def test_errors_are_problems_and_cover_what_the_proxy_answers() -> None:
     problem = SPEC["components"]["schemas"]["Problem"]
     assert set(problem["required"]) == {
@@ -273,7 +401,8 @@ def test_errors_are_problems_and_cover_what_the_proxy_answers() -> None:
 
 
 def test_access_key_scheme_only_when_keys_are_set() -> None:
-    assert "securitySchemes" not in SPEC["components"] and "security" not in SPEC
+    assert set(SPEC["components"]["securitySchemes"]) == {"adminToken"}  # purge's, always
+    assert "security" not in SPEC
     keyed = build_openapi(RULES, access_key_header="X-Key")
     assert keyed["components"]["securitySchemes"]["accessKey"] == {
         "type": "apiKey",
@@ -307,6 +436,7 @@ def test_passthrough_and_proxy_endpoints() -> None:
         "/_bloxproxy/docs",
     ):
         assert "get" in spec["paths"][path]
+    assert "post" in spec["paths"]["/_bloxproxy/admin/purge"]
 
 
 def test_body_template_and_upstream_extension() -> None:
