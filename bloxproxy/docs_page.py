@@ -66,7 +66,8 @@ def _resolve(spec: JSON, node: JSON) -> JSON:
 def _type(schema: JSON) -> str:
     if schema.get("type") == "array":
         return "array of " + _type(schema.get("items", {}))
-    kind = str(schema.get("type", "any"))
+    kind = schema.get("type", "any")
+    kind = " or ".join(kind) if isinstance(kind, list) else str(kind)
     return f"{kind} ({schema['format']})" if "format" in schema else kind
 
 
@@ -161,10 +162,40 @@ def _is_problem(spec: JSON, response: JSON) -> bool:
     return bool(content) and all(m.get("schema") == _PROBLEM_SCHEMA for m in content.values())
 
 
+_ENVELOPE_KEYS = {"data", "next_cursor", "previous_cursor"}
+
+
 def _body_kind(schema: JSON) -> str:
-    text = json.dumps(schema)
-    kind = "list envelope" if "ListPage" in text else _type(schema)
-    return kind + (" or null" if '"null"' in text else "")
+    if "anyOf" in schema:
+        return " or ".join(_body_kind(s) for s in schema["anyOf"])
+    ref = str(schema.get("$ref", ""))
+    members = set(schema.get("properties", {}))
+    if ref.endswith("/ListPage") or members == _ENVELOPE_KEYS:
+        return "list envelope"
+    if ref.endswith("/WholeList") or members == _ENVELOPE_KEYS | {"_end"}:
+        return "whole list"
+    return ref.rsplit("/", 1)[-1] if ref else _type(schema)
+
+
+def _members(schema: JSON) -> str:
+    """The members of a 200 body (a list's items'), one row each, when they are known."""
+    for s in schema.get("anyOf", [schema]):
+        if set(s.get("properties", {})) == _ENVELOPE_KEYS:
+            s = s["properties"]["data"].get("items", {})
+            title = "Members of each item"
+        else:
+            title = "Members"
+        members = s.get("properties", {})
+        if members:
+            required = set(s.get("required", []))
+            rows = "".join(
+                f"<tr><td><code>{escape(name)}</code>"
+                f"{' <em>always</em>' if name in required else ''}</td>"
+                f"<td>{escape(_type(m) if m else 'any (null in the samples)')}</td></tr>"
+                for name, m in members.items()
+            )
+            return f"<p>{title}:</p><table><tr><th>member</th><th>type</th></tr>{rows}</table>"
+    return ""
 
 
 def _responses(spec: JSON, responses: JSON) -> str:
@@ -177,6 +208,9 @@ def _responses(spec: JSON, responses: JSON) -> str:
         r = _resolve(spec, raw)
         content = r.get("content", {})
         kinds = [f"{media}: {_body_kind(m.get('schema', {}))}" for media, m in content.items()]
+        json_body = content.get("application/json", {})
+        if status == "200":
+            examples.append(_members(json_body.get("schema", {})))
         examples += [
             f"<p>Example {escape(status)}:</p><pre>{_json(m['example'])}</pre>"
             for m in content.values()

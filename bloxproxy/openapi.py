@@ -148,7 +148,7 @@ def _operation(route: Route, keyed: bool) -> JSON:
     # the 200 body's members are inferred from (samples.py).
     given, sampled = _plain(route.example), samples(route)
     bodies = [b for b in (given, *sampled) if b is not None]
-    example = bodies[0] if bodies else None
+    example = _shortened(bodies[0]) if bodies else None
     op: JSON = {
         "operationId": route.id,
         "summary": route.summary or f"{route.method} {route.endpoint}",
@@ -166,6 +166,16 @@ def _operation(route: Route, keyed: bool) -> JSON:
     if walkable(route):
         _add_walk(op)
     return op
+
+
+_EXAMPLE_ITEMS = 3
+
+
+def _shortened(body: Any) -> Any:
+    """An example list cut to its first few items (the docs page shows it whole)."""
+    if isinstance(body, dict) and isinstance(body.get("data"), list):
+        return body | {"data": body["data"][:_EXAMPLE_ITEMS]}
+    return body
 
 
 def _redirect_responses(responses: JSON) -> JSON:
@@ -358,6 +368,7 @@ def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
     service: JSON = {"type": "string", "pattern": SERVICE_NAME_RE.pattern}
     if services:
         service["enum"] = sorted(services)
+    example = "users" if not services or "users" in services else sorted(services)[0]
     params = [
         {
             "name": "service",
@@ -366,6 +377,7 @@ def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
             "schema": service,
             "description": "An allow-listed Roblox service: `users` stands for "
             "`https://users.roblox.com`.",
+            "example": example,
         },
         {
             "name": "path",
@@ -376,6 +388,8 @@ def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
             "(`/users/v1/users/1`); `.` and `..` segments are refused (400).",
         },
     ]
+    if example == "users":
+        params[1]["example"] = "v1/users/1"
     item: JSON = {"parameters": params}
     any_body = {
         "content": {"*/*": {"schema": {}}},

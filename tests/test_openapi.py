@@ -9,11 +9,17 @@ headers and body schemas. Passthrough is excluded: it answers whatever Roblox an
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import re
 import socket
+import subprocess
+import sys
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -36,7 +42,7 @@ from bloxproxy import config as config_mod
 from bloxproxy.app import apply_reload, create_app
 from bloxproxy.appkeys import CONFIG
 from bloxproxy.appkeys import RULES as RULES_KEY
-from bloxproxy.docs_page import render_docs
+from bloxproxy.docs_page import CSP, render_docs
 from bloxproxy.errors import HTTPProblem, problem_body
 from bloxproxy.fake import create_fake_app
 from bloxproxy.normalize import OrderBy, Pagination, Plan
@@ -488,6 +494,96 @@ def test_docs_page_escapes_rule_text(tmp_path: Path) -> None:
     assert page.count("<script>") == 1  # the page's own filter script
 
 
+class _Forms(HTMLParser):
+    """The "try it" forms of a docs page: (method, path, auth) -> their fields by name."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.forms: dict[tuple[str, str, str], dict[str, dict[str, str]]] = {}
+        self.ids: dict[str, dict[str, str]] = {}
+        self._form: dict[str, dict[str, str]] | None = None
+        self._field: dict[str, str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if "id" in a:
+            self.ids[a["id"]] = a
+        if tag == "form" and a.get("class") == "try":
+            key = (a["data-method"], a["data-path"], a["data-auth"])
+            assert key not in self.forms, key
+            self._form = self.forms[key] = {}
+        elif self._form is not None and tag in ("input", "select", "textarea", "button"):
+            self._field = self._form[a.get("name", tag)] = a | {"tag": tag}
+        elif self._field is not None and tag == "option" and "selected" in a:
+            self._field["value"] = a["value"]
+
+    def handle_data(self, data: str) -> None:
+        if self._field is not None and self._field["tag"] == "textarea":
+            self._field["value"] = data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._form = None
+        if tag in ("select", "textarea"):
+            self._field = None
+
+
+def _forms(spec: dict[str, Any]) -> _Forms:
+    parser = _Forms()
+    parser.feed(render_docs(spec))
+    return parser
+
+
+def test_docs_page_has_a_try_it_form_per_operation() -> None:
+    spec = build_openapi(RULES, access_key_header="X-Key", passthrough_services=["users"])
+    page = _forms(spec)
+    assert page.ids["try-key"]["data-header"] == "X-Key" and "try-admin" in page.ids
+    count = 0
+    for path, item in spec["paths"].items():
+        for method, op in item.items():
+            if method == "parameters" or (op.get("x-bloxproxy-passthrough") and method != "get"):
+                continue
+            count += 1
+            auth = "admin" if path.endswith("/purge") else "" if op.get("security") == [] else "key"
+            fields = page.forms[(method.upper(), path, auth)]
+            assert fields["button"]["type"] == "submit"
+            for p in op.get("parameters") or item.get("parameters", []):
+                field = fields[p["name"]]
+                assert field["data-in"] == p["in"]
+                assert ("required" in field) == p["required"], (path, p["name"])
+                example = p.get("example", p["schema"].get("default"))
+                if isinstance(example, list):
+                    example = ",".join(map(str, example))
+                elif isinstance(example, bool):
+                    example = str(example).lower()
+                assert field.get("value", "") == ("" if example is None else str(example))
+                choices = p["schema"].get("enum") or (
+                    [True, False] if p["schema"].get("type") == "boolean" else None
+                )
+                assert (field["tag"] == "select") == bool(choices), (path, p["name"])
+            if "requestBody" in op:
+                body = op["requestBody"]["content"]["application/json"]["example"]
+                assert fields["body"]["tag"] == "textarea"
+                assert json.loads(fields["body"]["value"]) == body
+    assert len(page.forms) == count
+    # Unkeyed: nothing asks for an access key, the clean routes send none.
+    plain = _forms(SPEC)
+    assert "try-key" not in plain.ids and "try-admin" in plain.ids
+    assert ("GET", "/v1/users/{user_id}", "") in plain.forms
+    users = plain.forms[("GET", "/v1/users", "")]
+    assert users["ids"]["value"] == "1,156" and users["exclude_banned"]["value"] == "false"
+
+
+def test_docs_page_script_asks_the_proxy_it_came_from() -> None:
+    page = render_docs(SPEC)
+    (script,) = re.findall(r"<script>(.*?)</script>", page, re.S)
+    assert "fetch(t.url" in script and "preventDefault" in script
+    assert "redirect:'manual'" in script  # an image route's 302 is not followed off-site
+    assert "'Authorization']='Bearer '" in script and "k.dataset.header" in script
+    assert "//" not in script.replace("'//'", "")  # no URL of anywhere else
+    assert "connect-src 'self'" in CSP and "default-src 'none'" in CSP
+
+
 # -- serving and the CLI --------------------------------------------------------------
 
 
@@ -518,7 +614,7 @@ async def test_docs_served_offline_with_csp(make_proxy: ProxyFactory) -> None:
     for path in ("/docs", "/_bloxproxy/docs"):
         resp = await client.get(path)
         assert resp.status == 200 and resp.content_type == "text/html"
-        assert "default-src 'none'" in resp.headers["Content-Security-Policy"]
+        assert resp.headers["Content-Security-Policy"] == CSP  # fetch() to the proxy only
         assert "/v1/users/{user_id}" in await resp.text()
 
 
@@ -563,6 +659,10 @@ async def test_document_follows_a_reload(make_proxy: ProxyFactory, tmp_path: Pat
 # -- schemathesis against the running proxy -------------------------------------------
 
 
+ADMIN_TOKEN = "openapi-test-admin-token"
+PURGE = "POST /_bloxproxy/admin/purge"
+
+
 @pytest.fixture(scope="module")
 def live_proxy() -> Iterator[str]:
     """The proxy app and the fake upstream on 127.0.0.1, served by a thread of their own
@@ -584,6 +684,10 @@ def live_proxy() -> Iterator[str]:
                 # ?all=true walks are fuzzed too: a few pages each, not the fake's thousands
                 # of members paced by the limiter in real time
                 "BLOXPROXY_LIMITS_WALK_MAX_ITEMS": "200",
+                # the admin purge is fuzzed (and called by the generated client) with the
+                # token; the fuzzer's calls without it must not throttle the address
+                "BLOXPROXY_SERVER_ADMIN_TOKEN": ADMIN_TOKEN,
+                "BLOXPROXY_LIMITS_AUTH_FAILURES_RATE": "0",
             },
         )
         proxy = await start_runner(create_app(config), config)  # as `bloxproxy serve` does
@@ -652,7 +756,133 @@ def test_proxy_conforms_to_its_document(case: schemathesis.Case, live_proxy: str
         excluded.append(negative_data_rejection)
     if case.operation.label in KNOWN_BUGS:
         excluded.append(KNOWN_BUGS[case.operation.label][0])
-    case.call_and_validate(base_url=live_proxy, timeout=10, excluded_checks=excluded)
+    headers = {}
+    if case.operation.label == PURGE:
+        headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
+        # A well-formed purge of a URL or route id that matches nothing is a 404 problem
+        # (documented): "valid" bodies are not all "found" ones.
+        excluded.append(positive_data_acceptance)
+    case.call_and_validate(
+        base_url=live_proxy, headers=headers, timeout=10, excluded_checks=excluded
+    )
+
+
+# -- real answers and a generated client against the running proxy -------------------
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, resp.headers.get_content_type(), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get_content_type(), exc.read()
+
+
+@pytest.fixture(scope="module")
+def served_spec(live_proxy: str) -> dict[str, Any]:
+    status, _, body = _get(live_proxy + "/openapi.json")
+    assert status == 200
+    spec: dict[str, Any] = orjson.loads(body)
+    return spec
+
+
+def _example_url(route: Any) -> str:
+    """The route's URL with its parameters' examples (the ones the samples use)."""
+    path = route.endpoint
+    for p in route.path_params:
+        path = path.replace("{" + p.name + "}", str(p.example))
+    query = {
+        p.name: ",".join(map(str, p.example)) if p.is_list else str(p.example)
+        for p in route.query_params
+        if p.example is not None
+    }
+    return path + (f"?{urlencode(query, safe=',')}" if query else "")
+
+
+@pytest.mark.parametrize("route", JSON_ROUTES, ids=lambda r: r.id)
+def test_real_answers_fit_the_served_schemas(
+    route: Any, live_proxy: str, served_spec: dict[str, Any]
+) -> None:
+    """Each route asked through the proxy in front of the fake: its 200 fits the schema
+    of the document the proxy serves (which must hold members, not a bare object)."""
+    media = _media(route, served_spec)
+    assert media["schema"] != {"type": "object"}
+    status, ctype, body = _get(live_proxy + _example_url(route))
+    assert (status, ctype) == (200, "application/json"), body[:300]
+    assert not _check(media["schema"], orjson.loads(body), served_spec), route.id
+
+
+def test_a_generated_client_calls_the_proxy(
+    live_proxy: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """openapi-python-client makes a typed client of the served document; three clean
+    routes and the admin purge are called through it, and their answers are its models."""
+    status, _, body = _get(live_proxy + "/openapi.json")
+    assert status == 200
+    (tmp_path / "openapi.json").write_bytes(body)
+    (tmp_path / "config.yaml").write_text(
+        "package_name_override: bloxproxy_client\npost_hooks: []\n"  # no ruff run: faster
+    )
+    generator = Path(sys.executable).parent / "openapi-python-client"
+    done = subprocess.run(
+        [str(generator), "generate", "--path", "openapi.json", "--config", "config.yaml",
+         "--meta", "none", "--output-path", "bloxproxy_client"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Every operation but passthrough's (any body, any media type) is generated.
+    said = (done.stdout + done.stderr).splitlines()
+    warned = [line for line in said if "WARNING" in line]
+    assert warned and all("/{service}/{path} within passthrough" in w for w in warned)
+    spec = orjson.loads(body)
+    wanted = {
+        op["operationId"].replace(".", "_")
+        for item in spec["paths"].values()
+        for op in item.values()
+        if "operationId" in op and not op.get("x-bloxproxy-passthrough")
+    }
+    assert wanted <= {p.stem for p in (tmp_path / "bloxproxy_client" / "api").glob("*/*.py")}
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in sys.modules if m.startswith("bloxproxy_client")]:
+        monkeypatch.delitem(sys.modules, name)
+    api = importlib.import_module("bloxproxy_client")
+    users_get = importlib.import_module("bloxproxy_client.api.users.users_get")
+    users_batch = importlib.import_module("bloxproxy_client.api.users.users_batch")
+    members = importlib.import_module("bloxproxy_client.api.groups.groups_members")
+    purge = importlib.import_module("bloxproxy_client.api.proxy.proxy_admin_purge")
+    models = importlib.import_module("bloxproxy_client.models")
+
+    with api.Client(base_url=live_proxy, timeout=10.0) as client:
+        user = users_get.sync(client=client, user_id=156)
+        assert isinstance(user, models.UsersGetResponse200)
+        assert (user.id, user.name, user.has_verified_badge) == (156, "builderman", True)
+        assert isinstance(user.created, str) and isinstance(user.is_banned, bool)
+
+        missing = users_get.sync(client=client, user_id=4)  # the fake's unknown user
+        assert isinstance(missing, models.Problem)
+        assert (missing.status, missing.code) == (404, "upstream_error")  # Roblox said so
+
+        batch = users_batch.sync(client=client, ids=[156, 1])
+        assert isinstance(batch, models.UsersBatchResponse200)
+        assert [u.id for u in batch.data] == [156, 1]  # the order asked for
+        assert all(isinstance(u, models.UsersBatchResponse200DataItem) for u in batch.data)
+        assert batch.next_cursor is None
+
+        page = members.sync(client=client, group_id=7, limit=models.GroupsMembersLimit.VALUE_10)
+        assert isinstance(page, models.GroupsMembersResponse200Type0)
+        assert len(page.data) == 10 and isinstance(page.next_cursor, str)
+        first = page.data[0]
+        assert isinstance(first.user.user_id, int) and isinstance(first.role.name, str)
+
+    with api.AuthenticatedClient(base_url=live_proxy, token=ADMIN_TOKEN) as admin:
+        by_url = models.ProxyAdminPurgePurgeByUrl(url="/v1/users/156")
+        purged = purge.sync(client=admin, body=by_url)
+        assert isinstance(purged, models.ProxyAdminPurgeResponse200)
+        assert purged.purged == 1  # users.get above filled it
+        assert purged.scope == models.ProxyAdminPurgeResponse200Scope.URL
+    with api.AuthenticatedClient(base_url=live_proxy, token="wrong") as wrong:
+        refused = purge.sync(client=wrong, body=models.ProxyAdminPurgePurgeByAll(all_=True))
+        assert isinstance(refused, models.Problem) and refused.status == 401
 
 
 # -- proxy bugs the schemathesis run found --------------------------------------------
