@@ -2,11 +2,14 @@
 
 :func:`build_openapi` is pure: the same rule set (and options) always gives the same
 document. One path item per clean route, with typed parameters (JSON Schema types, enums,
-limits, defaults, examples), a 200 body schema decided from the route's normalization plan,
-a 304 for ``If-None-Match``, and every problem+json error the proxy can answer, all
-referencing one ``Problem`` schema (RFC 9457 plus our members). Passthrough is described as
-one operation per method on ``/{service}/{path}`` tagged ``passthrough`` (no body schemas:
-it answers whatever Roblox answers), and the proxy's own endpoints under ``proxy``.
+limits, defaults, examples), a 200 body schema whose shape is decided from the route's
+normalization plan and whose members and their types are inferred from sample answers
+(:mod:`bloxproxy.samples`: the rule's example and the bundled fake's answers, normalized),
+an example, a 304 for ``If-None-Match``, and every problem+json error the proxy can answer,
+all referencing one ``Problem`` schema (RFC 9457 plus our members). Passthrough is described
+as one operation per method on ``/{service}/{path}`` tagged ``passthrough`` (no body
+schemas: it answers whatever Roblox answers), and the proxy's own endpoints under ``proxy``,
+the admin purge among them (its ``adminToken`` bearer scheme).
 Extensions carry what the docs page shows beside the schema: ``x-bloxproxy-upstream`` (the
 request a route becomes) and ``x-bloxproxy-cache`` (its TTLs, in seconds). A route a
 whole-list walk can take (:func:`bloxproxy.walk.walkable`) also has the ``all`` parameter,
@@ -279,21 +282,18 @@ def body_schema(plan: Plan, bodies: Sequence[Any] = ()) -> JSON:
     envelope's items and the object's members are inferred from the samples; without any,
     the envelope is ``ListPage`` (items of any kind) and the object has no listed members.
     """
-    obj, items = item_schema(list(bodies))
-    listy = plan.pagination is not None or plan.shape == "list"
-    listy = listy or (
-        plan.shape == "auto"
-        and (
-            plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str))
-        )
+    envelope = plan.pagination is not None or plan.shape == "list"
+    picked_list = plan.shape == "auto" and (
+        plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str))
     )
-    if listy:
-        schema: JSON = envelope_schema(items) if items is not None else dict(_ENVELOPE_REF)
+    obj, items = item_schema(list(bodies))
+    schema: JSON
+    if envelope or picked_list:
+        schema = envelope_schema(items) if items is not None else dict(_ENVELOPE_REF)
     else:
         schema = obj if obj is not None else {"type": "object"}
-    if plan.pagination is None and plan.shape != "list":
-        if plan.pick is not None and not plan.empty_is_404:
-            return {"anyOf": [schema, {"type": "null"}]}
+    if not envelope and plan.pick is not None and not plan.empty_is_404:
+        return {"anyOf": [schema, {"type": "null"}]}
     return schema
 
 

@@ -119,14 +119,17 @@ def sample(route: Route) -> Any:
 
 def _answer(route: Route, values: dict[str, Any]) -> Any:
     req = clean.upstream_request(route, values, CIMultiDict())
-    reply = answer(
-        FakeRoblox(),
-        req.method,
-        req.service,
-        req.path,
-        parse_qsl(req.query, keep_blank_values=True),
-        req.body or b"",
-    )
+    try:
+        reply = answer(
+            FakeRoblox(),
+            req.method,
+            req.service,
+            req.path,
+            parse_qsl(req.query, keep_blank_values=True),
+            req.body or b"",
+        )
+    except Exception:  # a sample is optional: no fake failure may break the document
+        return _MISSING
     if reply.status != 200:
         return _MISSING
     headers = (*(reply.headers or {}).items(), ("content-type", "application/json"))

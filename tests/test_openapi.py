@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -659,6 +660,26 @@ async def test_document_follows_a_reload(make_proxy: ProxyFactory, tmp_path: Pat
 # -- schemathesis against the running proxy -------------------------------------------
 
 
+class VirtualTime:
+    """Real time plus every wait the proxy's requests made, which take no real time: a
+    held Pending thumbnail asked again every second (up to 4 s) and a whole-list walk's
+    pages paced by the upstream limiter happen exactly as they would, in the same order,
+    but without the fuzz run waiting for them (background re-polls still really wait)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def wall(self) -> float:
+        return time.time() + self.offset
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.offset
+
+    async def sleep(self, seconds: float) -> None:
+        self.offset += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
 ADMIN_TOKEN = "openapi-test-admin-token"
 PURGE = "POST /_bloxproxy/admin/purge"
 
@@ -669,6 +690,7 @@ def live_proxy() -> Iterator[str]:
     (schemathesis calls the API synchronously, with requests)."""
     loop = asyncio.new_event_loop()
     runners: list[web.AppRunner] = []
+    vtime = VirtualTime()
 
     async def start() -> str:
         fake = web.AppRunner(create_fake_app(), access_log=None)
@@ -690,7 +712,8 @@ def live_proxy() -> Iterator[str]:
                 "BLOXPROXY_LIMITS_AUTH_FAILURES_RATE": "0",
             },
         )
-        proxy = await start_runner(create_app(config), config)  # as `bloxproxy serve` does
+        app = create_app(config, clock=vtime.wall, monotonic=vtime.monotonic, sleep=vtime.sleep)
+        proxy = await start_runner(app, config)  # as `bloxproxy serve` does
         runners.insert(0, proxy)
         await web.TCPSite(proxy, "127.0.0.1", 0).start()
         return f"http://127.0.0.1:{proxy.addresses[0][1]}"
