@@ -31,7 +31,7 @@ from .errors import PROBLEM_JSON, HTTPProblem, problem_body
 from .normalize import Plan
 from .params import INT64_MAX, INT64_MIN, Param
 from .rules import CacheCondition, Route, RuleSet
-from .samples import item_schema, samples
+from .samples import item_schema, redirect_sample, samples
 from .walk import NDJSON, walkable
 
 JSON = dict[str, Any]
@@ -163,7 +163,7 @@ def _operation(route: Route, keyed: bool) -> JSON:
         "x-bloxproxy-cache": _cache(route),
     }
     if route.redirect is not None:
-        op["responses"] = _redirect_responses(op["responses"])
+        op["responses"] = _redirect_responses(op["responses"], redirect_sample(route))
     if route.deprecated:
         op["deprecated"] = True
     if walkable(route):
@@ -181,12 +181,18 @@ def _shortened(body: Any) -> Any:
     return body
 
 
-def _redirect_responses(responses: JSON) -> JSON:
+def _redirect_responses(responses: JSON, example: str | None) -> JSON:
     """An image route answers 302 to the image (``response.redirect``), not a JSON body; no
-    image is its 404 problem (with the thumbnail's ``state``)."""
+    image is its 404 problem (with the thumbnail's ``state``). ``example``: a ``Location``
+    (the fake's, for the example parameters)."""
     out = {k: v for k, v in responses.items() if k not in ("200", "304")}
     headers = {h: _ref("headers", h) for h in _CACHE_HEADERS}
-    location = {"description": "The image's URL.", "schema": {"type": "string", "format": "uri"}}
+    location: JSON = {
+        "description": "The image's URL.",
+        "schema": {"type": "string", "format": "uri"},
+    }
+    if example is not None:
+        location["example"] = example
     return {
         "302": {"description": "Found: the image.", "headers": {"Location": location, **headers}},
         **out,

@@ -10,6 +10,9 @@ and by the members its answers have. Those members come from samples:
   the route's plan exactly as a live answer is (:func:`bloxproxy.clean.render`);
 - the rule's own ``example``, already in the normalized shape.
 
+An image route (``response.redirect``) has no body: :func:`redirect_sample` is the
+``Location`` the fake's answer gives it.
+
 :func:`infer` merges sample values into one schema: a key's type is every JSON type seen
 for it (``integer`` widened to ``number`` beside a float), an object's ``required`` keys
 are the ones every sample has, and members stay open (``additionalProperties`` is not
@@ -25,7 +28,7 @@ from urllib.parse import parse_qsl
 import orjson
 from multidict import CIMultiDict
 
-from . import clean
+from . import clean, normalize
 from .cache.entry import Entry
 from .errors import HTTPProblem
 from .fake import (
@@ -38,6 +41,7 @@ from .fake import (
     FakeRoblox,
     answer,
 )
+from .fake.common import Reply
 from .params import Param
 from .rules import Route
 
@@ -117,7 +121,28 @@ def sample(route: Route) -> Any:
     return None if body is _MISSING else body
 
 
-def _answer(route: Route, values: dict[str, Any]) -> Any:
+def redirect_sample(route: Route) -> str | None:
+    """An image route's ``Location`` for its example parameters, as the fake gives it."""
+    values = example_values(route)
+    if route.redirect is None or values is None:
+        return None
+    body = _upstream_json(route, values)
+    url = normalize.get_path(body, route.redirect.url) if body is not _MISSING else None
+    return url if isinstance(url, str) else None
+
+
+def _upstream_json(route: Route, values: dict[str, Any]) -> Any:
+    """The fake's 200 JSON answer to the route's upstream request, else ``_MISSING``."""
+    reply = _reply(route, values)
+    if reply is None:
+        return _MISSING
+    try:
+        return orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
+        return _MISSING
+
+
+def _reply(route: Route, values: dict[str, Any]) -> Reply | None:
     req = clean.upstream_request(route, values, CIMultiDict())
     try:
         reply = answer(
@@ -129,8 +154,15 @@ def _answer(route: Route, values: dict[str, Any]) -> Any:
             req.body or b"",
         )
     except Exception:  # a sample is optional: no fake failure may break the document
-        return _MISSING
-    if reply.status != 200:
+        return None
+    return reply if reply.status == 200 else None
+
+
+def _answer(route: Route, values: dict[str, Any]) -> Any:
+    """The route's normalized answer (as :func:`bloxproxy.clean.render` makes it) to the
+    fake's 200, else ``_MISSING``."""
+    reply = _reply(route, values)
+    if reply is None:
         return _MISSING
     headers = (*(reply.headers or {}).items(), ("content-type", "application/json"))
     entry = Entry(200, tuple(headers), reply.body, 0.0, 0.0)

@@ -278,7 +278,9 @@ def test_every_operation_has_examples_that_fit() -> None:
             if "requestBody" in op:
                 contents += list(op["requestBody"]["content"].values())
             fit = [m for m in contents if "example" in m]
-            assert fit or "302" in op["responses"], where  # an image route: no body
+            if "302" in op["responses"]:  # an image route: no body, the image's URL
+                fit = [op["responses"]["302"]["headers"]["Location"]]
+            assert fit, where
             for media in fit:
                 assert not _check(media["schema"], media["example"], spec), where
 
@@ -302,7 +304,13 @@ def test_admin_purge_is_described() -> None:
 def test_image_routes_answer_a_redirect() -> None:
     op = SPEC["paths"]["/v1/users/{user_id}/avatar-headshot.png"]["get"]
     assert "200" not in op["responses"]
-    assert "Location" in op["responses"]["302"]["headers"]
+    location = op["responses"]["302"]["headers"]["Location"]
+    assert location["example"].startswith("https://") and "AvatarHeadshot" in location["example"]
+    for route in RULES.routes:  # every image route's example: the fake's image URL
+        if route.redirect is not None:
+            op = SPEC["paths"][route.endpoint]["get"]
+            example = op["responses"]["302"]["headers"]["Location"]["example"]
+            assert not _check({"type": "string", "format": "uri"}, example), route.id
     assert op["responses"]["404"] == {"$ref": "#/components/responses/NotFound"}
 
 

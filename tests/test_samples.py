@@ -9,7 +9,15 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from bloxproxy.rules import load_rules
-from bloxproxy.samples import PROBE_IDS, example_values, infer, item_schema, sample, samples
+from bloxproxy.samples import (
+    PROBE_IDS,
+    example_values,
+    infer,
+    item_schema,
+    redirect_sample,
+    sample,
+    samples,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = load_rules([ROOT / "rules"])
@@ -119,3 +127,9 @@ def test_no_sample_without_examples(tmp_path: Path) -> None:
     assert a is not None and b is not None
     assert example_values(a) is None and sample(a) is None and samples(a) == []
     assert sample(b) is None  # the fake does not know the endpoint (404)
+
+
+def test_an_image_routes_sample_is_its_location() -> None:
+    url = redirect_sample(_route("thumbnails.group_icon_image"))
+    assert url is not None and url.startswith("https://tr.rbxcdn.com/")
+    assert redirect_sample(_route("users.get")) is None  # no redirect: no Location
