@@ -281,7 +281,7 @@ def _auth_of(spec: JSON, op: JSON) -> str:
     """Which credential the "try it" form sends: ``admin`` (the admin token as a bearer),
     ``key`` (the access key header) or nothing."""
     security: list[JSON] = op.get("security", spec.get("security")) or []
-    names = {name for requirement in security for name in requirement}
+    names = {name for requirement in security for name in requirement}  # optional ones too
     return "admin" if "adminToken" in names else "key" if "accessKey" in names else ""
 
 

@@ -855,6 +855,14 @@ def _purge_operation() -> JSON:
     }  # fmt: skip
 
 
+# With access keys on (ops.py): the key optional on readyz (its checks need it), required on
+# metrics (in the key header, or as `Authorization: Bearer <key>`).
+_OPS_SECURITY: dict[str, list[JSON]] = {
+    "/_bloxproxy/readyz": [{}, {"accessKey": []}],
+    "/_bloxproxy/metrics": [{"accessKey": []}],
+}
+
+
 def _proxy_paths(keyed: bool) -> JSON:
     out: JSON = {}
     for path, op_id, summary, media, schema, example in _PROXY_ENDPOINTS:
@@ -874,10 +882,16 @@ def _proxy_paths(keyed: bool) -> JSON:
             "tags": [PROXY_TAG],
             "responses": {"200": ok},
         }
-        if keyed and path.startswith("/_bloxproxy/"):
-            op["security"] = []
-        elif keyed:
-            op["responses"]["401"] = _ref("responses", "Unauthorized")
+        if keyed:
+            # ops.py: healthz is open; readyz answers its bare status without a key and its
+            # checks with one; metrics needs one; the rest of /_bloxproxy/ is exempt.
+            security = _OPS_SECURITY.get(path)
+            if security is None and path.startswith("/_bloxproxy/"):
+                security = []  # exempt
+            if security is not None:  # (else the document's: the access key)
+                op["security"] = security
+            if security != []:
+                op["responses"]["401"] = _ref("responses", "Unauthorized")
         out[path] = {"get": op}
     out["/_bloxproxy/admin/purge"] = {"post": _purge_operation()}
     return out

@@ -427,6 +427,12 @@ def test_access_key_scheme_only_when_keys_are_set() -> None:
     }
     assert keyed["security"] == [{"accessKey": []}]
     assert keyed["paths"]["/_bloxproxy/healthz"]["get"]["security"] == []  # exempt
+    assert "401" not in keyed["paths"]["/_bloxproxy/healthz"]["get"]["responses"]
+    # readyz: its bare status without a key, its checks with one; metrics: a key (ops.py)
+    readyz, metrics = (keyed["paths"][f"/_bloxproxy/{p}"]["get"] for p in ("readyz", "metrics"))
+    assert readyz["security"] == [{}, {"accessKey": []}] and "401" in readyz["responses"]
+    assert metrics["security"] == [{"accessKey": []}] and "401" in metrics["responses"]
+    assert keyed["paths"]["/_bloxproxy/docs"]["get"]["security"] == []
     assert "401" in keyed["paths"]["/v1/users/{user_id}"]["get"]["responses"]
     assert "401" in keyed["paths"]["/openapi.json"]["get"]["responses"]
 
@@ -554,6 +560,8 @@ def test_docs_page_has_a_try_it_form_per_operation() -> None:
                 continue
             count += 1
             auth = "admin" if path.endswith("/purge") else "" if op.get("security") == [] else "key"
+            if path in ("/_bloxproxy/readyz", "/_bloxproxy/metrics"):
+                assert auth == "key"  # the access key when one is given
             fields = page.forms[(method.upper(), path, auth)]
             assert fields["button"]["type"] == "submit"
             for p in op.get("parameters") or item.get("parameters", []):
@@ -855,6 +863,7 @@ def test_a_generated_client_calls_the_proxy(
         "package_name_override: bloxproxy_client\npost_hooks: []\n"  # no ruff run: faster
     )
     generator = Path(sys.executable).parent / "openapi-python-client"
+    assert generator.exists(), "openapi-python-client is in the dev extra: scripts/bootstrap dev"
     done = subprocess.run(
         [str(generator), "generate", "--path", "openapi.json", "--config", "config.yaml",
          "--meta", "none", "--output-path", "bloxproxy_client"],
