@@ -499,7 +499,8 @@ def test_docs_page_escapes_rule_text(tmp_path: Path) -> None:
         "service: users\nroutes:\n  - endpoint: /v1/x/{a}\n"
         "    summary: '<script>alert(1)</script>'\n"
         "    description: 'a \"quote\" & <b>tag</b>'\n"
-        "    params: {a: {type: string, pattern: '[<>]+', description: '<i>x</i>'}}\n"
+        "    params: {a: {type: string, pattern: '[<>\"]+', description: '<i>x</i>',"
+        " example: '<\">'}}\n"
         "    backend: {path: '/v1/x/{a}'}\n"
         "    example: {k: '</pre><script>'}\n"
     )
@@ -507,6 +508,7 @@ def test_docs_page_escapes_rule_text(tmp_path: Path) -> None:
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
     assert "<b>tag" not in page and "<i>x" not in page and "</pre><script>" not in page
     assert page.count("<script>") == 1  # the page's own filter script
+    assert 'name="a" data-in="path" required value="&lt;&quot;&gt;"' in page  # try it
 
 
 class _Forms(HTMLParser):
