@@ -216,6 +216,12 @@ def _responses(spec: JSON, responses: JSON) -> str:
             for m in content.values()
             if "example" in m
         ]
+        examples += [
+            f"<p>Example {escape(status)} <code>{escape(name)}</code>: "
+            f"<code>{escape(str(h['example']))}</code></p>"
+            for name, h in r.get("headers", {}).items()
+            if "example" in h
+        ]
         rows.append(
             f"<tr><td>{escape(status)}</td><td>{_text(r.get('description', ''))}</td>"
             f"<td>{escape('; '.join(kinds))}</td></tr>"

@@ -490,6 +490,7 @@ def test_docs_page_is_self_contained_and_lists_every_route() -> None:
     for route in RULES.routes:
         assert f"<code>{route.endpoint}</code>" in page and route.id in page
     assert "POST users /v1/usernames/users" in page  # the upstream request
+    assert "Example 302 <code>Location</code>: <code>https://tr.rbxcdn.com/" in page
     assert "TTL 10m" in page and "stale-if-error 1h" in page
     assert "application/problem+json" in page and "invalid_params" in page
 
