@@ -29,7 +29,7 @@ from .openapi import PASSTHROUGH_TAG, build_openapi, dumps
 JSON = dict[str, Any]
 CSP = (
     "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 _CODE_RE = re.compile(r"`([^`]+)`")
 _ID_RE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -66,7 +66,8 @@ def _resolve(spec: JSON, node: JSON) -> JSON:
 def _type(schema: JSON) -> str:
     if schema.get("type") == "array":
         return "array of " + _type(schema.get("items", {}))
-    kind = str(schema.get("type", "any"))
+    kind = schema.get("type", "any")
+    kind = " or ".join(kind) if isinstance(kind, list) else str(kind)
     return f"{kind} ({schema['format']})" if "format" in schema else kind
 
 
@@ -161,10 +162,40 @@ def _is_problem(spec: JSON, response: JSON) -> bool:
     return bool(content) and all(m.get("schema") == _PROBLEM_SCHEMA for m in content.values())
 
 
+_ENVELOPE_KEYS = {"data", "next_cursor", "previous_cursor"}
+
+
 def _body_kind(schema: JSON) -> str:
-    text = json.dumps(schema)
-    kind = "list envelope" if "ListPage" in text else _type(schema)
-    return kind + (" or null" if '"null"' in text else "")
+    if "anyOf" in schema:
+        return " or ".join(_body_kind(s) for s in schema["anyOf"])
+    ref = str(schema.get("$ref", ""))
+    members = set(schema.get("properties", {}))
+    if ref.endswith("/ListPage") or members == _ENVELOPE_KEYS:
+        return "list envelope"
+    if ref.endswith("/WholeList") or members == _ENVELOPE_KEYS | {"_end"}:
+        return "whole list"
+    return ref.rsplit("/", 1)[-1] if ref else _type(schema)
+
+
+def _members(schema: JSON) -> str:
+    """The members of a 200 body (a list's items'), one row each, when they are known."""
+    for s in schema.get("anyOf", [schema]):
+        if set(s.get("properties", {})) == _ENVELOPE_KEYS:
+            s = s["properties"]["data"].get("items", {})
+            title = "Members of each item"
+        else:
+            title = "Members"
+        members = s.get("properties", {})
+        if members:
+            required = set(s.get("required", []))
+            rows = "".join(
+                f"<tr><td><code>{escape(name)}</code>"
+                f"{' <em>always</em>' if name in required else ''}</td>"
+                f"<td>{escape(_type(m) if m else 'any (null in the samples)')}</td></tr>"
+                for name, m in members.items()
+            )
+            return f"<p>{title}:</p><table><tr><th>member</th><th>type</th></tr>{rows}</table>"
+    return ""
 
 
 def _responses(spec: JSON, responses: JSON) -> str:
@@ -177,10 +208,19 @@ def _responses(spec: JSON, responses: JSON) -> str:
         r = _resolve(spec, raw)
         content = r.get("content", {})
         kinds = [f"{media}: {_body_kind(m.get('schema', {}))}" for media, m in content.items()]
+        json_body = content.get("application/json", {})
+        if status == "200":
+            examples.append(_members(json_body.get("schema", {})))
         examples += [
             f"<p>Example {escape(status)}:</p><pre>{_json(m['example'])}</pre>"
             for m in content.values()
             if "example" in m
+        ]
+        examples += [
+            f"<p>Example {escape(status)} <code>{escape(name)}</code>: "
+            f"<code>{escape(str(h['example']))}</code></p>"
+            for name, h in r.get("headers", {}).items()
+            if "example" in h
         ]
         rows.append(
             f"<tr><td>{escape(status)}</td><td>{_text(r.get('description', ''))}</td>"
@@ -239,7 +279,61 @@ def _article(spec: JSON, methods: list[str], path: str, op: JSON) -> str:
     if "x-bloxproxy-cache" in op:
         body.append(_cache(op["x-bloxproxy-cache"]))
     body.append(_responses(spec, op.get("responses", {})))
+    body.append(_try_form(spec, methods[0], path, op))
     return "".join(body) + "</article>"
+
+
+def _auth_of(spec: JSON, op: JSON) -> str:
+    """Which credential the "try it" form sends: ``admin`` (the admin token as a bearer),
+    ``key`` (the access key header) or nothing."""
+    security: list[JSON] = op.get("security", spec.get("security")) or []
+    names = {name for requirement in security for name in requirement}  # optional ones too
+    return "admin" if "adminToken" in names else "key" if "accessKey" in names else ""
+
+
+def _try_input(p: JSON) -> str:
+    """One parameter's input, filled in with its example (else its default)."""
+    schema = p.get("schema", {})
+    value = p.get("example", schema.get("default"))
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    elif isinstance(value, bool):
+        value = "true" if value else "false"
+    text = "" if value is None else str(value)
+    name, where = escape(p["name"]), escape(p["in"])
+    attrs = f'name="{name}" data-in="{where}"' + (" required" if p.get("required") else "")
+    choices = list(schema.get("enum", ()))
+    if schema.get("type") == "boolean":
+        choices = ["true", "false"]
+    if choices:
+        options = "" if p.get("required") else '<option value=""></option>'
+        for choice in choices:
+            c = escape(str(choice))
+            options += (
+                f'<option value="{c}"{" selected" if str(choice) == text else ""}>{c}</option>'
+            )
+        return f"<label>{name} <select {attrs}>{options}</select></label>"
+    return f'<label>{name} <input {attrs} value="{escape(text)}"></label>'
+
+
+def _try_form(spec: JSON, method: str, path: str, op: JSON) -> str:
+    """The "try it" form: the operation's parameters and a button that asks the proxy this
+    page came from (fetch, same origin) and shows the status and the body."""
+    if op.get("x-bloxproxy-passthrough"):
+        method = "get"  # passthrough's one article: try a GET
+    inputs = "".join(_try_input(p) for p in op.get("parameters", []))
+    body = op.get("requestBody", {}).get("content", {}).get("application/json")
+    if body is not None:
+        example = json.dumps(body.get("example", {}), ensure_ascii=False)
+        inputs += (
+            f'<label>body <textarea name="body" data-in="body">{escape(example)}</textarea></label>'
+        )
+    return (
+        f'<form class="try" data-method="{escape(method.upper())}" data-path="{escape(path)}" '
+        f'data-auth="{_auth_of(spec, op)}"><h4>Try it</h4>{inputs}'
+        f'<button type="submit">Send {escape(method.upper())}</button>'
+        '<pre class="out" hidden></pre></form>'
+    )
 
 
 def _errors(spec: JSON) -> str:
@@ -292,11 +386,24 @@ def render_docs(spec: JSON) -> str:
         for t, arts in groups.items()
     )
     title = escape(f"{info.get('title', 'API')} {info.get('version', '')}".strip())
+    schemes = spec.get("components", {}).get("securitySchemes", {})
+    creds = ""
+    if "accessKey" in schemes:
+        header = escape(schemes["accessKey"].get("name", ""))
+        creds += (
+            f'<label>Access key ({header}) <input id="try-key" type="password" '
+            f'data-header="{header}" autocomplete="off"></label>'
+        )
+    if "adminToken" in schemes:
+        creds += (
+            '<label>Admin token <input id="try-admin" type="password" autocomplete="off"></label>'
+        )
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{title}</title><style>{_CSS}</style></head><body>"
         f'<nav><input id="q" type="search" placeholder="Filter routes" hidden>'
+        f'<div class="creds">{creds}</div>'
         f'<ul>{nav}<li><a href="#errors">errors</a></li></ul></nav><main>'
         f"<h1>{title}</h1><p>{_text(info.get('summary', ''))}</p>"
         f"{_paras(info.get('description', ''))}"
@@ -321,6 +428,10 @@ table{border-collapse:collapse;width:100%;font-size:13px}
 td,th{border:1px solid #ddd;padding:.2rem .4rem;text-align:left;vertical-align:top}
 pre{background:#f6f8fa;padding:.5rem;overflow:auto;font-size:12px}
 code{background:#f0f0f3;padding:0 .2rem;border-radius:3px}
+form.try{border-top:1px dashed #ccc;margin-top:.6rem}
+form.try label{display:inline-block;margin:.2rem .8rem .2rem 0;font-size:13px}
+form.try textarea{display:block;width:40rem;max-width:100%;min-height:3rem;font:12px monospace}
+form.try button{margin:.3rem 0}.creds label{display:block;margin:.3rem 0}
 @media(max-width:50rem){body{display:block}nav{width:auto;height:auto;position:static}}
 """
 
@@ -328,7 +439,34 @@ _JS = """
 (function(){var q=document.getElementById('q');q.hidden=false;
 q.addEventListener('input',function(){var t=q.value.toLowerCase();
 document.querySelectorAll('article').forEach(function(a){
-a.hidden=t!==''&&a.dataset.search.indexOf(t)<0;});});})();
+a.hidden=t!==''&&a.dataset.search.indexOf(t)<0;});});
+function seg(v){return encodeURIComponent(v);}
+function target(f){var path=f.dataset.path,qs=[],body=null;
+f.querySelectorAll('[data-in]').forEach(function(e){var v=e.value,w=e.dataset.in;
+if(w==='path'){var enc=e.name==='path'?v.replace(/^\\/+/,'').split('/').map(seg).join('/'):seg(v);
+path=path.split('{'+e.name+'}').join(enc);}
+else if(w==='query'){if(v!=='')qs.push(seg(e.name)+'='+seg(v).replace(/%2C/gi,','));}
+else if(w==='body'){body=v;}});
+return {url:path+(qs.length?'?'+qs.join('&'):''),body:body};}
+function headers(f,body){var h={'Accept':'application/json'},k=document.getElementById('try-key'),
+a=document.getElementById('try-admin');if(body!==null)h['Content-Type']='application/json';
+if(f.dataset.auth==='key'&&k&&k.value)h[k.dataset.header]=k.value;
+if(f.dataset.auth==='admin'&&a&&a.value)h['Authorization']='Bearer '+a.value;return h;}
+function show(out,r,text){var ct=r.headers.get('content-type')||'',shown=text;
+if(ct.indexOf('json')>=0){try{shown=JSON.stringify(JSON.parse(text),null,2);}catch(e){}}
+var head=r.status+' '+r.statusText;['x-cache','x-request-id','location'].forEach(function(n){
+var v=r.headers.get(n);if(v)head+='\\n'+n+': '+v;});
+out.textContent=head+'\\n\\n'+(shown.length>200000?shown.slice(0,200000)+'\\n…':shown);}
+document.querySelectorAll('form.try').forEach(function(f){
+f.addEventListener('submit',function(ev){ev.preventDefault();
+var out=f.querySelector('.out'),t=target(f),m=f.dataset.method;out.hidden=false;
+out.textContent=m+' '+t.url+' …';
+fetch(t.url,{method:m,headers:headers(f,t.body),body:t.body,redirect:'manual',
+credentials:'same-origin'}).then(function(r){
+if(r.type==='opaqueredirect'){out.textContent='redirect (the image is elsewhere: '+
+'open '+t.url+' in a tab to follow it)';return;}
+return r.text().then(function(text){show(out,r,text);});
+}).catch(function(e){out.textContent=m+' '+t.url+' failed: '+e;});});});})();
 """
 
 

@@ -2,11 +2,14 @@
 
 :func:`build_openapi` is pure: the same rule set (and options) always gives the same
 document. One path item per clean route, with typed parameters (JSON Schema types, enums,
-limits, defaults, examples), a 200 body schema decided from the route's normalization plan,
-a 304 for ``If-None-Match``, and every problem+json error the proxy can answer, all
-referencing one ``Problem`` schema (RFC 9457 plus our members). Passthrough is described as
-one operation per method on ``/{service}/{path}`` tagged ``passthrough`` (no body schemas:
-it answers whatever Roblox answers), and the proxy's own endpoints under ``proxy``.
+limits, defaults, examples), a 200 body schema whose shape is decided from the route's
+normalization plan and whose members and their types are inferred from sample answers
+(:mod:`bloxproxy.samples`: the rule's example and the bundled fake's answers, normalized),
+an example, a 304 for ``If-None-Match``, and every problem+json error the proxy can answer,
+all referencing one ``Problem`` schema (RFC 9457 plus our members). Passthrough is described
+as one operation per method on ``/{service}/{path}`` tagged ``passthrough`` (no body
+schemas: it answers whatever Roblox answers), and the proxy's own endpoints under ``proxy``,
+the admin purge among them (its ``adminToken`` bearer scheme).
 Extensions carry what the docs page shows beside the schema: ``x-bloxproxy-upstream`` (the
 request a route becomes) and ``x-bloxproxy-cache`` (its TTLs, in seconds). A route a
 whole-list walk can take (:func:`bloxproxy.walk.walkable`) also has the ``all`` parameter,
@@ -28,6 +31,7 @@ from .errors import PROBLEM_JSON, HTTPProblem, problem_body
 from .normalize import Plan
 from .params import INT64_MAX, INT64_MIN, Param
 from .rules import INCLUDE_PARAM, MISSING_KEY, CacheCondition, Composite, Part, Route, RuleSet
+from .samples import item_schema, redirect_sample, samples
 from .walk import NDJSON, walkable
 
 JSON = dict[str, Any]
@@ -146,18 +150,23 @@ def _operation(route: Route, keyed: bool) -> JSON:
         upstream += "?" + query
     description = route.description.strip()
     description = (description + "\n\n" if description else "") + f"Upstream: `{upstream}`."
+    # The rule's example, else the fake's answer to the example parameters: both are what
+    # the 200 body's members are inferred from (samples.py).
+    given, sampled = _plain(route.example), samples(route)
+    bodies = [b for b in (given, *sampled) if b is not None]
+    example = _shortened(bodies[0]) if bodies else None
     op: JSON = {
         "operationId": route.id,
         "summary": route.summary or f"{route.method} {route.endpoint}",
         "description": description,
         "tags": list(route.tags) or ["clean"],
         "parameters": [_parameter(p) for p in (*route.path_params, *route.query_params)],
-        "responses": _responses(body_schema(route.plan), _plain(route.example), keyed),
+        "responses": _responses(body_schema(route.plan, bodies), example, keyed),
         "x-bloxproxy-upstream": _upstream(route),
         "x-bloxproxy-cache": _cache(route),
     }
     if route.redirect is not None:
-        op["responses"] = _redirect_responses(op["responses"])
+        op["responses"] = _redirect_responses(op["responses"], redirect_sample(route))
     if route.deprecated:
         op["deprecated"] = True
     if walkable(route):
@@ -252,12 +261,28 @@ def _path_text(path: tuple[str | int, ...]) -> str:
     return out or "."
 
 
-def _redirect_responses(responses: JSON) -> JSON:
+_EXAMPLE_ITEMS = 3
+
+
+def _shortened(body: Any) -> Any:
+    """An example list cut to its first few items (the docs page shows it whole)."""
+    if isinstance(body, dict) and isinstance(body.get("data"), list):
+        return body | {"data": body["data"][:_EXAMPLE_ITEMS]}
+    return body
+
+
+def _redirect_responses(responses: JSON, example: str | None) -> JSON:
     """An image route answers 302 to the image (``response.redirect``), not a JSON body; no
-    image is its 404 problem (with the thumbnail's ``state``)."""
+    image is its 404 problem (with the thumbnail's ``state``). ``example``: a ``Location``
+    (the fake's, for the example parameters)."""
     out = {k: v for k, v in responses.items() if k not in ("200", "304")}
     headers = {h: _ref("headers", h) for h in _CACHE_HEADERS}
-    location = {"description": "The image's URL.", "schema": {"type": "string", "format": "uri"}}
+    location: JSON = {
+        "description": "The image's URL.",
+        "schema": {"type": "string", "format": "uri"},
+    }
+    if example is not None:
+        location["example"] = example
     return {
         "302": {"description": "Found: the image.", "headers": {"Location": location, **headers}},
         **out,
@@ -283,7 +308,12 @@ def _add_walk(op: JSON) -> None:
     op["parameters"].append(copy.deepcopy(_WALK_PARAMETER))
     content = op["responses"]["200"]["content"]
     page = content["application/json"]
-    page["schema"] = {"anyOf": [page["schema"], dict(_WHOLE_REF)]}
+    items = page["schema"].get("properties", {}).get("data", {}).get("items")
+    whole: JSON = dict(_WHOLE_REF)
+    if items:  # the route's items are known (samples): the whole list has them too
+        whole = copy.deepcopy(_SCHEMAS["WholeList"])
+        whole["properties"]["data"]["items"] = copy.deepcopy(items)
+    page["schema"] = {"anyOf": [page["schema"], whole]}
     content[NDJSON] = {"schema": dict(_WALK_LINE_REF)}
 
 
@@ -337,25 +367,41 @@ def _scalar_schema(p: Param) -> JSON:
     return s
 
 
-def body_schema(plan: Plan) -> JSON:
-    """The 200 body a plan can produce (normalize.apply, step 5).
+def body_schema(plan: Plan, bodies: Sequence[Any] = ()) -> JSON:
+    """The 200 body a plan can produce (normalize.apply, step 5), with the members that
+    ``bodies`` (normalized sample answers, :mod:`bloxproxy.samples`) show.
 
     Paginated and ``shape: list`` plans always give the list envelope; ``shape: object``,
     no ``pick`` (the whole body) or a ``pick`` ending in an index give an object; a ``pick``
     of a key (``data``, ``roles``) is taken to select Roblox's list. Without
-    ``empty: not_found`` a picked part that is missing is answered as JSON ``null``.
+    ``empty: not_found`` a picked part that is missing is answered as JSON ``null``. The
+    envelope's items and the object's members are inferred from the samples; without any,
+    the envelope is ``ListPage`` (items of any kind) and the object has no listed members.
     """
-    if plan.pagination is not None or plan.shape == "list":
-        return dict(_ENVELOPE_REF)
-    if plan.pick == () and not plan.empty_is_404:  # the whole body, which may be null
-        return {"anyOf": [{"type": "object"}, {"type": "null"}]}
-    listy = plan.shape == "auto" and (
+    envelope = plan.pagination is not None or plan.shape == "list"
+    if not envelope and plan.pick == () and not plan.empty_is_404:
+        # the whole body, which may be null (a user's primary group: none is `null`)
+        whole, _ = item_schema(list(bodies))
+        return {"anyOf": [whole if whole is not None else {"type": "object"}, {"type": "null"}]}
+    picked_list = plan.shape == "auto" and (
         plan.order_by is not None or (plan.pick is not None and isinstance(plan.pick[-1], str))
     )
-    schema: JSON = dict(_ENVELOPE_REF) if listy else {"type": "object"}
-    if plan.pick is not None and not plan.empty_is_404:
+    obj, items = item_schema(list(bodies))
+    schema: JSON
+    if envelope or picked_list:
+        schema = envelope_schema(items) if items is not None else dict(_ENVELOPE_REF)
+    else:
+        schema = obj if obj is not None else {"type": "object"}
+    if not envelope and plan.pick is not None and not plan.empty_is_404:
         return {"anyOf": [schema, {"type": "null"}]}
     return schema
+
+
+def envelope_schema(items: JSON) -> JSON:
+    """``ListPage`` with its items' schema: the list envelope of one route."""
+    out: JSON = copy.deepcopy(_SCHEMAS["ListPage"])
+    out["properties"]["data"]["items"] = items
+    return out
 
 
 def _upstream(route: Route) -> JSON:
@@ -422,6 +468,7 @@ def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
     service: JSON = {"type": "string", "pattern": SERVICE_NAME_RE.pattern}
     if services:
         service["enum"] = sorted(services)
+    example = "users" if not services or "users" in services else sorted(services)[0]
     params = [
         {
             "name": "service",
@@ -430,6 +477,7 @@ def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
             "schema": service,
             "description": "An allow-listed Roblox service: `users` stands for "
             "`https://users.roblox.com`.",
+            "example": example,
         },
         {
             "name": "path",
@@ -440,6 +488,8 @@ def _passthrough(services: Sequence[str], keyed: bool) -> JSON:
             "(`/users/v1/users/1`); `.` and `..` segments are refused (400).",
         },
     ]
+    if example == "users":
+        params[1]["example"] = "v1/users/1"
     item: JSON = {"parameters": params}
     any_body = {
         "content": {"*/*": {"schema": {}}},
@@ -593,8 +643,15 @@ def _components(access_key_header: str | None) -> JSON:
         "responses": responses,
         "headers": copy.deepcopy(_HEADERS),
     }
+    out["securitySchemes"] = {
+        "adminToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The config's `server.admin_token`, for `/_bloxproxy/admin/*`.",
+        }
+    }
     if access_key_header is not None:
-        out["securitySchemes"] = {
+        out["securitySchemes"] |= {
             "accessKey": {
                 "type": "apiKey",
                 "in": "header",
@@ -728,33 +785,208 @@ _SCHEMAS: JSON = {
 }
 
 
-_OK: JSON = {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}}
+_OK: JSON = {
+    "type": "object",
+    "required": ["status"],
+    "properties": {"status": {"type": "string", "const": "ok"}},
+}
+_BUDGET: JSON = {
+    "type": "object",
+    "required": ["rate", "ceiling", "waiting"],
+    "properties": {
+        "rate": {"type": "number", "description": "The learned rate (calls a second)."},
+        "ceiling": {"type": "number", "description": "The configured rate."},
+        "limit": {"type": "number", "description": "Roblox's own limit, when it sent one."},
+        "hold_seconds": {"type": "number", "description": "Left of a hold after a 429."},
+        "waiting": {"type": "integer", "minimum": 0, "description": "Calls in the line."},
+    },
+}
 _READY: JSON = {
     "type": "object",
-    "required": ["status", "checks"],
-    "properties": {"status": {"enum": ["ok", "degraded"]}, "checks": {"type": "object"}},
+    "required": ["status"],
+    "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded"]},
+        "checks": {
+            "type": "object",
+            "description": "With an access key (or keys off): each check's result.",
+            "required": ["config", "rules"],
+            "properties": {
+                "config": {"type": "string"},
+                "rules": {"type": "string"},
+                "redis": {"type": "string"},
+            },
+            "additionalProperties": {"type": "string"},
+        },
+        "budgets": {
+            "type": "object",
+            "description": "With an access key (or keys off): each upstream scope's budget.",
+            "additionalProperties": _BUDGET,
+        },
+    },
+}
+_READY_EXAMPLE = {
+    "status": "ok",
+    "checks": {"config": "ok", "rules": "27 routes"},
+    "budgets": {"users": {"rate": 10.0, "ceiling": 10.0, "waiting": 0}},
 }
 _STRING: JSON = {"type": "string"}
-# path, operationId, summary, media type, schema; /_bloxproxy/ is exempt from access keys
-_PROXY_ENDPOINTS = (
-    ("/_bloxproxy/healthz", "proxy.healthz", "Liveness: the process answers", "json", _OK),
-    ("/_bloxproxy/readyz", "proxy.readyz", "Readiness: config, rules, Redis", "json", _READY),
-    ("/_bloxproxy/metrics", "proxy.metrics", "Prometheus metrics", "text/plain", _STRING),
-    ("/openapi.json", "proxy.openapi", "This OpenAPI document", "json", {"type": "object"}),
+_METRICS_EXAMPLE = (
+    "# HELP bloxproxy_requests_total Requests answered.\n# TYPE bloxproxy_requests_total counter\n"
+)
+_OPENAPI: JSON = {"type": "object", "required": ["openapi", "info", "paths"]}
+_HTML_EXAMPLE = '<!doctype html><html lang="en">...</html>'
+# path, operationId, summary, media type, schema, example; /_bloxproxy/ is exempt from
+# access keys
+_PROXY_ENDPOINTS: tuple[tuple[str, str, str, str, JSON, Any], ...] = (
+    ("/_bloxproxy/healthz", "proxy.healthz", "Liveness: the process answers", "json", _OK,
+     {"status": "ok"}),
+    ("/_bloxproxy/readyz", "proxy.readyz", "Readiness: config, rules, Redis", "json", _READY,
+     _READY_EXAMPLE),
+    ("/_bloxproxy/metrics", "proxy.metrics", "Prometheus metrics", "text/plain", _STRING,
+     _METRICS_EXAMPLE),
+    ("/openapi.json", "proxy.openapi", "This OpenAPI document", "json", _OPENAPI,
+     {"openapi": "3.1.0", "info": {"title": "bloxproxy", "version": "0.1.0"}, "paths": {}}),
     ("/_bloxproxy/openapi.json", "proxy.openapi.reserved", "This OpenAPI document", "json",
-     {"type": "object"}),
-    ("/docs", "proxy.docs", "The API docs page", "text/html", _STRING),
-    ("/_bloxproxy/docs", "proxy.docs.reserved", "The API docs page", "text/html", _STRING),
+     _OPENAPI, {"openapi": "3.1.0", "info": {"title": "bloxproxy", "version": "0.1.0"},
+                "paths": {}}),
+    ("/docs", "proxy.docs", "The API docs page", "text/html", _STRING, _HTML_EXAMPLE),
+    ("/_bloxproxy/docs", "proxy.docs.reserved", "The API docs page", "text/html", _STRING,
+     _HTML_EXAMPLE),
 )  # fmt: skip
+
+# The admin purge (admin.py): one member names what to drop.
+_PURGE_SCOPES: tuple[tuple[str, JSON, str, Any], ...] = (
+    ("url", {"type": "string", "minLength": 1, "pattern": "^/"},
+     "The entry an anonymous GET of this clean or passthrough URL uses.", "/v1/users/156"),
+    ("key", {"type": "string", "minLength": 1}, "One raw cache key.", "GET users/v1/users/156"),
+    ("route", {"type": "string", "minLength": 1},
+     "Every entry under the route's upstream path prefix (a route id).", "users.get"),
+    ("prefix", {"type": "string", "minLength": 1}, "Every key with this prefix.",
+     "GET thumbnails/"),
+    ("all", {"type": "boolean", "const": True}, "Everything.", True),
+)  # fmt: skip
+_PURGE_REQUEST: JSON = {
+    "description": "Exactly one member: what to purge.",
+    "oneOf": [
+        {
+            "type": "object",
+            "title": f"Purge by {name}",
+            "required": [name],
+            "additionalProperties": False,
+            "properties": {name: schema | {"description": text}},
+        }
+        for name, schema, text, _ in _PURGE_SCOPES
+    ],
+}
+_PURGED: JSON = {
+    "type": "object",
+    "required": ["purged", "scope", "target"],
+    "properties": {
+        "purged": {"type": "integer", "minimum": 0, "description": "Entries dropped."},
+        "scope": {"type": "string", "enum": [name for name, *_ in _PURGE_SCOPES]},
+        "target": {
+            "type": ["string", "boolean"],
+            "description": "What was purged: the cache key of a `url`, the prefix of a "
+            "`route`, else the member's value.",
+        },
+        "warning": {
+            "type": "string",
+            "description": "Redis was unavailable: only this replica's L1 was purged.",
+        },
+    },
+}
+
+
+def _admin_problem(status: str, description: str, code: str, detail: str) -> JSON:
+    example = HTTPProblem(int(status), detail, code=code)
+    headers = {"X-Request-ID": _ref("headers", "X-Request-ID")}
+    return {
+        "description": f"{description} `code`: {code}.",
+        "headers": headers,
+        "content": {
+            PROBLEM_JSON: {
+                "schema": PROBLEM_REF,
+                "example": orjson.loads(
+                    problem_body(
+                        example, instance="/_bloxproxy/admin/purge", request_id="5f0c3e1a9b7d2c41"
+                    )
+                ),
+            }
+        },
+    }
+
+
+def _purge_operation() -> JSON:
+    ok = {
+        "description": "Purged.",
+        "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
+        "content": {
+            "application/json": {
+                "schema": copy.deepcopy(_PURGED),
+                "example": {"purged": 1, "scope": "url", "target": "GET users/v1/users/156"},
+            }
+        },
+    }
+    return {
+        "operationId": "proxy.admin.purge",
+        "summary": "Purge cache entries (admin)",
+        "description": "Drops entries from L1 and Redis and tells every replica (the "
+        "invalidation channel). Off unless the config's `server.admin_token` is set (404 "
+        "`no_route`); the token goes in `Authorization: Bearer <token>`. Not behind the "
+        "access keys.",
+        "tags": [PROXY_TAG],
+        "security": [{"adminToken": []}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": copy.deepcopy(_PURGE_REQUEST),
+                    "example": {"url": "/v1/users/156"},
+                }
+            },
+        },
+        "responses": {
+            "200": ok,
+            "400": _admin_problem(
+                "400", "Not one of the members above.", "invalid_request",
+                "expected exactly one of url, key, route, prefix, all",
+            ),
+            "401": _admin_problem(
+                "401", "Missing or wrong admin token.", "unauthorized",
+                "missing or wrong admin token",
+            ),
+            "404": _admin_problem(
+                "404", "Admin endpoints are off, or no route or service matches.", "no_route",
+                "admin endpoints are disabled (set server.admin_token)",
+            ),
+            "429": _admin_problem(
+                "429", "Too many failed attempts from this address.", "rate_limited",
+                "too many failed attempts",
+            ),
+        },
+    }  # fmt: skip
+
+
+# With access keys on (ops.py): the key optional on readyz (its checks need it), required on
+# metrics (in the key header, or as `Authorization: Bearer <key>`).
+_OPS_SECURITY: dict[str, list[JSON]] = {
+    "/_bloxproxy/readyz": [{}, {"accessKey": []}],
+    "/_bloxproxy/metrics": [{"accessKey": []}],
+}
 
 
 def _proxy_paths(keyed: bool) -> JSON:
     out: JSON = {}
-    for path, op_id, summary, media, schema in _PROXY_ENDPOINTS:
+    for path, op_id, summary, media, schema, example in _PROXY_ENDPOINTS:
         ok = {
             "description": "OK",
             "headers": {"X-Request-ID": _ref("headers", "X-Request-ID")},
-            "content": {"application/json" if media == "json" else media: {"schema": schema}},
+            "content": {
+                "application/json" if media == "json" else media: {
+                    "schema": copy.deepcopy(schema),
+                    "example": copy.deepcopy(example),
+                }
+            },
         }
         op: JSON = {
             "operationId": op_id,
@@ -762,9 +994,16 @@ def _proxy_paths(keyed: bool) -> JSON:
             "tags": [PROXY_TAG],
             "responses": {"200": ok},
         }
-        if keyed and path.startswith("/_bloxproxy/"):
-            op["security"] = []
-        elif keyed:
-            op["responses"]["401"] = _ref("responses", "Unauthorized")
+        if keyed:
+            # ops.py: healthz is open; readyz answers its bare status without a key and its
+            # checks with one; metrics needs one; the rest of /_bloxproxy/ is exempt.
+            security = _OPS_SECURITY.get(path)
+            if security is None and path.startswith("/_bloxproxy/"):
+                security = []  # exempt
+            if security is not None:  # (else the document's: the access key)
+                op["security"] = security
+            if security != []:
+                op["responses"]["401"] = _ref("responses", "Unauthorized")
         out[path] = {"get": op}
+    out["/_bloxproxy/admin/purge"] = {"post": _purge_operation()}
     return out

@@ -173,7 +173,9 @@ ROUTE = Block(
         Key("deprecated", "`true` marks the route deprecated in the docs.", schema.boolean, False),
         Key(
             "example",
-            "An example of the normalized response, for the docs (any YAML value; not validated).",
+            "An example of the normalized response, for the docs (any YAML value; not validated). "
+            "Shown in OpenAPI instead of the fake's sample answer, and one of the samples the "
+            "200 schema's members are inferred from.",
             anything,
         ),
         Key(
@@ -238,7 +240,8 @@ PARAM = Block(
         ),
         Key(
             "example",
-            "Example value for the docs; checked at load like `default`.",
+            "Example value for the docs and the docs page's try-it form; checked at load like "
+            "`default`. The route's sample answer (OpenAPI) is the fake's answer to these.",
             applies="all",
         ),
         Key("description", "Docs text.", schema.string, "", shown="none", applies="all"),
