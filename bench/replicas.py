@@ -86,8 +86,9 @@ class Sampler(threading.Thread):
         self.join(5)
 
     def peaks(self) -> dict[str, dict[str, float]]:
-        """Per scope (and ``all``): the most calls in any 1 s window, and the learned rate
-        at the end of that window."""
+        """Per scope (and ``all``): the highest rate of calls over any window of at least
+        1 s between two samples (the shortest such window ending at each sample), and the
+        learned rate at its end."""
         out: dict[str, dict[str, float]] = {}
         s = self.samples
         scopes = sorted({k for _, per, _ in s for k in per})
@@ -95,17 +96,17 @@ class Sampler(threading.Thread):
             best, rate_then = 0.0, 0.0
             j = 0
             for i in range(len(s)):
-                while s[i][0] - s[j][0] > 1.0:
+                # the shortest window ending at sample i that spans at least 1 s
+                while j + 1 < i and s[i][0] - s[j + 1][0] >= 1.0:
                     j += 1
-                if i == j:
+                if s[i][0] - s[j][0] < 1.0:
                     continue
 
                 def n(k: int, scope: str = scope) -> int:
                     per = s[k][1]
                     return sum(per.values()) if scope == "all" else per.get(scope, 0)
 
-                span = s[i][0] - s[j][0]
-                calls = (n(i) - n(j)) / span if span >= 0.9 else 0.0
+                calls = (n(i) - n(j)) / (s[i][0] - s[j][0])
                 if calls > best:
                     best = calls
                     rates = s[i][2]

@@ -7,6 +7,8 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from bloxproxy.cache.batcher import flush_at
 from bloxproxy.cache.cluster_batch import Collectors, box_item, keys, merged, read_box_item
@@ -111,7 +113,9 @@ async def test_lead_join_take_on_redis(redis_client: aioredis.Redis) -> None:
 
 
 async def test_redis_away_means_alone() -> None:
-    dead = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    dead = aioredis.Redis(
+        host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
+    )
     failures: list[BaseException] = []
     c = Collectors(dead, "t:", lease_ms=1000, grace_ms=500, failed=failures.append)
     assert await c.lead("v") is None
