@@ -10,9 +10,11 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from bloxproxy.cache.batcher import flush_at
+from bloxproxy.cache.batcher import Batch, Batcher, flush_at
 from bloxproxy.cache.cluster_batch import Collectors, box_item, keys, merged, read_box_item
 from bloxproxy.fake import FakeRoblox, Fault
+from bloxproxy.rules import BatchSpec
+from bloxproxy.upstream.client import NOBODY, UpstreamRequest
 from tests.conftest import ProxyFactory, fetcher_of
 from tests.test_cache import Client, get
 from tests.test_cache_redis import eventually
@@ -204,3 +206,38 @@ async def test_off_each_replica_batches_alone(
     await asyncio.gather(*(get(b, f"/v1/users?ids={i}") for i in (U3, U4, U5)))
     await asyncio.gather(first, second)
     assert batch_calls(fake) == [[1], [U3, U4, U5], [2]]
+
+
+async def test_a_batch_told_to_follow_goes_at_once() -> None:
+    """A batch waiting behind its variant's batch in flight goes as soon as it is told it
+    follows another replica's collector (its ids must reach that one before it goes)."""
+    sent: list[list[str]] = []
+    gate = asyncio.Event()
+
+    async def run(batch: Batch) -> dict[str, object]:
+        sent.append(sorted(batch.ids))
+        await gate.wait()
+        return {norm: b"{}" for norm in batch.ids}
+
+    opened: list[Batch] = []
+    batcher = Batcher(run, on_open=opened.append)
+    loop = asyncio.get_running_loop()
+    variant = UpstreamRequest("users", "POST", "/v1/users")
+    spec = BatchSpec("users", "POST", "/v1/users", "userIds", 200)
+
+    def ask(i: int) -> asyncio.Future[object]:
+        return batcher.ask(
+            spec, "v", variant, None, f"u:{i}", str(i), str(i), NOBODY, loop.time() + 30
+        )
+
+    first = ask(1)
+    await eventually(lambda: sent == [["1"]])  # in flight, held
+    second = ask(2)
+    await asyncio.sleep(0.05)
+    assert sent == [["1"]]  # waits behind the first, as a collector would
+    batcher.follow(opened[-1])
+    await asyncio.sleep(0)
+    assert sent == [["1"], ["2"]]
+    gate.set()
+    assert await asyncio.gather(first, second) == [b"{}", b"{}"]
+    await batcher.close()

@@ -161,11 +161,7 @@ class Batcher:
         if known is not None and not known.done():
             return known
         now = asyncio.get_running_loop().time()
-        rate, last = self._rates.get(variant_key, (0.0, now))
-        rate = arrival_rate(rate, last, now)  # this arrival included
-        self._rates[variant_key] = (rate, now)
-        if len(self._rates) > _MAX_RATES:  # bounded: forget the variant asked longest ago
-            del self._rates[min(self._rates, key=lambda k: self._rates[k][1])]
+        rate = self.arrived(variant_key, now)
         batch = self._open.get(variant_key)
         if batch is None:
             batch = Batch(spec, variant_key, variant, policy, caller, now, deadline)
@@ -210,12 +206,26 @@ class Batcher:
         loop = asyncio.get_running_loop()
         batch.timer = loop.call_later(when - now, self._schedule, batch)
 
+    def arrived(self, variant_key: str, now: float, n: int = 1) -> float:
+        """``n`` new ids of the variant asked at ``now`` (here, or by another replica whose
+        ids a batch of ours carried: :mod:`.cluster_batch`); its arrival rate after them."""
+        rate, last = self._rates.get(variant_key, (0.0, now))
+        for _ in range(n):
+            rate = arrival_rate(rate, last, now)
+            last = now
+        self._rates[variant_key] = (rate, now)
+        if len(self._rates) > _MAX_RATES:  # bounded: forget the variant asked longest ago
+            del self._rates[min(self._rates, key=lambda k: self._rates[k][1])]
+        return rate
+
     def follow(self, batch: Batch) -> None:
-        """``batch`` is a follower (another replica collects its variant): it goes after
-        its short window, whatever the limiter and the batch before it."""
+        """``batch`` is a follower (another replica collects its variant): it goes at
+        once (with the ids it has: those asked while its collector lease was being taken),
+        whatever the limiter and the batch before it — it costs no slot, and its ids must
+        reach the collector before that one goes."""
         if batch.follower or self._open.get(batch.variant_key) is not batch:
             return
-        batch.follower, batch.window = True, batch.spec.window
+        batch.follower, batch.window = True, 0.0
         self._schedule(batch)
 
     def _flush(self, batch: Batch) -> None:

@@ -4,7 +4,7 @@ Each replica's micro-batcher (:mod:`.batcher`) merges its own callers' ids; with
 each would still send its own half-full batch. With Redis, a batch that opens takes its
 variant's *collector lease* (``SET NX PX``) — it is then the one batch of the cluster that
 collects — or, when another replica's batch holds it, becomes a *follower*. A follower does
-not call Roblox: after its short window it puts its ids in the collector's box (a list
+not call Roblox: as soon as it knows, it puts its ids in the collector's box (a list
 beside the lease, in one script that checks the lease is still held) and waits; the
 collector, when it goes, takes the box (atomically with releasing its lease), asks its own
 ids and the box's in one call, claiming each id's lease and announcing each stored entity

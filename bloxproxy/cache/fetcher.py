@@ -755,6 +755,8 @@ class Fetcher:
         ids, carried, _ = merged(batch.ids, remote, batch.spec.max)
         # (ids past the cap: nobody claims them, their followers' bound passes, they ask)
         collectors.carried += len(carried)
+        if carried:  # the cluster's demand: our next batch's window counts it
+            self.batcher.arrived(batch.variant_key, self._running_loop().time(), len(carried))
         batch.ids = ids
         return None
 
