@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from cachetools import LRUCache
 from redis.exceptions import RedisError
 
 from .errors import StoreUnavailable
+from .redisconn import RedisClient
 
 log = logging.getLogger("bloxproxy.ratelimit")
 
@@ -115,7 +115,7 @@ class RedisBuckets:
 
     __slots__ = ("_client", "_prefix", "_script")
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client, self._prefix = client, prefix
         self._script = client.register_script(_GCRA)
 

@@ -11,6 +11,14 @@ The hot read, ``GET``, may go through a :class:`~bloxproxy.cache.resp.PipelinedG
 (``getter``) instead of redis-py: a fraction of the CPU per call. Everything else stays on
 the client. The getter belongs to whoever owns the client: ``close()`` closes both when
 ``owns_client``, neither otherwise.
+
+On Redis Cluster (a ``RedisCluster`` client) every command still touches one slot: an
+entry and its tag sets are not in one slot, so storing a tagged entry is a ``SET`` and then
+one script per tag set, and a tag purge takes the set away atomically (its own slot) and
+then unlinks its entries per slot. Without the one script over all of them, a purge racing
+the store of an entry of the same tag may miss that one entry (it was fetched before the
+purge; its TTL ends it). A prefix purge SCANs every primary (redis-py's cluster SCAN), and
+fails while one is down.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
@@ -56,6 +65,20 @@ end
 redis.call('UNLINK', KEYS[1])
 return n
 """
+# One tag set (Redis Cluster: the entry is in another slot, SET on its own). KEYS[1]: the
+# set; ARGV: PX, the entry's key (unprefixed).
+_ADD_TO_TAG = """
+redis.call('SADD', KEYS[1], ARGV[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+# A tag set's members, and the set gone, at once (Redis Cluster: the entries, in other
+# slots, are unlinked after). KEYS[1]: the set.
+_CLAIM_TAG = """
+local members = redis.call('SMEMBERS', KEYS[1])
+redis.call('UNLINK', KEYS[1])
+return members
+"""
 # Replace a value only if it is still the one read (a soft purge must not overwrite a
 # refresh that landed meanwhile). ARGV: the value read, the new one, its PX (0: delete).
 _SWAP = """
@@ -88,9 +111,12 @@ class RedisStore:
     """:class:`~bloxproxy.cache.store.Store` on a ``redis.asyncio.Redis`` client."""
 
     __slots__ = (
+        "_add_to_tag",
         "_batch",
+        "_claim_tag",
         "_client",
         "_clock",
+        "_cluster",
         "_drop_tag",
         "_getter",
         "_owns_client",
@@ -101,7 +127,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | RedisCluster,
         prefix: str = "bloxproxy:",
         clock: Callable[[], float] = time.time,
         *,
@@ -109,7 +135,11 @@ class RedisStore:
         batch_size: int = 500,
         getter: PipelinedGet | None = None,
     ) -> None:
-        if client.connection_pool.connection_kwargs.get("decode_responses"):
+        if isinstance(client, RedisCluster):
+            kwargs = client.get_connection_kwargs()
+        else:
+            kwargs = client.connection_pool.connection_kwargs
+        if kwargs.get("decode_responses"):
             raise ValueError("RedisStore needs a client with decode_responses=False")
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
@@ -122,6 +152,9 @@ class RedisStore:
         self._set_tagged = client.register_script(_SET_TAGGED)
         self._drop_tag = client.register_script(_DROP_TAG)
         self._swap = client.register_script(_SWAP)
+        self._cluster = isinstance(client, RedisCluster)
+        self._add_to_tag = client.register_script(_ADD_TO_TAG)
+        self._claim_tag = client.register_script(_CLAIM_TAG)
 
     @property
     def prefix(self) -> str:
@@ -169,7 +202,11 @@ class RedisStore:
             return
         name = self._prefix + key
         try:
-            if tags:
+            if tags and self._cluster:
+                await self._client.set(name, entry.to_bytes(), px=px)
+                for tag in tags:
+                    await self._add_to_tag(keys=[self.tag_set(tag)], args=[px, key])
+            elif tags:
                 names = [name, *(self.tag_set(t) for t in tags)]
                 await self._set_tagged(keys=names, args=[entry.to_bytes(), px, key])
             else:
@@ -184,13 +221,23 @@ class RedisStore:
     async def delete_tag(self, tag: str) -> int:
         """Remove every entry listed under ``tag``, and the list; how many entries went.
 
-        The sets are named apart from the entries they list (Redis Cluster would need them
-        in one slot, which this store, like :meth:`delete_prefix`, does not do)."""
+        One script on one Redis; on a Cluster the set is claimed atomically, then its
+        entries are unlinked (redis-py splits the UNLINK per slot)."""
         try:
+            if self._cluster:
+                return await self._delete_tag_per_slot(tag)
             n: int = await self._drop_tag(keys=[self.tag_set(tag)], args=[self._prefix])
         except _ERRORS as exc:
             raise _unavailable("tag purge", exc) from exc
         return n
+
+    async def _delete_tag_per_slot(self, tag: str) -> int:
+        members: list[bytes] = await self._claim_tag(keys=[self.tag_set(tag)])
+        count = 0
+        for i in range(0, len(members), self._batch):
+            names = [self._prefix + m.decode() for m in members[i : i + self._batch]]
+            count += await self._client.unlink(*names)
+        return count
 
     async def soften_tag(self, tag: str, mark: Callable[[Entry], Entry | None]) -> int:
         """Replace each fresh entry listed under ``tag`` by ``mark(entry)`` (a soft purge:
@@ -202,7 +249,11 @@ class RedisStore:
             members: list[bytes] = sorted(await client.smembers(self.tag_set(tag)))  # type: ignore[arg-type]
             for i in range(0, len(members), self._batch):
                 names = [self._prefix + m.decode() for m in members[i : i + self._batch]]
-                values: list[bytes | None] = await client.mget(names)  # type: ignore[assignment]
+                values: list[bytes | None]
+                if isinstance(client, RedisCluster):  # one MGET per slot
+                    values = await client.mget_nonatomic(names)
+                else:
+                    values = await client.mget(names)  # type: ignore[assignment]
                 for name, data in zip(names, values, strict=True):
                     if data is None:
                         continue
@@ -228,8 +279,8 @@ class RedisStore:
     async def delete_prefix(self, prefix: str) -> int:
         """SCAN for ``prefix`` (taken literally) and UNLINK in batches; how many went.
 
-        Not atomic: keys written while the scan runs may survive. On Redis Cluster this
-        would need a SCAN per primary node.
+        Not atomic: keys written while the scan runs may survive. On Redis Cluster, every
+        primary is scanned (and the UNLINKs split per slot).
         """
         client = self._client
         pattern = escape_glob(self._prefix + prefix) + "*"

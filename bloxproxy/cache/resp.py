@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import parse_qs, unquote, urlparse
@@ -295,6 +295,9 @@ class PipelinedGet:
 
     ``timeout`` bounds every call and the connect (None or 0: calls wait as long as the
     connection lives, and the connect is bounded by 2 s). Not for other commands.
+    ``resolve``, when given, is asked for the URL before each connect (None: ``url``'s
+    node): a Sentinel's primary now, so the next connection after a failover goes to the
+    promoted replica.
     """
 
     __slots__ = (
@@ -302,21 +305,22 @@ class PipelinedGet:
         "_conn",
         "_connecting",
         "_connector",
-        "_hello",
         "_loop",
+        "_resolve",
         "_target",
         "_timeout",
     )
 
-    def __init__(self, url: str, timeout: float | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float | None,
+        *,
+        resolve: Callable[[], Awaitable[str | None]] | None = None,
+    ) -> None:
         self._target = _parse_url(url)
         self._timeout = timeout or None
-        hello = []
-        if self._target.auth:
-            hello.append(("AUTH", _command("AUTH", *self._target.auth)))
-        if self._target.db:
-            hello.append(("SELECT", _command("SELECT", str(self._target.db))))
-        self._hello = hello
+        self._resolve = resolve
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None  # a dying connection unsets itself
         # The connect attempt in progress: its outcome, which every caller awaits, and the
@@ -400,7 +404,16 @@ class PipelinedGet:
             self._conn = None
 
     async def _open(self) -> _Connection:
+        if self._resolve is not None:  # where the primary is now (Sentinel)
+            url = await self._resolve()
+            if url is not None:
+                self._target = _parse_url(url)
         target, loop = self._target, asyncio.get_running_loop()
+        hello = []
+        if target.auth:
+            hello.append(("AUTH", _command("AUTH", *target.auth)))
+        if target.db:
+            hello.append(("SELECT", _command("SELECT", str(target.db))))
         conn = _Connection(loop, self._timeout, self._lost)
         if target.path:
             await loop.create_unix_connection(lambda: conn, target.path)
@@ -416,9 +429,9 @@ class PipelinedGet:
         # AUTH and SELECT pipelined, answered before the connection serves any GET.
         waiters: list[asyncio.Future[bytes | None]] = []
         try:
-            for _, payload in self._hello:
+            for _, payload in hello:
                 waiters.append(conn.request(payload))
-            for (name, _), fut in zip(self._hello, waiters, strict=True):
+            for (name, _), fut in zip(hello, waiters, strict=True):
                 try:
                     await fut
                 except ResponseError as exc:

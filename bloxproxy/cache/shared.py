@@ -15,11 +15,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
@@ -42,17 +42,18 @@ class SharedCache:
     def __init__(
         self,
         store: RedisStore,
-        listener_client: aioredis.Redis,
+        subscribe: Callable[[], Awaitable[PubSub]],
         channel: str,
         on_missed_events: Callable[[], None],
         apply_event: Callable[[dict[str, Any]], None],
-        publisher: aioredis.Redis | None = None,
+        publish: Callable[[str, bytes], Awaitable[object]],
     ) -> None:
         self.store = store
-        self._listener_client = listener_client
-        # Publishing goes through the client with a command timeout: a hung Redis must not
+        # A fresh subscription per attempt (on a Cluster, to the next node in turn).
+        self._subscribe = subscribe
+        # Publishing goes through a client with a command timeout: a hung Redis must not
         # hang the purge request (the listener's client has no read timeout).
-        self._publisher = publisher or listener_client
+        self._publish = publish
         self.channel = channel
         self.origin = uuid.uuid4().hex
         self._on_missed = on_missed_events
@@ -133,11 +134,10 @@ class SharedCache:
 
     async def publish(self, op: str, arg: str) -> None:
         message = orjson.dumps({"op": op, "arg": arg, "origin": self.origin})
-        client = self._publisher
 
         async def send() -> None:
             try:
-                await client.publish(self.channel, message)
+                await self._publish(self.channel, message)
             except (RedisError, OSError) as exc:
                 raise StoreUnavailable(f"redis publish failed: {exc}") from exc
 
@@ -158,8 +158,9 @@ class SharedCache:
         backoff = 0.2
         missed = False
         while True:
-            pubsub = self._listener_client.pubsub()
+            pubsub: PubSub | None = None
             try:
+                pubsub = await self._subscribe()
                 await pubsub.subscribe(self.channel)
                 if missed:
                     # Events published while we were away are lost (also when Redis was
@@ -186,10 +187,11 @@ class SharedCache:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                with contextlib.suppress(Exception):
-                    # typed in some redis-py releases and not in others: no ignore either way
-                    close: Callable[[], Coroutine[Any, Any, None]] = pubsub.aclose
-                    await close()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        # typed in some redis-py releases and not in others: no ignore either way
+                        close: Callable[[], Coroutine[Any, Any, None]] = pubsub.aclose
+                        await close()
 
     def _event(self, data: object) -> None:
         try:

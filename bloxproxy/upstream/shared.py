@@ -17,10 +17,10 @@ limiter then learns locally for a while (as :class:`bloxproxy.ratelimit.Fallback
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..errors import StoreUnavailable
+from ..redisconn import RedisClient
 from .budget import US, RateHeaders, Slot, Tuning
 
 __all__ = ["SharedBudgets"]
@@ -178,7 +178,7 @@ class SharedBudgets:
 
     __slots__ = ("_client", "_feedback", "_prefix", "_take")
 
-    def __init__(self, client: aioredis.Redis, prefix: str, egress: str = "shared") -> None:
+    def __init__(self, client: RedisClient, prefix: str, egress: str = "shared") -> None:
         self._client = client
         self._prefix = f"{prefix}rl:{{upstream:{egress}:"
         self._take = client.register_script(_TAKE)

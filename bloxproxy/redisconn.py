@@ -1,0 +1,226 @@
+"""The Redis clients of one :mod:`redis_url` topology, made in one place (``app.py`` asks).
+
+* :class:`~.redis_url.Single`: a ``redis.asyncio.Redis`` on a ``BlockingConnectionPool``
+  (a plain redis-py 8 ``ConnectionPool`` raises ``MaxConnectionsError`` when exhausted
+  instead of waiting).
+* :class:`~.redis_url.SentinelTopology`: redis-py's ``Sentinel``; the clients are its
+  ``master_for`` clients on a blocking Sentinel pool, so every new connection goes to the
+  primary the Sentinels name now, and connections to a primary that went away fail and are
+  replaced by ones to the promoted replica. :meth:`RedisConnections.primary` tells the
+  pipelined GET where the primary is.
+* :class:`~.redis_url.ClusterTopology`: redis-py's ``RedisCluster`` (slot-aware: each key's
+  command goes to its slot's primary, multi-key commands are split per slot) with
+  ``require_full_coverage`` off, so the slots of the nodes still up keep working while one
+  is down. Pub/sub is a plain connection to one node (Redis Cluster delivers a ``PUBLISH``
+  to the subscribers of every node), moved to the next known node when it fails.
+
+No client retries a command (``Retry(NoBackoff(), 0)``): a request must not stall on a dead
+Redis, it degrades to L1 (the cluster client retries once, after refreshing its slot map,
+so that a moved slot costs one round trip, not an outage).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import BlockingConnectionPool
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .redis_url import ClusterTopology, Node, SentinelTopology, Single, Topology, url_of
+
+__all__ = ["RedisClient", "RedisConnections", "connect"]
+
+RedisClient = aioredis.Redis | RedisCluster
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool that waits for a free connection (up to ``timeout``)
+    instead of raising ``MaxConnectionsError``."""
+
+
+def _no_maint() -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    with contextlib.suppress(ImportError):  # redis-py >= 7
+        from redis.maint_notifications import MaintNotificationsConfig
+
+        # "auto" (the default) turns off the pool's dead-connection check, so the first
+        # command after a Redis restart would fail on a stale pooled connection.
+        extra["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
+    return extra
+
+
+def _timeouts(timeout: float | None) -> dict[str, Any]:
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout or 2.0,
+        "health_check_interval": 10 if timeout is None else 0,
+    }
+
+
+@dataclass(eq=False)
+class RedisConnections:
+    """The clients of one topology: ``client`` for commands (each bounded by the command
+    timeout), ``listener`` for pub/sub (no read timeout; on a Cluster the command client,
+    whose node list :meth:`pubsub` uses); :meth:`pubsub` a fresh subscription;
+    :meth:`aclose` closes all."""
+
+    topology: Topology
+    client: RedisClient
+    listener: RedisClient
+    sentinel: Sentinel | None = None
+    _node_clients: dict[Node, aioredis.Redis] = field(default_factory=dict)
+    _turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    async def pubsub(self) -> PubSub:
+        """A pub/sub on the listener (on a Cluster: a connection to the next node, in
+        turn, so a node that is down is not tried forever)."""
+        listener = self.listener
+        if isinstance(listener, aioredis.Redis):
+            return listener.pubsub()
+        assert isinstance(self.topology, ClusterTopology)
+        # The nodes the command client knows (the listener is that client: it subscribes
+        # through a plain connection of its own per node).
+        nodes = [Node(n.host, int(n.port)) for n in listener.get_nodes()]
+        if not nodes:
+            nodes = list(self.topology.nodes)
+        node = nodes[next(self._turn) % len(nodes)]
+        client = self._node_clients.get(node)
+        if client is None:
+            client = self._node_clients[node] = aioredis.Redis(
+                host=node.host,
+                port=node.port,
+                username=self.topology.username or None,
+                password=self.topology.password or None,
+                retry=Retry(NoBackoff(), 0),
+                **_timeouts(None),
+                **_no_maint(),
+            )
+        return client.pubsub()
+
+    async def primary(self) -> str | None:
+        """A ``redis://`` URL of the node the pipelined GET should read: the one Redis, the
+        Sentinels' primary now (asked each time: after a failover, the promoted replica);
+        None on a Cluster (redis-py's slot-aware GET serves it). Raises redis-py's
+        errors (``MasterNotFoundError``) when the Sentinels know no primary."""
+        topology = self.topology
+        if isinstance(topology, Single):
+            return topology.url
+        if isinstance(topology, SentinelTopology):
+            assert self.sentinel is not None
+            host, port = await self.sentinel.discover_master(topology.master)
+            node = Node(str(host), int(port))
+            return url_of(node, topology.username, topology.password, topology.db)
+        return None
+
+    async def publish(self, channel: str, message: bytes) -> None:
+        """PUBLISH with the command client (on a Cluster: to the first primary that takes
+        it; every node's subscribers get it). Raises redis-py's errors."""
+        client = self.client
+        if isinstance(client, aioredis.Redis):
+            await client.publish(channel, message)
+            return
+        if not client.get_nodes():
+            await client.initialize()
+        nodes = client.get_primaries()
+        for i, node in enumerate(nodes):
+            try:
+                await client.publish(channel, message, target_nodes=node)
+                return
+            except (RedisError, OSError):
+                if i == len(nodes) - 1:
+                    raise
+
+    async def aclose(self) -> None:
+        clients = [self.client]
+        if self.listener is not self.client:
+            clients.append(self.listener)
+        for c in (*clients, *self._node_clients.values()):
+            await c.aclose()
+            if isinstance(c, aioredis.Redis):
+                # The pool was handed to the client, which therefore does not own it.
+                await c.connection_pool.disconnect()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def connect(topology: Topology, max_connections: int, timeout: float | None) -> RedisConnections:
+    """The clients of ``topology`` (no I/O yet: each connects on first use)."""
+    if isinstance(topology, Single):
+        return RedisConnections(
+            topology,
+            _single(topology.url, max_connections, timeout),
+            _single(topology.url, 2, None),
+        )
+    if isinstance(topology, SentinelTopology):
+        sentinel = Sentinel(
+            [(n.host, n.port) for n in topology.sentinels],
+            # Asking the Sentinels: bounded, once (redis-py tries the next Sentinel itself).
+            sentinel_kwargs={
+                "socket_timeout": timeout or 2.0,
+                "socket_connect_timeout": timeout or 2.0,
+                "retry": Retry(NoBackoff(), 0),
+            },
+        )
+        return RedisConnections(
+            topology,
+            _sentinel_client(sentinel, topology, max_connections, timeout),
+            _sentinel_client(sentinel, topology, 2, None),
+            sentinel,
+        )
+    cluster = _cluster(topology, max_connections, timeout)
+    return RedisConnections(topology, cluster, cluster)
+
+
+def _single(url: str, max_connections: int, timeout: float | None) -> aioredis.Redis:
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout or 5.0,
+        **_timeouts(timeout),
+        **_no_maint(),
+    )
+    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
+
+
+def _sentinel_client(
+    sentinel: Sentinel, topology: SentinelTopology, max_connections: int, timeout: float | None
+) -> aioredis.Redis:
+    client: aioredis.Redis = sentinel.master_for(
+        topology.master,
+        redis_class=aioredis.Redis,
+        connection_pool_class=BlockingSentinelPool,
+        max_connections=max_connections,
+        timeout=timeout or 5.0,  # waiting for a pooled connection
+        db=topology.db,
+        username=topology.username or None,
+        password=topology.password or None,
+        retry=Retry(NoBackoff(), 0),
+        **_timeouts(timeout),
+        **_no_maint(),
+    )
+    return client
+
+
+def _cluster(
+    topology: ClusterTopology, max_connections: int, timeout: float | None
+) -> RedisCluster:
+    return RedisCluster(
+        startup_nodes=[ClusterNode(n.host, n.port) for n in topology.nodes],
+        require_full_coverage=False,
+        max_connections=max_connections,
+        retry=Retry(NoBackoff(), 1),
+        username=topology.username or None,
+        password=topology.password or None,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout or 2.0,
+        **_no_maint(),
+    )
