@@ -1,0 +1,185 @@
+"""Failover under load: a Sentinel's primary killed and promoted away, a Cluster node lost.
+
+Real processes (tests/redis_topology.py), a setup of their own per test (they are broken
+on purpose), two proxy replicas, steady mixed traffic (``test_faults.Load``) plus a herd
+of requests for entries that only L2 holds. Nothing lost means: every client request is
+answered 200 (fresh from L1 or L2, or from upstream), none slower than 2 s; and L2 is
+used again afterwards without restarting anything — after a Sentinel failover through the
+promoted replica (the pipelined GET and redis-py's pool both follow the Sentinels), after
+a Cluster node's loss on the slots of the nodes still up. The figures each run prints
+(``-s``) are the ones in docs/RELIABILITY.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+import redis
+
+from bloxproxy.cache.redis_store import RedisStore
+from tests.conftest import ProxyFactory, fetcher_of
+from tests.redis_topology import ClusterSetup, SentinelSetup
+from tests.test_faults import FAST, Client, Load, Outcome, request, settle
+
+pytestmark = pytest.mark.redis  # each test runs Redis processes of its own
+
+HERD = 120  # entries filled through replica A, so that only L2 holds them for replica B
+
+
+async def replicas(make_proxy: ProxyFactory, url: str) -> tuple[Client, Client]:
+    env = {"BLOXPROXY_CACHE_REDIS_URL": url, **FAST}
+    a, b = await make_proxy(**env), await make_proxy(**env)
+    for client in (a, b):
+        shared = fetcher_of(client).shared
+        assert shared is not None
+        await asyncio.wait_for(shared.listening.wait(), 5.0)
+    return a, b
+
+
+def store_of(client: Client) -> RedisStore:
+    shared = fetcher_of(client).shared
+    assert shared is not None
+    return shared.store
+
+
+async def fill(a: Client, paths: Sequence[str]) -> None:
+    """Each of ``paths`` a MISS on ``a``, its entry written to L2."""
+    outcomes = await asyncio.gather(*(request(a, p) for p in paths))
+    assert all(o.status == 200 and o.x_cache == "MISS" for o in outcomes), outcomes[:5]
+    await settle(a)
+
+
+async def herd(b: Client, paths: Sequence[str], seconds: float, copies: int = 3) -> list[Outcome]:
+    """``copies`` concurrent requests for each path, the paths spread over ``seconds``."""
+    tasks: list[asyncio.Task[Outcome]] = []
+    pause = seconds / max(1, len(paths))
+    for path in paths:
+        tasks += [asyncio.create_task(request(b, path)) for _ in range(copies)]
+        await asyncio.sleep(pause)
+    return list(await asyncio.gather(*tasks))
+
+
+async def l2_works(a: Client, b: Client, paths: Sequence[str], within: float = 8.0) -> float:
+    """Eventually a miss on ``a`` is a HIT on ``b`` (from L2): for any of ``paths``, tried
+    in turn. How long it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for path in paths:
+        assert (await request(a, path)).x_cache == "MISS"
+        await settle(a)
+        if (await request(b, path)).x_cache == "HIT":
+            return loop.time() - start
+        assert loop.time() - start < within, "L2 never came back"
+        await asyncio.sleep(0.1)
+    raise AssertionError("ran out of paths before L2 came back")
+
+
+def report(name: str, load: Load, herd_outcomes: list[Outcome], extra: str) -> None:
+    everything = [o for _, o in load.outcomes] + herd_outcomes
+    cache = Counter(o.x_cache for o in herd_outcomes)
+    slowest = max(o.seconds for o in everything)
+    print(
+        f"\n{name}: {len(everything)} requests, "
+        f"{sum(o.status != 200 for o in everything)} not 200, slowest {slowest * 1000:.0f} ms; "
+        f"herd {len(herd_outcomes)}: {dict(cache)}; {extra}"
+    )
+
+
+def users(start: int, n: int, prefix: str = "/v1/users/") -> list[str]:
+    return [f"{prefix}{i}" for i in range(start, start + n)]
+
+
+async def test_sentinel_failover_under_load(make_proxy: ProxyFactory) -> None:
+    """The primary is SIGKILLed while two replicas serve steady traffic and a herd asks
+    replica B for entries only L2 holds; the Sentinel promotes the replica. Every request
+    is 200 within 2 s (the herd's from L2 before the kill, from upstream while no primary
+    answers, from L1 once B holds them); afterwards L2 works again through the promoted
+    replica: a miss on A is a hit on B."""
+    with SentinelSetup() as setup:
+        old_primary = setup.primary_port()
+        a, b = await replicas(make_proxy, setup.url)
+        await l2_works(a, b, users(7_900_000, 20))
+        herd_paths = users(7_910_000, HERD)
+        await fill(a, herd_paths)
+        load = Load([a, b])
+        load.start()
+        await asyncio.sleep(0.3)
+        herd_task = asyncio.create_task(herd(b, herd_paths, seconds=2.0))
+        await asyncio.sleep(0.2)
+        killed = time.monotonic()
+        took = await asyncio.to_thread(setup.kill_primary_and_wait_for_promotion)
+        promoted = time.monotonic()
+        herd_outcomes = await herd_task
+        await asyncio.sleep(0.5)
+        await load.stop()
+        load.assert_nothing_lost(bound=2.0)
+        assert all(o.status == 200 for o in herd_outcomes), herd_outcomes[:5]
+        assert slowest(herd_outcomes) < 2.0
+        assert len(load.during(killed, promoted)) >= 50  # the load really ran meanwhile
+        assert Counter(o.x_cache for o in herd_outcomes)["HIT"] > 0
+        assert setup.primary_port() == setup.replica.port != old_primary
+        await l2_works(a, b, users(7_920_000, 60))
+        back = time.monotonic() - promoted
+        # the entry B read is on the promoted replica
+        with redis.Redis(port=setup.replica.port) as direct:
+            assert direct.dbsize() > 0
+        report(
+            "sentinel failover",
+            load,
+            herd_outcomes,
+            f"kill to promotion {took:.2f} s; L2 used again within {back:.2f} s of it",
+        )
+
+
+async def test_cluster_node_lost_under_load(make_proxy: ProxyFactory) -> None:
+    """One of the three primaries is SIGKILLed (no replica takes its slots) while two
+    replicas serve steady traffic and a herd asks B for entries only L2 holds, on every
+    node. Every request is 200 within 2 s (entries of the lost node's slots from upstream,
+    the others from L2 or L1); afterwards L2 still works on the slots of the nodes up."""
+    with ClusterSetup() as setup:
+        a, b = await replicas(make_proxy, setup.url)
+        await l2_works(a, b, users(7_800_000, 20))
+        herd_paths = users(7_810_000, HERD)
+        await fill(a, herd_paths)
+        store = store_of(a)
+        victim = setup.nodes[1]
+        on_victim = [p for p in herd_paths if setup.node_of(key_of(store, p)) is victim]
+        assert 0 < len(on_victim) < HERD
+        load = Load([a, b])
+        load.start()
+        await asyncio.sleep(0.3)
+        herd_task = asyncio.create_task(herd(b, herd_paths, seconds=2.0))
+        await asyncio.sleep(0.2)
+        killed = time.monotonic()
+        victim.kill()
+        herd_outcomes = await herd_task
+        after = time.monotonic()
+        await asyncio.sleep(0.5)
+        await load.stop()
+        load.assert_nothing_lost(bound=2.0)
+        assert all(o.status == 200 for o in herd_outcomes), herd_outcomes[:5]
+        assert slowest(herd_outcomes) < 2.0
+        assert len(load.during(killed, after)) >= 50
+        alive = [p for p in users(7_820_000, 200) if setup.node_of(key_of(store, p)) is not victim]
+        await l2_works(a, b, alive)
+        back = time.monotonic() - killed
+        report(
+            "cluster node lost",
+            load,
+            herd_outcomes,
+            f"{len(on_victim)} herd entries on the lost node; "
+            f"L2 on the other nodes used within {back:.2f} s of the kill",
+        )
+
+
+def key_of(store: RedisStore, path: str) -> str:
+    """The Redis key of a clean ``/v1/users/{id}`` answer's entry."""
+    return f"{store.prefix}GET users/v1/users/{path.rsplit('/', 1)[1]}"
+
+
+def slowest(outcomes: Sequence[Outcome]) -> float:
+    return max(o.seconds for o in outcomes)
