@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cachetools import LRUCache
-from redis.exceptions import RedisError
 
 from .errors import StoreUnavailable
-from .redisconn import RedisClient
+from .redisconn import REDIS_ERRORS, RedisClient
 
 log = logging.getLogger("bloxproxy.ratelimit")
 
@@ -126,7 +125,7 @@ class RedisBuckets:
             allowed, remaining, retry_us, reset_us = await self._script(
                 keys=[self._prefix + key], args=[rate, burst, cost, 1 if dry_run else 0]
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis rate limit failed: {exc}") from exc
         return Decision(
             bool(allowed), burst, int(remaining), int(retry_us) / _US, int(reset_us) / _US

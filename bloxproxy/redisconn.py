@@ -33,13 +33,16 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .redis_url import ClusterTopology, Node, SentinelTopology, Single, Topology, url_of
 
-__all__ = ["RedisClient", "RedisConnections", "connect"]
+__all__ = ["REDIS_ERRORS", "RedisClient", "RedisConnections", "connect"]
 
 RedisClient = aioredis.Redis | RedisCluster
+# What a failing Redis raises: redis-py's errors (a Cluster's SlotNotCoveredError and
+# RedisClusterUnreachableError are not RedisErrors) and socket errors (TimeoutError is one).
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -135,7 +138,7 @@ class RedisConnections:
             try:
                 await client.publish(channel, message, target_nodes=node)
                 return
-            except (RedisError, OSError):
+            except REDIS_ERRORS:
                 if i == len(nodes) - 1:
                     raise
 

@@ -13,6 +13,7 @@ a Cluster node's loss on the slots of the nodes still up. The figures each run p
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -135,16 +136,22 @@ async def test_sentinel_failover_under_load(make_proxy: ProxyFactory) -> None:
         )
 
 
-async def test_cluster_node_lost_under_load(make_proxy: ProxyFactory) -> None:
+async def test_cluster_node_lost_under_load(
+    make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     """One of the three primaries is SIGKILLed (no replica takes its slots) while two
     replicas serve steady traffic and a herd asks B for entries only L2 holds, on every
     node. Every request is 200 within 2 s (entries of the lost node's slots from upstream,
-    the others from L2 or L1); afterwards L2 still works on the slots of the nodes up."""
+    the others from L2 or L1); meanwhile and afterwards L2 keeps working on the slots of
+    the nodes up (one node's failures put only that node in back-off, with one warning
+    per replica, not one per request or per retry)."""
+    caplog.set_level(logging.INFO, "bloxproxy")
     with ClusterSetup() as setup:
         a, b = await replicas(make_proxy, setup.url)
         await l2_works(a, b, users(7_800_000, 20))
         herd_paths = users(7_810_000, HERD)
-        await fill(a, herd_paths)
+        late_paths = users(7_830_000, 60)
+        await fill(a, herd_paths + late_paths)
         store = store_of(a)
         victim = setup.nodes[1]
         on_victim = [p for p in herd_paths if setup.node_of(key_of(store, p)) is victim]
@@ -164,9 +171,18 @@ async def test_cluster_node_lost_under_load(make_proxy: ProxyFactory) -> None:
         assert all(o.status == 200 for o in herd_outcomes), herd_outcomes[:5]
         assert slowest(herd_outcomes) < 2.0
         assert len(load.during(killed, after)) >= 50
+        # L2-only entries asked after the loss: the live nodes' are hits (from L2), the
+        # lost node's are answered from upstream
+        late = await asyncio.gather(*(request(b, p) for p in late_paths))
+        assert all(o.status == 200 for o in late), late[:5]
+        late_on_victim = {p for p in late_paths if setup.node_of(key_of(store, p)) is victim}
+        assert {o.x_cache for o in late if o.path in late_on_victim} == {"MISS"}
+        assert {o.x_cache for o in late if o.path not in late_on_victim} == {"HIT"}
         alive = [p for p in users(7_820_000, 200) if setup.node_of(key_of(store, p)) is not victim]
         await l2_works(a, b, alive)
         back = time.monotonic() - killed
+        node_warnings = [r for r in caplog.records if "cluster node" in r.getMessage()]
+        assert 1 <= len(node_warnings) <= 2, [r.getMessage() for r in node_warnings]
         report(
             "cluster node lost",
             load,

@@ -18,7 +18,10 @@ one script per tag set, and a tag purge takes the set away atomically (its own s
 then unlinks its entries per slot. Without the one script over all of them, a purge racing
 the store of an entry of the same tag may miss that one entry (it was fetched before the
 purge; its TTL ends it). A prefix purge SCANs every primary (redis-py's cluster SCAN), and
-fails while one is down.
+fails while one is down. A node that fails a read or a write is skipped for a back-off
+(0.25 s, doubling per failed retry up to 30 s): its keys raise
+:class:`~bloxproxy.errors.NodeUnavailable` (a miss; one warning per incident), the other
+nodes' keys keep working.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ from collections.abc import Callable, Sequence
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 
-from ..errors import StoreUnavailable
+from ..errors import NodeUnavailable, StoreUnavailable
+from ..redisconn import REDIS_ERRORS
 from .entry import Entry
 from .resp import PipelinedGet
 
@@ -94,7 +97,7 @@ return 1
 log = logging.getLogger(__name__)
 
 # TimeoutError is asyncio.TimeoutError since 3.11 and an OSError; listed for clarity.
-_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
@@ -117,6 +120,7 @@ class RedisStore:
         "_client",
         "_clock",
         "_cluster",
+        "_down",
         "_drop_tag",
         "_getter",
         "_owns_client",
@@ -153,6 +157,8 @@ class RedisStore:
         self._drop_tag = client.register_script(_DROP_TAG)
         self._swap = client.register_script(_SWAP)
         self._cluster = isinstance(client, RedisCluster)
+        # Redis Cluster: node name -> (skipped until (monotonic), its back-off)
+        self._down: dict[str, tuple[float, float]] = {}
         self._add_to_tag = client.register_script(_ADD_TO_TAG)
         self._claim_tag = client.register_script(_CLAIM_TAG)
 
@@ -171,6 +177,13 @@ class RedisStore:
         data: bytes | str | None  # str only if decoding, which __init__ refuses
         if getter is not None:
             data = await getter.get(name)  # raises StoreUnavailable itself
+        elif self._cluster:
+            node = self._node_of(name, "GET")
+            try:
+                data = await self._client.get(name)
+            except _ERRORS as exc:
+                raise self._node_failed(node, "GET", exc) from exc
+            self._node_worked(node)
         else:
             try:
                 data = await self._client.get(name)
@@ -202,10 +215,8 @@ class RedisStore:
             return
         name = self._prefix + key
         try:
-            if tags and self._cluster:
-                await self._client.set(name, entry.to_bytes(), px=px)
-                for tag in tags:
-                    await self._add_to_tag(keys=[self.tag_set(tag)], args=[px, key])
+            if self._cluster:
+                await self._set_per_slot(name, entry.to_bytes(), px, key, tags)
             elif tags:
                 names = [name, *(self.tag_set(t) for t in tags)]
                 await self._set_tagged(keys=names, args=[entry.to_bytes(), px, key])
@@ -213,6 +224,57 @@ class RedisStore:
                 await self._client.set(name, entry.to_bytes(), px=px)
         except _ERRORS as exc:
             raise _unavailable("SET", exc) from exc
+
+    async def _set_per_slot(
+        self, name: str, value: bytes, px: int, key: str, tags: Sequence[str]
+    ) -> None:
+        node = self._node_of(name, "SET")
+        try:
+            await self._client.set(name, value, px=px)
+        except _ERRORS as exc:
+            raise self._node_failed(node, "SET", exc) from exc
+        self._node_worked(node)
+        for tag in tags:
+            tag_set = self.tag_set(tag)
+            node = self._node_of(tag_set, "SADD")
+            try:
+                await self._add_to_tag(keys=[tag_set], args=[px, key])
+            except _ERRORS as exc:
+                raise self._node_failed(node, "SADD", exc) from exc
+            self._node_worked(node)
+
+    # -- Redis Cluster: one node's trouble is its keys' only ------------------------------
+
+    def _node_of(self, name: str, op: str) -> str | None:
+        """The name of the node serving ``name`` (None: not known yet); NodeUnavailable
+        while that node is in its back-off."""
+        try:
+            node = self._client.get_node_from_key(name)  # type: ignore[union-attr]
+        except REDIS_ERRORS:
+            return None  # (slot map not loaded yet, or the slot not covered)
+        if node is None:
+            return None
+        down = self._down.get(node.name)
+        if down is not None and time.monotonic() < down[0]:
+            raise NodeUnavailable(f"redis {op} skipped: cluster node {node.name} is down")
+        return str(node.name)
+
+    def _node_failed(self, node: str | None, op: str, exc: BaseException) -> StoreUnavailable:
+        if node is None:
+            return _unavailable(op, exc)
+        now = time.monotonic()
+        down = self._down.get(node)
+        if down is None:
+            log.warning("redis cluster node %s unavailable, its keys are misses: %s", node, exc)
+            self._down[node] = (now + 0.25, 0.25)
+        elif now >= down[0]:  # a failed retry (not one of the many failing together)
+            backoff = min(down[1] * 2, 30.0)
+            self._down[node] = (now + backoff, backoff)
+        return NodeUnavailable(f"redis {op} failed on cluster node {node}: {exc}")
+
+    def _node_worked(self, node: str | None) -> None:
+        if node is not None and self._down and self._down.pop(node, None) is not None:
+            log.info("redis cluster node %s is reachable again", node)
 
     def tag_set(self, tag: str) -> str:
         """The name of the set listing the keys that carry ``tag``."""

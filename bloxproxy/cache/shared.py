@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
 
-from ..errors import StoreUnavailable
+from ..errors import NodeUnavailable, StoreUnavailable
+from ..redisconn import REDIS_ERRORS
 from .entry import Entry
 from .redis_store import RedisStore
 
@@ -91,6 +91,8 @@ class SharedCache:
             return default
         try:
             result = await op
+        except NodeUnavailable:
+            return default  # one Cluster node's keys: the store keeps count of it
         except StoreUnavailable as exc:
             self._failed(exc)
             return default
@@ -103,6 +105,8 @@ class SharedCache:
             return None
         try:
             entry = await self.store.get(key)
+        except NodeUnavailable:
+            return None
         except StoreUnavailable as exc:
             self._failed(exc)
             return None
@@ -138,7 +142,7 @@ class SharedCache:
         async def send() -> None:
             try:
                 await self._publish(self.channel, message)
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 raise StoreUnavailable(f"redis publish failed: {exc}") from exc
 
         await self._call(send(), None)
@@ -179,7 +183,7 @@ class SharedCache:
                         self._event(msg.get("data"))
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 self.listening.clear()
                 missed = True
                 if self.healthy:  # one incident with the store's failures: one warning

@@ -17,10 +17,8 @@ limiter then learns locally for a while (as :class:`bloxproxy.ratelimit.Fallback
 
 from __future__ import annotations
 
-from redis.exceptions import RedisError
-
 from ..errors import StoreUnavailable
-from ..redisconn import RedisClient
+from ..redisconn import REDIS_ERRORS, RedisClient
 from .budget import US, RateHeaders, Slot, Tuning
 
 __all__ = ["SharedBudgets"]
@@ -194,7 +192,7 @@ class SharedBudgets:
             allowed, wait, gen, rate, held = await self._take(
                 keys=[self.key(scope)], args=_common_args(tuning, now)
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis upstream budget failed: {exc}") from exc
         return Slot(
             bool(allowed), int(_text(wait)) / US, int(_text(gen)), float(_text(rate)), bool(held)
@@ -235,7 +233,7 @@ class SharedBudgets:
             rate, _gen, wait = await self._feedback(
                 keys=[self.key(scope)], args=[*_common_args(tuning, now), *extra]
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis upstream budget failed: {exc}") from exc
         return float(_text(rate)), int(_text(wait)) / US
 
@@ -243,6 +241,6 @@ class SharedBudgets:
         """The stored state of ``scope`` (for tests and debugging; {} when none)."""
         try:
             raw = await self._client.hgetall(self.key(scope))
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis upstream budget failed: {exc}") from exc
         return {_text(k): float(_text(v)) for k, v in raw.items()}
