@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 
 from .errors import StoreUnavailable
-from .redisconn import REDIS_ERRORS, RedisClient
+from .redisconn import REDIS_ERRORS, RedisClient, SlotScript
 
 log = logging.getLogger("bloxproxy.ratelimit")
 
@@ -116,7 +116,7 @@ class RedisBuckets:
 
     def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client, self._prefix = client, prefix
-        self._script = client.register_script(_GCRA)
+        self._script = SlotScript(client, _GCRA)
 
     async def take(
         self, key: str, rate: float, burst: int, cost: float = 1.0, *, dry_run: bool = False

@@ -22,7 +22,9 @@ so that a moved slot costs one round trip, not an outage).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,16 +35,39 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from .redis_url import ClusterTopology, Node, SentinelTopology, Single, Topology, url_of
 
-__all__ = ["REDIS_ERRORS", "RedisClient", "RedisConnections", "connect"]
+__all__ = ["REDIS_ERRORS", "RedisClient", "RedisConnections", "SlotScript", "connect"]
 
 RedisClient = aioredis.Redis | RedisCluster
 # What a failing Redis raises: redis-py's errors (a Cluster's SlotNotCoveredError and
 # RedisClusterUnreachableError are not RedisErrors) and socket errors (TimeoutError is one).
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+
+
+class SlotScript:
+    """A Lua script run where its keys are: ``EVALSHA``, and on ``NOSCRIPT`` an ``EVAL``
+    (which caches it on that node). redis-py's own ``Script`` answers ``NOSCRIPT`` with a
+    ``SCRIPT LOAD`` that a Cluster client sends to every primary, so with one primary down
+    the first call of a script on any node would fail."""
+
+    __slots__ = ("_client", "_sha", "_text")
+
+    def __init__(self, client: RedisClient, text: str) -> None:
+        self._client = client
+        self._text = text
+        self._sha = hashlib.sha1(text.encode()).hexdigest()
+
+    async def __call__(
+        self, keys: Sequence[str], args: Sequence[str | int | float | bytes] = ()
+    ) -> Any:
+        client = self._client
+        try:
+            return await client.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await client.eval(self._text, len(keys), *keys, *args)
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):

@@ -24,6 +24,7 @@ import redis
 from bloxproxy.cache.redis_store import RedisStore
 from tests.conftest import ProxyFactory, fetcher_of
 from tests.redis_topology import ClusterSetup, SentinelSetup
+from tests.test_cache import TOKEN, purge
 from tests.test_faults import FAST, Client, Load, Outcome, request, settle
 
 pytestmark = pytest.mark.redis  # each test runs Redis processes of its own
@@ -32,7 +33,7 @@ HERD = 120  # entries filled through replica A, so that only L2 holds them for r
 
 
 async def replicas(make_proxy: ProxyFactory, url: str) -> tuple[Client, Client]:
-    env = {"BLOXPROXY_CACHE_REDIS_URL": url, **FAST}
+    env = {"BLOXPROXY_CACHE_REDIS_URL": url, "BLOXPROXY_SERVER_ADMIN_TOKEN": TOKEN, **FAST}
     a, b = await make_proxy(**env), await make_proxy(**env)
     for client in (a, b):
         shared = fetcher_of(client).shared
@@ -183,6 +184,7 @@ async def test_cluster_node_lost_under_load(
         back = time.monotonic() - killed
         node_warnings = [r for r in caplog.records if "cluster node" in r.getMessage()]
         assert 1 <= len(node_warnings) <= 2, [r.getMessage() for r in node_warnings]
+        await purges_with_a_node_down(a, b, setup, store, late_paths, victim)
         report(
             "cluster node lost",
             load,
@@ -190,6 +192,37 @@ async def test_cluster_node_lost_under_load(
             f"{len(on_victim)} herd entries on the lost node; "
             f"L2 on the other nodes used within {back:.2f} s of the kill",
         )
+
+
+async def purges_with_a_node_down(
+    a: Client,
+    b: Client,
+    setup: ClusterSetup,
+    store: RedisStore,
+    paths: Sequence[str],
+    victim: object,
+) -> None:
+    """With a node down, a purge on A still purges the nodes up and B's L1 (the event goes
+    out through a node up), and its answer names the node it could not reach."""
+    alive = [p for p in paths if setup.node_of(key_of(store, p)) is not victim]
+    for path in alive:
+        assert (await request(b, path)).x_cache == "HIT"  # in B's L1 now
+    by_tag = next(
+        p
+        for p in alive
+        if setup.node_of(store.tag_set("user:" + p.rsplit("/", 1)[1])) is not victim
+    )
+    answer = await purge(a, {"tag": "user:" + by_tag.rsplit("/", 1)[1]})
+    assert answer.status == 200, answer.body
+    await asyncio.sleep(0.2)  # the event reaches B
+    assert (await request(b, by_tag)).x_cache == "MISS"  # gone from B's L1 and from L2
+    answer = await purge(a, {"prefix": "GET users/v1/users/"})
+    assert answer.status == 200, answer.body
+    assert b"redis cluster node(s) 127.0.0.1:%d unavailable" % victim.port in answer.body  # type: ignore[attr-defined]
+    await asyncio.sleep(0.2)
+    rest = [p for p in alive if p != by_tag]
+    outcomes = await asyncio.gather(*(request(b, p) for p in rest))
+    assert {o.x_cache for o in outcomes} <= {"MISS", "COALESCED"}, outcomes[:5]
 
 
 def key_of(store: RedisStore, path: str) -> str:

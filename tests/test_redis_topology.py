@@ -198,3 +198,16 @@ def test_cluster_nodes_really_split_the_slots(redis_cluster: ClusterSetup) -> No
     assert owners == {n.port for n in redis_cluster.nodes}
     with redis.Redis(port=redis_cluster.nodes[0].port) as c:
         assert c.cluster("INFO")["cluster_state"] == "ok"
+
+
+async def test_scripts_are_loaded_again_where_their_keys_are(conns: RedisConnections) -> None:
+    """After SCRIPT FLUSH (a restarted node forgets its scripts) every script still runs:
+    EVALSHA's NOSCRIPT is answered with an EVAL on the key's own node (redis-py's Script
+    would SCRIPT LOAD on every primary, and fail while one is down)."""
+    store = RedisStore(conns.client, "t:", lambda: NOW)
+    buckets = RedisBuckets(conns.client, "t:rl:")
+    for _ in range(2):
+        await conns.client.script_flush()  # (on a Cluster: every primary)
+        await store.set("GET a", Entry(200, (), b"a", NOW, 600), ("user:1",))
+        assert (await buckets.take("k", 1.0, 5)).allowed
+        assert await store.delete_tag("user:1") == 1

@@ -17,11 +17,12 @@ entry and its tag sets are not in one slot, so storing a tagged entry is a ``SET
 one script per tag set, and a tag purge takes the set away atomically (its own slot) and
 then unlinks its entries per slot. Without the one script over all of them, a purge racing
 the store of an entry of the same tag may miss that one entry (it was fetched before the
-purge; its TTL ends it). A prefix purge SCANs every primary (redis-py's cluster SCAN), and
-fails while one is down. A node that fails a read or a write is skipped for a back-off
-(0.25 s, doubling per failed retry up to 30 s): its keys raise
+purge; its TTL ends it). A prefix purge SCANs every primary, one by one, and
+purges the primaries that answer. A node that fails is skipped for a back-off (0.25 s,
+doubling per failed retry up to 30 s): its keys raise
 :class:`~bloxproxy.errors.NodeUnavailable` (a miss; one warning per incident), the other
-nodes' keys keep working.
+nodes' keys keep working; a purge that could not reach a node purges the others and then
+raises it (:meth:`down_nodes` names them).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from ..errors import NodeUnavailable, StoreUnavailable
-from ..redisconn import REDIS_ERRORS
+from ..redisconn import REDIS_ERRORS, SlotScript
 from .entry import Entry
 from .resp import PipelinedGet
 
@@ -153,14 +154,14 @@ class RedisStore:
         self._owns_client = owns_client
         self._batch = batch_size
         self._getter = getter
-        self._set_tagged = client.register_script(_SET_TAGGED)
-        self._drop_tag = client.register_script(_DROP_TAG)
-        self._swap = client.register_script(_SWAP)
+        self._set_tagged = SlotScript(client, _SET_TAGGED)
+        self._drop_tag = SlotScript(client, _DROP_TAG)
+        self._swap = SlotScript(client, _SWAP)
         self._cluster = isinstance(client, RedisCluster)
         # Redis Cluster: node name -> (skipped until (monotonic), its back-off)
         self._down: dict[str, tuple[float, float]] = {}
-        self._add_to_tag = client.register_script(_ADD_TO_TAG)
-        self._claim_tag = client.register_script(_CLAIM_TAG)
+        self._add_to_tag = SlotScript(client, _ADD_TO_TAG)
+        self._claim_tag = SlotScript(client, _CLAIM_TAG)
 
     @property
     def prefix(self) -> str:
@@ -245,16 +246,16 @@ class RedisStore:
 
     # -- Redis Cluster: one node's trouble is its keys' only ------------------------------
 
-    def _node_of(self, name: str, op: str) -> str | None:
+    def _node_of(self, name: str, op: str, *, skip_down: bool = True) -> str | None:
         """The name of the node serving ``name`` (None: not known yet); NodeUnavailable
-        while that node is in its back-off."""
+        while that node is in its back-off (unless not ``skip_down``: purges try anyway)."""
         try:
             node = self._client.get_node_from_key(name)  # type: ignore[union-attr]
         except REDIS_ERRORS:
             return None  # (slot map not loaded yet, or the slot not covered)
         if node is None:
             return None
-        down = self._down.get(node.name)
+        down = self._down.get(node.name) if skip_down else None
         if down is not None and time.monotonic() < down[0]:
             raise NodeUnavailable(f"redis {op} skipped: cluster node {node.name} is down")
         return str(node.name)
@@ -294,11 +295,33 @@ class RedisStore:
         return n
 
     async def _delete_tag_per_slot(self, tag: str) -> int:
-        members: list[bytes] = await self._claim_tag(keys=[self.tag_set(tag)])
+        tag_set = self.tag_set(tag)
+        node = self._node_of(tag_set, "tag purge", skip_down=False)
+        try:
+            members: list[bytes] = await self._claim_tag(keys=[tag_set])
+        except _ERRORS as exc:
+            raise self._node_failed(node, "tag purge", exc) from exc
+        self._node_worked(node)
+        by_node: dict[str | None, list[str]] = {}
+        for member in members:
+            name = self._prefix + member.decode()
+            by_node.setdefault(self._node_of(name, "UNLINK", skip_down=False), []).append(name)
         count = 0
-        for i in range(0, len(members), self._batch):
-            names = [self._prefix + m.decode() for m in members[i : i + self._batch]]
-            count += await self._client.unlink(*names)
+        failed: list[str] = []
+        for owner, names in by_node.items():
+            try:
+                for i in range(0, len(names), self._batch):
+                    count += await self._client.unlink(*names[i : i + self._batch])
+            except _ERRORS as exc:
+                self._node_failed(owner, "UNLINK", exc)
+                failed.append(owner or "?")
+                continue
+            self._node_worked(owner)
+        if failed:
+            raise NodeUnavailable(
+                f"tag purge: {len(members)} entries listed, {count} unlinked; cluster "
+                f"node(s) {', '.join(failed)} unavailable: their entries are left"
+            )
         return count
 
     async def soften_tag(self, tag: str, mark: Callable[[Entry], Entry | None]) -> int:
@@ -346,6 +369,8 @@ class RedisStore:
         """
         client = self._client
         pattern = escape_glob(self._prefix + prefix) + "*"
+        if isinstance(client, RedisCluster):
+            return await self._delete_prefix_per_node(client, pattern)
         count = 0
         batch: list[bytes] = []
         try:
@@ -360,6 +385,45 @@ class RedisStore:
         except _ERRORS as exc:
             raise _unavailable("SCAN/UNLINK", exc) from exc
         return count
+
+    async def _delete_prefix_per_node(self, client: RedisCluster, pattern: str) -> int:
+        """SCAN and UNLINK on each primary in turn: one that fails is skipped (and named in
+        the NodeUnavailable raised at the end), the others are purged all the same."""
+        try:
+            if not client.get_nodes():
+                await client.initialize()
+            primaries = client.get_primaries()
+        except _ERRORS as exc:
+            raise _unavailable("SCAN", exc) from exc
+        count = 0
+        failed: list[str] = []
+        for node in primaries:
+            batch: list[bytes] = []
+            try:
+                async for name in client.scan_iter(
+                    match=pattern, count=self._batch, target_nodes=node
+                ):
+                    batch.append(name)
+                    if len(batch) >= self._batch:
+                        count += await client.unlink(*batch)
+                        batch.clear()
+                if batch:
+                    count += await client.unlink(*batch)
+            except _ERRORS as exc:
+                self._node_failed(node.name, "SCAN", exc)
+                failed.append(node.name)
+                continue
+            self._node_worked(node.name)
+        if failed:
+            raise NodeUnavailable(
+                f"prefix purge: {count} unlinked; cluster node(s) {', '.join(failed)} "
+                "unavailable: their entries are left"
+            )
+        return count
+
+    def down_nodes(self) -> list[str]:
+        """The Redis Cluster nodes that failed their last command (none on one Redis)."""
+        return sorted(self._down)
 
     async def clear(self) -> int:
         """Remove every key under this store's prefix (never FLUSHDB)."""

@@ -136,6 +136,10 @@ class SharedCache:
         result: int = await self._call(self.store.clear(), 0)
         return result
 
+    def down_nodes(self) -> list[str]:
+        """The Redis Cluster nodes whose keys are misses now (and a purge could not reach)."""
+        return self.store.down_nodes()
+
     async def publish(self, op: str, arg: str) -> None:
         message = orjson.dumps({"op": op, "arg": arg, "origin": self.origin})
 

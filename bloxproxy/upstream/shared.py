@@ -18,7 +18,7 @@ limiter then learns locally for a while (as :class:`bloxproxy.ratelimit.Fallback
 from __future__ import annotations
 
 from ..errors import StoreUnavailable
-from ..redisconn import REDIS_ERRORS, RedisClient
+from ..redisconn import REDIS_ERRORS, RedisClient, SlotScript
 from .budget import US, RateHeaders, Slot, Tuning
 
 __all__ = ["SharedBudgets"]
@@ -179,8 +179,8 @@ class SharedBudgets:
     def __init__(self, client: RedisClient, prefix: str, egress: str = "shared") -> None:
         self._client = client
         self._prefix = f"{prefix}rl:{{upstream:{egress}:"
-        self._take = client.register_script(_TAKE)
-        self._feedback = client.register_script(_FEEDBACK)
+        self._take = SlotScript(client, _TAKE)
+        self._feedback = SlotScript(client, _FEEDBACK)
 
     def key(self, scope: str) -> str:
         """The scope's one key (its hash tag is the whole budget: egress and scope)."""
