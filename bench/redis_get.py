@@ -6,8 +6,8 @@ when installed. Prints ops/s and the proxy process's CPU per GET (redis-server e
 
     .venv/bin/python bench/redis_get.py [--duration 3] [--tasks 64] [--size 600] [--cluster]
 
-``--cluster`` adds redis-py's ``RedisCluster`` GET on a 3-primary Cluster (the hit path's
-GET there) to the comparison.
+``--cluster`` adds a 3-primary Cluster: redis-py's ``RedisCluster`` GET and ``ClusterGet``
+(a PipelinedGet per node, the hit path's GET there).
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bloxproxy.cache.resp import PipelinedGet
+from redis.asyncio.cluster import RedisCluster
+
+from bloxproxy.cache.resp import ClusterGet, PipelinedGet
 from bloxproxy.redis_url import parse
 from bloxproxy.redisconn import connect
 from tests.redis_server import RedisServer
@@ -58,17 +60,22 @@ async def main(args: argparse.Namespace, url: str, cluster_url: str = "") -> Non
     await client.set(KEY, b"v" * args.size)
     getter = PipelinedGet(url, 0.25)
     cluster = connect(parse(cluster_url), 64, 0.25) if cluster_url else None
+    cluster_get = None
     try:
         sides = [("redis-py", client.get), ("PipelinedGet", getter.get)]
         if cluster is not None:
             await cluster.client.set(KEY, b"v" * args.size)
-            sides.append(("RedisCluster", cluster.client.get))
+            assert isinstance(cluster.client, RedisCluster)
+            cluster_get = ClusterGet(cluster.client, 0.25)
+            sides += [("RedisCluster", cluster.client.get), ("ClusterGet", cluster_get.get)]
         for name, get in sides:
             ops, cpu = await drive(get, args.tasks, args.duration)
             print(f"{name:>12}: {ops:10,.0f} GET/s  {cpu:6.1f} µs CPU per GET")
     finally:
         await getter.aclose()
         await conns.aclose()
+        if cluster_get is not None:
+            await cluster_get.aclose()
         if cluster is not None:
             await cluster.aclose()
 

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import HttpVersion11, web
 from prometheus_client import Counter
+from redis.asyncio.cluster import RedisCluster
 
 from . import admin, docs_page, ops, status_page
 from .appkeys import (
@@ -36,7 +37,7 @@ from .appkeys import (
 from .authn import FailureThrottle
 from .cache.fetcher import Fetcher
 from .cache.redis_store import RedisStore
-from .cache.resp import PipelinedGet
+from .cache.resp import ClusterGet, PipelinedGet
 from .cache.shared import SharedCache
 from .clients import ClientGate, client_ip
 from .config import Config
@@ -46,7 +47,7 @@ from .front import Front
 from .observe import AccessLog, Metrics
 from .pipeline import Pipeline
 from .ratelimit import RedisBuckets
-from .redis_url import SentinelTopology, Single
+from .redis_url import ClusterTopology, SentinelTopology, Single
 from .redis_url import parse as parse_redis_url
 from .redisconn import RedisClient, connect
 from .requestids import REQUEST_ID_HEADER
@@ -194,17 +195,22 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         bodies=bodies,
         sleep=rt.background_sleep,
     )
-    shared = getter = None
+    shared = None
+    getter: PipelinedGet | ClusterGet | None = None
     conns = rt.connections
     if rt.redis is not None and conns is not None and config.cache.enabled:
         # The L2 read on one pipelined connection (a fraction of redis-py's CPU per GET):
-        # to the one Redis, or to the Sentinels' primary (asked again at each reconnect);
-        # URLs with options only redis-py understands, and a Cluster, keep it on redis-py.
+        # to the one Redis, to the Sentinels' primary (asked again at each reconnect), or
+        # to each key's Cluster node; URLs with options only redis-py understands keep it
+        # on redis-py.
         topology = conns.topology
         if isinstance(topology, Single) and PipelinedGet.supports(topology.url):
             getter = PipelinedGet(topology.url, redis_cfg.timeout)
         elif isinstance(topology, SentinelTopology):
             getter = PipelinedGet("redis://", redis_cfg.timeout, resolve=conns.primary)
+        elif isinstance(topology, ClusterTopology) and isinstance(rt.redis, RedisCluster):
+            # one pipelined connection per node, each key's GET to its slot's node
+            getter = ClusterGet(rt.redis, redis_cfg.timeout, topology.username, topology.password)
         shared = SharedCache(
             RedisStore(rt.redis, redis_cfg.prefix, rt.clock, getter=getter),
             conns.pubsub,

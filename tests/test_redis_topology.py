@@ -20,7 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from bloxproxy.cache import decide
 from bloxproxy.cache.entry import Entry
 from bloxproxy.cache.redis_store import RedisStore
-from bloxproxy.cache.resp import PipelinedGet
+from bloxproxy.cache.resp import ClusterGet, PipelinedGet
 from bloxproxy.ratelimit import RedisBuckets
 from bloxproxy.redis_url import ClusterTopology, SentinelTopology, Single, parse
 from bloxproxy.redisconn import RedisConnections, connect
@@ -50,13 +50,14 @@ async def conns(topo_url: str) -> AsyncIterator[RedisConnections]:
         await c.aclose()
 
 
-async def getter_of(c: RedisConnections) -> PipelinedGet | None:
-    """The pipelined GET the app would use (None on a Cluster: redis-py's GET)."""
+async def getter_of(c: RedisConnections) -> PipelinedGet | ClusterGet:
+    """The pipelined GET the app would use."""
     if isinstance(c.topology, Single):
         return PipelinedGet(c.topology.url, 2.0)
     if isinstance(c.topology, SentinelTopology):
         return PipelinedGet("redis://", 2.0, resolve=c.primary)
-    return None
+    assert isinstance(c.client, RedisCluster)
+    return ClusterGet(c.client, 2.0)
 
 
 def test_the_factory_builds_the_right_client(redis_url: str, cluster_url: str) -> None:
@@ -99,8 +100,7 @@ async def test_store_contract(conns: RedisConnections) -> None:
         assert await store.clear() >= 1
         assert await store.get("GET other") is None
     finally:
-        if getter is not None:
-            await getter.aclose()
+        await getter.aclose()
 
 
 async def test_limits_and_budgets_touch_one_slot_each(conns: RedisConnections) -> None:
@@ -211,3 +211,38 @@ async def test_scripts_are_loaded_again_where_their_keys_are(conns: RedisConnect
         await store.set("GET a", Entry(200, (), b"a", NOW, 600), ("user:1",))
         assert (await buckets.take("k", 1.0, 5)).allowed
         assert await store.delete_tag("user:1") == 1
+
+
+async def test_the_cluster_get_follows_a_moved_slot(
+    redis_cluster: ClusterSetup, cluster_url: str
+) -> None:
+    """A slot moved to another node after redis-py read the map: the pipelined GET to the
+    old node answers MOVED, the GET is asked through redis-py (which follows it and reads
+    the map again), and the next GET goes to the new node's pipelined connection."""
+    c = connect(parse(cluster_url), 4, 2.0)
+    assert isinstance(c.client, RedisCluster)
+    getter = ClusterGet(c.client, 2.0)
+    key = "t:moving"
+    old, new = redis_cluster.node_of(key), redis_cluster.nodes[0]
+    if old is new:
+        new = redis_cluster.nodes[1]
+    direct = {n.port: redis.Redis(port=n.port) for n in redis_cluster.nodes}
+    slot = int(direct[old.port].cluster("KEYSLOT", key))
+    new_id, old_id = direct[new.port].cluster("MYID"), direct[old.port].cluster("MYID")
+    try:
+        await c.client.initialize()  # the map before the move
+        assert c.client.get_node_from_key(key).port == old.port
+        for d in direct.values():  # an empty slot moves by being given to the other node
+            d.cluster("SETSLOT", slot, "NODE", new_id)
+        direct[new.port].set(key, b"here")
+        assert await getter.get(key) == b"here"  # MOVED, then through redis-py
+        assert c.client.get_node_from_key(key).port == new.port  # the map read again
+        assert await getter.get(key) == b"here"
+        assert f"127.0.0.1:{new.port}" in getter._getters  # the new node's own connection
+    finally:
+        direct[new.port].delete(key)
+        for d in direct.values():
+            d.cluster("SETSLOT", slot, "NODE", old_id)
+            d.close()
+        await getter.aclose()
+        await c.aclose()

@@ -8,7 +8,8 @@ redis-py 8 ``ConnectionPool`` raises ``MaxConnectionsError`` when exhausted inst
 waiting) and must not decode responses. ``close()`` leaves it open unless ``owns_client``.
 
 The hot read, ``GET``, may go through a :class:`~bloxproxy.cache.resp.PipelinedGet`
-(``getter``) instead of redis-py: a fraction of the CPU per call. Everything else stays on
+(``getter``; on a Cluster a :class:`~bloxproxy.cache.resp.ClusterGet`, one per node)
+instead of redis-py: a fraction of the CPU per call. Everything else stays on
 the client. The getter belongs to whoever owns the client: ``close()`` closes both when
 ``owns_client``, neither otherwise.
 
@@ -39,7 +40,7 @@ from redis.asyncio.cluster import RedisCluster
 from ..errors import NodeUnavailable, StoreUnavailable
 from ..redisconn import REDIS_ERRORS, SlotScript
 from .entry import Entry
-from .resp import PipelinedGet
+from .resp import ClusterGet, PipelinedGet
 
 __all__ = ["RedisStore", "escape_glob"]
 
@@ -99,6 +100,7 @@ log = logging.getLogger(__name__)
 
 # TimeoutError is asyncio.TimeoutError since 3.11 and an OSError; listed for clarity.
 _ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
+_GET_ERRORS: tuple[type[BaseException], ...] = (StoreUnavailable, *_ERRORS)  # and a getter's
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
 
@@ -138,7 +140,7 @@ class RedisStore:
         *,
         owns_client: bool = False,
         batch_size: int = 500,
-        getter: PipelinedGet | None = None,
+        getter: PipelinedGet | ClusterGet | None = None,
     ) -> None:
         if isinstance(client, RedisCluster):
             kwargs = client.get_connection_kwargs()
@@ -168,7 +170,7 @@ class RedisStore:
         return self._prefix
 
     @property
-    def getter(self) -> PipelinedGet | None:
+    def getter(self) -> PipelinedGet | ClusterGet | None:
         """The pipelined GET client serving :meth:`get`, if any."""
         return self._getter
 
@@ -176,15 +178,18 @@ class RedisStore:
         name = self._prefix + key
         getter = self._getter
         data: bytes | str | None  # str only if decoding, which __init__ refuses
-        if getter is not None:
-            data = await getter.get(name)  # raises StoreUnavailable itself
-        elif self._cluster:
+        if self._cluster:
             node = self._node_of(name, "GET")
             try:
-                data = await self._client.get(name)
-            except _ERRORS as exc:
+                if getter is not None:
+                    data = await getter.get(name)
+                else:
+                    data = await self._client.get(name)
+            except _GET_ERRORS as exc:
                 raise self._node_failed(node, "GET", exc) from exc
             self._node_worked(node)
+        elif getter is not None:
+            data = await getter.get(name)  # raises StoreUnavailable itself
         else:
             try:
                 data = await self._client.get(name)

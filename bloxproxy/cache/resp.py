@@ -27,11 +27,14 @@ from dataclasses import dataclass
 from typing import cast
 from urllib.parse import parse_qs, unquote, urlparse
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import InvalidResponse, ResponseError
 
 from ..errors import StoreUnavailable
+from ..redis_url import Node, url_of
+from ..redisconn import REDIS_ERRORS
 
-__all__ = ["PipelinedGet"]
+__all__ = ["ClusterGet", "PipelinedGet"]
 
 _NO_TIMEOUT_CONNECT = 2.0  # connect deadline without a timeout, as the app's redis-py pool
 _MAX_LINE = 64 * 1024  # a reply header longer than this is not Redis talking
@@ -444,3 +447,53 @@ class PipelinedGet:
             raise ConnectionError(f"connection lost: {conn.failure}")
         conn.ready = True
         return conn
+
+
+class ClusterGet:
+    """The pipelined ``GET`` on a Redis Cluster: one :class:`PipelinedGet` per primary,
+    each key's ``GET`` sent to its slot's node as redis-py's ``RedisCluster`` (``cluster``)
+    maps it. A ``MOVED`` or ``ASK`` reply (a slot moved since the map was read), or a key
+    whose slot redis-py has no node for yet, is asked through redis-py instead, which
+    follows the redirection and refreshes its map for the next call. Failures are
+    :class:`~bloxproxy.errors.StoreUnavailable`, like :class:`PipelinedGet`'s."""
+
+    __slots__ = ("_auth", "_cluster", "_getters", "_timeout")
+
+    def __init__(
+        self, cluster: RedisCluster, timeout: float | None, username: str = "", password: str = ""
+    ) -> None:
+        self._cluster = cluster
+        self._timeout = timeout
+        self._auth = (username, password)
+        self._getters: dict[str, PipelinedGet] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            node = self._cluster.get_node_from_key(key)
+        except REDIS_ERRORS:
+            node = None  # slot map not loaded yet, or the slot not covered
+        if node is None:
+            return await self._through_redis_py(key)
+        getter = self._getters.get(node.name)
+        if getter is None:
+            url = url_of(Node(node.host, int(node.port)), *self._auth)
+            getter = self._getters[node.name] = PipelinedGet(url, self._timeout)
+        try:
+            return await getter.get(key)
+        except StoreUnavailable as exc:
+            reply = str(exc.__cause__) if isinstance(exc.__cause__, ResponseError) else ""
+            if reply.startswith(("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")):
+                return await self._through_redis_py(key)
+            raise
+
+    async def _through_redis_py(self, key: str) -> bytes | None:
+        try:
+            value: bytes | None = await self._cluster.get(key)  # type: ignore[assignment]
+        except REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return value
+
+    async def aclose(self) -> None:
+        """Close every node's connection (the RedisCluster client is its owner's)."""
+        for getter in self._getters.values():
+            await getter.aclose()
