@@ -137,7 +137,7 @@ class RedisConnections:
     async def primary(self) -> str | None:
         """A ``redis://`` URL of the node the pipelined GET should read: the one Redis, the
         Sentinels' primary now (asked each time: after a failover, the promoted replica);
-        None on a Cluster (redis-py's slot-aware GET serves it). Raises redis-py's
+        None on a Cluster (its GET is a ClusterGet, per node). Raises redis-py's
         errors (``MasterNotFoundError``) when the Sentinels know no primary."""
         topology = self.topology
         if isinstance(topology, Single):
