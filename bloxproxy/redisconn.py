@@ -21,10 +21,11 @@ so that a moved slot costs one round trip, not an outage).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import itertools
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,7 @@ from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import MaxConnectionsError, NoScriptError, RedisClusterException, RedisError
 
 from .redis_url import ClusterTopology, Node, SentinelTopology, Single, Topology, url_of
 
@@ -68,6 +69,39 @@ class SlotScript:
             return await client.evalsha(self._sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self._text, len(keys), *keys, *args)
+
+
+class BoundedCluster(RedisCluster):
+    """redis-py's ``RedisCluster`` with at most ``max_connections`` commands in flight, the
+    rest waiting their turn (up to ``wait``): its nodes' pools raise ``MaxConnectionsError``
+    when exhausted, which would count as the node failing. A command, or a multi-slot one
+    (``MGET``/``UNLINK`` split per slot, one pipeline), takes one turn and at most one
+    connection per node, so no node's pool runs out."""
+
+    def __init__(self, *args: Any, wait: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._turns = asyncio.Semaphore(int(kwargs.get("max_connections", 100)))
+        self._wait = wait
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self._turn():
+            return await super().execute_command(*args, **kwargs)
+
+    async def _execute_pipeline_by_slot(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        async with self._turn():
+            return await super()._execute_pipeline_by_slot(*args, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._turns.acquire()
+        except TimeoutError:
+            raise MaxConnectionsError(f"no free connection within {self._wait:g}s") from None
+        try:
+            yield
+        finally:
+            self._turns.release()
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
@@ -241,7 +275,8 @@ def _sentinel_client(
 def _cluster(
     topology: ClusterTopology, max_connections: int, timeout: float | None
 ) -> RedisCluster:
-    return RedisCluster(
+    return BoundedCluster(
+        wait=timeout or 5.0,
         startup_nodes=[ClusterNode(n.host, n.port) for n in topology.nodes],
         require_full_coverage=False,
         max_connections=max_connections,

@@ -246,3 +246,24 @@ async def test_the_cluster_get_follows_a_moved_slot(
             d.close()
         await getter.aclose()
         await c.aclose()
+
+
+async def test_a_busy_cluster_client_waits_for_a_connection(cluster_url: str) -> None:
+    """More concurrent commands than the pool holds wait their turn (as the one-Redis
+    BlockingConnectionPool does) instead of failing with MaxConnectionsError, which the
+    store would take for a node failure; redis-py's RedisCluster alone fails them."""
+    bounded = connect(parse(cluster_url), 2, 2.0)
+    first = cluster_url.removeprefix("redis+cluster://").split(",")[0]
+    plain = RedisCluster.from_url(f"redis://{first}", max_connections=2)
+    names = [f"t:busy:{i}" for i in range(60)]
+    try:
+        assert isinstance(bounded.client, RedisCluster)
+        bc = bounded.client
+        await asyncio.gather(*(bc.set(n, b"x") for n in names))
+        await asyncio.gather(*(bc.mget_nonatomic(names[i : i + 9]) for i in range(0, 60, 3)))
+        assert await asyncio.gather(*(bc.get(n) for n in names)) == [b"x"] * 60
+        outcomes = await asyncio.gather(*(plain.get(n) for n in names), return_exceptions=True)
+        assert any(isinstance(o, redis.exceptions.MaxConnectionsError) for o in outcomes)
+    finally:
+        await plain.aclose()
+        await bounded.aclose()
