@@ -221,6 +221,8 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         )
         fetcher.shared = shared
         shared.start()
+    if conns is not None:
+        conns.start()  # (Sentinel: follows a switchover whose old primary stays up)
     app[GUARD] = guard
     app[FETCHER] = fetcher
     pipeline = app[PIPELINE] = Pipeline(

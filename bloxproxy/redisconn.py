@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +43,13 @@ from .redis_url import ClusterTopology, Node, SentinelTopology, Single, Topology
 
 __all__ = ["REDIS_ERRORS", "RedisClient", "RedisConnections", "SlotScript", "connect"]
 
+log = logging.getLogger("bloxproxy.cache")
+
 RedisClient = aioredis.Redis | RedisCluster
 # What a failing Redis raises: redis-py's errors (a Cluster's SlotNotCoveredError and
 # RedisClusterUnreachableError are not RedisErrors) and socket errors (TimeoutError is one).
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+_WATCH_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
 
 
 class SlotScript:
@@ -133,14 +137,55 @@ class RedisConnections:
     """The clients of one topology: ``client`` for commands (each bounded by the command
     timeout), ``listener`` for pub/sub (no read timeout; on a Cluster the command client,
     whose node list :meth:`pubsub` uses); :meth:`pubsub` a fresh subscription;
-    :meth:`aclose` closes all."""
+    :meth:`aclose` closes all.
+
+    With Sentinel, :meth:`start` watches the primary (every ``recheck`` seconds): redis-py
+    asks the Sentinels only for a new connection, so after a switchover whose old primary
+    stays up (and a master until the Sentinels reconfigure it, up to ~10 s later) the
+    pooled and the pub/sub connections would keep writing and listening there. When the
+    Sentinels name another primary, both pools are disconnected: every next command and
+    the listener's next subscription go to the new one (the listener, having lost its
+    subscription, drops L1 as after any reconnect)."""
 
     topology: Topology
     client: RedisClient
     listener: RedisClient
     sentinel: Sentinel | None = None
+    recheck: float = 1.0
     _node_clients: dict[Node, aioredis.Redis] = field(default_factory=dict)
     _turn: itertools.count[int] = field(default_factory=itertools.count)
+    _watcher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Watch the Sentinels' primary (nothing to do for the other topologies)."""
+        if self.sentinel is not None and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._watch_primary(), name="bloxproxy-sentinel-watch"
+            )
+
+    async def _watch_primary(self) -> None:
+        assert self.sentinel is not None and isinstance(self.topology, SentinelTopology)
+        known: tuple[str, int] | None = None
+        while True:
+            try:
+                async with asyncio.timeout(2.0):
+                    host, port = await self.sentinel.discover_master(self.topology.master)
+            except _WATCH_ERRORS:
+                await asyncio.sleep(self.recheck)
+                continue  # no answer: the connections' own failures tell the story
+            now = (str(host), int(port))
+            if known is not None and now != known:
+                log.warning(
+                    "the Sentinels name %s:%d the primary of %s now; reconnecting",
+                    *now,
+                    self.topology.master,
+                )
+                for c in (self.client, self.listener):
+                    if isinstance(c, aioredis.Redis):
+                        with contextlib.suppress(*REDIS_ERRORS):
+                            await c.connection_pool.disconnect()
+            known = now
+            await asyncio.sleep(self.recheck)
 
     async def pubsub(self) -> PubSub:
         """A pub/sub on the listener (on a Cluster: a connection to the next node, in
@@ -202,6 +247,9 @@ class RedisConnections:
                     raise
 
     async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.wait([self._watcher])
         clients = [self.client]
         if self.listener is not self.client:
             clients.append(self.listener)

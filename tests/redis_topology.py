@@ -75,7 +75,7 @@ class SentinelSetup:
         )
         self.sentinel.start()
         with _client(self.sentinel) as s:
-            _wait("sentinel sees the replica", lambda: bool(s.sentinel_slaves(MASTER)))
+            _wait("sentinel sees the replica", lambda: _replica_ready(s))
 
     def primary_port(self) -> int:
         """The port of the primary the Sentinel names now."""
@@ -84,15 +84,23 @@ class SentinelSetup:
             _host, port = s.sentinel_get_master_addr_by_name(MASTER)
             return int(port)
 
+    def sentinel_port(self) -> int:
+        assert self.sentinel is not None
+        return self.sentinel.port
+
     def kill_primary_and_wait_for_promotion(self, within: float = 10.0) -> float:
         """SIGKILL the primary; wait until the Sentinel names the replica and the replica
         says it is a primary. How long that took (seconds)."""
         start = time.monotonic()
         self.primary.kill()
-        with _client(self.replica) as r:
-            _wait("promotion", lambda: self.primary_port() == self.replica.port, within)
-            _wait("replica is primary", lambda: r.info("replication")["role"] == "master")
+        self.wait_for_primary(self.replica.port, within)
         return time.monotonic() - start
+
+    def wait_for_primary(self, port: int, within: float = 10.0) -> None:
+        """Until the Sentinel names the server on ``port`` and it says it is a primary."""
+        with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0) as r:
+            _wait("promotion", lambda: self.primary_port() == port, within)
+            _wait("promoted is primary", lambda: r.info("replication")["role"] == "master")
 
     def stop(self) -> None:
         for server in (self.sentinel, self.replica, self.primary):
@@ -174,6 +182,18 @@ class ClusterSetup:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _replica_ready(sentinel: redis.Redis) -> bool:
+    """The Sentinel has a fresh INFO from the replica (else it finds no replica to promote:
+    NOGOODSLAVE)."""
+    replicas = sentinel.sentinel_slaves(MASTER)
+    return bool(replicas) and all(
+        not r["is_disconnected"]
+        and r["master-link-status"] == "ok"
+        and int(r["info-refresh"]) < 2000
+        for r in replicas
+    )
 
 
 def _bindable(port: int) -> bool:

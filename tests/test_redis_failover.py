@@ -21,14 +21,20 @@ from collections.abc import Sequence
 import pytest
 import redis
 
+from bloxproxy.cache.entry import Entry
 from bloxproxy.cache.redis_store import RedisStore
+from bloxproxy.cache.resp import PipelinedGet
+from bloxproxy.errors import StoreUnavailable
+from bloxproxy.redis_url import parse
+from bloxproxy.redisconn import connect
 from tests.conftest import ProxyFactory, fetcher_of
-from tests.redis_topology import ClusterSetup, SentinelSetup
+from tests.redis_topology import MASTER, ClusterSetup, SentinelSetup
 from tests.test_cache import TOKEN, purge
 from tests.test_faults import FAST, Client, Load, Outcome, request, settle
 
 pytestmark = pytest.mark.redis  # each test runs Redis processes of its own
 
+NOW = 1_800_000_000.0
 HERD = 120  # entries filled through replica A, so that only L2 holds them for replica B
 
 
@@ -232,3 +238,39 @@ def key_of(store: RedisStore, path: str) -> str:
 
 def slowest(outcomes: Sequence[Outcome]) -> float:
     return max(o.seconds for o in outcomes)
+
+
+async def test_a_switchover_moves_the_hit_path_to_the_new_primary() -> None:
+    """SENTINEL FAILOVER with the old primary alive (a planned switchover): the demoted
+    primary keeps the pipelined GET's connection (and answers it, as a replica), so the
+    getter asks the Sentinel again every second, retires that connection once the
+    Sentinel names the promoted replica, and reads from it within seconds; redis-py's
+    pool, which would keep writing to the old primary (a master still, until the Sentinel
+    reconfigures it), is disconnected by the watcher and writes there too."""
+    with SentinelSetup() as setup:
+        conns = connect(parse(setup.url), 8, 2.0)
+        conns.start()
+        getter = PipelinedGet("redis://", 2.0, resolve=conns.primary)
+        store = RedisStore(conns.client, "t:", lambda: NOW, getter=getter)
+        try:
+            await store.set("GET a", Entry(200, (), b"before", NOW, 600))
+            assert (await store.get("GET a")) is not None
+            assert getter.connected_to() == setup.primary.port
+            with redis.Redis(port=setup.sentinel_port()) as s:
+                s.execute_command("SENTINEL FAILOVER", MASTER)
+            await asyncio.to_thread(setup.wait_for_primary, setup.replica.port)
+            deadline = time.monotonic() + 5.0
+            while True:  # commands fail until the clients have moved; then they work
+                try:
+                    await store.set("GET a", Entry(200, (), b"after", NOW, 600))
+                    entry = await store.get("GET a")
+                except StoreUnavailable:
+                    entry = None
+                moved = getter.connected_to() == setup.replica.port
+                if moved and entry is not None and entry.body == b"after":
+                    break
+                assert time.monotonic() < deadline, "the hit path never moved"
+                await asyncio.sleep(0.05)
+        finally:
+            await getter.aclose()
+            await conns.aclose()

@@ -120,6 +120,7 @@ class _Connection(asyncio.Protocol):
         self._gone = loop.create_future()  # resolved by connection_lost
         self._on_failure = on_failure
         self.ready = False  # after the handshake, a "+" reply is a protocol error
+        self.retiring = False  # closed when its last waiter is answered
 
     @property
     def failure(self) -> Exception | None:
@@ -249,6 +250,9 @@ class _Connection(asyncio.Protocol):
             fut = waiters.popleft()[0]
             if not fut.done():  # done: its caller was cancelled; the reply is dropped
                 fut.set_result(value)
+        if self.retiring and not waiters and self._failure is None:
+            self._die(ConnectionError("connection retired"))
+            return 0
         return pos
 
     def _protocol_error(self, line: bytes | bytearray | None) -> int:
@@ -279,6 +283,13 @@ class _Connection(asyncio.Protocol):
     def abort(self, exc: Exception) -> None:
         self._die(exc)
 
+    def retire(self) -> None:
+        """Close once the calls already sent are answered (no new ones come: the owner let
+        go of this connection)."""
+        self.retiring = True
+        if not self._waiters:
+            self._die(ConnectionError("connection retired"))
+
     def forget(self, futures: list[asyncio.Future[bytes | None]]) -> None:
         """Let go of futures nobody will await: cancel them, or mark their failure seen."""
         for fut in futures:
@@ -300,15 +311,21 @@ class PipelinedGet:
     connection lives, and the connect is bounded by 2 s). Not for other commands.
     ``resolve``, when given, is asked for the URL before each connect (None: ``url``'s
     node): a Sentinel's primary now, so the next connection after a failover goes to the
-    promoted replica.
+    promoted replica. It is asked again every ``recheck`` seconds while calls come (in
+    the background): a primary demoted while alive (a switchover) keeps its connections,
+    so when the answer names another node the connection is retired — it answers the
+    calls already sent, and the next call connects to the new primary.
     """
 
     __slots__ = (
+        "_checking",
         "_closed",
         "_conn",
         "_connecting",
         "_connector",
         "_loop",
+        "_next_check",
+        "_recheck",
         "_resolve",
         "_target",
         "_timeout",
@@ -320,10 +337,14 @@ class PipelinedGet:
         timeout: float | None,
         *,
         resolve: Callable[[], Awaitable[str | None]] | None = None,
+        recheck: float = 1.0,
     ) -> None:
         self._target = _parse_url(url)
         self._timeout = timeout or None
         self._resolve = resolve
+        self._recheck = recheck
+        self._next_check = 0.0
+        self._checking: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None  # a dying connection unsets itself
         # The connect attempt in progress: its outcome, which every caller awaits, and the
@@ -347,15 +368,50 @@ class PipelinedGet:
         conn = self._conn
         if conn is None:
             conn = await self._connection()
+        elif self._resolve is not None:
+            self._maybe_recheck(conn)
         name = key.encode()
         try:
             return await conn.request(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name))
         except Exception as exc:  # what the connection failed the call with
             raise _unavailable(exc) from exc
 
+    def _maybe_recheck(self, conn: _Connection) -> None:
+        loop = self._loop
+        if loop is None or self._checking is not None or loop.time() < self._next_check:
+            return
+        self._next_check = loop.time() + self._recheck
+        self._checking = loop.create_task(self._check(conn))
+
+    async def _check(self, conn: _Connection) -> None:
+        """Retire ``conn`` if ``resolve`` names another node now."""
+        assert self._resolve is not None
+        try:
+            async with asyncio.timeout(self._timeout or _NO_TIMEOUT_CONNECT):
+                url = await self._resolve()
+            target = self._target if url is None else _parse_url(url)
+        except Exception:  # no answer: keep the connection; the next check asks again
+            return
+        finally:
+            self._checking = None
+        if (target.host, target.port, target.path) != (
+            self._target.host,
+            self._target.port,
+            self._target.path,
+        ) and self._conn is conn:
+            self._conn = None  # the next call connects (to the node resolve names then)
+            conn.retire()
+
+    def connected_to(self) -> int | None:
+        """The port of the node the live connection goes to (None: not connected)."""
+        return None if self._conn is None else self._target.port
+
     async def aclose(self) -> None:
         """Close the connection (pending calls fail); later calls fail too."""
         self._closed = True
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.wait([self._checking])
         task, pending = self._connector, self._connecting
         if task is not None:
             task.cancel()
