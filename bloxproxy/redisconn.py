@@ -35,13 +35,13 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import MaxConnectionsError, NoScriptError, RedisClusterException, RedisError
 
 from .redis_url import ClusterTopology, Node, SentinelTopology, Single, Topology, url_of
 
-__all__ = ["REDIS_ERRORS", "RedisClient", "RedisConnections", "SlotScript", "connect"]
+__all__ = ["REDIS_ERRORS", "RedisClient", "RedisConnections", "SlotScript", "connect", "describe"]
 
 log = logging.getLogger("bloxproxy.cache")
 
@@ -50,6 +50,17 @@ RedisClient = aioredis.Redis | RedisCluster
 # RedisClusterUnreachableError are not RedisErrors) and socket errors (TimeoutError is one).
 REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 _WATCH_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` for a log line: redis-py's ``MasterNotFoundError`` text carries the repr of
+    a whole client (a few hundred characters); the rest as they are."""
+    text = str(exc)
+    if isinstance(exc, MasterNotFoundError):
+        head, _, rest = text.partition(" : ")
+        cause = rest.rpartition(" - ")[2] if " - " in rest else ""
+        return f"{head} ({cause})" if cause else head
+    return text
 
 
 class SlotScript:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from redis.asyncio.sentinel import MasterNotFoundError
 
 from bloxproxy.config import load
 from bloxproxy.errors import ConfigError
@@ -20,6 +21,7 @@ from bloxproxy.redis_url import (
     redacted,
     url_of,
 )
+from bloxproxy.redisconn import describe
 
 N = Node
 
@@ -177,3 +179,23 @@ def test_config_takes_each_form(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc_info:
         load(None, env={"BLOXPROXY_CACHE_REDIS_URL": "redis+sentinel://s1"})
     assert "needs the master's name" in str(exc_info.value.problems[0])
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (
+            MasterNotFoundError(
+                "No master found for 'm' : <redis.asyncio.client.Redis(<ConnectionPool("
+                "<Connection(host=127.0.0.1,port=1,password=<REDACTED>)>)>)> - "
+                "network:ConnectionError: Error 111 connecting to 127.0.0.1:1."
+            ),
+            "No master found for 'm' (network:ConnectionError: Error 111 connecting to "
+            "127.0.0.1:1.)",
+        ),
+        (MasterNotFoundError("No master found for 'm'"), "No master found for 'm'"),
+        (ConnectionError("Error 111"), "Error 111"),
+    ],
+)
+def test_log_lines_leave_out_redis_pys_client_repr(exc: Exception, text: str) -> None:
+    assert describe(exc) == text

@@ -38,7 +38,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from ..errors import NodeUnavailable, StoreUnavailable
-from ..redisconn import REDIS_ERRORS, SlotScript
+from ..redisconn import REDIS_ERRORS, SlotScript, describe
 from .entry import Entry
 from .resp import ClusterGet, PipelinedGet
 
@@ -58,7 +58,8 @@ end
 return 1
 """
 # Every entry of a tag, and its set, at once (atomic: an entry stored meanwhile is either
-# gone too or listed in a new set). KEYS[1]: the set; ARGV[1]: the key prefix.
+# gone too or listed in a new set). KEYS[1]: the set; ARGV[1]: the key prefix. One Redis
+# only: the entries it unlinks are not in KEYS[] (a Cluster takes _CLAIM_TAG, then UNLINKs).
 _DROP_TAG = """
 local members = redis.call('SMEMBERS', KEYS[1])
 local n = 0
@@ -110,7 +111,7 @@ def escape_glob(text: str) -> str:
 
 
 def _unavailable(op: str, exc: BaseException) -> StoreUnavailable:
-    return StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {exc}")
+    return StoreUnavailable(f"redis {op} failed: {type(exc).__name__}: {describe(exc)}")
 
 
 class RedisStore:

@@ -22,7 +22,7 @@ import orjson
 from redis.asyncio.client import PubSub
 
 from ..errors import NodeUnavailable, StoreUnavailable
-from ..redisconn import REDIS_ERRORS
+from ..redisconn import REDIS_ERRORS, describe
 from .entry import Entry
 from .redis_store import RedisStore
 
@@ -69,7 +69,7 @@ class SharedCache:
 
     def _failed(self, exc: BaseException) -> None:
         if self.healthy:
-            log.warning("redis unavailable, serving from L1 and upstream: %s", exc)
+            log.warning("redis unavailable, serving from L1 and upstream: %s", describe(exc))
         now = time.monotonic()
         # Only a failed *retry* doubles the back-off: the many requests that failed
         # together at the start of one incident count once.
