@@ -29,6 +29,8 @@ __all__ = [
     "Topology",
     "cluster_url_of",
     "parse",
+    "redacted",
+    "url_of",
 ]
 
 SENTINEL_PORT = 26379
