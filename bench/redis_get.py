@@ -4,7 +4,10 @@ Starts a throw-away redis-server (tests/redis_server.py), stores one value and l
 ``--tasks`` asyncio tasks GET it in a loop for ``--duration`` seconds per side, under uvloop
 when installed. Prints ops/s and the proxy process's CPU per GET (redis-server excluded).
 
-    .venv/bin/python bench/redis_get.py [--duration 3] [--tasks 64] [--size 600]
+    .venv/bin/python bench/redis_get.py [--duration 3] [--tasks 64] [--size 600] [--cluster]
+
+``--cluster`` adds a 3-primary Cluster: redis-py's ``RedisCluster`` GET and ``ClusterGet``
+(a PipelinedGet per node, the hit path's GET there).
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bloxproxy.app import _redis_client
-from bloxproxy.cache.resp import PipelinedGet
+from redis.asyncio.cluster import RedisCluster
+
+from bloxproxy.cache.resp import ClusterGet, PipelinedGet
+from bloxproxy.redis_url import parse
+from bloxproxy.redisconn import connect
 from tests.redis_server import RedisServer
+from tests.redis_topology import ClusterSetup
 
 KEY = "bench:value"
 
@@ -47,18 +54,30 @@ async def drive(
     return done / wall, cpu / done * 1e6
 
 
-async def main(args: argparse.Namespace, url: str) -> None:
-    client = _redis_client(url, 64, 0.25)
+async def main(args: argparse.Namespace, url: str, cluster_url: str = "") -> None:
+    conns = connect(parse(url), 64, 0.25)  # the app's client
+    client = conns.client
     await client.set(KEY, b"v" * args.size)
     getter = PipelinedGet(url, 0.25)
+    cluster = connect(parse(cluster_url), 64, 0.25) if cluster_url else None
+    cluster_get = None
     try:
-        for name, get in (("redis-py", client.get), ("PipelinedGet", getter.get)):
+        sides = [("redis-py", client.get), ("PipelinedGet", getter.get)]
+        if cluster is not None:
+            await cluster.client.set(KEY, b"v" * args.size)
+            assert isinstance(cluster.client, RedisCluster)
+            cluster_get = ClusterGet(cluster.client, 0.25)
+            sides += [("RedisCluster", cluster.client.get), ("ClusterGet", cluster_get.get)]
+        for name, get in sides:
             ops, cpu = await drive(get, args.tasks, args.duration)
             print(f"{name:>12}: {ops:10,.0f} GET/s  {cpu:6.1f} µs CPU per GET")
     finally:
         await getter.aclose()
-        await client.aclose()
-        await client.connection_pool.disconnect()
+        await conns.aclose()
+        if cluster_get is not None:
+            await cluster_get.aclose()
+        if cluster is not None:
+            await cluster.aclose()
 
 
 if __name__ == "__main__":
@@ -66,6 +85,7 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--tasks", type=int, default=64)
     parser.add_argument("--size", type=int, default=600)
+    parser.add_argument("--cluster", action="store_true", help="and RedisCluster's GET")
     args = parser.parse_args()
     try:
         import uvloop
@@ -75,4 +95,8 @@ if __name__ == "__main__":
     else:
         runner = uvloop.run
     with RedisServer() as server:
-        runner(main(args, server.url))
+        if args.cluster:  # a 3-primary Cluster too, its GET through redis-py's RedisCluster
+            with ClusterSetup() as cluster:
+                runner(main(args, server.url, cluster.url))
+        else:
+            runner(main(args, server.url))

@@ -152,6 +152,11 @@ async def purge(request: web.Request) -> web.Response:
     if fetcher.shared is not None and not fetcher.shared.healthy:
         # L1 was purged; Redis and the other replicas could not be told.
         body["warning"] = "redis unavailable: purged this replica's L1 only"
+    elif fetcher.shared is not None and (down := fetcher.shared.down_nodes()):
+        # L1, the other replicas and the nodes up were purged; the nodes down could not be.
+        body["warning"] = (
+            f"redis cluster node(s) {', '.join(down)} unavailable: their entries may be left"
+        )
     return web.json_response(body, dumps=lambda v: orjson.dumps(v).decode())
 
 

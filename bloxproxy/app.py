@@ -11,16 +11,12 @@ buckets) and ``sleep`` (retry backoff), so tests move time instead of waiting.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import HttpVersion11, web
 from prometheus_client import Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 
 from . import admin, docs_page, ops, status_page
 from .appkeys import (
@@ -43,7 +39,7 @@ from .cache.cluster_batch import Collectors
 from .cache.fetcher import Fetcher
 from .cache.lease import Leases
 from .cache.redis_store import RedisStore
-from .cache.resp import PipelinedGet
+from .cache.resp import ClusterGet, PipelinedGet
 from .cache.shared import SharedCache
 from .clients import ClientGate, client_ip
 from .config import Config
@@ -53,6 +49,9 @@ from .front import Front
 from .observe import AccessLog, Metrics
 from .pipeline import Pipeline
 from .ratelimit import RedisBuckets
+from .redis_url import ClusterTopology, SentinelTopology, Single
+from .redis_url import parse as parse_redis_url
+from .redisconn import RedisClient, connect
 from .requestids import REQUEST_ID_HEADER
 from .rules import RuleSet, load_configured
 from .upstream.client import Upstream, create_session
@@ -77,11 +76,13 @@ def create_app(
     request waits for (re-polls), apart from ``sleep`` so that a test's clock moves only
     where it means to."""
     redis_cfg = config.cache.redis
-    client = listener = None
+    client = conns = None
     if redis_cfg.url:
-        client = _redis_client(redis_cfg.url, redis_cfg.max_connections, redis_cfg.timeout)
-        # Pub/sub blocks reading for long stretches: its own client, no read timeout.
-        listener = _redis_client(redis_cfg.url, 2, None)
+        # One Redis, Sentinel or Cluster (redis_url); pub/sub on a client of its own.
+        conns = connect(
+            parse_redis_url(redis_cfg.url), redis_cfg.max_connections, redis_cfg.timeout
+        )
+        client = conns.client
     metrics = Metrics()
     access = None
     if config.logging.access_log:
@@ -109,7 +110,7 @@ def create_app(
     app[CONFIG] = config
     app[AUTH_THROTTLE] = throttle
     app[RULES] = rules if rules is not None else load_configured(config)
-    app[RUNTIME] = Runtime(clock, monotonic, sleep, client, listener, background_sleep)
+    app[RUNTIME] = Runtime(clock, monotonic, sleep, client, conns, background_sleep)
     app[METRICS] = metrics
     app[CONNECTIONS] = connections = ConnectionStats()  # counted by serve's runner
     metrics.registry.register(connections)
@@ -132,6 +133,10 @@ def create_app(
     return app
 
 
+def _ignore(exc: BaseException) -> None:
+    """A failure that needs no one's back-off (see ``_pipeline``)."""
+
+
 def _roblox_id_counts(config: Config, metrics: Metrics) -> Callable[[str, str], None] | None:
     """Counts the ``Roblox-Id`` checks of access keys bound to places, by client name and
     outcome (bloxproxy/robloxid.py); None when no key is bound."""
@@ -149,7 +154,7 @@ def _roblox_id_counts(config: Config, metrics: Metrics) -> Callable[[str, str], 
 
 def _failure_throttle(
     config: Config,
-    client: aioredis.Redis | None,
+    client: RedisClient | None,
     metrics: Metrics,
     monotonic: Callable[[], float],
 ) -> FailureThrottle:
@@ -196,21 +201,34 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         bodies=bodies,
         sleep=rt.background_sleep,
     )
-    shared = getter = None
-    if rt.redis is not None and rt.listener is not None and config.cache.enabled:
-        # The L2 read on one pipelined connection (a fraction of redis-py's CPU per GET);
-        # URLs with options only redis-py understands keep it on redis-py.
-        if PipelinedGet.supports(redis_cfg.url):
-            getter = PipelinedGet(redis_cfg.url, redis_cfg.timeout)
+    shared = None
+    getter: PipelinedGet | ClusterGet | None = None
+    conns = rt.connections
+    if rt.redis is not None and conns is not None and config.cache.enabled:
+        # The L2 read on one pipelined connection (a fraction of redis-py's CPU per GET):
+        # to the one Redis, to the Sentinels' primary (asked again at each reconnect), or
+        # to each key's Cluster node; URLs with options only redis-py understands keep it
+        # on redis-py.
+        topology = conns.topology
+        if isinstance(topology, Single) and PipelinedGet.supports(topology.url):
+            getter = PipelinedGet(topology.url, redis_cfg.timeout)
+        elif isinstance(topology, SentinelTopology):
+            getter = PipelinedGet("redis://", redis_cfg.timeout, resolve=conns.primary)
+        elif isinstance(topology, ClusterTopology) and isinstance(rt.redis, RedisCluster):
+            # one pipelined connection per node, each key's GET to its slot's node
+            getter = ClusterGet(rt.redis, redis_cfg.timeout, topology.username, topology.password)
         shared = SharedCache(
             RedisStore(rt.redis, redis_cfg.prefix, rt.clock, getter=getter),
-            rt.listener,
+            conns.pubsub,
             redis_cfg.prefix + "invalidate",
             fetcher.drop_l1,
             fetcher.apply_event,
-            publisher=rt.redis,
+            conns.publish,
         )
         fetcher.shared = shared
+        # A lease's or a collector's failed command counts toward L2's back-off; on a
+        # Cluster it is one node's, which the store backs off alone (its other nodes serve).
+        failed = shared.note_failure if not isinstance(topology, ClusterTopology) else _ignore
         if redis_cfg.cluster_coalescing:
             # One call per cold key for all replicas; the word on the one subscription.
             leases = Leases(
@@ -220,7 +238,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                 min(redis_cfg.cluster_wait, config.cache.coalesce_timeout / 2),
                 listening=shared.listening.is_set,
                 usable=shared.usable,
-                failed=shared.note_failure,
+                failed=failed,
             )
             leases.counts = metrics.coalescing
             shared.also_listen(leases.channel, leases.on_message, leases.on_lost)
@@ -233,9 +251,11 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
                     max(1, round(redis_cfg.lease_ttl * 1000)),
                     # (no subscription, no word for a follower: alone then)
                     usable=lambda: shared.usable() and shared.listening.is_set(),
-                    failed=shared.note_failure,
+                    failed=failed,
                 )
         shared.start()
+    if conns is not None:
+        conns.start()  # (Sentinel: follows a switchover whose old primary stays up)
     app[GUARD] = guard
     app[FETCHER] = fetcher
     pipeline = app[PIPELINE] = Pipeline(
@@ -263,33 +283,9 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
             await shared.stop()
         if getter is not None:
             await getter.aclose()
-        for c in (rt.redis, rt.listener):
-            if c is not None:
-                await c.aclose()
-                # The pool was handed to the client, which therefore does not own it.
-                await c.connection_pool.disconnect()
+        if conns is not None:
+            await conns.aclose()
         await session.close()
-
-
-def _redis_client(url: str, max_connections: int, timeout: float | None) -> aioredis.Redis:
-    extra: dict[str, Any] = {}
-    with contextlib.suppress(ImportError):  # redis-py >= 7
-        from redis.maint_notifications import MaintNotificationsConfig
-
-        # "auto" (the default) turns off the pool's dead-connection check, so the first
-        # command after a Redis restart would fail on a stale pooled connection.
-        extra["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout or 5.0,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout or 2.0,
-        health_check_interval=10 if timeout is None else 0,
-        **extra,
-    )
-    # No client-side retries: a request must not stall on a dead Redis, it degrades to L1.
-    return aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
 
 
 async def _expect(request: web.Request) -> web.StreamResponse | None:

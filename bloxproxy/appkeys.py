@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from .authn import FailureThrottle
@@ -18,6 +17,7 @@ from .connections import ConnectionStats
 from .front import Front
 from .observe import AccessLog, Metrics
 from .pipeline import Pipeline
+from .redisconn import RedisClient, RedisConnections
 from .rules import RuleSet
 from .siblings import Siblings
 from .upstream.client import Upstream
@@ -48,8 +48,8 @@ class Runtime:
     clock: Callable[[], float]
     monotonic: Callable[[], float]
     sleep: Callable[[float], Awaitable[None]]  # a request's own waits (retry backoff, holds)
-    redis: aioredis.Redis | None
-    listener: aioredis.Redis | None
+    redis: RedisClient | None  # commands (cache.redis.timeout each); None: no Redis
+    connections: RedisConnections | None  # all of the topology's clients (pub/sub, primary)
     # Waits of work no request waits for (background re-polls of a Pending thumbnail)
     background_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 

@@ -29,6 +29,8 @@ import yaml
 from . import keyconfig, schema
 from .errors import ConfigError, Problem, Where
 from .keyconfig import NamedClient
+from .redis_url import cluster_url_of
+from .redis_url import parse as parse_redis_url
 from .yamlsrc import MarkedDict, load_file
 
 ENV_PREFIX = "BLOXPROXY_"
@@ -148,6 +150,17 @@ def _methods(value: object) -> tuple[str, ...]:
         if not _TOKEN_RE.match(name):
             raise ValueError(f"expected HTTP method names, got {name!r}")
     return names
+
+
+def _redis_url(value: object) -> str:
+    """``cache.redis.url``: "" (off), a URL :func:`redis_url.parse` reads, or a list of
+    cluster nodes (made the ``redis+cluster://`` URL)."""
+    if isinstance(value, list):
+        return cluster_url_of(value)
+    text = schema.string(value).strip()
+    if text:
+        parse_redis_url(text)
+    return text
 
 
 def _tag_header(value: object) -> str:
@@ -428,7 +441,16 @@ def _duration_from(low: float, text: str) -> Callable[[object], float]:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    url: str = opt("", schema.string, "Redis URL enabling the shared L2 cache. Empty: L1 only.")
+    url: str = opt(
+        "",
+        _redis_url,
+        "Redis enabling the shared L2 cache (and shared limits, purges, invalidation). "
+        "Empty: L1 only. One Redis: `redis://[[user]:password@]host[:port][/db]` (or "
+        "`rediss://`, `unix://`). Sentinel: `redis+sentinel://[[user]:password@]host[:port]"
+        "[,host[:port]...]/master[/db]` (Sentinels' default port 26379; the credentials are "
+        "the data nodes'). Cluster: `redis+cluster://[[user]:password@]host[:port]"
+        "[,host[:port]...]` (database 0 only), or a list of `host:port` nodes.",
+    )
     prefix: str = opt("bloxproxy:", schema.string, "Prefix of every Redis key bloxproxy writes.")
     timeout: float = opt("250ms", schema.duration, "Deadline for one Redis command.")
     max_connections: int = opt(64, schema.integer(1, 10_000), "Size of the Redis pool.")

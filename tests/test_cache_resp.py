@@ -663,3 +663,39 @@ async def test_app_leaves_urls_with_options_to_redis_py(
     fetcher.drop_l1()
     assert (await get(proxy, USER_PT)).x_cache == "HIT"  # from L2, through redis-py
     assert users_get_count(fake) == 1
+
+
+@pytest.mark.redis  # a second redis-server of its own
+async def test_a_resolved_node_change_retires_the_connection_without_failing_a_call(
+    redis_url: str,
+) -> None:
+    """With ``resolve`` (a Sentinel's primary), the node is asked again every ``recheck``
+    seconds while calls come; when it names another node, the connection answers what was
+    sent on it and closes, and the next calls go to the new node: no call fails."""
+    with RedisServer() as other:
+        urls = {"now": redis_url}
+        for url, value in ((redis_url, b"first"), (other.url, b"second")):
+            with redis.Redis.from_url(url) as c:
+                c.set("k", value)
+
+        async def resolve() -> str:
+            return urls["now"]
+
+        g = PipelinedGet("redis://", 2.0, resolve=resolve, recheck=0.05)
+        try:
+            assert await g.get("k") == b"first"
+            first_port = g.connected_to()
+            urls["now"] = other.url
+            seen: list[bytes | None] = []
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 3.0
+            while not seen or seen[-1] != b"second":
+                # many calls in flight at each step: the retired connection answers its own
+                seen += await asyncio.gather(*(g.get("k") for _ in range(20)))
+                assert loop.time() < deadline, seen[-5:]
+                await asyncio.sleep(0.01)
+            assert set(seen) == {b"first", b"second"}
+            assert seen.index(b"second") > 0 and b"first" not in seen[seen.index(b"second") :]
+            assert g.connected_to() == other.port != first_port
+        finally:
+            await g.aclose()

@@ -241,3 +241,30 @@ async def test_a_batch_told_to_follow_goes_at_once() -> None:
     gate.set()
     assert await asyncio.gather(first, second) == [b"{}", b"{}"]
     await batcher.close()
+
+
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+async def test_one_call_for_two_replicas_on_sentinel_and_cluster(
+    make_proxy: ProxyFactory, fake: FakeRoblox, topology: str, request: pytest.FixtureRequest
+) -> None:
+    """Cluster coalescing and batches across replicas on the other topologies: their lease,
+    box and word keys are hash-tagged (one slot each) and their scripts run where their
+    keys are."""
+    url = request.getfixturevalue(f"{topology}_url")
+    a, b = await replicas(make_proxy, url)
+    base = 1_000_100 if topology == "sentinel" else 1_000_200
+    # a herd for one cold key, split over the replicas: one upstream call
+    fake.script("users", f"/v1/users/{base}", [Fault(delay=0.2)])
+    herd = await asyncio.gather(*(get((a, b)[i % 2], f"/v1/users/{base}") for i in range(20)))
+    assert {x.status for x in herd} == {200}
+    assert fake.count("users", f"/v1/users/{base}") == 1
+    # single lookups on both replicas while a's batch collects: one batch call
+    fake.script("users", "/v1/users", [Fault(delay=0.3)], method="POST")
+    first = asyncio.ensure_future(get(a, f"/v1/users?ids={base + 1}"))
+    await eventually(lambda: len(batch_calls(fake)) == 1)
+    second = asyncio.ensure_future(get(a, f"/v1/users?ids={base + 2}"))
+    await asyncio.sleep(0.05)
+    follow = await get(b, f"/v1/users?ids={base + 3}")
+    assert (follow.status, ids_of(follow)) == (200, [base + 3])
+    await asyncio.gather(first, second)
+    assert batch_calls(fake) == [[base + 1], [base + 2, base + 3]]

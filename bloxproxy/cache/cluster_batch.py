@@ -31,13 +31,13 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+
+from ..redisconn import REDIS_ERRORS, RedisClient, SlotScript
 
 __all__ = ["Collectors", "box_item", "keys", "merged", "read_box_item"]
 
 log = logging.getLogger("bloxproxy.cache")
-_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
 
 # KEYS[1]: a variant's collector lease, KEYS[2]: its box (one hash tag). The collector
 # going: take the box and release the lease (if still its own) at once, so that an id is
@@ -122,7 +122,7 @@ class Collectors:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         lease_ms: int,
         grace_ms: int,
@@ -135,8 +135,8 @@ class Collectors:
         self.grace_ms = grace_ms  # a box outlives its lease by this: the collector's take
         self._usable = usable
         self._failed = failed
-        self._take = client.register_script(_TAKE)
-        self._join = client.register_script(_JOIN)
+        self._take = SlotScript(client, _TAKE)
+        self._join = SlotScript(client, _JOIN)
         self.joined = 0  # follower batches whose ids went into another's box (tests, bench)
         self.carried = 0  # remote ids a collector of ours took along
 

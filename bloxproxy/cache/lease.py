@@ -45,9 +45,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError
+
+from ..redisconn import REDIS_ERRORS, RedisClient, SlotScript
 
 __all__ = [
     "STORED_MARK_MS",
@@ -186,7 +186,7 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return released
 """
 
-_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+_ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
 
 
 def _claimed(lease: str, token: str, got: int) -> ClaimResult:
@@ -210,7 +210,7 @@ class Leases:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: RedisClient,
         prefix: str,
         ttl: float,
         wait: float,
@@ -227,9 +227,9 @@ class Leases:
         self._listening = listening
         self._usable = usable
         self._failed = failed  # a claim that failed: Redis's back-off applies to L2 too
-        self._claim = client.register_script(_CLAIM)
-        self._renew = client.register_script(_RENEW)
-        self._done = client.register_script(_DONE)
+        self._claim = SlotScript(client, _CLAIM)
+        self._renew = SlotScript(client, _RENEW)
+        self._done = SlotScript(client, _DONE)
         self._waiters: dict[str, list[asyncio.Future[Wake]]] = {}
         # what became of each key (observe.CoalescingCollector reads it; the app binds it)
         self.counts: dict[str, float] = {}

@@ -22,16 +22,19 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import cast
 from urllib.parse import parse_qs, unquote, urlparse
 
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import InvalidResponse, ResponseError
 
 from ..errors import StoreUnavailable
+from ..redis_url import Node, url_of
+from ..redisconn import REDIS_ERRORS
 
-__all__ = ["PipelinedGet"]
+__all__ = ["ClusterGet", "PipelinedGet"]
 
 _NO_TIMEOUT_CONNECT = 2.0  # connect deadline without a timeout, as the app's redis-py pool
 _MAX_LINE = 64 * 1024  # a reply header longer than this is not Redis talking
@@ -117,6 +120,7 @@ class _Connection(asyncio.Protocol):
         self._gone = loop.create_future()  # resolved by connection_lost
         self._on_failure = on_failure
         self.ready = False  # after the handshake, a "+" reply is a protocol error
+        self.retiring = False  # closed when its last waiter is answered
 
     @property
     def failure(self) -> Exception | None:
@@ -246,6 +250,9 @@ class _Connection(asyncio.Protocol):
             fut = waiters.popleft()[0]
             if not fut.done():  # done: its caller was cancelled; the reply is dropped
                 fut.set_result(value)
+        if self.retiring and not waiters and self._failure is None:
+            self._die(ConnectionError("connection retired"))
+            return 0
         return pos
 
     def _protocol_error(self, line: bytes | bytearray | None) -> int:
@@ -276,6 +283,13 @@ class _Connection(asyncio.Protocol):
     def abort(self, exc: Exception) -> None:
         self._die(exc)
 
+    def retire(self) -> None:
+        """Close once the calls already sent are answered (no new ones come: the owner let
+        go of this connection)."""
+        self.retiring = True
+        if not self._waiters:
+            self._die(ConnectionError("connection retired"))
+
     def forget(self, futures: list[asyncio.Future[bytes | None]]) -> None:
         """Let go of futures nobody will await: cancel them, or mark their failure seen."""
         for fut in futures:
@@ -295,28 +309,42 @@ class PipelinedGet:
 
     ``timeout`` bounds every call and the connect (None or 0: calls wait as long as the
     connection lives, and the connect is bounded by 2 s). Not for other commands.
+    ``resolve``, when given, is asked for the URL before each connect (None: ``url``'s
+    node): a Sentinel's primary now, so the next connection after a failover goes to the
+    promoted replica. It is asked again every ``recheck`` seconds while calls come (in
+    the background): a primary demoted while alive (a switchover) keeps its connections,
+    so when the answer names another node the connection is retired — it answers the
+    calls already sent, and the next call connects to the new primary.
     """
 
     __slots__ = (
+        "_checking",
         "_closed",
         "_conn",
         "_connecting",
         "_connector",
-        "_hello",
         "_loop",
+        "_next_check",
+        "_recheck",
+        "_resolve",
         "_target",
         "_timeout",
     )
 
-    def __init__(self, url: str, timeout: float | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float | None,
+        *,
+        resolve: Callable[[], Awaitable[str | None]] | None = None,
+        recheck: float = 1.0,
+    ) -> None:
         self._target = _parse_url(url)
         self._timeout = timeout or None
-        hello = []
-        if self._target.auth:
-            hello.append(("AUTH", _command("AUTH", *self._target.auth)))
-        if self._target.db:
-            hello.append(("SELECT", _command("SELECT", str(self._target.db))))
-        self._hello = hello
+        self._resolve = resolve
+        self._recheck = recheck
+        self._next_check = 0.0
+        self._checking: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None  # a dying connection unsets itself
         # The connect attempt in progress: its outcome, which every caller awaits, and the
@@ -340,15 +368,50 @@ class PipelinedGet:
         conn = self._conn
         if conn is None:
             conn = await self._connection()
+        elif self._resolve is not None:
+            self._maybe_recheck(conn)
         name = key.encode()
         try:
             return await conn.request(b"*2\r\n$3\r\nGET\r\n$%d\r\n%b\r\n" % (len(name), name))
         except Exception as exc:  # what the connection failed the call with
             raise _unavailable(exc) from exc
 
+    def _maybe_recheck(self, conn: _Connection) -> None:
+        loop = self._loop
+        if loop is None or self._checking is not None or loop.time() < self._next_check:
+            return
+        self._next_check = loop.time() + self._recheck
+        self._checking = loop.create_task(self._check(conn))
+
+    async def _check(self, conn: _Connection) -> None:
+        """Retire ``conn`` if ``resolve`` names another node now."""
+        assert self._resolve is not None
+        try:
+            async with asyncio.timeout(self._timeout or _NO_TIMEOUT_CONNECT):
+                url = await self._resolve()
+            target = self._target if url is None else _parse_url(url)
+        except Exception:  # no answer: keep the connection; the next check asks again
+            return
+        finally:
+            self._checking = None
+        if (target.host, target.port, target.path) != (
+            self._target.host,
+            self._target.port,
+            self._target.path,
+        ) and self._conn is conn:
+            self._conn = None  # the next call connects (to the node resolve names then)
+            conn.retire()
+
+    def connected_to(self) -> int | None:
+        """The port of the node the live connection goes to (None: not connected)."""
+        return None if self._conn is None else self._target.port
+
     async def aclose(self) -> None:
         """Close the connection (pending calls fail); later calls fail too."""
         self._closed = True
+        if self._checking is not None:
+            self._checking.cancel()
+            await asyncio.wait([self._checking])
         task, pending = self._connector, self._connecting
         if task is not None:
             task.cancel()
@@ -400,7 +463,16 @@ class PipelinedGet:
             self._conn = None
 
     async def _open(self) -> _Connection:
+        if self._resolve is not None:  # where the primary is now (Sentinel)
+            url = await self._resolve()
+            if url is not None:
+                self._target = _parse_url(url)
         target, loop = self._target, asyncio.get_running_loop()
+        hello = []
+        if target.auth:
+            hello.append(("AUTH", _command("AUTH", *target.auth)))
+        if target.db:
+            hello.append(("SELECT", _command("SELECT", str(target.db))))
         conn = _Connection(loop, self._timeout, self._lost)
         if target.path:
             await loop.create_unix_connection(lambda: conn, target.path)
@@ -416,9 +488,9 @@ class PipelinedGet:
         # AUTH and SELECT pipelined, answered before the connection serves any GET.
         waiters: list[asyncio.Future[bytes | None]] = []
         try:
-            for _, payload in self._hello:
+            for _, payload in hello:
                 waiters.append(conn.request(payload))
-            for (name, _), fut in zip(self._hello, waiters, strict=True):
+            for (name, _), fut in zip(hello, waiters, strict=True):
                 try:
                     await fut
                 except ResponseError as exc:
@@ -431,3 +503,53 @@ class PipelinedGet:
             raise ConnectionError(f"connection lost: {conn.failure}")
         conn.ready = True
         return conn
+
+
+class ClusterGet:
+    """The pipelined ``GET`` on a Redis Cluster: one :class:`PipelinedGet` per primary,
+    each key's ``GET`` sent to its slot's node as redis-py's ``RedisCluster`` (``cluster``)
+    maps it. A ``MOVED`` or ``ASK`` reply (a slot moved since the map was read), or a key
+    whose slot redis-py has no node for yet, is asked through redis-py instead, which
+    follows the redirection and refreshes its map for the next call. Failures are
+    :class:`~bloxproxy.errors.StoreUnavailable`, like :class:`PipelinedGet`'s."""
+
+    __slots__ = ("_auth", "_cluster", "_getters", "_timeout")
+
+    def __init__(
+        self, cluster: RedisCluster, timeout: float | None, username: str = "", password: str = ""
+    ) -> None:
+        self._cluster = cluster
+        self._timeout = timeout
+        self._auth = (username, password)
+        self._getters: dict[str, PipelinedGet] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            node = self._cluster.get_node_from_key(key)
+        except REDIS_ERRORS:
+            node = None  # slot map not loaded yet, or the slot not covered
+        if node is None:
+            return await self._through_redis_py(key)
+        getter = self._getters.get(node.name)
+        if getter is None:
+            url = url_of(Node(node.host, int(node.port)), *self._auth)
+            getter = self._getters[node.name] = PipelinedGet(url, self._timeout)
+        try:
+            return await getter.get(key)
+        except StoreUnavailable as exc:
+            reply = str(exc.__cause__) if isinstance(exc.__cause__, ResponseError) else ""
+            if reply.startswith(("MOVED ", "ASK ", "TRYAGAIN", "CLUSTERDOWN")):
+                return await self._through_redis_py(key)
+            raise
+
+    async def _through_redis_py(self, key: str) -> bytes | None:
+        try:
+            value: bytes | None = await self._cluster.get(key)  # type: ignore[assignment]
+        except REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return value
+
+    async def aclose(self) -> None:
+        """Close every node's connection (the RedisCluster client is its owner's)."""
+        for getter in self._getters.values():
+            await getter.aclose()

@@ -15,14 +15,14 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.client import PubSub
 
-from ..errors import StoreUnavailable
+from ..errors import NodeUnavailable, StoreUnavailable
+from ..redisconn import REDIS_ERRORS, describe
 from .entry import Entry
 from .redis_store import RedisStore, Then
 
@@ -42,17 +42,18 @@ class SharedCache:
     def __init__(
         self,
         store: RedisStore,
-        listener_client: aioredis.Redis,
+        subscribe: Callable[[], Awaitable[PubSub]],
         channel: str,
         on_missed_events: Callable[[], None],
         apply_event: Callable[[dict[str, Any]], None],
-        publisher: aioredis.Redis | None = None,
+        publish: Callable[[str, bytes], Awaitable[object]],
     ) -> None:
         self.store = store
-        self._listener_client = listener_client
-        # Publishing goes through the client with a command timeout: a hung Redis must not
+        # A fresh subscription per attempt (on a Cluster, to the next node in turn).
+        self._subscribe = subscribe
+        # Publishing goes through a client with a command timeout: a hung Redis must not
         # hang the purge request (the listener's client has no read timeout).
-        self._publisher = publisher or listener_client
+        self._publish = publish
         self.channel = channel
         self.origin = uuid.uuid4().hex
         self._on_missed = on_missed_events
@@ -77,7 +78,7 @@ class SharedCache:
 
     def _failed(self, exc: BaseException) -> None:
         if self.healthy:
-            log.warning("redis unavailable, serving from L1 and upstream: %s", exc)
+            log.warning("redis unavailable, serving from L1 and upstream: %s", describe(exc))
         now = time.monotonic()
         # Only a failed *retry* doubles the back-off: the many requests that failed
         # together at the start of one incident count once.
@@ -99,6 +100,8 @@ class SharedCache:
             return default
         try:
             result = await op
+        except NodeUnavailable:
+            return default  # one Cluster node's keys: the store keeps count of it
         except StoreUnavailable as exc:
             self._failed(exc)
             return default
@@ -111,6 +114,8 @@ class SharedCache:
             return None
         try:
             entry = await self.store.get(key)
+        except NodeUnavailable:
+            return None
         except StoreUnavailable as exc:
             self._failed(exc)
             return None
@@ -147,14 +152,17 @@ class SharedCache:
         result: int = await self._call(self.store.clear(), 0)
         return result
 
+    def down_nodes(self) -> list[str]:
+        """The Redis Cluster nodes whose keys are misses now (and a purge could not reach)."""
+        return self.store.down_nodes()
+
     async def publish(self, op: str, arg: str) -> None:
         message = orjson.dumps({"op": op, "arg": arg, "origin": self.origin})
-        client = self._publisher
 
         async def send() -> None:
             try:
-                await client.publish(self.channel, message)
-            except (RedisError, OSError) as exc:
+                await self._publish(self.channel, message)
+            except REDIS_ERRORS as exc:
                 raise StoreUnavailable(f"redis publish failed: {exc}") from exc
 
         await self._call(send(), None)
@@ -174,8 +182,9 @@ class SharedCache:
         backoff = 0.2
         missed = False
         while True:
-            pubsub = self._listener_client.pubsub()
+            pubsub: PubSub | None = None
             try:
+                pubsub = await self._subscribe()
                 await pubsub.subscribe(self.channel, *self._channels)
                 if missed:
                     # Events published while we were away are lost (also when Redis was
@@ -198,7 +207,7 @@ class SharedCache:
                             extra[0](msg.get("data"))
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except REDIS_ERRORS as exc:
                 self.listening.clear()
                 for _, on_lost in self._channels.values():
                     on_lost()
@@ -208,10 +217,11 @@ class SharedCache:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                with contextlib.suppress(Exception):
-                    # typed in some redis-py releases and not in others: no ignore either way
-                    close: Callable[[], Coroutine[Any, Any, None]] = pubsub.aclose
-                    await close()
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        # typed in some redis-py releases and not in others: no ignore either way
+                        close: Callable[[], Coroutine[Any, Any, None]] = pubsub.aclose
+                        await close()
 
     def usable(self) -> bool:
         """Is Redis worth a command now (not inside a failure's back-off window)?"""

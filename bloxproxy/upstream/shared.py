@@ -17,10 +17,8 @@ limiter then learns locally for a while (as :class:`bloxproxy.ratelimit.Fallback
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from ..errors import StoreUnavailable
+from ..redisconn import REDIS_ERRORS, RedisClient, SlotScript
 from .budget import US, RateHeaders, Slot, Tuning
 
 __all__ = ["SharedBudgets"]
@@ -178,11 +176,11 @@ class SharedBudgets:
 
     __slots__ = ("_client", "_feedback", "_prefix", "_take")
 
-    def __init__(self, client: aioredis.Redis, prefix: str, egress: str = "shared") -> None:
+    def __init__(self, client: RedisClient, prefix: str, egress: str = "shared") -> None:
         self._client = client
         self._prefix = f"{prefix}rl:{{upstream:{egress}:"
-        self._take = client.register_script(_TAKE)
-        self._feedback = client.register_script(_FEEDBACK)
+        self._take = SlotScript(client, _TAKE)
+        self._feedback = SlotScript(client, _FEEDBACK)
 
     def key(self, scope: str) -> str:
         """The scope's one key (its hash tag is the whole budget: egress and scope)."""
@@ -194,7 +192,7 @@ class SharedBudgets:
             allowed, wait, gen, rate, held = await self._take(
                 keys=[self.key(scope)], args=_common_args(tuning, now)
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis upstream budget failed: {exc}") from exc
         return Slot(
             bool(allowed), int(_text(wait)) / US, int(_text(gen)), float(_text(rate)), bool(held)
@@ -235,7 +233,7 @@ class SharedBudgets:
             rate, _gen, wait = await self._feedback(
                 keys=[self.key(scope)], args=[*_common_args(tuning, now), *extra]
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis upstream budget failed: {exc}") from exc
         return float(_text(rate)), int(_text(wait)) / US
 
@@ -243,6 +241,6 @@ class SharedBudgets:
         """The stored state of ``scope`` (for tests and debugging; {} when none)."""
         try:
             raw = await self._client.hgetall(self.key(scope))
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise StoreUnavailable(f"redis upstream budget failed: {exc}") from exc
         return {_text(k): float(_text(v)) for k, v in raw.items()}
