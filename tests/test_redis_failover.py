@@ -188,8 +188,11 @@ async def test_cluster_node_lost_under_load(
         alive = [p for p in users(7_820_000, 200) if setup.node_of(key_of(store, p)) is not victim]
         await l2_works(a, b, alive)
         back = time.monotonic() - killed
-        node_warnings = [r for r in caplog.records if "cluster node" in r.getMessage()]
-        assert 1 <= len(node_warnings) <= 2, [r.getMessage() for r in node_warnings]
+        # one warning per replica for the lost node (a live node that misses a deadline on
+        # a loaded machine has its own incident, and its recovery: not counted here)
+        lost = f"cluster node 127.0.0.1:{victim.port} unavailable"
+        node_warnings = [r for r in caplog.records if lost in r.getMessage()]
+        assert 1 <= len(node_warnings) <= 2, [r.getMessage() for r in caplog.records]
         await purges_with_a_node_down(a, b, setup, store, late_paths, victim)
         report(
             "cluster node lost",
