@@ -74,7 +74,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from bloxproxy import cli
+from bloxproxy import cli, redis_url
 from bloxproxy import config as config_mod
 from bloxproxy.app import RESERVED_PREFIX, create_app
 from bloxproxy.config import Config
@@ -1109,6 +1109,150 @@ def secret_env(
     return env, from_secret
 
 
+# an exact version (bloxproxy's own, redis 7.x), optionally with its digest; never a floating tag
+PINNED_IMAGE = re.compile(
+    r"(bloxproxy:\d+\.\d+\.\d+|redis:7\.\d+\.\d+-alpine)(@sha256:[0-9a-f]{64})?"
+)
+
+
+def conf_lines(text: str) -> list[list[str]]:
+    """A redis.conf or sentinel.conf: its directives, split, without comments."""
+    return [shlex.split(line) for line in text.splitlines() if line.strip()[:1] not in ("", "#")]
+
+
+def check_redis_sentinel(
+    by_kind: dict[str, dict[str, dict[str, Any]]], namespace: str, url: str, tmp: Path
+) -> None:
+    """replicas.yaml's Redis: a StatefulSet of 3 pods, each a redis and a Sentinel watching the
+    master bloxproxy's redis+sentinel:// URL names, through the Sentinels of those pods."""
+    redis_set = by_kind["StatefulSet"]["redis"]
+    replicas = redis_set["spec"]["replicas"]
+    assert replicas == 3, "a primary, two replicas, three Sentinels"
+    labels = redis_set["spec"]["template"]["metadata"]["labels"]
+    assert redis_set["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    pod = redis_set["spec"]["template"]["spec"]
+    boxes = {c["name"]: c for c in pod["containers"]}
+    assert set(boxes) == {"redis", "sentinel"}
+    (init,) = pod["initContainers"]
+    ports = {
+        name: {p["name"]: p["containerPort"] for p in box["ports"]} for name, box in boxes.items()
+    }
+    redis_port, sentinel_port = ports["redis"]["redis"], ports["sentinel"]["sentinel"]
+
+    # the headless Service names the pods (before they are ready: the Sentinels resolve them)
+    headless = by_kind["Service"][redis_set["spec"]["serviceName"]]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert headless["spec"]["selector"].items() <= labels.items()
+    hosts = [
+        f"{redis_set['metadata']['name']}-{i}.{headless['metadata']['name']}.{namespace}.svc"
+        for i in range(replicas)
+    ]
+    # the Sentinels' Service, on the port bloxproxy asks them on
+    sentinels = by_kind["Service"]["redis-sentinel"]
+    assert sentinels["spec"]["selector"].items() <= labels.items()
+    (service_port,) = [
+        p["port"] for p in sentinels["spec"]["ports"] if p["targetPort"] == "sentinel"
+    ]
+    assert service_port == sentinel_port == redis_url.SENTINEL_PORT
+
+    # bloxproxy asks every pod's Sentinel for the master's primary
+    topology = redis_url.parse(url)
+    assert isinstance(topology, redis_url.SentinelTopology), url
+    assert [(n.host, n.port) for n in topology.sentinels] == [(h, service_port) for h in hosts]
+
+    # the config templates, and the writable copies (an emptyDir) the containers run from
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    init_mounts = {m["mountPath"]: m for m in init["volumeMounts"]}
+    templates_mount = init_mounts["/templates"]
+    templates = by_kind["ConfigMap"][volumes[templates_mount["name"]]["configMap"]["name"]]
+    assert templates_mount["readOnly"] is True
+    conf_dir = init_mounts["/conf"]["name"]
+    assert volumes[conf_dir].get("emptyDir") is not None, "the Sentinel rewrites its config"
+    commands = {
+        "redis": ["redis-server", "/conf/redis.conf"],
+        "sentinel": ["redis-sentinel", "/conf/sentinel.conf"],
+    }
+    for name, box in boxes.items():
+        assert {m["mountPath"]: m["name"] for m in box["volumeMounts"]}["/conf"] == conf_dir
+        assert box["command"] == commands[name], "run from the written, writable copies"
+        assert box["resources"]["limits"]["memory"] and box["resources"]["requests"]["cpu"]
+        assert box["readinessProbe"] and box["livenessProbe"], name
+    assert init["resources"]["limits"]["memory"]
+    for c in [init, *boxes.values()]:
+        ctx = {**pod["securityContext"], **c["securityContext"]}
+        assert ctx["runAsNonRoot"] is True and ctx["readOnlyRootFilesystem"] is True, c["name"]
+
+    sentinel_conf = conf_lines(templates["data"]["sentinel.conf"])
+    directives = [line[:2] for line in sentinel_conf]
+    monitor_at = directives.index(["sentinel", "monitor"])
+    for option in ("resolve-hostnames", "announce-hostnames"):
+        assert directives.index(["sentinel", option]) < monitor_at, "names need them first"
+        assert ["sentinel", option, "yes"] in sentinel_conf
+    _, _, master, primary, port, quorum = sentinel_conf[monitor_at]
+    assert master == topology.master, "bloxproxy asks for the master the Sentinels watch"
+    assert (primary, int(port)) == (hosts[0], redis_port), "pod 0 starts as the primary"
+    assert replicas // 2 < int(quorum) <= replicas
+    assert ["sentinel", "down-after-milliseconds", master, "5000"] in sentinel_conf
+    assert ["sentinel", "failover-timeout", master, "10000"] in sentinel_conf
+    assert ["port", str(sentinel_port)] in sentinel_conf
+    redis_conf = conf_lines(templates["data"]["redis.conf"])
+    assert ["port", str(redis_port)] in redis_conf
+    assert ["save", ""] in redis_conf and ["appendonly", "no"] in redis_conf
+
+    # init.sh, run per pod: pod 0 the primary, the others its replicas, and after a failover
+    # (the Sentinels answer) whichever primary they name; every pod announces its own name
+    assert init["command"] == ["sh", "/templates/init.sh"]
+    (tmp / "templates").mkdir()
+    for key, value in templates["data"].items():
+        (tmp / "templates" / key).write_text(value, encoding="utf-8")
+    script = templates["data"]["init.sh"].replace("/templates/", f"{tmp}/templates/")
+    script = script.replace("/conf/", f"{tmp}/conf/")
+    (tmp / "init.sh").write_text(script, encoding="utf-8")
+    stubs = tmp / "bin"
+    stubs.mkdir()
+    (stubs / "redis-cli").write_text(
+        '#!/bin/sh\n[ -n "$ANSWER" ] || exit 1\nprintf "%s\\n" $ANSWER\n', encoding="utf-8"
+    )
+    (stubs / "getent").write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    for pod_name, answer, expected in [
+        ("redis-0", "", None),
+        ("redis-1", "", hosts[0]),
+        ("redis-2", "", hosts[0]),
+        ("redis-0", f"{hosts[2]} {redis_port}", hosts[2]),
+        ("redis-2", f"{hosts[2]} {redis_port}", None),
+    ]:
+        shutil.rmtree(tmp / "conf", ignore_errors=True)
+        (tmp / "conf").mkdir()
+        env = {
+            "PATH": f"{stubs}:{os.environ['PATH']}",
+            "HOSTNAME": pod_name,
+            "POD_NAMESPACE": namespace,
+            "ANSWER": answer,
+        }
+        subprocess.run(
+            ["sh", str(tmp / "init.sh")], env=env, check=True, timeout=30, capture_output=True
+        )
+        self_host = f"{pod_name}.{headless['metadata']['name']}.{namespace}.svc"
+        written = conf_lines((tmp / "conf" / "redis.conf").read_text(encoding="utf-8"))
+        assert written[: len(redis_conf)] == redis_conf
+        assert ["replica-announce-ip", self_host] in written
+        replicaof = [line[1:] for line in written if line[0] == "replicaof"]
+        assert replicaof == ([] if expected is None else [[expected, str(redis_port)]])
+        watched = conf_lines((tmp / "conf" / "sentinel.conf").read_text(encoding="utf-8"))
+        assert ["sentinel", "announce-ip", self_host] in watched
+        assert ["sentinel", "monitor", master, expected or self_host, str(redis_port), quorum] in (
+            watched
+        ), (pod_name, answer)
+
+    # a drain keeps two Sentinels of three: a quorum, and a majority to fail over
+    pdb = by_kind["PodDisruptionBudget"]["redis"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] == 1
+
+
 def test_kubernetes_replicas_share_redis_and_one_budget(
     kube_docs: list[tuple[Path, dict[str, Any]]],
     final: Stage,
@@ -1116,9 +1260,11 @@ def test_kubernetes_replicas_share_redis_and_one_budget(
     etc_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
 ) -> None:
-    """deploy/kubernetes/replicas.yaml: N pods, one Redis, one budget per Roblox service,
-    a PodDisruptionBudget and an autoscaler on a bloxproxy gauge; `bloxproxy check` passes."""
+    """deploy/kubernetes/replicas.yaml: N pods, Redis with Sentinel, one budget per Roblox
+    service, PodDisruptionBudgets and an autoscaler on a bloxproxy gauge; `bloxproxy check`
+    passes."""
     from bloxproxy.metricsview import GAUGES
 
     path = ROOT / "deploy" / "kubernetes" / "replicas.yaml"
@@ -1130,6 +1276,11 @@ def test_kubernetes_replicas_share_redis_and_one_budget(
             if kind != "Namespace":
                 assert doc["metadata"].get("namespace") == namespace, f"{kind} {name}"
     assert "MORE PODS ADD NO ROBLOX BUDGET" in text
+    assert "A Sentinel failover loses no request" in text and "docs/RELIABILITY.md" in text
+    for doc in [*by_kind["Deployment"].values(), *by_kind["StatefulSet"].values()]:
+        spec = doc["spec"]["template"]["spec"]
+        for c in [*spec.get("initContainers", []), *spec["containers"]]:
+            assert PINNED_IMAGE.fullmatch(c["image"]), f"{c['name']}: {c['image']} not pinned"
 
     deployment = by_kind["Deployment"]["bloxproxy"]
     assert deployment["spec"]["replicas"] >= 2
@@ -1150,17 +1301,10 @@ def test_kubernetes_replicas_share_redis_and_one_budget(
     (etc_dir / "rules" / "mine.yaml").write_text(MY_RULES, encoding="utf-8")
     config = effective_check(monkeypatch, capsys, mapped({**image_env, **env}, etc_dir))
 
-    # one Redis, the budgets shared in it, one egress (the default), keys on 0.0.0.0
+    # one budget, shared in Redis, one egress (the default), keys on 0.0.0.0
     assert config.limits.upstream.shared and config.upstream.egress_id == "shared"
-    (redis_set,) = by_kind["StatefulSet"].values()
-    assert redis_set["spec"]["replicas"] == 1
-    (redis_box,) = redis_set["spec"]["template"]["spec"]["containers"]
-    assert re.fullmatch(r"redis:7\.\d+\.\d+-alpine", redis_box["image"])
-    headless = by_kind["Service"][redis_set["spec"]["serviceName"]]
-    assert headless["spec"]["clusterIP"] == "None"
-    host = f"{redis_set['metadata']['name']}-0.{headless['metadata']['name']}.{namespace}.svc"
-    assert re.fullmatch(rf"redis://{re.escape(host)}:6379/\d+", config.cache.redis.url)
     assert config.server.host == "0.0.0.0" and open_listener(config) is None
+    check_redis_sentinel(by_kind, namespace, config.cache.redis.url, tmp_path)
 
     # the Service reaches the proxy's port; Prometheus the ops port, which it does not expose
     ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
@@ -1187,7 +1331,7 @@ def test_kubernetes_replicas_share_redis_and_one_budget(
     assert ctx["readOnlyRootFilesystem"] is True and ctx["allowPrivilegeEscalation"] is False
 
     # a drain takes one pod at a time; the autoscaler scales the Deployment on a summed gauge
-    (pdb,) = by_kind["PodDisruptionBudget"].values()
+    pdb = by_kind["PodDisruptionBudget"]["bloxproxy"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1
     (hpa,) = by_kind["HorizontalPodAutoscaler"].values()
