@@ -1276,7 +1276,7 @@ def test_kubernetes_replicas_share_redis_and_one_budget(
             if kind != "Namespace":
                 assert doc["metadata"].get("namespace") == namespace, f"{kind} {name}"
     assert "MORE PODS ADD NO ROBLOX BUDGET" in text
-    assert "A Sentinel failover loses no request" in text and "docs/RELIABILITY.md" in text
+    assert "A Sentinel failover loses no request" in text and "RELIABILITY.md" in text
     for doc in [*by_kind["Deployment"].values(), *by_kind["StatefulSet"].values()]:
         spec = doc["spec"]["template"]["spec"]
         for c in [*spec.get("initContainers", []), *spec["containers"]]:

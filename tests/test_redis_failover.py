@@ -7,7 +7,7 @@ answered 200 (fresh from L1 or L2, or from upstream), none slower than 2 s; and 
 used again afterwards without restarting anything — after a Sentinel failover through the
 promoted replica (the pipelined GET and redis-py's pool both follow the Sentinels), after
 a Cluster node's loss on the slots of the nodes still up. The figures each run prints
-(``-s``) are the ones in docs/RELIABILITY.md.
+(``-s``) are the ones in RELIABILITY.md.
 """
 
 from __future__ import annotations
