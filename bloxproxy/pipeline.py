@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -219,11 +220,17 @@ class Pipeline:
         ``hold.until`` (a ``Pending`` thumbnail), ask again every ``hold.every`` — past the
         cached not-yet answer — for at most ``hold.within``; then the answer as it stands."""
         clock, started = self.fetcher.clock, self.fetcher.clock()
+        asked = ureq
         while not _settled(hold, fetched.entry) and (clock() - started + hold.every <= hold.within):
+            if hold.operation is not None:
+                poll = clean.operation_request(ureq, hold.operation, fetched.entry)
+                if poll is None:
+                    break  # no usable operation name: answered as it stands
+                asked = poll
             if fetched.lease is not None:
                 fetched.lease.release()  # this answer will not be written
             await self._sleep(hold.every)
-            fetched = await self._fetch(ureq, policy, caller, credential, newer_than=clock())
+            fetched = await self._fetch(asked, policy, caller, credential, newer_than=clock())
         return fetched
 
     async def _clean_answer(
@@ -238,6 +245,9 @@ class Pipeline:
         if not 200 <= entry.status < 300:
             problem = clean.upstream_problem(route, entry.status, entry.body, entry.headers)
             return _problem(problem, fetched, instance, request_id, route.id)
+        hold = route.hold
+        if hold is not None and hold.operation is not None and not _settled(hold, entry):
+            return _pending(route, hold, fetched)
         if route.redirect is not None:
             return _redirect(route, route.redirect, fetched, instance, request_id)
         requested = values.get(route.order_param) if route.order_param else None
@@ -380,14 +390,37 @@ def _problem(
 
 
 def _settled(hold: Hold, entry: Entry) -> bool:
-    """Is a held answer done: an error (nothing to wait for), or its value in ``until``."""
+    """Is a held answer done: an error (nothing to wait for), its value in ``until``, or
+    (an Open Cloud Operation) its ``done`` true."""
     if not 200 <= entry.status < 300:
         return True
     try:
         data = orjson.loads(entry.body)
     except orjson.JSONDecodeError:
         return True
+    if hold.operation is not None:
+        return not isinstance(data, dict) or data.get("done") is not False
+    assert hold.path is not None
     return normalize.get_path(data, hold.path) in hold.until
+
+
+def _pending(route: Route, hold: Hold, fetched: Fetched) -> Answer:
+    """An Operation still running after ``hold.within``: 202, its name and when to ask
+    again; never stored (the entry's ``when`` keeps a not-done Operation out of the cache)."""
+    assert hold.operation is not None
+    poll = clean.operation_request(UpstreamRequest("", "GET", ""), hold.operation, fetched.entry)
+    name = poll.path.removeprefix(clean.OPERATION_PREFIX) if poll is not None else None
+    retry = max(1, math.ceil(hold.every))
+    body = orjson.dumps({"done": False, "operation": name, "retry_after": retry})
+    return Answer(
+        202,
+        body,
+        headers=(("Retry-After", str(retry)),),
+        content_type=clean.JSON,
+        etag="",
+        fetched=fetched,
+        route=route.id,
+    )
 
 
 def _redirect(

@@ -346,8 +346,9 @@ BACKEND = Block(
             "credentials",
             "`none`: the client's `Cookie`, `Authorization` and `x-api-key` never go upstream. "
             "`forward`: they are sent (for routes that need the caller's identity); see "
-            "`cache.credentials` for how such answers are cached.",
-            schema.choice("none", "forward"),
+            "`cache.credentials` for how such answers are cached. `api_key`: only the "
+            "client's `x-api-key` is sent (Open Cloud; never its cookie).",
+            schema.choice("none", "forward", "api_key"),
             "none",
         ),
         Key(
@@ -545,15 +546,24 @@ HOLD = Block(
     (
         Key(
             "path",
-            "Path of the value to wait on (`data[0].state`).",
+            "Path of the value to wait on (`data[0].state`). Not with `operation`.",
             path,
-            required="required: the path of the value, e.g. data[0].state",
+            shown="required without `operation`",
         ),
         Key(
             "until",
-            "The values that end the wait (`[Completed, Blocked]`).",
+            "The values that end the wait (`[Completed, Blocked]`). Not with `operation`.",
             schema.string_list,
-            required="required: the values that end the wait, e.g. [Completed]",
+            shown="required without `operation`",
+        ),
+        Key(
+            "operation",
+            "The answer is an Open Cloud long-running Operation: the path of its name in "
+            "the body (`path`: `users/156/operations/…`). The wait ends when its `done` is "
+            "`true`; meanwhile the proxy polls `GET /cloud/v2/<name>` (same service and "
+            "credentials). Still not done after `within`: a `202` with the operation's name "
+            "and `Retry-After`.",
+            path,
         ),
         Key(
             "within",

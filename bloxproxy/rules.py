@@ -95,10 +95,11 @@ class Hold:
     """``response.hold``: ask again every ``every`` until the value at ``path`` is one of
     ``until``, for at most ``within``."""
 
-    path: normalize.Path
+    path: normalize.Path | None
     until: tuple[str, ...]
     within: float = 5.0
     every: float = 1.0
+    operation: normalize.Path | None = None  # an Open Cloud Operation's name in the body
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,7 @@ class Backend:
     body: Renderer | None
     headers: tuple[tuple[str, str], ...]
     forward_headers: tuple[str, ...]  # lower-case client header names sent upstream
-    credentials: Literal["none", "forward"]
+    credentials: Literal["none", "forward", "api_key"]
     safe_read: bool
     batch: BatchSpec | None = None  # how the endpoint takes and answers ids (backend.batch)
 
@@ -711,6 +712,23 @@ def _load_hold(r: MarkedDict, problems: list[Problem]) -> Hold | None:
     v = HOLD.read(m, problems, "response.hold")
     if v["every"] <= 0:
         problems.append(Problem(m.at("every"), "response.hold.every: expected more than 0s"))
+    operation = v["operation"]
+    if "operation" in m:
+        for name in ("path", "until"):
+            if name in m:
+                problems.append(
+                    Problem(
+                        m.at(name), f"response.hold.{name}: not with operation (it waits on done)"
+                    )
+                )
+        if operation is None:
+            return None  # (its problem is reported)
+        return Hold(None, (), v["within"], v["every"], operation)
+    for name, hint in (("path", "e.g. data[0].state"), ("until", "e.g. [Completed]")):
+        if name not in m:
+            problems.append(
+                Problem(m.where, f"response.hold.{name}: required without operation ({hint})")
+            )
     if v["path"] is None or not v["until"]:
         return None
     return Hold(v["path"], v["until"], v["within"], v["every"])
