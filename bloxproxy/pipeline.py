@@ -15,6 +15,7 @@ error. The pipeline never builds an HTTP response itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import math
 import re
@@ -113,6 +114,8 @@ class Pipeline:
         self._pass_policies = {safe: Policy.for_passthrough(safe, config) for safe in (True, False)}
         self._described = described_requests(rules.routes, self._policies)
         self._batches = batch_endpoints(rules.routes)
+        held = {k.name: k for k in config.opencloud.keys}
+        self._held = {c.name: held[c.opencloud_key] for c in config.auth.clients if c.opencloud_key}
 
     def swap(self, config: Config, rules: RuleSet) -> None:
         """Take a validated config and rule set (hot reload). Routing, parameter parsing and
@@ -150,18 +153,50 @@ class Pipeline:
             raise bad_request("the query string is not valid UTF-8") from None
         info.route = route.id
         values = clean.values_of(route, raw_params, request.rel_url.query)
+        headers: MultiMapping[str] = request.headers
+        owner = ""
+        if route.backend.credentials == "api_key":
+            headers, credential, owner = self._api_key(request.headers, info, credential)
         if route.plan.pagination is not None and walk.asked(request.rel_url.query):
             caller = self._caller(request, info)  # ?all=true: the whole list, streamed
             info.cache = "WALK"  # (a first page that fails says what the cache did instead)
-            return await walk.whole_list(self, route, values, request, caller, credential, raw_path)
+            return await walk.whole_list(
+                self, route, values, request, caller, credential, raw_path, headers, owner
+            )
         return await self.route_answer(
             route,
             values,
-            request.headers,
+            headers,
             self._caller(request, info),
             credential,
             raw_path,
+            owner,
         )
+
+    def _api_key(
+        self, headers: MultiMapping[str], info: RequestInfo, credential: str
+    ) -> tuple[MultiMapping[str], str, str]:
+        """An Open Cloud route's key (``backend.credentials: api_key``): the caller's own
+        ``x-api-key``, else the key the proxy holds for its named access key
+        (``opencloud.keys``), else a 401 problem (Roblox would refuse it anyway). Returns
+        the headers the route is built from, the credential its cache entries are private
+        to (an HMAC of it keys them) and the key owner whose budget it draws on (``""``: a
+        client's own key, whose owner the proxy cannot know)."""
+        if any(v.strip() for v in headers.getall("x-api-key", ())):
+            return headers, credential, ""
+        held = self._held.get(info.key_name) if info.key_name else None
+        if held is None:
+            raise HTTPProblem(
+                401,
+                "this route needs an Open Cloud API key: send it in x-api-key, or use an "
+                "access key the proxy holds one for (opencloud.keys)",
+                code="api_key_required",
+            )
+        keyed = CIMultiDict(headers)
+        keyed["x-api-key"] = held.key
+        # (Such answers are private to the key: per-credential entries are never shared,
+        # and the front door's remembered hits need a shared entry and no client gate.)
+        return keyed, credential_of(keyed), held.owner_label
 
     async def route_answer(
         self,
@@ -171,12 +206,16 @@ class Pipeline:
         caller: Caller,
         credential: str,
         instance: str,
+        owner: str = "",
     ) -> Answer:
         """The answer of one clean route for its parsed ``values``: what the clean door
         gives a client, and what a route made of other routes uses for each of its parts
         (``headers``: the client's, for what the rule forwards; ``instance``: the path its
-        problems name)."""
+        problems name; ``owner``: the Open Cloud key owner whose budget it draws on, one
+        scope per route bucket and owner)."""
         ureq = clean.upstream_request(route, values, headers)
+        if owner:
+            ureq = dataclasses.replace(ureq, bucket=owner_scope(ureq.scope, owner))
         policy = self._policies[route.id]
         fetched = await self._fetch(ureq, policy, caller, credential)
         if route.hold is not None:
@@ -387,6 +426,12 @@ def _problem(
         fetched=fetched,
         route=route_id,
     )
+
+
+def owner_scope(scope: str, owner: str) -> str:
+    """The limiter scope of a route's bucket for one Open Cloud key owner:
+    ``apis.group-7`` (Roblox counts a key's requests against its owner)."""
+    return f"{scope}.{owner}"
 
 
 def _settled(hold: Hold, entry: Entry) -> bool:

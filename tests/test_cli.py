@@ -78,7 +78,8 @@ def test_check_broken_config(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert err.splitlines() == [
         f"{config}:2: server.port: expected an integer, got 'eighty'",
         f"{config}:3: server.nope: unknown key (allowed: admin_token, allow_open, "
-        "body_timeout, compression, cors, header_timeout, host, host_suffix, keepalive_timeout, max_body_size, "
+        "body_timeout, compression, cors, header_timeout, host, host_suffix, keepalive_timeout, "
+        "max_body_size, "
         "max_connections, ops_host, ops_port, port, shutdown_grace, workers)",
         f"{config}:5: cache.negative_ttl: expected a duration like '30s', '500ms' or '5m', "
         "got 'soon'",

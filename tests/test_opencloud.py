@@ -5,18 +5,23 @@ per-key cache isolation under concurrency, learned limit headers and a 429's ret
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from bloxproxy.appkeys import GUARD
+from bloxproxy import config as config_mod
+from bloxproxy.appkeys import ACCESS_LOG, CONFIG, GUARD
+from bloxproxy.errors import ConfigError
 from bloxproxy.fake import FakeRoblox, Fault, IpLimit
 from bloxproxy.fake.state import viewer_tag
 from tests.conftest import FakeClock, ProxyFactory
 
 Client = TestClient[web.Request, web.Application]
+ACCESS_JSON = {"BLOXPROXY_LOGGING_ACCESS_LOG": "true", "BLOXPROXY_LOGGING_FORMAT": "json"}
 KEY = {"x-api-key": "key-of-alice"}
 THUMB = "/v2/cloud/users/156/thumbnail?size=150"
 
@@ -93,9 +98,13 @@ async def test_open_cloud_errors_become_problems_with_the_upstream_error(
     fake.cloud.add_key("no-groups", "users/9", {"universe:read"})
     status, body, _ = await call(proxy, "/v2/cloud/groups/7", {"x-api-key": "no-groups"})
     assert status == 403 and body["upstream_error"]["code"] == "PERMISSION_DENIED"
+    asked = fake.total
     status, body, _ = await call(proxy, "/v2/cloud/groups/7", {})
-    assert status == 401 and body["errors"] == [{"code": 0, "message": "Invalid API Key"}]
-    assert "x-api-key" not in fake.requests[-1].headers
+    assert (status, body["code"]) == (401, "api_key_required")  # no key: Roblox not asked
+    assert fake.total == asked
+    fake.script("apis", "/cloud/v2/groups/7", [Fault(status=401)])  # Roblox's own 401
+    status, body, _ = await call(proxy, "/v2/cloud/groups/7", {"x-api-key": "revoked"})
+    assert status == 401 and body["code"] == "upstream_error" and body["errors"]
     status, body, _ = await call(proxy, "/v2/cloud/groups/7/members/156")
     assert status == 404 and body["code"] == "not_found"  # not a member
     status, body, _ = await call(proxy, "/v1/cloud/badges/1")
@@ -153,7 +162,7 @@ async def test_answers_are_private_to_each_key_under_concurrency(
     assert fake.total == len(keys) * len(urls)
     # an anonymous caller never gets a keyed answer
     status, body, _ = await call(proxy, "/v2/cloud/users/156", {})
-    assert status == 401 and "_fake_viewer" not in body
+    assert (status, body["code"]) == (401, "api_key_required")
 
 
 async def test_limit_headers_are_learned_and_a_429_waits_its_retry_after(
@@ -170,3 +179,163 @@ async def test_limit_headers_are_learned_and_a_429_waits_its_retry_after(
     status, _, _ = await call(proxy, "/v2/cloud/groups/7", {"x-api-key": "k1"})
     assert status == 200  # retried after Roblox's retry-after, on the clock
     assert clock.now - started >= 2.0
+
+
+# -- keys held by the proxy ------------------------------------------------------------------
+
+HELD = {"main": "HELDSECRETmain0001", "side": "HELDSECRETside0002"}
+ACCESS = {"game": "ACCESSgame01", "bot": "ACCESSbot02", "other": "ACCESSother03", "plain": "P1"}
+
+
+@pytest.fixture
+async def held(make_proxy: ProxyFactory, tmp_path: Path) -> Client:
+    return await holding(make_proxy, tmp_path)
+
+
+async def holding(make_proxy: ProxyFactory, tmp_path: Path) -> Client:
+    """A proxy holding two Open Cloud keys: ``main`` (group 7's) for the access keys
+    ``game`` and ``bot``, ``side`` (user 5's, from a file) for ``other``; ``plain`` has none."""
+    key_file = tmp_path / "side.key"
+    key_file.write_text(HELD["side"] + "\n", encoding="utf-8")
+    uses = {"game": "main", "bot": "main", "other": "side"}
+    clients = {name: {"key": ACCESS[name], "opencloud_key": key} for name, key in uses.items()}
+    keys = {
+        "main": {"key": HELD["main"], "owner": "group:7"},
+        "side": {"key_file": str(key_file), "owner": "user:5"},
+        "unused": {"key": "HELDSECRETunused03", "owner": "user:6"},
+    }
+    return await make_proxy(
+        **ACCESS_JSON,
+        BLOXPROXY_AUTH_KEYS=ACCESS["plain"],
+        BLOXPROXY_AUTH_CLIENTS=orjson.dumps(clients).decode(),
+        BLOXPROXY_OPENCLOUD_KEYS=orjson.dumps(keys).decode(),
+    )
+
+
+def access(name: str, **more: str) -> dict[str, str]:
+    return {"X-Bloxproxy-Key": ACCESS[name], **more}
+
+
+async def test_a_held_key_is_sent_for_its_clients(held: Client, fake: FakeRoblox) -> None:
+    status, body, _ = await call(held, "/v2/cloud/users/156", access("game"))
+    assert status == 200 and body["_fake_viewer"] == viewer_tag(HELD["main"])
+    sent = fake.requests[-1].headers
+    assert sent["x-api-key"] == HELD["main"] and "x-bloxproxy-key" not in sent
+    # bot uses the same key: the same private entry, Roblox not asked again
+    assert (await call(held, "/v2/cloud/users/156", access("bot")))[1] == body
+    assert fake.total == 1
+    # other's key comes from its file
+    status, body, _ = await call(held, "/v2/cloud/users/156", access("other"))
+    assert status == 200 and body["_fake_viewer"] == viewer_tag(HELD["side"])
+    # a client's own key wins over the held one
+    own = access("game", **{"x-api-key": "game-own-key"})
+    status, body, _ = await call(held, "/v2/cloud/users/156", own)
+    assert body["_fake_viewer"] == viewer_tag("game-own-key")
+    assert fake.requests[-1].headers["x-api-key"] == "game-own-key"
+    # an access key without a held key, and no key of its own
+    status, body, _ = await call(held, "/v2/cloud/users/156", access("plain"))
+    assert (status, body["code"]) == (401, "api_key_required")
+    assert fake.total == 3
+    # a held key never goes to a route that does not ask for one
+    assert (await call(held, "/v1/users/156", access("game")))[0] == 200
+    assert "x-api-key" not in fake.requests[-1].headers
+
+
+async def test_held_keys_walk_and_draw_on_their_owners_budget(
+    held: Client, fake: FakeRoblox
+) -> None:
+    async with held.get("/v2/cloud/groups/7/memberships?all=true", headers=access("game")) as r:
+        lines = (await r.read()).splitlines()
+    assert r.status == 200 and len(lines) == 138
+    assert {q.headers["x-api-key"] for q in fake.requests} == {HELD["main"]}
+    assert (await call(held, "/v2/cloud/groups/7", access("other")))[0] == 200
+    scopes = {row.scope for row in held.server.app[GUARD].limiter.rows()}
+    assert {"apis.group-7", "apis.user-5"} <= scopes
+    # a client's own key: its owner is unknown, the service's scope
+    await call(held, "/v2/cloud/groups/5850082", access("plain", **{"x-api-key": "own"}))
+    assert "apis" in {row.scope for row in held.server.app[GUARD].limiter.rows()}
+
+
+async def test_owners_never_see_each_others_answers_under_concurrency(
+    held: Client, fake: FakeRoblox
+) -> None:
+    fake.latency = 0.002
+    names = ["game", "other", "bot", "other", "game"] * 6
+    urls = ["/v2/cloud/users/156", "/v2/cloud/groups/7", "/v2/cloud/groups/7/roles/1008"]
+    expected = {"game": HELD["main"], "bot": HELD["main"], "other": HELD["side"]}
+
+    async def one(name: str, url: str) -> None:
+        status, body, _ = await call(held, url, access(name))
+        assert status == 200, body
+        assert body["_fake_viewer"] == viewer_tag(expected[name]), (name, url)
+
+    await asyncio.gather(*(one(n, u) for n in names for u in urls))
+    assert fake.total == 2 * len(urls)  # one call per owner's key and route
+
+
+async def test_held_keys_stay_out_of_logs_and_metrics(
+    capsysbinary: pytest.CaptureFixture[bytes],
+    make_proxy: ProxyFactory,
+    tmp_path: Path,
+    fake: FakeRoblox,
+) -> None:
+    held = await holding(make_proxy, tmp_path)  # (after capsysbinary: the log writes to it)
+    for name in ("game", "other"):
+        assert (await call(held, "/v2/cloud/groups/7", access(name)))[0] == 200
+    fake.script("apis", "/cloud/v2/users/1", [Fault(status=500)] * 3)
+    await call(held, "/v2/cloud/users/1", access("game"))
+    held.server.app[ACCESS_LOG].flush()
+    log = capsysbinary.readouterr().err
+    assert log.count(b'"type":"access"') == 3
+    async with held.get("/_bloxproxy/metrics", headers=access("game")) as resp:
+        metrics = await resp.read()
+    assert b"bloxproxy_" in metrics
+    for secret in HELD.values():
+        assert secret.encode() not in log and secret.encode() not in metrics
+    assert repr(held.server.app[CONFIG].opencloud).count("HELDSECRET") == 0
+
+
+def test_held_key_config_problems(tmp_path: Path) -> None:
+    def problems(keys: object, clients: object = None) -> list[str]:
+        env = {"BLOXPROXY_OPENCLOUD_KEYS": orjson.dumps(keys).decode()}
+        if clients is not None:
+            env["BLOXPROXY_AUTH_CLIENTS"] = orjson.dumps(clients).decode()
+        with pytest.raises(ConfigError) as info:
+            config_mod.load(None, env=env)
+        return [str(p) for p in info.value.problems]
+
+    where = "$BLOXPROXY_OPENCLOUD_KEYS: opencloud.keys"
+    ok = {"k": {"key": "SECRETX", "owner": "group:7"}}
+    assert problems(ok, {"bot": {"key": "b", "opencloud_key": "nope"}}) == [
+        "$BLOXPROXY_AUTH_CLIENTS: auth.clients.bot.opencloud_key: nope is not in opencloud.keys"
+    ]
+    assert problems(ok, {"bot": {"key": "b", "opencloud_key": 7}}) == [
+        "$BLOXPROXY_AUTH_CLIENTS: auth.clients.bot.opencloud_key: expected the name of an "
+        "opencloud.keys entry, got 7"
+    ]
+    assert problems({"k": {"key": "SECRETX", "owner": "grp"}}) == [
+        f"{where}.k.owner: expected the key's owner as user:<id> or group:<id>, got 'grp'"
+    ]
+    both = {"key": "SECRETX", "key_file": "/x", "owner": "user:1"}
+    assert problems({"k": both}) == [f"{where}.k: give exactly one of key and key_file"]
+    empty = tmp_path / "empty.key"
+    empty.write_text("  \n", encoding="utf-8")
+    missing = tmp_path / "missing.key"
+    found = problems(
+        {
+            "a": {"key_file": str(empty), "owner": "user:1"},
+            "b": {"key_file": str(missing), "owner": "user:1"},
+            "c": {"key": "SECRETX\nSECRETY", "owner": "user:1"},
+            "d": {"key": "SECRETX"},
+            "e f": {"key": "SECRETX", "owner": "user:1"},
+        }
+    )
+    assert found == [
+        f"{where}.a.key_file: the key file {str(empty)!r} holds no API key (empty, or not "
+        "one line)",
+        f"{where}.b.key_file: cannot read the key file {str(missing)!r}: No such file or directory",
+        f"{where}.c.key: expected an API key (one line, at most 4096 characters)",
+        f"{where}.d.owner: required: the key's owner, user:<id> or group:<id>",
+        f"{where}.e f: a key name is letters, digits, '_', '.' or '-' (at most 64)",
+    ]
+    assert not any("SECRETX" in text for text in found)
