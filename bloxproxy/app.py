@@ -49,7 +49,7 @@ from .connections import ConnectionStats
 from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
 from .observe import AccessLog, Metrics
-from .pipeline import Pipeline
+from .pipeline import Pipeline, owner_seeds
 from .ratelimit import RedisBuckets
 from .requestids import REQUEST_ID_HEADER
 from .rules import RuleSet, load_configured
@@ -183,6 +183,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
     )
     metrics.bind_budgets(guard.limiter.rows)
+    guard.limiter.seed(owner_seeds(app[RULES]))  # Open Cloud routes' limits per key owner
     session = create_session(config)
     upstream = Upstream(config, session, guard.middleware, next_slot_in=guard.limiter.next_slot_in)
     bodies = ByteBudget(config.upstream.max_inflight_bytes, on_idle=release_free_memory)
@@ -291,6 +292,7 @@ def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
     app[FRONT].forget_all()  # remembered answers were rendered by the old rules
     app[FRONT].configure(config)  # server.cors, server.compression
     app[GUARD].reload(config)
+    app[GUARD].limiter.seed(owner_seeds(rules))
     app[UPSTREAM].reload(config)
 
 

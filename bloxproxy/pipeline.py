@@ -215,7 +215,7 @@ class Pipeline:
         scope per route bucket and owner)."""
         ureq = clean.upstream_request(route, values, headers)
         if owner:
-            ureq = dataclasses.replace(ureq, bucket=owner_scope(ureq.scope, owner))
+            ureq = dataclasses.replace(ureq, bucket=owner_scope(route.owner_bucket, owner))
         policy = self._policies[route.id]
         fetched = await self._fetch(ureq, policy, caller, credential)
         if route.hold is not None:
@@ -428,10 +428,16 @@ def _problem(
     )
 
 
-def owner_scope(scope: str, owner: str) -> str:
-    """The limiter scope of a route's bucket for one Open Cloud key owner:
-    ``apis.group-7`` (Roblox counts a key's requests against its owner)."""
-    return f"{scope}.{owner}"
+def owner_scope(base: str, owner: str) -> str:
+    """The limiter scope of a route for one Open Cloud key owner: ``opencloud-user@group-7``
+    (Roblox counts a key's requests against its owner, per operation); its seed is the
+    base's (:meth:`bloxproxy.upstream.limiter.Limiter.seed`)."""
+    return f"{base}@{owner}"
+
+
+def owner_seeds(rules: RuleSet) -> dict[str, float]:
+    """Where each route's per-owner scopes start: its ``limits.per_key_owner``."""
+    return {r.owner_bucket: r.owner_limit.per_second for r in rules.routes if r.owner_limit}
 
 
 def _settled(hold: Hold, entry: Entry) -> bool:

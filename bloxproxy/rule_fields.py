@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import normalize, schema
+from . import keyconfig, normalize, schema
 from .config import SERVICE_NAME_RE
 from .params import PARAM_TYPES
 from .schema import Block, Key
@@ -27,6 +27,16 @@ _ID_RE = re.compile(r"^[a-z0-9_.-]+$")
 
 
 # -- readers ---------------------------------------------------------------------------------
+
+
+def per_key_owner(value: object) -> object:
+    """``openapi`` or a rate (``1000/min``: a :class:`~bloxproxy.keyconfig.Rate`)."""
+    if value == "openapi":
+        return "openapi"
+    found = keyconfig.rate(value)
+    if found is None:
+        raise ValueError("expected openapi or a rate like '1000/min', not 0")
+    return found
 
 
 def service_name(value: object) -> str:
@@ -699,6 +709,18 @@ LIMITS = Block(
             "service.",
             service_name,
             shown="`backend.service`",
+        ),
+        Key(
+            "per_key_owner",
+            "Open Cloud: the operation's limit per API key owner (Roblox counts all keys of "
+            "one user or group together). `openapi`: the one Roblox publishes for the "
+            "route's upstream operation (`x-roblox-rate-limits`), from the data file beside "
+            "the rule file (`<file>.limits.json`, written by `bloxproxy import-limits`); or a "
+            "rate (`1000/min`). A request sent with a key the proxy holds draws on one "
+            "scope per route and owner (`opencloud-user@group-7`), seeded with it and "
+            "learned from Roblox's `x-ratelimit-*` headers like any scope.",
+            per_key_owner,
+            shown="none",
         ),
     ),
 )

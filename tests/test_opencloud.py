@@ -192,7 +192,7 @@ async def held(make_proxy: ProxyFactory, tmp_path: Path) -> Client:
     return await holding(make_proxy, tmp_path)
 
 
-async def holding(make_proxy: ProxyFactory, tmp_path: Path) -> Client:
+async def holding(make_proxy: ProxyFactory, tmp_path: Path, **env: str) -> Client:
     """A proxy holding two Open Cloud keys: ``main`` (group 7's) for the access keys
     ``game`` and ``bot``, ``side`` (user 5's, from a file) for ``other``; ``plain`` has none."""
     key_file = tmp_path / "side.key"
@@ -209,6 +209,7 @@ async def holding(make_proxy: ProxyFactory, tmp_path: Path) -> Client:
         BLOXPROXY_AUTH_KEYS=ACCESS["plain"],
         BLOXPROXY_AUTH_CLIENTS=orjson.dumps(clients).decode(),
         BLOXPROXY_OPENCLOUD_KEYS=orjson.dumps(keys).decode(),
+        **env,
     )
 
 
@@ -249,8 +250,15 @@ async def test_held_keys_walk_and_draw_on_their_owners_budget(
     assert r.status == 200 and len(lines) == 138
     assert {q.headers["x-api-key"] for q in fake.requests} == {HELD["main"]}
     assert (await call(held, "/v2/cloud/groups/7", access("other")))[0] == 200
-    scopes = {row.scope for row in held.server.app[GUARD].limiter.rows()}
-    assert {"apis.group-7", "apis.user-5"} <= scopes
+    rows = {row.scope: row for row in held.server.app[GUARD].limiter.rows()}
+    # one scope per operation and owner, seeded with the operation's published limit
+    assert rows["cloud-listgroupmemberships@group-7"].ceiling == pytest.approx(300 / 60)
+    assert rows["cloud-getgroup@user-5"].ceiling == pytest.approx(150 / 60)
+    # a member's role is the same operation as the list: the same scope
+    slots = rows["cloud-listgroupmemberships@group-7"].slots
+    assert (await call(held, "/v2/cloud/groups/7/members/1", access("bot")))[0] == 200
+    rows = {row.scope: row for row in held.server.app[GUARD].limiter.rows()}
+    assert rows["cloud-listgroupmemberships@group-7"].slots == slots + 1
     # a client's own key: its owner is unknown, the service's scope
     await call(held, "/v2/cloud/groups/5850082", access("plain", **{"x-api-key": "own"}))
     assert "apis" in {row.scope for row in held.server.app[GUARD].limiter.rows()}
@@ -339,3 +347,24 @@ def test_held_key_config_problems(tmp_path: Path) -> None:
         f"{where}.e f: a key name is letters, digits, '_', '.' or '-' (at most 64)",
     ]
     assert not any("SECRETX" in text for text in found)
+
+
+async def test_an_owners_limit_headers_and_429_act_on_its_own_scope(
+    make_proxy: ProxyFactory, tmp_path: Path, fake: FakeRoblox, clock: FakeClock
+) -> None:
+    held = await holding(make_proxy, tmp_path, BLOXPROXY_CACHE_ENABLED="false")
+    fake.cloud.add_key(HELD["main"], "groups/7")
+    fake.cloud.add_key(HELD["side"], "users/5")
+    fake.cloud.owner_limit = IpLimit.parse("120/min", burst=120)  # "120, 120;w=60"
+    assert (await call(held, "/v2/cloud/users/156", access("game")))[0] == 200
+    limiter = held.server.app[GUARD].limiter
+    rows = {row.scope: row for row in limiter.rows()}
+    assert rows["cloud-getuser@group-7"].limit == pytest.approx(2.0)  # learned: 120/60 s
+    # Roblox holds one owner: that owner's scope waits its retry-after, the other's does not
+    fake.script("apis", "/cloud/v2/users/1", [Fault(status=429, retry_after="2")])
+    started = clock.now
+    assert (await call(held, "/v2/cloud/users/1", access("game")))[0] == 200  # retried
+    assert clock.now - started >= 2.0
+    started = clock.now
+    assert (await call(held, "/v2/cloud/users/1", access("other")))[0] == 200
+    assert clock.now - started < 1.0

@@ -628,7 +628,7 @@ ERRORS = [
             backend: {path: /v1/users}
             limits: {bucket: users, rate: 5}
         """,
-        [(5, "limits.rate: unknown key (allowed: bucket)")],
+        [(5, "limits.rate: unknown key (allowed: bucket, per_key_owner)")],
         id="unknown-limits-key",
     ),
     # --- the file ---
