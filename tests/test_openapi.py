@@ -38,7 +38,7 @@ from bloxproxy.appkeys import CONFIG
 from bloxproxy.appkeys import RULES as RULES_KEY
 from bloxproxy.docs_page import render_docs
 from bloxproxy.errors import HTTPProblem, problem_body
-from bloxproxy.fake import create_fake_app
+from bloxproxy.fake import FAKE_STATE, create_fake_app
 from bloxproxy.normalize import OrderBy, Pagination, Plan
 from bloxproxy.openapi import PASSTHROUGH_TAG, body_schema, build_openapi, dumps, openapi_for
 from bloxproxy.params import Param
@@ -131,6 +131,13 @@ def test_every_route_and_parameter_is_described(route: Any) -> None:
     declared = [*route.path_params, *route.query_params]
     walk = params.pop(("query", "all"), None)  # the reserved one (whole lists), on list routes
     assert (walk is not None) == walkable(route)
+    key = params.pop(("header", "x-api-key"), None)  # Open Cloud routes: the caller's own key
+    assert (key is not None) == (b.credentials == "api_key")
+    if key is not None:
+        assert key["required"] is False and "401" in op["responses"]
+    assert ("202" in op["responses"]) == (
+        route.hold is not None and route.hold.operation is not None
+    )
     assert len(params) == len(declared)
     for p in declared:
         doc = params[(p.location, p.name)]
@@ -254,7 +261,8 @@ def test_errors_are_problems_and_cover_what_the_proxy_answers() -> None:
         responses = SPEC["paths"][route.endpoint]["get"]["responses"]
         ok = {"302"} if route.redirect is not None else {"200", "304"}
         assert ok | {"400", "404", "405", "429", "4XX", "502", "503", "504"} <= set(responses)
-        assert "401" not in responses  # no access keys configured
+        # no access keys configured: only an Open Cloud route answers 401 (no API key)
+        assert ("401" in responses) == (route.backend.credentials == "api_key")
         for status in ("400", "404", "405", "429", "4XX", "502", "503", "504"):
             media = _resolve(responses[status])["content"]["application/problem+json"]
             assert media["schema"] == {"$ref": "#/components/schemas/Problem"}
@@ -441,7 +449,9 @@ def live_proxy() -> Iterator[str]:
     runners: list[web.AppRunner] = []
 
     async def start() -> str:
-        fake = web.AppRunner(create_fake_app(), access_log=None)
+        fake_app = create_fake_app()
+        fake_app[FAKE_STATE].cloud.polls = 0  # Open Cloud operations done at once: no holds
+        fake = web.AppRunner(fake_app, access_log=None)
         await fake.setup()
         runners.append(fake)
         await web.TCPSite(fake, "127.0.0.1", 0).start()
