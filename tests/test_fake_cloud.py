@@ -217,3 +217,40 @@ async def test_answers_are_tagged_per_key(client: Client) -> None:
     async with client.get("/apis/cloud/v2/users/156", headers={"x-api-key": "two"}) as resp:
         two = orjson.loads(await resp.read())
     assert (one["_fakeViewer"], two["_fakeViewer"]) == (tag("one"), tag("two"))
+
+
+async def test_the_control_api_sets_keys_limits_and_polls(
+    client: Client, state: FakeRoblox
+) -> None:
+    async def post(body: object) -> tuple[int, dict[str, object]]:
+        async with client.post("/_fake/cloud", data=orjson.dumps(body)) as resp:
+            return resp.status, orjson.loads(await resp.read())
+
+    status, body = await post(
+        {
+            "keys": [{"key": "ctl", "owner": "groups/9", "scopes": ["universe:read"]}],
+            "owner_limit": "60/min",
+            "burst": 60,
+            "polls": 1,
+        }
+    )
+    assert status == 200 and body["polls"] == 1
+    assert body["owner_limit"] == {"rate": 1.0, "burst": 60, "per_service": False}
+    key = state.cloud.key("ctl")
+    assert key is not None and (key.owner, key.scopes) == ("groups/9", frozenset({"universe:read"}))
+    assert (await get(client, "/apis/cloud/v2/groups/7", {"x-api-key": "ctl"}))[0] == 403
+    for bad in (
+        [],
+        {"keys": "x"},
+        {"keys": [{"key": "", "owner": "users/1"}]},
+        {"keys": [{"key": "k", "owner": "users/1", "scopes": "all"}]},
+        {"polls": -1},
+        {"polls": True},
+        {"owner_limit": "lots"},
+        {"owner_limit": "1/s", "burst": "x"},
+    ):
+        status, body = await post(bad)
+        assert status == 400 and "error" in body, bad
+    assert (await post({"owner_limit": None}))[1]["owner_limit"] is None
+    async with client.get("/_fake/cloud") as resp:
+        assert (await resp.json())["polls"] == 1

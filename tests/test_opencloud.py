@@ -368,3 +368,20 @@ async def test_an_owners_limit_headers_and_429_act_on_its_own_scope(
     started = clock.now
     assert (await call(held, "/v2/cloud/users/1", access("other")))[0] == 200
     assert clock.now - started < 1.0
+
+
+async def test_passthrough_with_the_clients_own_key_is_private_to_it(
+    proxy: Client, fake: FakeRoblox
+) -> None:
+    url = "/apis/cloud/v2/users/156"
+    first = await call(proxy, url, {"x-api-key": "pass-a"})
+    again = await call(proxy, url, {"x-api-key": "pass-a"})
+    other = await call(proxy, url, {"x-api-key": "pass-b"})
+    assert first[1]["_fakeViewer"] == again[1]["_fakeViewer"] == viewer_tag("pass-a")
+    assert again[2]["X-Cache"] == "HIT"  # the rule's per-credential policy, for its key only
+    assert other[1]["_fakeViewer"] == viewer_tag("pass-b") and other[2]["X-Cache"] == "MISS"
+    assert fake.total == 2
+    # and the clean route's entry is the same upstream request: shared with the same key
+    clean = await call(proxy, "/v2/cloud/users/156", {"x-api-key": "pass-a"})
+    assert clean[2]["X-Cache"] == "HIT" and fake.total == 2
+    assert (await call(proxy, url, {}))[0] == 401  # no key: Roblox's own 401, passed on

@@ -23,10 +23,13 @@ negative: ``INVALID_ARGUMENT``) and ``pageToken`` (an opaque token from a previo
 ``nextPageToken`` (``""`` on the last page).  Memberships take ``filter`` in the documented
 forms ``user == 'users/156'`` and ``role == 'groups/7/roles/1008'``.
 
-Scopes (``x-roblox-scopes`` of each operation; the ones marked *guess* could not be checked
-here): groups, memberships and roles ``group:read``; universes ``universe:read`` (*guess*),
-places ``universe.place:read`` (*guess*); ``legacy-badges`` ``legacy-universe.badge:read``
-(*guess*); users and thumbnails none (public fields only).
+Permissions: Roblox gives an API key permissions per API system in the Creator Dashboard;
+the OpenAPI document names no OAuth scope for these reads (``x-roblox-docs.methodProperties.
+scopes`` is empty for GetUser, GenerateUserThumbnail, GetGroup, ListGroupMemberships,
+ListGroupRoles, GetGroupRole, GetUniverse and GetPlace). The fake models a key's permissions
+as scope names, and which read needs which is a *guess*: groups, memberships and roles
+``group:read``; universes ``universe:read``, places ``universe.place:read``;
+``legacy-badges`` ``legacy-universe.badge:read``; users and thumbnails none.
 
 Every answer on these paths carries the ``x-ratelimit-*`` headers when the fake's per-IP or
 per-owner limit is on (see :mod:`bloxproxy.fake.limits`, :mod:`bloxproxy.fake.cloud`).
