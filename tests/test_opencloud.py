@@ -5,20 +5,24 @@ per-key cache isolation under concurrency, learned limit headers and a 429's ret
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 from bloxproxy import config as config_mod
+from bloxproxy.app import create_app
 from bloxproxy.appkeys import ACCESS_LOG, CONFIG, GUARD
 from bloxproxy.errors import ConfigError
-from bloxproxy.fake import FakeRoblox, Fault, IpLimit
+from bloxproxy.fake import FAKE_STATE, FakeRoblox, Fault, IpLimit
 from bloxproxy.fake.state import viewer_tag
 from tests.conftest import FakeClock, ProxyFactory
+from tests.test_gamekeys import ROOT, blocks, like
 
 Client = TestClient[web.Request, web.Application]
 ACCESS_JSON = {"BLOXPROXY_LOGGING_ACCESS_LOG": "true", "BLOXPROXY_LOGGING_FORMAT": "json"}
@@ -385,3 +389,53 @@ async def test_passthrough_with_the_clients_own_key_is_private_to_it(
     clean = await call(proxy, "/v2/cloud/users/156", {"x-api-key": "pass-a"})
     assert clean[2]["X-Cache"] == "HIT" and fake.total == 2
     assert (await call(proxy, url, {}))[0] == 401  # no key: Roblox's own 401, passed on
+
+
+# -- the README's Open Cloud example runs as written -----------------------------------------
+
+
+async def test_the_readme_open_cloud_example(
+    tmp_path: Path,
+    fake_server: TestServer,
+    clock: FakeClock,
+    aiohttp_client: Callable[..., Awaitable[Client]],
+) -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Open Cloud\n")
+    found = blocks(text[start : text.index("\n## ", start + 1)])
+    yaml_body = next(body for lang, body in found if lang == "yaml")
+    (tmp_path / "opencloud-config.yaml").write_text(yaml_body, encoding="utf-8")
+    secrets = {"GAME_KEY": "game-k3y", "BOT_KEY": "bot-k3y", "ROBLOX_OPEN_CLOUD_KEY": "oc-s3cret"}
+    env = {
+        **secrets,
+        "BLOXPROXY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{fake_server.port}/{{service}}",
+    }
+    config = config_mod.load(str(tmp_path / "opencloud-config.yaml"), env=env)
+    proxy = await aiohttp_client(
+        create_app(config, clock=clock, monotonic=clock, sleep=clock.sleep)
+    )
+    lua = next(body for lang, body in found if lang == "lua")
+    assert "Url = `{PROXY}/v2/cloud/users/{userId}/thumbnail?size=150`" in lua
+    assert f'["{config.auth.header}"] = KEY' in lua and ".image_uri" in lua
+
+    exchanges = [
+        (body, shown)
+        for (lang, body), (next_lang, shown) in itertools.pairwise(found)
+        if lang == "http" and next_lang == "json"
+    ]
+    assert len(exchanges) == 4
+    fake = fake_server.app[FAKE_STATE]
+    for request, shown in exchanges:
+        line, *header_lines = request.strip().splitlines()
+        method, target, _ = line.split()
+        headers = dict(h.split(": ", 1) for h in header_lines)
+        placeholder = headers[config.auth.header].strip("<>")
+        headers[config.auth.header] = secrets[placeholder]
+        async with proxy.request(method, target, headers=headers) as resp:
+            got = orjson.loads(await resp.read())
+        got.pop("_fake_viewer", None)  # the fake's own tag of whose answer it is
+        like(orjson.loads(shown), got)
+        assert resp.status == got.get("status", 200)
+    # the game's calls went out with the held key, and nothing else did
+    sent = {r.headers.get("x-api-key") for r in fake.requests}
+    assert sent == {secrets["ROBLOX_OPEN_CLOUD_KEY"]}
