@@ -439,3 +439,23 @@ async def test_the_readme_open_cloud_example(
     # the game's calls went out with the held key, and nothing else did
     sent = {r.headers.get("x-api-key") for r in fake.requests}
     assert sent == {secrets["ROBLOX_OPEN_CLOUD_KEY"]}
+
+
+async def test_hostile_api_keys_get_problems_never_a_500(proxy: Client, fake: FakeRoblox) -> None:
+    assert proxy.port is not None
+    answers = []
+    for key in (b"\xff\xfe", b"   ", b"k" * 8000, b"caf\xc3\xa9"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(
+            b"GET /v2/cloud/users/156 HTTP/1.1\r\nHost: x\r\nx-api-key: "
+            + key
+            + b"\r\nConnection: close\r\n\r\n"
+        )
+        data = await reader.read()
+        writer.close()
+        head, _, body = data.partition(b"\r\n\r\n")
+        answers.append((int(head.split()[1]), orjson.loads(body)))
+    assert [status for status, _ in answers] == [401, 401, 200, 200]
+    assert answers[0][1]["code"] == "upstream_error"  # Roblox refused it; nothing broke
+    assert answers[1][1]["code"] == "api_key_required"  # blank is no key
+    assert answers[2][1]["_fake_viewer"] != answers[3][1]["_fake_viewer"]
