@@ -47,7 +47,7 @@ from .connections import ConnectionStats
 from .errors import HTTPProblem, not_found, problem_response
 from .front import Front
 from .observe import AccessLog, Metrics
-from .pipeline import Pipeline
+from .pipeline import Pipeline, owner_seeds
 from .ratelimit import RedisBuckets
 from .redis_url import ClusterTopology, SentinelTopology, Single
 from .redis_url import parse as parse_redis_url
@@ -191,6 +191,7 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
     )
     metrics.bind_budgets(guard.limiter.rows)
+    guard.limiter.seed(owner_seeds(app[RULES]))  # Open Cloud routes' limits per key owner
     session = create_session(config)
     upstream = Upstream(config, session, guard.middleware, next_slot_in=guard.limiter.next_slot_in)
     bodies = ByteBudget(config.upstream.max_inflight_bytes, on_idle=release_free_memory)
@@ -317,6 +318,7 @@ def apply_reload(app: web.Application, config: Config, rules: RuleSet) -> None:
     app[FRONT].configure(config)  # server.cors, server.compression, cache.tag_header
     app[FETCHER].tag_header = config.cache.tag_header
     app[GUARD].reload(config)
+    app[GUARD].limiter.seed(owner_seeds(rules))
     app[UPSTREAM].reload(config)
 
 

@@ -10,6 +10,7 @@ status becomes problem+json with ``upstream_status`` and Roblox's own ``errors``
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
@@ -24,7 +25,14 @@ from .params import ParamError
 from .rules import Composite, Route
 from .upstream.client import UpstreamRequest
 
-__all__ = ["JSON", "render", "upstream_problem", "upstream_request", "values_of"]
+__all__ = [
+    "JSON",
+    "operation_request",
+    "render",
+    "upstream_problem",
+    "upstream_request",
+    "values_of",
+]
 
 JSON = "application/json; charset=utf-8"
 _CREDENTIAL_HEADERS = ("cookie", "authorization", "x-api-key")
@@ -74,6 +82,10 @@ def upstream_request(
             value = client_headers.get(name)
             if value:
                 headers.append((name, value))
+    elif b.credentials == "api_key":
+        value = client_headers.get("x-api-key")
+        if value:
+            headers.append(("x-api-key", value))
     body = None
     if b.body is not None:
         body = orjson.dumps(b.body(values), option=orjson.OPT_SORT_KEYS)  # one spelling
@@ -88,6 +100,32 @@ def upstream_request(
         body,
         b.safe_read,
         route.bucket if route.bucket != b.service else "",
+    )
+
+
+# An Open Cloud resource name (``users/156/operations/abc-123``): segments of unreserved
+# characters, none of them "." or "..", so the poll path needs no encoding and cannot climb.
+_OPERATION_NAME = re.compile(r"^[A-Za-z0-9_~-][A-Za-z0-9._~-]*(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*$")
+OPERATION_PREFIX = "/cloud/v2/"
+
+
+def operation_request(
+    asked: UpstreamRequest, name_path: normalize.Path, resp: Entry
+) -> UpstreamRequest | None:
+    """The poll of the long-running Operation ``resp`` describes (its name at
+    ``name_path``): ``GET /cloud/v2/<name>`` with the same service, credentials and bucket;
+    None when the body names none we can ask for (not JSON, no name, a name that is not
+    a plain resource path)."""
+    try:
+        data = orjson.loads(resp.body)
+    except orjson.JSONDecodeError:
+        return None
+    name = normalize.get_path(data, name_path)
+    if not isinstance(name, str) or len(name) > 512 or not _OPERATION_NAME.match(name):
+        return None
+    headers = tuple((k, v) for k, v in asked.headers if k.lower() != "content-type")
+    return UpstreamRequest(
+        asked.service, "GET", OPERATION_PREFIX + name, "", headers, None, True, asked.bucket
     )
 
 
@@ -145,18 +183,29 @@ def _is_json_type(content_type: str) -> bool:
 def upstream_problem(
     route: Route, status: int, body: bytes, headers: tuple[tuple[str, str], ...]
 ) -> HTTPProblem:
-    """Roblox's error status as problem+json, with Roblox's ``errors`` list kept."""
+    """Roblox's error status as problem+json, with Roblox's ``errors`` list kept (an Open
+    Cloud error, ``{"code": "NOT_FOUND", "message": ...}``, as ``upstream_error``)."""
     errors: Any = None
     detail = f"{route.backend.service} answered {status}"
     try:
         parsed = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         parsed = None
+    cloud_error: dict[str, str] | None = None
     if isinstance(parsed, dict) and isinstance(parsed.get("errors"), list):
         errors = parsed["errors"]
         first = errors[0] if errors else None
         if isinstance(first, dict) and isinstance(first.get("message"), str):
             detail = f"{detail}: {first['message']}"
+    elif isinstance(parsed, dict) and isinstance(parsed.get("code"), str):
+        # Open Cloud's own errors: {"code": "NOT_FOUND", "message": "..."} (kept as sent)
+        cloud_error = {"code": parsed["code"][:100]}
+        message = parsed.get("message")
+        if isinstance(message, str):
+            cloud_error["message"] = message[:1000]
+            detail = f"{detail}: {message[:200]}"
+        else:
+            detail = f"{detail}: {cloud_error['code']}"
     if 300 <= status < 400:
         ours = 502
         detail = f"{route.backend.service} answered a redirect ({status}), which is not followed"
@@ -167,6 +216,8 @@ def upstream_problem(
     extra: dict[str, Any] = {"upstream_status": status}
     if errors is not None:
         extra["errors"] = errors
+    if cloud_error is not None:
+        extra["upstream_error"] = cloud_error
     keep = {}
     for name, value in headers:
         if name.lower() == "retry-after":

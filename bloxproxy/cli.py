@@ -11,6 +11,9 @@ import re
 import sys
 from collections.abc import Sequence
 
+import orjson
+
+from . import cloudlimits
 from .config import Config
 from .errors import ConfigError
 from .logs import setup_logging
@@ -99,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "routes",
         help="list the clean routes",
         description="Print the clean routes (id, method and path, cache TTLs) and, under "
-        "each, the upstream request it becomes; in 100 columns.",
+        "each, the upstream request it becomes (with its batch and its Open Cloud limit per "
+        "key owner); in 100 columns.",
     )
     _config_arg(routes)
 
@@ -111,6 +115,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_arg(spec)
     spec.add_argument("--output", "-o", metavar="FILE", help="write it to FILE instead")
+
+    imp = sub.add_parser(
+        "import-limits",
+        help="import Open Cloud's published limits from its OpenAPI document",
+        description="Read Roblox's OpenAPI document (creator-docs content/en-us/reference/"
+        "cloud/openapi.json) and write each operation's x-roblox-rate-limits per API key "
+        "owner as the limits table beside a rule file (rules/opencloud.limits.json), which "
+        "routes with limits.per_key_owner: openapi read.",
+    )
+    imp.add_argument("document", help="the OpenAPI document (JSON)")
+    imp.add_argument("--output", "-o", metavar="FILE", help="write the table to FILE")
+    imp.add_argument(
+        "--source", metavar="TEXT", help="where the document came from (default: its file name)"
+    )
+    imp.add_argument(
+        "--prefix",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="keep only operations whose path starts with PATH (repeatable; default: "
+        "/cloud/ and /legacy-)",
+    )
 
     fake = sub.add_parser(
         "fake-roblox",
@@ -174,9 +200,10 @@ def _cut(text: str, width: int) -> str:
 
 
 def _wrap_request(text: str, width: int) -> list[str]:
-    """An upstream request in lines of at most ``width``: broken before ``?`` and ``&`` (where
-    a reader looks for the next parameter), a piece longer than a line cut into lines."""
-    pieces = [p for p in re.split(r"(?=[?&])", text) if p]
+    """An upstream request in lines of at most ``width``: broken before ``?``, ``&`` (where
+    a reader looks for the next parameter), `` [`` (a note) and `` name=`` (a composite's
+    part), a piece longer than a line cut into lines."""
+    pieces = [p for p in re.split(r"(?=[?&]| \[| (?=\w+=))", text) if p]
     lines = [""]
     for piece in pieces:
         if lines[-1] and len(lines[-1]) + len(piece) > width:
@@ -205,6 +232,9 @@ def routes_table(rules: RuleSet, width: int = ROUTES_WIDTH) -> str:
         batch = b.batch
         if batch is not None:  # entities per id, merged calls: say which ids and how many
             upstream += f" [batch: {batch.ids} <= {batch.max}]"
+        limit = r.owner_limit
+        if limit is not None:  # Open Cloud: one budget per key owner
+            upstream += f" [per key owner: {limit.text}, {limit.source}]"
         rows.append((_cut(r.id, _ID_MAX), f"{r.method} {r.endpoint}", ttls, upstream))
     for comp in rules.composites:  # made of other routes, each cached as its route is
         parts = " ".join(f"{p.name}={p.route.id}" for p in comp.parts)
@@ -212,8 +242,8 @@ def routes_table(rules: RuleSet, width: int = ROUTES_WIDTH) -> str:
             (
                 _cut(comp.id, _ID_MAX),
                 f"{comp.method} {comp.endpoint}",
-                ("per part", "", ""),
-                f"[compose] {parts}",
+                ("-", "-", "-"),  # (nothing of its own: each part as its route is)
+                f"[compose, each part cached as its route] {parts}",
             )
         )
     rows.sort(key=lambda row: (row[1].split(" ", 1)[1], row[1]))
@@ -314,6 +344,27 @@ def cmd_openapi(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_limits(args: argparse.Namespace) -> int:
+    try:
+        with open(args.document, "rb") as f:
+            document = orjson.loads(f.read())
+        limits = cloudlimits.extract(document, tuple(args.prefix) or ("/cloud/", "/legacy-"))
+    except (OSError, orjson.JSONDecodeError, cloudlimits.TableError) as exc:
+        print(f"{args.document}: {exc}", file=sys.stderr)
+        return 1
+    info = document.get("info") if isinstance(document, dict) else None
+    version = str(info.get("version", "")) if isinstance(info, dict) else ""
+    source = args.source or os.path.basename(args.document)
+    text = cloudlimits.table_text(limits, source, version)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+        print(f"{len(limits)} operation(s) written to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_fake(args: argparse.Namespace) -> int:
     from .fake import run_fake
 
@@ -334,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "routes": cmd_routes,
         "fake-roblox": cmd_fake,
         "openapi": cmd_openapi,
+        "import-limits": cmd_import_limits,
     }
     try:
         return commands[args.command](args)

@@ -232,6 +232,7 @@ class ClientGate:
             if index >= self._plain:
                 named = self._named[index - self._plain]
                 info.weight, info.luau = named.client.weight, named.client.luau
+                info.key_name = named.client.name
         else:
             info.client = "ip:" + client_ip(request, self._hops)
         if named is None:

@@ -26,7 +26,8 @@ from typing import Any
 
 import yaml
 
-from . import keyconfig, schema
+from . import cloudkeys, keyconfig, schema
+from .cloudkeys import HeldKey
 from .errors import ConfigError, Problem, Where
 from .keyconfig import NamedClient
 from .redis_url import cluster_url_of
@@ -766,6 +767,35 @@ class AuthConfig:
         return bool(self.keys or self.clients)
 
 
+def _held_keys(
+    value: object, where: Where, problems: list[Problem], ctx: str, section: dict[str, Any]
+) -> tuple[HeldKey, ...]:
+    return cloudkeys.read_held_keys(value, where, problems, ctx)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCloudConfig:
+    keys: tuple[HeldKey, ...] = field(
+        default_factory=tuple,
+        metadata={
+            "marked": _held_keys,
+            "block": cloudkeys.HELD_KEY,
+            "default": {},
+            "doc": "Open Cloud API keys the proxy holds, by name: `{main: {key: ${OC_KEY}, "
+            "owner: group:7}}`. A named client (`auth.clients`) with `opencloud_key: main` "
+            "that sends an Open Cloud route no `x-api-key` of its own is served with it; the "
+            "key is never logged or shown (README, Open Cloud).",
+        },
+    )
+
+    def by_name(self, name: str) -> HeldKey | None:
+        """The held key of this name, or None."""
+        for key in self.keys:
+            if key.name == name:
+                return key
+        return None
+
+
 # What an access line can say, in the default order (bloxproxy/observe.py writes them).
 ACCESS_FIELDS = (
     "time",
@@ -837,6 +867,7 @@ class Config:
     limits: LimitsConfig = section(LimitsConfig, "Upstream and client rate limits.")
     retries: RetriesConfig = section(RetriesConfig, "Upstream retries with backoff.")
     logging: LoggingConfig = section(LoggingConfig, "Log level and format.")
+    opencloud: OpenCloudConfig = section(OpenCloudConfig, "Open Cloud API keys held by the proxy.")
     # Not keys: where the file was, to resolve relative rule paths.
     source: str = field(default="", metadata={"internal": True})
 
@@ -1000,6 +1031,13 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
             Problem(where, "server.ops_port: must differ from server.port (it asks for no key)")
         )
     _check_cors(config, data, problems)
+    section_data = data.get("auth")
+    cloudkeys.check_clients(
+        {k.name for k in config.opencloud.keys},
+        [(c.name, c.opencloud_key) for c in config.auth.clients],
+        section_data.at("clients") if isinstance(section_data, MarkedDict) else data.where,
+        problems,
+    )
     if problems:
         # in file order (unknown keys are found before bad values); $VARIABLES first
         raise ConfigError(sorted(problems, key=lambda p: (p.where.file, p.where.line)))

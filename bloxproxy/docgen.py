@@ -128,12 +128,19 @@ def _upstream(r: Route) -> str:
     return f"{b.method} {b.service} {b.path.text}" + ("?" + "&".join(items) if items else "")
 
 
+def _shown(value: object) -> str:
+    """A ``when`` value as YAML writes it (``false``, not Python's ``False``)."""
+    if isinstance(value, bool) or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)
+
+
 def _ttl(r: Route) -> str:
     c = r.cache
     if not c.enabled:
         return "off"
     shorter = [
-        f"{'/'.join(str(v) for v in cond.values)}: {duration_text(cond.ttl)}" for cond in c.when
+        f"{'/'.join(_shown(v) for v in cond.values)}: {duration_text(cond.ttl)}" for cond in c.when
     ]
     return duration_text(c.ttl) + (f" ({'; '.join(shorter)})" if shorter else "")
 

@@ -82,6 +82,12 @@ def _secret(value: object) -> str:
     return value
 
 
+def _key_name(value: object) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise ValueError(f"expected the name of an opencloud.keys entry, got {schema.show(value)}")
+    return value
+
+
 def _places(value: object) -> tuple[int, ...]:
     items = value if isinstance(value, list) else [value]
     for item in items:
@@ -105,6 +111,7 @@ class NamedClient:
     own_rate: bool = False  # True: ``rate`` was given (None then means no limit)
     weight: float = 1.0
     answer_mode: str = "http"
+    opencloud_key: str = ""  # the name of the held Open Cloud key it may use ("": none)
 
     @property
     def bound(self) -> bool:
@@ -174,6 +181,14 @@ CLIENT = schema.Block(
             "which raises on a non-2xx status (README, Game servers).",
             schema.choice("http", "luau"),
             "http",
+        ),
+        schema.Key(
+            "opencloud_key",
+            "The name of an Open Cloud key the proxy holds (`opencloud.keys`) that the "
+            "client's requests to Open Cloud routes are sent with when they carry no "
+            "`x-api-key` of their own (README, Open Cloud).",
+            _key_name,
+            shown="none",
         ),
     ),
 )
@@ -271,6 +286,7 @@ def read_clients(
                 own_rate="rate" in entry,
                 weight=values["weight"],
                 answer_mode=values["answer_mode"],
+                opencloud_key=values["opencloud_key"] or "",
             )
         )
     return tuple(clients)

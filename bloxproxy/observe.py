@@ -69,6 +69,7 @@ class RequestInfo:
         "cache",
         "cache_time",
         "client",
+        "key_name",
         "luau",
         "request_id",
         "route",
@@ -82,6 +83,7 @@ class RequestInfo:
         # access key or ``ip:<address>`` when the client gate knows; "" else (the peer's).
         self.client = ""
         self.weight = 1.0  # that share's weight (a named access key's ``weight``)
+        self.key_name = ""  # the named access key's name (auth.clients), "" for any other
         self.luau = False  # answers in the Luau envelope (``answer_mode: luau``, luau.py)
         self.route = "none"  # route id, "passthrough:<service>", or "none"
         self.cache = ""  # X-Cache result when the pipeline got that far

@@ -167,11 +167,61 @@ def _operation(route: Route, keyed: bool) -> JSON:
     }
     if route.redirect is not None:
         op["responses"] = _redirect_responses(op["responses"], redirect_sample(route))
+    if b.credentials == "api_key":
+        _add_api_key(op)
+    if route.hold is not None and route.hold.operation is not None:
+        op["responses"] = {"202": _PENDING, **op["responses"]}
     if route.deprecated:
         op["deprecated"] = True
     if walkable(route):
         _add_walk(op)
     return op
+
+
+_API_KEY_PARAMETER: JSON = {
+    "name": "x-api-key",
+    "in": "header",
+    "required": False,
+    "description": "Your own Open Cloud API key, sent to Roblox as it is. Without it, the key "
+    "the proxy holds for your access key (`opencloud.keys`, `auth.clients.<name>."
+    "opencloud_key`) is used; with neither, 401 `api_key_required`. Answers are private to "
+    "the key they were asked with.",
+    "schema": {"type": "string"},
+}
+_PENDING: JSON = {
+    "description": "The long-running operation is still running after the proxy's wait "
+    "(`response.hold.within`): ask again after `Retry-After` seconds. Never cached.",
+    "headers": {"Retry-After": {"$ref": "#/components/headers/Retry-After"}},
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["done", "operation", "retry_after"],
+                "properties": {
+                    "done": {"const": False},
+                    "operation": {
+                        "type": ["string", "null"],
+                        "description": "The operation's name (`users/156/operations/…`).",
+                    },
+                    "retry_after": {"type": "integer", "minimum": 1},
+                },
+            },
+            "example": {
+                "done": False,
+                "operation": "users/156/operations/1000001",
+                "retry_after": 1,
+            },
+        }
+    },
+}
+
+
+def _add_api_key(op: JSON) -> None:
+    """An Open Cloud route (``backend.credentials: api_key``): its key header, and its 401."""
+    op["parameters"] = [*op["parameters"], dict(_API_KEY_PARAMETER)]
+    responses = op["responses"]
+    if "401" not in responses:
+        op["responses"] = {**responses, "401": _ref("responses", "Unauthorized")}
 
 
 def _composite_operation(c: Composite, keyed: bool) -> JSON:
@@ -560,7 +610,9 @@ _CACHE_HEADERS = tuple(name for name, *_ in _HEADER_TABLE[:8])
 _PROBLEMS: tuple[tuple[str, str, str, str, tuple[str, ...]], ...] = (
     ("400", "BadRequest", "Invalid parameters (`invalid_params` lists each), or Roblox's 400.",
      "invalid_request, upstream_error", ()),
-    ("401", "Unauthorized", "Missing or unknown access key.", "unauthorized", ()),
+    ("401", "Unauthorized", "Missing or unknown access key; on an Open Cloud route, no API key "
+     "(`api_key_required`) or one Roblox refused.", "unauthorized, api_key_required, "
+     "upstream_error", ()),
     ("404", "NotFound", "No such route, nothing found, or Roblox said it does not exist.",
      "not_found, no_route, upstream_error", ()),
     ("405", "MethodNotAllowed", "Another method than the path answers.", "method_not_allowed",
@@ -678,6 +730,12 @@ _PROBLEM_MEMBERS = (  # name, JSON type, description
     ("invalid_params", "array", "Each invalid parameter: `name`, `in`, `reason`."),
     ("upstream_status", "integer", "The status Roblox answered."),
     ("errors", "array", "Roblox's `errors` list, as Roblox sent it."),
+    (
+        "upstream_error",
+        "object",
+        "Open Cloud's error (`code` such as `NOT_FOUND`, "
+        "`PERMISSION_DENIED`, `RESOURCE_EXHAUSTED`; `message`), as Roblox sent it.",
+    ),
     ("retry_after", "integer", "Seconds, as in `Retry-After`."),
     ("missing", "array", "A composite route without its main part: every part missing."),
     ("allowed", "array", "An unknown `include` part: the part names there are."),

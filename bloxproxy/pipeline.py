@@ -15,7 +15,9 @@ error. The pipeline never builds an HTTP response itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -112,6 +114,8 @@ class Pipeline:
         self._pass_policies = {safe: Policy.for_passthrough(safe, config) for safe in (True, False)}
         self._described = described_requests(rules.routes, self._policies)
         self._batches = batch_endpoints(rules.routes)
+        held = {k.name: k for k in config.opencloud.keys}
+        self._held = {c.name: held[c.opencloud_key] for c in config.auth.clients if c.opencloud_key}
 
     def swap(self, config: Config, rules: RuleSet) -> None:
         """Take a validated config and rule set (hot reload). Routing, parameter parsing and
@@ -161,18 +165,50 @@ class Pipeline:
                 credential,
                 raw_path,
             )
+        headers: MultiMapping[str] = request.headers
+        owner = ""
+        if route.backend.credentials == "api_key":
+            headers, credential, owner = self._api_key(request.headers, info, credential)
         if route.plan.pagination is not None and walk.asked(request.rel_url.query):
             caller = self._caller(request, info)  # ?all=true: the whole list, streamed
             info.cache = "WALK"  # (a first page that fails says what the cache did instead)
-            return await walk.whole_list(self, route, values, request, caller, credential, raw_path)
+            return await walk.whole_list(
+                self, route, values, request, caller, credential, raw_path, headers, owner
+            )
         return await self.route_answer(
             route,
             values,
-            request.headers,
+            headers,
             self._caller(request, info),
             credential,
             raw_path,
+            owner,
         )
+
+    def _api_key(
+        self, headers: MultiMapping[str], info: RequestInfo, credential: str
+    ) -> tuple[MultiMapping[str], str, str]:
+        """An Open Cloud route's key (``backend.credentials: api_key``): the caller's own
+        ``x-api-key``, else the key the proxy holds for its named access key
+        (``opencloud.keys``), else a 401 problem (Roblox would refuse it anyway). Returns
+        the headers the route is built from, the credential its cache entries are private
+        to (an HMAC of it keys them) and the key owner whose budget it draws on (``""``: a
+        client's own key, whose owner the proxy cannot know)."""
+        if any(v.strip() for v in headers.getall("x-api-key", ())):
+            return headers, credential, ""
+        held = self._held.get(info.key_name) if info.key_name else None
+        if held is None:
+            raise HTTPProblem(
+                401,
+                "this route needs an Open Cloud API key: send it in x-api-key, or use an "
+                "access key the proxy holds one for (opencloud.keys)",
+                code="api_key_required",
+            )
+        keyed = CIMultiDict(headers)
+        keyed["x-api-key"] = held.key
+        # (Such answers are private to the key: per-credential entries are never shared,
+        # and the front door's remembered hits need a shared entry and no client gate.)
+        return keyed, credential_of(keyed), held.owner_label
 
     async def route_answer(
         self,
@@ -182,12 +218,16 @@ class Pipeline:
         caller: Caller,
         credential: str,
         instance: str,
+        owner: str = "",
     ) -> Answer:
         """The answer of one clean route for its parsed ``values``: what the clean door
         gives a client, and what a route made of other routes uses for each of its parts
         (``headers``: the client's, for what the rule forwards; ``instance``: the path its
-        problems name)."""
+        problems name; ``owner``: the Open Cloud key owner whose budget it draws on, one
+        scope per route bucket and owner)."""
         ureq = clean.upstream_request(route, values, headers)
+        if owner:
+            ureq = dataclasses.replace(ureq, bucket=owner_scope(route.owner_bucket, owner))
         policy = self._policies[route.id]
         tags = tagging.render_tags(policy.tags, values) if policy.tags else ()
         fetched = await self._fetch(ureq, policy, caller, credential, tags=tags)
@@ -234,11 +274,17 @@ class Pipeline:
         ``hold.until`` (a ``Pending`` thumbnail), ask again every ``hold.every`` — past the
         cached not-yet answer — for at most ``hold.within``; then the answer as it stands."""
         clock, started = self.fetcher.clock, self.fetcher.clock()
+        asked = ureq
         while not _settled(hold, fetched.entry) and (clock() - started + hold.every <= hold.within):
+            if hold.operation is not None:
+                poll = clean.operation_request(ureq, hold.operation, fetched.entry)
+                if poll is None:
+                    break  # no usable operation name: answered as it stands
+                asked = poll
             if fetched.lease is not None:
                 fetched.lease.release()  # this answer will not be written
             await self._sleep(hold.every)
-            fetched = await self._fetch(ureq, policy, caller, credential, clock(), tags)
+            fetched = await self._fetch(asked, policy, caller, credential, clock(), tags)
         return fetched
 
     async def _clean_answer(
@@ -253,6 +299,9 @@ class Pipeline:
         if not 200 <= entry.status < 300:
             problem = clean.upstream_problem(route, entry.status, entry.body, entry.headers)
             return _problem(problem, fetched, instance, request_id, route.id)
+        hold = route.hold
+        if hold is not None and hold.operation is not None and not _settled(hold, entry):
+            return _pending(route, hold, fetched)
         if route.redirect is not None:
             return _redirect(route, route.redirect, fetched, instance, request_id)
         requested = values.get(route.order_param) if route.order_param else None
@@ -399,15 +448,50 @@ def _problem(
     )
 
 
+def owner_scope(base: str, owner: str) -> str:
+    """The limiter scope of a route for one Open Cloud key owner: ``opencloud-user@group-7``
+    (Roblox counts a key's requests against its owner, per operation); its seed is the
+    base's (:meth:`bloxproxy.upstream.limiter.Limiter.seed`)."""
+    return f"{base}@{owner}"
+
+
+def owner_seeds(rules: RuleSet) -> dict[str, float]:
+    """Where each route's per-owner scopes start: its ``limits.per_key_owner``."""
+    return {r.owner_bucket: r.owner_limit.per_second for r in rules.routes if r.owner_limit}
+
+
 def _settled(hold: Hold, entry: Entry) -> bool:
-    """Is a held answer done: an error (nothing to wait for), or its value in ``until``."""
+    """Is a held answer done: an error (nothing to wait for), its value in ``until``, or
+    (an Open Cloud Operation) its ``done`` true."""
     if not 200 <= entry.status < 300:
         return True
     try:
         data = orjson.loads(entry.body)
     except orjson.JSONDecodeError:
         return True
+    if hold.operation is not None:
+        return not isinstance(data, dict) or data.get("done") is not False
+    assert hold.path is not None
     return normalize.get_path(data, hold.path) in hold.until
+
+
+def _pending(route: Route, hold: Hold, fetched: Fetched) -> Answer:
+    """An Operation still running after ``hold.within``: 202, its name and when to ask
+    again; never stored (the entry's ``when`` keeps a not-done Operation out of the cache)."""
+    assert hold.operation is not None
+    poll = clean.operation_request(UpstreamRequest("", "GET", ""), hold.operation, fetched.entry)
+    name = poll.path.removeprefix(clean.OPERATION_PREFIX) if poll is not None else None
+    retry = max(1, math.ceil(hold.every))
+    body = orjson.dumps({"done": False, "operation": name, "retry_after": retry})
+    return Answer(
+        202,
+        body,
+        headers=(("Retry-After", str(retry)),),
+        content_type=clean.JSON,
+        etag="",
+        fetched=fetched,
+        route=route.id,
+    )
 
 
 def _redirect(

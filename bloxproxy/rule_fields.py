@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from . import normalize, schema
+from . import keyconfig, normalize, schema
 from .config import SERVICE_NAME_RE
 from .params import PARAM_TYPES
 from .schema import Block, Key
@@ -28,6 +28,16 @@ _ID_RE = re.compile(r"^[a-z0-9_.-]+$")
 
 
 # -- readers ---------------------------------------------------------------------------------
+
+
+def per_key_owner(value: object) -> object:
+    """``openapi`` or a rate (``1000/min``: a :class:`~bloxproxy.keyconfig.Rate`)."""
+    if value == "openapi":
+        return "openapi"
+    found = keyconfig.rate(value)
+    if found is None:
+        raise ValueError("expected openapi or a rate like '1000/min', not 0")
+    return found
 
 
 def service_name(value: object) -> str:
@@ -355,8 +365,9 @@ BACKEND = Block(
             "credentials",
             "`none`: the client's `Cookie`, `Authorization` and `x-api-key` never go upstream. "
             "`forward`: they are sent (for routes that need the caller's identity); see "
-            "`cache.credentials` for how such answers are cached.",
-            schema.choice("none", "forward"),
+            "`cache.credentials` for how such answers are cached. `api_key`: only the "
+            "client's `x-api-key` is sent (Open Cloud; never its cookie).",
+            schema.choice("none", "forward", "api_key"),
             "none",
         ),
         Key(
@@ -563,15 +574,24 @@ HOLD = Block(
     (
         Key(
             "path",
-            "Path of the value to wait on (`data[0].state`).",
+            "Path of the value to wait on (`data[0].state`). Not with `operation`.",
             path,
-            required="required: the path of the value, e.g. data[0].state",
+            shown="required without `operation`",
         ),
         Key(
             "until",
-            "The values that end the wait (`[Completed, Blocked]`).",
+            "The values that end the wait (`[Completed, Blocked]`). Not with `operation`.",
             schema.string_list,
-            required="required: the values that end the wait, e.g. [Completed]",
+            shown="required without `operation`",
+        ),
+        Key(
+            "operation",
+            "The answer is an Open Cloud long-running Operation: the path of its name in "
+            "the body (`path`: `users/156/operations/…`). The wait ends when its `done` is "
+            "`true`; meanwhile the proxy polls `GET /cloud/v2/<name>` (same service and "
+            "credentials). Still not done after `within`: a `202` with the operation's name "
+            "and `Retry-After`.",
+            path,
         ),
         Key(
             "within",
@@ -718,6 +738,18 @@ LIMITS = Block(
             "service.",
             service_name,
             shown="`backend.service`",
+        ),
+        Key(
+            "per_key_owner",
+            "Open Cloud: the operation's limit per API key owner (Roblox counts all keys of "
+            "one user or group together). `openapi`: the one Roblox publishes for the "
+            "route's upstream operation (`x-roblox-rate-limits`), from the data file beside "
+            "the rule file (`<file>.limits.json`, written by `bloxproxy import-limits`); or a "
+            "rate (`1000/min`). A request sent with a key the proxy holds draws on one "
+            "scope per route and owner (`opencloud-user@group-7`), seeded with it and "
+            "learned from Roblox's `x-ratelimit-*` headers like any scope.",
+            per_key_owner,
+            shown="none",
         ),
     ),
 )

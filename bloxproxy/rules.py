@@ -22,8 +22,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from . import normalize, rule_fields, schema
+from . import cloudlimits, normalize, rule_fields, schema
 from .errors import ConfigError, Problem, Where
+from .keyconfig import Rate
 from .params import Param, ParamError
 from .router import DuplicateRoute, Router
 from .rule_fields import (
@@ -104,10 +105,11 @@ class Hold:
     """``response.hold``: ask again every ``every`` until the value at ``path`` is one of
     ``until``, for at most ``within``."""
 
-    path: normalize.Path
+    path: normalize.Path | None
     until: tuple[str, ...]
     within: float = 5.0
     every: float = 1.0
+    operation: normalize.Path | None = None  # an Open Cloud Operation's name in the body
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,7 @@ class Backend:
     body: Renderer | None
     headers: tuple[tuple[str, str], ...]
     forward_headers: tuple[str, ...]  # lower-case client header names sent upstream
-    credentials: Literal["none", "forward"]
+    credentials: Literal["none", "forward", "api_key"]
     safe_read: bool
     batch: BatchSpec | None = None  # how the endpoint takes and answers ids (backend.batch)
 
@@ -185,6 +187,29 @@ class Route:
     file: str
     redirect: Redirect | None = None
     hold: Hold | None = None
+    owner_limit: OwnerLimit | None = None  # limits.per_key_owner
+
+    @property
+    def owner_bucket(self) -> str:
+        """The base of the route's per-owner scopes (``@<owner>`` is added per request): its
+        operation's (``cloud-getuser``: routes of one operation share it, as Roblox counts
+        per operation) when it has a per-owner limit, else its bucket."""
+        return self.bucket if self.owner_limit is None else self.owner_limit.bucket
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerLimit:
+    """``limits.per_key_owner``: requests per second per Open Cloud key owner, as written
+    (``1000/min``) and where it comes from (``openapi: Cloud_GetUser`` or ``rule``)."""
+
+    per_second: float
+    text: str
+    source: str
+    bucket: str  # the base of its per-owner scopes: the operation's, else the route's
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-")[:60]
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,8 +407,32 @@ def _load_files(
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        routes.extend(_load_file(data, _display(path), problems, drafts))
+        table = _limits_table(path, problems)
+        routes.extend(_load_file(data, _display(path), problems, drafts, table))
     return routes
+
+
+def limits_table_path(rule_file: Path) -> Path:
+    """The data file of Open Cloud limits beside a rule file: ``opencloud.limits.json``."""
+    return rule_file.with_name(rule_file.stem + ".limits.json")
+
+
+def _limits_table(
+    rule_file: Path, problems: list[Problem]
+) -> dict[tuple[str, str], cloudlimits.OperationLimit] | None:
+    path = limits_table_path(rule_file)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        problems.append(Problem(Where(_display(path), 1), f"cannot read: {exc.strerror}"))
+        return None
+    try:
+        return cloudlimits.read_table(raw)
+    except cloudlimits.TableError as exc:
+        problems.append(Problem(Where(_display(path), 1), str(exc)))
+        return None
 
 
 def _clashes(a: Route, b: Route) -> bool:
@@ -407,7 +456,11 @@ def _display(path: Path) -> str:
 
 
 def _load_file(
-    data: object, name: str, problems: list[Problem], drafts: list[_Draft]
+    data: object,
+    name: str,
+    problems: list[Problem],
+    drafts: list[_Draft],
+    table: dict[tuple[str, str], cloudlimits.OperationLimit] | None = None,
 ) -> list[Route]:
     top = schema.mapping(data, Where(name, 1), "rule file", problems)
     if top is None:
@@ -430,7 +483,7 @@ def _load_file(
             if draft is not None and len(problems) == before:
                 drafts.append(draft)
             continue
-        route = _load_route(route_map, name, values["service"], values["tags"], problems)
+        route = _load_route(route_map, name, values["service"], values["tags"], problems, table)
         if route is not None and len(problems) == before:
             out.append(route)
     return out
@@ -442,6 +495,7 @@ def _load_route(
     file_service: str | None,
     file_tags: tuple[str, ...],
     problems: list[Problem],
+    table: dict[tuple[str, str], cloudlimits.OperationLimit] | None = None,
 ) -> Route | None:
     values = ROUTE.read(d, problems, "")
     endpoint: str | None = values["endpoint"]
@@ -455,9 +509,10 @@ def _load_route(
     backend = _load_backend(d, file_service, known, problems)
     response = _load_response(d, query_params, problems)
     cache = _load_cache(d, known, problems)
-    bucket = _load_bucket(d, backend.service if backend else "", problems)
+    bucket, per_owner = _load_limits(d, backend.service if backend else "", problems)
     if backend is None or response is None:
         return None
+    owner_limit = _owner_limit(d, file, backend, per_owner, table, problems)
     plan, order_param, status_map, require, redirect, hold = response
     return Route(
         id=route_id,
@@ -481,6 +536,7 @@ def _load_route(
         file=file,
         redirect=redirect,
         hold=hold,
+        owner_limit=owner_limit,
     )
 
 
@@ -518,6 +574,48 @@ def _route_params(
         )
     known = frozenset(declared) | frozenset(query_names)
     return path_params, query_params, known
+
+
+def _owner_limit(
+    d: MarkedDict,
+    file: str,
+    backend: Backend,
+    per_owner: object,
+    table: dict[tuple[str, str], cloudlimits.OperationLimit] | None,
+    problems: list[Problem],
+) -> OwnerLimit | None:
+    """``limits.per_key_owner``: a rate as written, or (``openapi``) the published limit
+    of the route's upstream operation from the file's limits table."""
+    if per_owner is None:
+        return None
+    if isinstance(per_owner, Rate):
+        route_id = d.get("id")
+        base = _slug(route_id if isinstance(route_id, str) else backend.path.text)
+        return OwnerLimit(per_owner.per_second, str(per_owner), "rule", base or "route")
+    where = d["limits"].at("per_key_owner")
+    method, path = cloudlimits.operation_key(backend.method, backend.path.text)
+    table_name = limits_table_path(Path(file)).name
+    if table is None:
+        problems.append(
+            Problem(
+                where,
+                f"limits.per_key_owner: openapi, but there is no {table_name} beside the rule "
+                "file (write it with bloxproxy import-limits)",
+            )
+        )
+        return None
+    found = table.get((method, path))
+    if found is None:
+        problems.append(
+            Problem(
+                where,
+                f"limits.per_key_owner: {table_name} has no operation {method} "
+                f"{backend.path.text} (run bloxproxy import-limits again, or write a rate)",
+            )
+        )
+        return None
+    slug = _slug(found.operation) or _slug(f"{method} {path}")
+    return OwnerLimit(found.per_second, found.text(), f"openapi: {found.operation}", slug)
 
 
 def _declared_names(d: MarkedDict, key: str) -> list[str]:
@@ -819,6 +917,23 @@ def _load_hold(r: MarkedDict, problems: list[Problem]) -> Hold | None:
     v = HOLD.read(m, problems, "response.hold")
     if v["every"] <= 0:
         problems.append(Problem(m.at("every"), "response.hold.every: expected more than 0s"))
+    operation = v["operation"]
+    if "operation" in m:
+        for name in ("path", "until"):
+            if name in m:
+                problems.append(
+                    Problem(
+                        m.at(name), f"response.hold.{name}: not with operation (it waits on done)"
+                    )
+                )
+        if operation is None:
+            return None  # (its problem is reported)
+        return Hold(None, (), v["within"], v["every"], operation)
+    for name, hint in (("path", "e.g. data[0].state"), ("until", "e.g. [Completed]")):
+        if name not in m:
+            problems.append(
+                Problem(m.where, f"response.hold.{name}: required without operation ({hint})")
+            )
     if v["path"] is None or not v["until"]:
         return None
     return Hold(v["path"], v["until"], v["within"], v["every"])
@@ -944,16 +1059,18 @@ def _load_when(c: MarkedDict, problems: list[Problem]) -> tuple[CacheCondition, 
     return tuple(conditions)
 
 
-def _load_bucket(d: MarkedDict, service: str, problems: list[Problem]) -> str:
-    """``limits.bucket``, else the route's service (``""`` when the backend failed)."""
+def _load_limits(d: MarkedDict, service: str, problems: list[Problem]) -> tuple[str, object]:
+    """``limits.bucket``, else the route's service (``""`` when the backend failed), and
+    ``limits.per_key_owner`` as read (None, ``openapi`` or a rate)."""
     limits = d.get("limits")
     if limits is None:
-        return service
+        return service, None
     lm = schema.mapping(limits, d.at("limits"), "limits", problems)
     if lm is None:
-        return service
-    bucket: str | None = LIMITS.read(lm, problems, "limits")["bucket"]
-    return service if bucket is None else bucket
+        return service, None
+    values = LIMITS.read(lm, problems, "limits")
+    bucket: str | None = values["bucket"]
+    return (service if bucket is None else bucket), values["per_key_owner"]
 
 
 # What an ordinary route has and a composite route leaves to its parts.

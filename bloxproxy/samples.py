@@ -142,6 +142,9 @@ def _upstream_json(route: Route, values: dict[str, Any]) -> Any:
         return _MISSING
 
 
+_SAMPLE_KEY = "bloxproxy-openapi-samples"
+
+
 def _reply(route: Route, values: dict[str, Any]) -> Reply | None:
     req = clean.upstream_request(route, values, CIMultiDict())
     try:
@@ -152,6 +155,9 @@ def _reply(route: Route, values: dict[str, Any]) -> Reply | None:
             req.path,
             parse_qsl(req.query, keep_blank_values=True),
             req.body or b"",
+            # an Open Cloud route needs a key: any the fake has not been told of has every
+            # scope (a sample's answer, as a key with the route's permission gets it)
+            api_key=_SAMPLE_KEY if route.backend.credentials == "api_key" else None,
         )
     except Exception:  # a sample is optional: no fake failure may break the document
         return None

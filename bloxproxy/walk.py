@@ -69,6 +69,7 @@ class Pipeline(Protocol):
         caller: Caller,
         credential: str,
         instance: str,
+        owner: str = "",
     ) -> Answer: ...
 
 
@@ -160,10 +161,14 @@ class _Walk:
         caller: Caller,
         credential: str,
         instance: str,
+        headers: MultiMapping[str] | None = None,
+        owner: str = "",
     ) -> None:
         self.pipeline, self.route, self.values = pipeline, route, values
         self.request, self.caller, self.credential = request, caller, credential
         self.instance = instance
+        self.headers = request.headers if headers is None else headers
+        self.owner = owner
         limits = pipeline.config.limits.walk
         self.max_items = limits.max_items
         self.deadline = pipeline.monotonic() + limits.deadline
@@ -182,10 +187,11 @@ class _Walk:
         answer = await self.pipeline.route_answer(
             self.route,
             {**self.values, CURSOR: cursor},
-            self.request.headers,
+            self.headers,
             self.caller,
             self.credential,
             self.instance,
+            self.owner,
         )
         if answer.status != 200:
             raise _PageFailed(answer)  # its lease goes with it, to whoever answers it
@@ -328,8 +334,12 @@ async def whole_list(
     caller: Caller,
     credential: str,
     instance: str,
+    headers: MultiMapping[str] | None = None,
+    owner: str = "",
 ) -> Answer:
-    """The answer to ``?all=true`` on ``route`` for its parsed ``values``. Its first page is
+    """The answer to ``?all=true`` on ``route`` for its parsed ``values`` (``headers``:
+    what the route is built from, the request's by default; ``owner``: see
+    :meth:`Pipeline.route_answer`). Its first page is
     asked here, so a list that fails at once is answered as that page is (a 404 problem for
     an unknown group); the rest are asked while the answer streams."""
     if not pipeline.config.limits.walk.max_items:
@@ -343,7 +353,7 @@ async def whole_list(
         size = page_size(route)
         if size is not None:
             values[LIMIT] = size
-    walk = _Walk(pipeline, route, values, request, caller, credential, instance)
+    walk = _Walk(pipeline, route, values, request, caller, credential, instance, headers, owner)
     try:
         first, answer = await walk.page(walk.cursor)
     except _PageFailed as failed:

@@ -11,6 +11,7 @@ import pytest
 
 from bloxproxy import config as config_mod
 from bloxproxy import schema
+from bloxproxy.cloudkeys import HeldKey
 from bloxproxy.config import DEFAULT_SERVICES, Config, load, reference_markdown
 from bloxproxy.errors import ConfigError
 from bloxproxy.keyconfig import HTTPSERVICE_PER_SERVER, NamedClient
@@ -251,6 +252,12 @@ OVERRIDES: list[tuple[tuple[str, ...], str, str, Any]] = [
     (("logging", "access_fields"), "[status, path]", "status,path", ("status", "path")),
     (("logging", "repeat_limit"), "0", "0", 0),
     (("logging", "repeat_window"), "10s", "10s", 10.0),
+    (
+        ("opencloud", "keys"),
+        "{main: {key: k3y, owner: 'group:7'}}",
+        "{main: {key: k3y, owner: 'group:7'}}",
+        (HeldKey("main", "k3y", "group:7"),),
+    ),
 ]
 OVERRIDE_IDS = [".".join(o[0]) for o in OVERRIDES]
 
@@ -417,7 +424,7 @@ HTTP_URL = "expected an http:// or https:// URL"
 URL_TEMPLATE = "expected an http(s) URL template with {service}"
 NOT_SERVICE = "is not a service name (lower-case letters, digits, -)"
 SIZE = "expected a size like '64MiB', '512KiB' or a byte count"
-UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, retries, rules, server, upstream"
+UNKNOWN_ALLOWED_TOP = "auth, cache, limits, logging, opencloud, retries, rules, server, upstream"
 UNKNOWN_ALLOWED_SERVER = (
     "admin_token, allow_open, body_timeout, compression, cors, header_timeout, host, "
     "host_suffix, keepalive_timeout, max_body_size, max_connections, ops_host, ops_port, "

@@ -633,6 +633,10 @@ def test_wheel_ships_the_rules_and_nothing_else(image: Image) -> None:
         names = set(whl.namelist())
     for rule in rule_files([ROOT / "rules"]):
         assert f"bloxproxy/shipped_rules/{rule.name}" in names, f"{rule.name} not in the wheel"
+    tables = sorted((ROOT / "rules").glob("*.limits.json"))  # Open Cloud limits beside rules
+    assert tables
+    for table in tables:
+        assert f"bloxproxy/shipped_rules/{table.name}" in names, f"{table.name} not in the wheel"
     assert "bloxproxy/py.typed" in names
     assert {n.split("/")[0] for n in names} == {"bloxproxy", wheel_info_dir(names)}
 

@@ -20,7 +20,7 @@ from yarl import URL
 
 from bloxproxy.fake import FakeRoblox, Fault
 from tests.conftest import ProxyFactory
-from tests.test_routes import CASES, Case
+from tests.test_routes import CASES, KEYED, Case
 
 Client = TestClient[web.Request, web.Application]
 
@@ -311,7 +311,8 @@ async def test_unexpected_shape_is_502(fresh: Client, fake: FakeRoblox) -> None:
 LIST_CASES = {c.route_id: c for c in reversed(CASES) if "next_cursor" in c.expect}
 WRONG_SHAPE = (
     '{"data": "nope", "roles": {"id": 1}, "userPresences": 7, '
-    '"nextPageCursor": null, "previousPageCursor": null}'
+    '"groupMemberships": "nope", "groupRoles": {"id": 1}, '
+    '"nextPageCursor": null, "previousPageCursor": null, "nextPageToken": ""}'
 )
 
 
@@ -327,7 +328,9 @@ async def test_list_route_with_a_non_list_upstream_is_502(
         [Fault(body=WRONG_SHAPE, content_type="application/json")],
         method=case.method,
     )
-    status, _, problem = await fetch(fresh, case.url)
+    keyed = case.route_id.startswith("opencloud.")  # Open Cloud routes want an API key
+    headers = KEYED if keyed else {}
+    status, _, problem = await fetch(fresh, case.url, headers=headers)
     assert status == 502
     assert problem["code"] == "upstream_bad_response"
     assert fake.total == 1

@@ -1284,10 +1284,15 @@ def test_generated_configs_are_accepted_or_rejected_with_file_line(
 
 
 def _rule_paths_named(doc: object, base: Path) -> list[Path]:
+    if isinstance(doc, str):  # a YAML text: the paths it names, when it parses
+        try:
+            doc = yaml.safe_load(doc)
+        except yaml.YAMLError:
+            doc = None
     rules_section = doc.get("rules") if isinstance(doc, dict) else None
     paths = rules_section.get("paths") if isinstance(rules_section, dict) else None
-    if isinstance(paths, str):
-        paths = [paths]
+    if isinstance(paths, str):  # "a, b" is two paths (schema.string_list), the whole text one
+        paths = [paths, *(part.strip() for part in paths.split(",") if part.strip())]
     out: list[Path] = []
     for p in paths if isinstance(paths, list) else []:
         with contextlib.suppress(TypeError, ValueError, OSError):

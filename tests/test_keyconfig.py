@@ -136,7 +136,7 @@ PROBLEMS = [
             "integers), got [1, 'x']",
             "c.yaml:6: auth.clients.game.weight: expected a number between 0.01 and 1000.0, got 0",
             "c.yaml:7: auth.clients.game.color: unknown key (allowed: answer_mode, key, "
-            "per_server, places, rate, roblox_id, weight)",
+            "opencloud_key, per_server, places, rate, roblox_id, weight)",
             "c.yaml:8: auth.clients.game.answer_mode: expected one of http, luau, got 'lua'",
         ],
     ),

@@ -45,7 +45,7 @@ from bloxproxy.appkeys import CONFIG
 from bloxproxy.appkeys import RULES as RULES_KEY
 from bloxproxy.docs_page import CSP, render_docs
 from bloxproxy.errors import HTTPProblem, problem_body
-from bloxproxy.fake import create_fake_app
+from bloxproxy.fake import FAKE_STATE, create_fake_app
 from bloxproxy.normalize import OrderBy, Pagination, Plan
 from bloxproxy.openapi import (
     PASSTHROUGH_TAG,
@@ -145,6 +145,13 @@ def test_every_route_and_parameter_is_described(route: Any) -> None:
     declared = [*route.path_params, *route.query_params]
     walk = params.pop(("query", "all"), None)  # the reserved one (whole lists), on list routes
     assert (walk is not None) == walkable(route)
+    key = params.pop(("header", "x-api-key"), None)  # Open Cloud routes: the caller's own key
+    assert (key is not None) == (b.credentials == "api_key")
+    if key is not None:
+        assert key["required"] is False and "401" in op["responses"]
+    assert ("202" in op["responses"]) == (
+        route.hold is not None and route.hold.operation is not None
+    )
     assert len(params) == len(declared)
     for p in declared:
         doc = params[(p.location, p.name)]
@@ -397,7 +404,8 @@ def test_errors_are_problems_and_cover_what_the_proxy_answers() -> None:
         responses = SPEC["paths"][route.endpoint]["get"]["responses"]
         ok = {"302"} if route.redirect is not None else {"200", "304"}
         assert ok | {"400", "404", "405", "429", "4XX", "502", "503", "504"} <= set(responses)
-        assert "401" not in responses  # no access keys configured
+        # no access keys configured: only an Open Cloud route answers 401 (no API key)
+        assert ("401" in responses) == (route.backend.credentials == "api_key")
         for status in ("400", "404", "405", "429", "4XX", "502", "503", "504"):
             media = _resolve(responses[status])["content"]["application/problem+json"]
             assert media["schema"] == {"$ref": "#/components/schemas/Problem"}
@@ -712,7 +720,9 @@ def live_proxy() -> Iterator[str]:
     vtime = VirtualTime()
 
     async def start() -> str:
-        fake = web.AppRunner(create_fake_app(), access_log=None)
+        fake_app = create_fake_app()
+        fake_app[FAKE_STATE].cloud.polls = 0  # Open Cloud operations done at once: no holds
+        fake = web.AppRunner(fake_app, access_log=None)
         await fake.setup()
         runners.append(fake)
         await web.TCPSite(fake, "127.0.0.1", 0).start()
@@ -812,9 +822,11 @@ def test_proxy_conforms_to_its_document(case: schemathesis.Case, live_proxy: str
 # -- real answers and a generated client against the running proxy -------------------
 
 
-def _get(url: str) -> tuple[int, str, bytes]:
+def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers or {}), timeout=10
+        ) as resp:
             return resp.status, resp.headers.get_content_type(), resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers.get_content_type(), exc.read()
@@ -849,7 +861,9 @@ def test_real_answers_fit_the_served_schemas(
     of the document the proxy serves (which must hold members, not a bare object)."""
     media = _media(route, served_spec)
     assert media["schema"] != {"type": "object"}
-    status, ctype, body = _get(live_proxy + _example_url(route))
+    # an Open Cloud route with the caller's own key (the fake takes any key it was not told of)
+    key = {"x-api-key": "a-key"} if route.backend.credentials == "api_key" else None
+    status, ctype, body = _get(live_proxy + _example_url(route), key)
     assert (status, ctype) == (200, "application/json"), body[:300]
     assert not _check(media["schema"], orjson.loads(body), served_spec), route.id
 

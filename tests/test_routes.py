@@ -26,6 +26,7 @@ from bloxproxy.config import shipped_rules_dir
 from bloxproxy.fake import PENDING_THUMBNAIL_USER_ID, FakeRoblox
 from bloxproxy.fake.app import ROUTER
 from bloxproxy.fake.data import GROUPS
+from bloxproxy.fake.state import viewer_tag
 from bloxproxy.params import Param
 from bloxproxy.rules import Route, RuleSet, load_rules
 
@@ -48,6 +49,19 @@ class _AnyCursor:
 
 
 CURSOR: Any = _AnyCursor()
+
+
+class StartsWith:
+    """Matches a string with this prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and other.startswith(self.prefix)
+
+    def __repr__(self) -> str:
+        return f"<a string starting {self.prefix!r}>"
 
 
 def page(
@@ -78,6 +92,8 @@ class Case:
 
 
 LIST_Q = (("limit", "10"), ("sortOrder", "Asc"))
+CDN = StartsWith("https://tr.rbxcdn.com/")
+KEYED = {"x-api-key": "e2e-key"}  # what a client of an Open Cloud route (api_key) sends
 
 CASES = [
     # -- users ----------------------------------------------------------------------------------
@@ -555,6 +571,114 @@ CASES = [
         ),
         expect={"location": "https://tr.rbxcdn.com"},
     ),
+    # -- Open Cloud (rules/opencloud.yaml; the client's own x-api-key: see KEYED) -------------
+    Case(
+        "opencloud.user",
+        "/v2/cloud/users/156",
+        "GET",
+        "apis",
+        "/cloud/v2/users/156",
+        expect={
+            "path": "users/156",
+            "id": "156",
+            "name": "builderman",
+            "display_name": "builderman",
+        },
+    ),
+    Case(
+        "opencloud.user_thumbnail",
+        "/v2/cloud/users/156/thumbnail?size=150&shape=SQUARE",
+        "GET",
+        "apis",
+        "/cloud/v2/users/156:generateThumbnail",
+        (("size", "150"), ("format", "PNG"), ("shape", "SQUARE")),
+        expect={"image_uri": CDN},
+    ),
+    Case(
+        "opencloud.group",
+        "/v2/cloud/groups/7",
+        "GET",
+        "apis",
+        "/cloud/v2/groups/7",
+        expect={"path": "groups/7", "display_name": "Roblox Builders", "owner": "users/1"},
+    ),
+    Case(
+        "opencloud.group_memberships",
+        "/v2/cloud/groups/7/memberships?limit=2",
+        "GET",
+        "apis",
+        "/cloud/v2/groups/7/memberships",
+        (("maxPageSize", "2"),),
+        expect=page(
+            [
+                {
+                    "path": "groups/7/memberships/1",
+                    "user": "users/1",
+                    "role": "groups/7/roles/1009",
+                },
+                {"user": "users/1000000", "role": "groups/7/roles/1008"},
+            ],
+            n=2,
+            next_=CURSOR,
+        ),
+    ),
+    Case(
+        "opencloud.group_member",
+        "/v2/cloud/groups/7/members/1000005",
+        "GET",
+        "apis",
+        "/cloud/v2/groups/7/memberships",
+        (("maxPageSize", "1"), ("filter", "user == 'users/1000005'")),
+        expect={"user": "users/1000005", "role": "groups/7/roles/1008"},
+    ),
+    Case(
+        "opencloud.group_roles",
+        "/v2/cloud/groups/7/roles",
+        "GET",
+        "apis",
+        "/cloud/v2/groups/7/roles",
+        (("maxPageSize", "10"),),
+        expect=page(
+            [
+                {"path": "groups/7/roles/1007", "display_name": "Guest", "rank": 0},
+                {"id": "1008", "display_name": "Member", "member_count": 136},
+                {"id": "1009", "display_name": "Owner", "rank": 255, "member_count": 1},
+            ],
+            n=3,
+        ),
+    ),
+    Case(
+        "opencloud.group_role",
+        "/v2/cloud/groups/7/roles/1008",
+        "GET",
+        "apis",
+        "/cloud/v2/groups/7/roles/1008",
+        expect={"path": "groups/7/roles/1008", "display_name": "Member", "rank": 1},
+    ),
+    Case(
+        "opencloud.universe",
+        "/v2/cloud/universes/1685831367",
+        "GET",
+        "apis",
+        "/cloud/v2/universes/1685831367",
+        expect={"path": "universes/1685831367", "visibility": "PUBLIC"},
+    ),
+    Case(
+        "opencloud.place",
+        "/v2/cloud/universes/1685831367/places/4922741943",
+        "GET",
+        "apis",
+        "/cloud/v2/universes/1685831367/places/4922741943",
+        expect={"path": "universes/1685831367/places/4922741943"},
+    ),
+    Case(
+        "opencloud.badge",
+        "/v1/cloud/badges/2124533401",
+        "GET",
+        "apis",
+        "/legacy-badges/v1/badges/2124533401",
+        expect={"id": 2124533401, "enabled": True},
+    ),
 ]
 
 
@@ -766,13 +890,20 @@ def test_case_url_matches_its_route(case: Case, shipped_rules: RuleSet) -> None:
 @pytest.mark.parametrize("case", CASES, ids=str)
 async def test_route_end_to_end(case: Case, proxy: Client, fake: FakeRoblox) -> None:
     route = SHIPPED.by_id(case.route_id)
+    keyed = route is not None and route.backend.credentials == "api_key"
+    fake.cloud.polls = 0  # an Open Cloud operation done at once (polling: tests/test_opencloud.py)
     if route is not None and route.redirect is not None:  # an image route: a 302 to the CDN
         async with proxy.get(case.url, allow_redirects=False) as resp:
             assert resp.status == 302, await resp.read()
             location = urlsplit(resp.headers["Location"])
             result: Any = {"location": f"{location.scheme}://{location.netloc}"}
     else:
-        result = await get_json(proxy, case.url)
+        result = await get_json(proxy, case.url, headers=KEYED if keyed else None)
+    if keyed:  # the caller's key went upstream, and the fake said whose answer it was
+        assert fake.requests[-1].headers.get("x-api-key") == KEYED["x-api-key"]
+        assert "cookie" not in fake.requests[-1].headers
+        if isinstance(result, dict) and "_fake_viewer" in result:
+            assert result.pop("_fake_viewer") == viewer_tag(KEYED["x-api-key"])
 
     assert fake.total == 1, fake.counts()
     method, service, path, query, body = last_upstream(fake)

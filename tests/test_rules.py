@@ -139,9 +139,15 @@ def test_shipped_batch_routes_respect_roblox_limits(shipped: RuleSet) -> None:
 
 
 def test_shipped_page_sizes_are_roblox_page_sizes(shipped: RuleSet) -> None:
+    # Legacy lists take 10/25/50/100; Open Cloud's maxPageSize is any size up to its maximum
+    # (memberships 100, roles 20: docs/ROBLOX.md, "Open Cloud").
+    cloud_max = {"opencloud.group_memberships": 100, "opencloud.group_roles": 20}
     for r in shipped.routes:
         for p in r.query_params:
-            if p.name == "limit":
+            if p.name == "limit" and r.id.startswith("opencloud."):
+                assert (p.enum, p.min, p.max) == ((), 1, cloud_max[r.id]), r.id
+                assert p.default == 10, r.id
+            elif p.name == "limit":
                 assert p.enum == (10, 25, 50, 100), r.id
                 assert p.default == 10, r.id
 
@@ -652,7 +658,7 @@ ERRORS = [
             backend: {path: /v1/users}
             limits: {bucket: users, rate: 5}
         """,
-        [(5, "limits.rate: unknown key (allowed: bucket)")],
+        [(5, "limits.rate: unknown key (allowed: bucket, per_key_owner)")],
         id="unknown-limits-key",
     ),
     # --- the file ---
@@ -1285,8 +1291,59 @@ ERRORS = [
               path: /v1/users
               credentials: always
         """,
-        [(6, "backend.credentials: expected one of none, forward, got 'always'")],
+        [(6, "backend.credentials: expected one of none, forward, api_key, got 'always'")],
         id="bad-backend-credentials",
+    ),
+    pytest.param(
+        """\
+        service: apis
+        routes:
+          - endpoint: /v1/op
+            backend:
+              path: /v1/op
+            response:
+              hold: {operation: path, path: done, until: ["true"]}
+        """,
+        [
+            (7, "response.hold.path: not with operation (it waits on done)"),
+            (7, "response.hold.until: not with operation (it waits on done)"),
+        ],
+        id="hold-operation-with-path",
+    ),
+    pytest.param(
+        """\
+        service: apis
+        routes:
+          - endpoint: /v1/op
+            backend:
+              path: /v1/op
+            response:
+              hold: {within: 2s}
+        """,
+        [
+            (7, "response.hold.path: required without operation (e.g. data[0].state)"),
+            (7, "response.hold.until: required without operation (e.g. [Completed])"),
+        ],
+        id="hold-without-path-or-operation",
+    ),
+    pytest.param(
+        """\
+        service: apis
+        routes:
+          - endpoint: /v1/op
+            backend:
+              path: /v1/op
+            response:
+              hold: {operation: "a..b["}
+        """,
+        [
+            (
+                7,
+                "response.hold.operation: invalid path 'a..b[': expected a key "
+                "([A-Za-z0-9_$-]+), '.key' or '[index]' at position 1",
+            )
+        ],
+        id="hold-operation-bad-path",
     ),
     pytest.param(
         """\

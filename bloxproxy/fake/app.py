@@ -59,7 +59,24 @@ ALL_ROUTES: tuple[Route, ...] = (
 MUTATING = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 _BASE_HEADERS = {"Content-Type": JSON_CT, "Cache-Control": "no-cache"}
 
-_Pattern = tuple[Route, tuple[str, ...]]  # "" in a segment slot = integer parameter
+# A pattern segment: "" = an integer parameter, ":verb" = an integer parameter followed by
+# ":verb" (Open Cloud's custom methods, ``users/{userId}:generateThumbnail``), else literal.
+_Pattern = tuple[Route, tuple[str, ...]]
+
+
+def _shape_of(segment: str) -> str:
+    if not segment.startswith("{"):
+        return segment.lower()
+    _, _, verb = segment.partition("}")
+    return verb.lower()  # "" or ":verb"
+
+
+def _fits(shape: str, segment: str) -> bool:
+    if not shape:
+        return is_digits(segment)
+    if shape.startswith(":"):
+        return segment.endswith(shape) and is_digits(segment[: -len(shape)])
+    return shape == segment
 
 
 class Router:
@@ -68,14 +85,18 @@ class Router:
     def __init__(self, routes: Iterable[Route]) -> None:
         self._literal: dict[tuple[str, str, tuple[str, ...]], Route] = {}
         self._dynamic: dict[tuple[str, str, int], list[tuple[Route, tuple[str, ...]]]] = {}
-        self._names: dict[Route, tuple[tuple[int, str], ...]] = {}
+        self._names: dict[Route, tuple[tuple[int, str, int], ...]] = {}
         for route in routes:
             segs = tuple(s for s in route.pattern.split("/") if s)
-            names = tuple((i, s[1:-1]) for i, s in enumerate(segs) if s.startswith("{"))
+            names = tuple(
+                (i, s[1 : s.index("}")], len(s) - s.index("}") - 1)
+                for i, s in enumerate(segs)
+                if s.startswith("{")
+            )
             if not names:
                 self._literal[(route.service, route.method, tuple(s.lower() for s in segs))] = route
                 continue
-            shape = tuple("" if s.startswith("{") else s.lower() for s in segs)
+            shape = tuple(_shape_of(s) for s in segs)
             self._names[route] = names
             self._dynamic.setdefault((route.service, route.method, len(segs)), []).append(
                 (route, shape)
@@ -90,8 +111,11 @@ class Router:
         if route is not None:
             return route, {}
         for route, shape in self._dynamic.get((service, method, len(lowered)), ()):
-            if all(p == s if p else is_digits(s) for p, s in zip(shape, lowered, strict=True)):
-                return route, {name: int(lowered[i]) for i, name in self._names[route]}
+            if all(_fits(p, s) for p, s in zip(shape, lowered, strict=True)):
+                return route, {
+                    name: int(lowered[i][: len(lowered[i]) - cut])
+                    for i, name, cut in self._names[route]
+                }
         return None
 
 
@@ -153,8 +177,18 @@ def answer(
     return _answer(state, found, method.upper(), query, body, cookie, api_key, csrf_token)
 
 
+def key_owner(state: FakeRoblox, api_key: str) -> str:
+    """Who an API key belongs to: its registered owner, else the key itself."""
+    key = state.cloud.key(api_key)
+    return key.owner if key is not None else f"keys/{viewer_tag(api_key)}"
+
+
 def _is_cloud(service: str, segments: list[str]) -> bool:
-    return service == "apis" and bool(segments) and segments[0].lower() == "cloud"
+    """Open Cloud: ``apis`` ``/cloud/...`` and the ``/legacy-<family>/...`` API-key routes."""
+    if service != "apis" or not segments:
+        return False
+    first = segments[0].lower()
+    return first == "cloud" or first.startswith("legacy-")
 
 
 def _rate_headers(limit: IpLimit, verdict: Verdict) -> dict[str, str]:
@@ -204,11 +238,19 @@ def _make_handler(state: FakeRoblox) -> Callable[[web.Request], Awaitable[web.St
         refused = verdict is not None and not verdict.allowed
         cloud = _is_cloud(service, segments)
         rate = _rate_headers(limit, verdict) if cloud and limit and verdict else {}
+        cookie = roblosecurity(request.headers.getall("Cookie", ()))
+        api_key = headers.get("x-api-key") or headers.get("authorization") or None
+        owner_limit = state.cloud.owner_limit
+        if cloud and api_key and owner_limit is not None and not refused:
+            # Open Cloud counts an API key's requests against its owner (every key of one
+            # owner shares the limit); the owner's headers replace the per-IP ones.
+            owner_verdict = state.cloud.take(key_owner(state, api_key))
+            if owner_verdict is not None:
+                refused = not owner_verdict.allowed
+                rate = _rate_headers(owner_limit, owner_verdict)
         fault: Fault | None = None if refused else state.take_fault(method, service, path)
         if state.latency > 0:
             await asyncio.sleep(state.latency)
-        cookie = roblosecurity(request.headers.getall("Cookie", ()))
-        api_key = headers.get("x-api-key") or headers.get("authorization") or None
         credential = cookie or api_key
         tag = viewer_tag(credential).encode() if credential else None
         if fault is not None:

@@ -13,6 +13,10 @@
 * ``POST /_fake/faults``   ``{"service","path","method"?,"faults":[{...Fault fields...}]}``
   (``{}`` or ``{"status": 200}`` = normal answer); ``GET`` -> ``{"pending": n}``
 * ``GET  /_fake/requests?limit=100`` -> the most recent recorded requests (bodies as text)
+* ``GET|POST /_fake/cloud`` ``{"keys"?: [{"key": "k", "owner": "groups/7", "scopes"?: [..]}],
+  "owner_limit"?: "120/min" | null, "burst"?: 120, "polls"?: 2}`` -> ``{"owner_limit": ...,
+  "polls": n, "limited": n}`` (Open Cloud: registered keys, the per-owner limit, how many
+  polls an operation takes; :mod:`bloxproxy.fake.cloud`)
 
 Bad input -> 400 ``{"error": "..."}``; unknown endpoint -> 404; wrong method -> 405.
 """
@@ -132,6 +136,54 @@ async def _thumbnails(request: web.Request, state: FakeRoblox) -> web.Response:
     return _json({"ok": True})
 
 
+def _cloud_json(state: FakeRoblox) -> dict[str, object]:
+    limit = state.cloud.owner_limit
+    return {
+        "owner_limit": None if limit is None else limit.to_json(),
+        "polls": state.cloud.polls,
+        "limited": state.cloud.limited,
+    }
+
+
+async def _cloud(request: web.Request, state: FakeRoblox) -> web.Response:
+    if request.method == "GET":
+        return _json(_cloud_json(state))
+    body = await _read_object(request)
+    if body is None:
+        return _bad('expected {"keys"?: [...], "owner_limit"?: "120/min", "polls"?: 2}')
+    keys = body.get("keys", [])
+    if not isinstance(keys, list):
+        return _bad("'keys' must be a list of {key, owner, scopes?}")
+    found: list[tuple[str, str, frozenset[str]]] = []
+    for item in keys:
+        key = item.get("key") if isinstance(item, dict) else None
+        owner = item.get("owner") if isinstance(item, dict) else None
+        scopes = item.get("scopes", []) if isinstance(item, dict) else None
+        if not (isinstance(key, str) and key and isinstance(owner, str) and owner):
+            return _bad("each key needs a non-empty 'key' and 'owner' (users/1, groups/7)")
+        if not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes):
+            return _bad("'scopes' must be a list of strings")
+        found.append((key, owner, frozenset(scopes)))
+    polls = body.get("polls", state.cloud.polls)
+    if isinstance(polls, bool) or not isinstance(polls, int) or not 0 <= polls <= 100:
+        return _bad("'polls' must be an integer from 0 to 100")
+    limit = state.cloud.owner_limit
+    if "owner_limit" in body:
+        rate, burst = body["owner_limit"], body.get("burst")
+        if burst is not None and (isinstance(burst, bool) or not isinstance(burst, int)):
+            return _bad("'burst' must be an integer")
+        try:
+            limit = None if rate is None else IpLimit.parse(str(rate), burst=burst)
+        except ValueError as exc:
+            return _bad(str(exc))
+    for key, owner, scopes in found:
+        state.cloud.add_key(key, owner, scopes)
+    state.cloud.polls = polls
+    if "owner_limit" in body:
+        state.cloud.owner_limit = limit
+    return _json(_cloud_json(state))
+
+
 def _requests(request: web.Request, state: FakeRoblox) -> web.Response:
     raw_limit = request.query.get("limit", "100")
     if not (raw_limit.isascii() and raw_limit.isdigit()):
@@ -161,6 +213,7 @@ _METHODS = {
     "requests": ("GET",),
     "ip-limit": ("GET", "POST"),
     "thumbnails": ("GET", "POST"),
+    "cloud": ("GET", "POST"),
 }
 
 
@@ -192,4 +245,6 @@ async def handle_control(request: web.Request, state: FakeRoblox, name: str) -> 
         return await _ip_limit(request, state)
     if name == "thumbnails":
         return await _thumbnails(request, state)
+    if name == "cloud":
+        return await _cloud(request, state)
     return _requests(request, state)

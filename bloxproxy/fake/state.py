@@ -11,6 +11,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from .cloud import CloudState
 from .data import PENDING_THUMBNAIL_USER_ID
 from .faults import Fault
 from .limits import IpLimit, IpLimiter, Verdict
@@ -84,6 +85,8 @@ class FakeRoblox:
         self._limiter: IpLimiter | None = None
         self.ip_limit = ip_limit
         self._thumbnail_scripts: dict[tuple[str | None, int], deque[str]] = {}
+        #: Open Cloud: API keys, the per-owner limit, long-running operations.
+        self.cloud = CloudState(lambda: self.clock())
 
     # -- request log and counters -------------------------------------------------------------
     def record(self, entry: Recorded) -> None:
@@ -140,6 +143,7 @@ class FakeRoblox:
         self._thumbnail_scripts.clear()
         if self._limiter is not None:
             self._limiter.clear()
+        self.cloud.clear()
 
     # -- per-client-IP rate limit -------------------------------------------------------------
     @property

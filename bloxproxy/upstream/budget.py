@@ -67,9 +67,15 @@ class Tuning:
     learn: bool = True
 
     @classmethod
-    def of(cls, config: Config, scope: str) -> Tuning:
+    def of(cls, config: Config, scope: str, seeds: Mapping[str, float] | None = None) -> Tuning:
+        """The tuning of ``scope``: its ``limits.upstream.rates`` entry, else (a per-owner
+        scope, ``<base>@<owner>``) its base's entry, else the base's seed (an Open Cloud
+        route's published limit per key owner), else ``limits.upstream.rate``."""
         up = config.limits.upstream
-        ceiling = up.rates.get(scope, up.rate)
+        ceiling = up.rates.get(scope)
+        if ceiling is None:
+            base = scope.split("@", 1)[0]
+            ceiling = up.rates.get(base, (seeds or {}).get(base, up.rate))
         return cls(
             ceiling=ceiling,
             floor=min(up.floor, ceiling),

@@ -138,17 +138,26 @@ class Limiter:
         self._shared_failed = False
         self.scopes: dict[str, _Scope] = {}
         self._seq = itertools.count()
+        # Where per-owner scopes (``<base>@<owner>``) start: an Open Cloud route's
+        # published limit per key owner, by base (set from the rules: ``seed``).
+        self.seeds: dict[str, float] = {}
+
+    def seed(self, seeds: dict[str, float]) -> None:
+        """New per-owner seeds (the rules loaded or reloaded); scopes already made retune."""
+        self.seeds = dict(seeds)
+        self.reload(self._config)
 
     def reload(self, config: Config) -> None:
         """New numbers: what each scope learned stays, within them; its line stays."""
         self._config = config
         for name, st in self.scopes.items():
-            st.learner.retune(Tuning.of(config, name))
+            st.learner.retune(Tuning.of(config, name, self.seeds))
 
     def _scope(self, name: str) -> _Scope:
         st = self.scopes.get(name)
         if st is None:
-            st = self.scopes[name] = _Scope(name, Tuning.of(self._config, name), self._clock())
+            tuning = Tuning.of(self._config, name, self.seeds)
+            st = self.scopes[name] = _Scope(name, tuning, self._clock())
         return st
 
     def wait_bound(self, caller: Caller = NOBODY) -> float:
@@ -355,7 +364,9 @@ class Limiter:
     def rate(self, scope: str) -> float:
         """The scope's learned rate (requests/s), as far as this process knows."""
         st = self.scopes.get(scope)
-        return Tuning.of(self._config, scope).ceiling if st is None else st.learner.rate
+        if st is None:
+            return Tuning.of(self._config, scope, self.seeds).ceiling
+        return st.learner.rate
 
     def hold_left(self, scope: str) -> float:
         """Seconds left of the scope's hold, as far as this process knows (0.0: none)."""

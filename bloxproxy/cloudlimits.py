@@ -1,0 +1,163 @@
+"""Open Cloud's published limits: ``x-roblox-rate-limits`` of the official OpenAPI document,
+imported into a data file beside a rule file, and read back when the rules load.
+
+Roblox's OpenAPI document (creator-docs ``content/en-us/reference/cloud/openapi.json``,
+https://create.roblox.com/docs/cloud/reference/openapi) gives each operation its limits as
+``"x-roblox-rate-limits": {"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": 1000},
+"perOauth2Authorization": {...}}``: how many requests all API keys of one owner (a user or a
+group) may make to that operation per period. :func:`extract` takes them out of a document
+(``bloxproxy import-limits``), :func:`table_text` writes the data file
+(``rules/<file>.limits.json`` beside ``rules/<file>.yaml``), :func:`read_table` reads it; a
+route with ``limits.per_key_owner: openapi`` gets the entry of its upstream operation
+(method and path, parameters' names ignored). Nothing here is copied by hand: the file is
+the command's output.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "PERIODS",
+    "OperationLimit",
+    "TableError",
+    "extract",
+    "operation_key",
+    "read_table",
+    "table_text",
+]
+
+PERIODS = {"SECOND": 1.0, "MINUTE": 60.0, "HOUR": 3600.0, "DAY": 86400.0}
+_METHODS = ("get", "put", "post", "patch", "delete")
+_PARAM = re.compile(r"\{[^{}/]*\}")
+FORMAT = 1  # the data file's format version
+
+
+class TableError(ValueError):
+    """A data file (or document) that is not what it should be; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class OperationLimit:
+    """One operation's published limit per API key owner."""
+
+    method: str  # GET
+    path: str  # /cloud/v2/users/{user_id} as the document writes it
+    operation: str  # its operationId (or summary)
+    max_in_period: int
+    period: str  # SECOND, MINUTE, HOUR, DAY
+
+    @property
+    def seconds(self) -> float:
+        return PERIODS[self.period]
+
+    @property
+    def per_second(self) -> float:
+        return self.max_in_period / self.seconds
+
+    def text(self) -> str:
+        unit = {"SECOND": "s", "MINUTE": "min", "HOUR": "h", "DAY": "d"}[self.period]
+        return f"{self.max_in_period}/{unit}"
+
+
+def operation_key(method: str, path: str) -> tuple[str, str]:
+    """What matches a route's upstream request to an operation: the method and the path
+    with every ``{parameter}`` written ``{}`` (the names differ: ``{user}``, ``{user_id}``)."""
+    return method.upper(), _PARAM.sub("{}", path)
+
+
+def _limit(method: str, path: str, op: dict[str, Any]) -> OperationLimit | None:
+    limits = op.get("x-roblox-rate-limits")
+    per_owner = limits.get("perApiKeyOwner") if isinstance(limits, dict) else None
+    if not isinstance(per_owner, dict):
+        return None
+    most, period = per_owner.get("maxInPeriod"), per_owner.get("period")
+    if not isinstance(most, int) or isinstance(most, bool) or most < 1 or period not in PERIODS:
+        return None
+    name = op.get("operationId") or op.get("summary") or f"{method.upper()} {path}"
+    return OperationLimit(method.upper(), path, str(name)[:200], most, str(period))
+
+
+def extract(document: object, prefixes: tuple[str, ...] = ()) -> list[OperationLimit]:
+    """Every operation of an OpenAPI ``document`` with a per-key-owner limit (whose path
+    starts with one of ``prefixes``, when given), sorted by path and method. Operations
+    without a usable limit are left out; a document without ``paths`` is an error."""
+    if not isinstance(document, dict) or not isinstance(document.get("paths"), dict):
+        raise TableError("not an OpenAPI document: no 'paths' mapping")
+    found: list[OperationLimit] = []
+    for path, item in document["paths"].items():
+        if not isinstance(path, str) or not isinstance(item, dict):
+            continue
+        if prefixes and not path.startswith(prefixes):
+            continue
+        for method in _METHODS:
+            op = item.get(method)
+            if isinstance(op, dict):
+                limit = _limit(method, path, op)
+                if limit is not None:
+                    found.append(limit)
+    return sorted(found, key=lambda o: (o.path, o.method))
+
+
+def table_text(limits: list[OperationLimit], source: str, version: str = "") -> str:
+    """The data file: JSON, one operation a line (diffs stay readable)."""
+    head = {"format": FORMAT, "generated_by": "bloxproxy import-limits", "source": source}
+    if version:
+        head["document_version"] = version
+    lines = [
+        orjson.dumps(
+            {
+                "method": o.method,
+                "path": o.path,
+                "operation": o.operation,
+                "per_key_owner": {"max_in_period": o.max_in_period, "period": o.period},
+            }
+        ).decode()
+        for o in limits
+    ]
+    body = ",\n    ".join(lines)
+    text = orjson.dumps(head).decode()[:-1]
+    return (
+        f'{text},\n  "operations": [\n    {body}\n  ]\n}}\n'
+        if lines
+        else text + ', "operations": []}\n'
+    )
+
+
+def read_table(raw: bytes) -> dict[tuple[str, str], OperationLimit]:
+    """A data file's operations by :func:`operation_key`; :class:`TableError` says what is
+    wrong with a file that is not one."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise TableError(f"not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise TableError(f"expected a limits table of format {FORMAT} (bloxproxy import-limits)")
+    ops = data.get("operations")
+    if not isinstance(ops, list):
+        raise TableError("expected an 'operations' list")
+    out: dict[tuple[str, str], OperationLimit] = {}
+    for i, op in enumerate(ops):
+        try:
+            limit = op["per_key_owner"]
+            entry = OperationLimit(
+                str(op["method"]).upper(),
+                str(op["path"]),
+                str(op["operation"]),
+                int(limit["max_in_period"]),
+                str(limit["period"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise TableError(
+                f"operations[{i}]: expected method, path, operation, per_key_owner"
+            ) from None
+        if entry.period not in PERIODS or entry.max_in_period < 1:
+            raise TableError(
+                f"operations[{i}]: expected a period of {', '.join(PERIODS)} and a max >= 1"
+            )
+        out[operation_key(entry.method, entry.path)] = entry
+    return out
