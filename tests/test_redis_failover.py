@@ -113,6 +113,9 @@ async def test_sentinel_failover_under_load(make_proxy: ProxyFactory) -> None:
         await l2_works(a, b, users(7_900_000, 20))
         herd_paths = users(7_910_000, HERD)
         await fill(a, herd_paths)
+        # B serves them from L2 before the kill (how many of the herd's own requests still
+        # come before it depends on the machine's load: reported, not asserted)
+        assert (await request(b, herd_paths[0])).x_cache == "HIT"
         load = Load([a, b])
         load.start()
         await asyncio.sleep(0.3)
@@ -128,7 +131,6 @@ async def test_sentinel_failover_under_load(make_proxy: ProxyFactory) -> None:
         assert all(o.status == 200 for o in herd_outcomes), herd_outcomes[:5]
         assert slowest(herd_outcomes) < 2.0
         assert len(load.during(killed, promoted)) >= 50  # the load really ran meanwhile
-        assert Counter(o.x_cache for o in herd_outcomes)["HIT"] > 0
         assert setup.primary_port() == setup.replica.port != old_primary
         await l2_works(a, b, users(7_920_000, 60))
         back = time.monotonic() - promoted
