@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Self
 
 import redis
 
@@ -46,7 +47,34 @@ def _client(server: RedisServer) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2.0)
 
 
-class SentinelSetup:
+class _Processes:
+    """Servers started together: ``with`` starts them all (stopping those started if one
+    fails) and stops them all."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class SentinelSetup(_Processes):
     """A primary, one replica, one Sentinel (see the module docstring)."""
 
     def __init__(self) -> None:
@@ -107,24 +135,8 @@ class SentinelSetup:
             if server is not None:
                 server.stop()
 
-    def __enter__(self) -> SentinelSetup:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class ClusterSetup:
+class ClusterSetup(_Processes):
     """Three primaries sharing the slots (see the module docstring)."""
 
     def __init__(self, size: int = 3) -> None:
@@ -166,22 +178,6 @@ class ClusterSetup:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> ClusterSetup:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _replica_ready(sentinel: redis.Redis) -> bool:
