@@ -441,31 +441,20 @@ class Options:
     logdir: Path | None = None
 
 
+def fake_server(port: int, latency: float, limit: float, logdir: Path, src: Path) -> Server:
+    """The bundled fake on ``port`` (not started): ``latency`` s per answer, ``limit``
+    requests/s per client IP (legacy 429s, no ``Retry-After``)."""
+    argv = [sys.executable, "-m", "bloxproxy.fake", "--host", HOST, "--port", str(port)]
+    argv += ["--latency", str(latency), "--ip-limit", f"{limit:g}/s"]
+    return Server(f"fake-{port}", argv, logdir, child_env(src), src)
+
+
 def one_run(
     opts: Options, front: str, limit: float, reqs: Sequence[Req], workdir: Path, nginx: str | None
 ) -> dict[str, Any]:
     logdir = opts.logdir or workdir
     fport = free_port()
-    rate = f"{limit:g}/s"
-    fake = Server(
-        f"fake-{fport}",
-        [
-            sys.executable,
-            "-m",
-            "bloxproxy.fake",
-            "--host",
-            HOST,
-            "--port",
-            str(fport),
-            "--latency",
-            str(opts.fake_latency),
-            "--ip-limit",
-            rate,
-        ],
-        logdir,
-        child_env(opts.src),
-        opts.src,
-    )
+    fake = fake_server(fport, opts.fake_latency, limit, logdir, opts.src)
     front_server: Server | None = None
     try:
         fake.start().wait_ready(fport, "/_fake/stats")

@@ -121,25 +121,7 @@ def one_run(front: str, opts: argparse.Namespace, reqs: Sequence[Any], tmp: Path
     redis = RedisServer()
     redis.start()
     fport = free_port()
-    fake = Server(
-        f"fake-{fport}",
-        [
-            sys.executable,
-            "-m",
-            "bloxproxy.fake",
-            "--host",
-            HOST,
-            "--port",
-            str(fport),
-            "--latency",
-            "0.02",
-            "--ip-limit",
-            f"{opts.limit:g}/s",
-        ],
-        tmp,
-        child_env(ROOT),
-        ROOT,
-    )
+    fake = economy.fake_server(fport, 0.02, opts.limit, tmp, ROOT)
     proxies: list[Server] = []
     try:
         fake.start().wait_ready(fport, "/_fake/stats")
