@@ -129,6 +129,18 @@ def ms(values: list[float], q: float) -> float:
     return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 2)
 
 
+def spread(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """A herd of hits (the control): each answer's completion after the first one's, per
+    replica, the same measure as a cold herd's "after the leader" without any coalescing:
+    what writing that many answers at once costs on this machine."""
+    out: dict[str, Any] = {"hits": sum(a["cache"] != "MISS" for a in answers)}
+    for replica in (0, 1):
+        times = sorted(a["t"] for a in answers if a["replica"] == replica)
+        after = [t - times[0] for t in times[1:]]
+        out[f"replica{replica}_after_first_ms"] = {"p50": ms(after, 0.5), "p99": ms(after, 0.99)}
+    return out
+
+
 def judge(answers: list[dict[str, Any]]) -> dict[str, Any]:
     leaders = [a for a in answers if a["cache"] == "MISS"]
     out: dict[str, Any] = {
@@ -209,6 +221,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 answers = await herd(sessions, bases, path, args.requests)
                 verdict = judge(answers)
                 verdict["upstream_calls"] = await upstream_calls(sessions[0], fake, path)
+                # the control: the same herd again, now all hits (no coalescing at all)
+                verdict["hits"] = spread(await herd(sessions, bases, path, args.requests))
                 rounds.append(verdict)
                 print(json.dumps(verdict), flush=True)
             result["rounds"] = rounds
@@ -253,7 +267,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         server.stop()
     lines = access_lines([logs / "replica0.log", logs / "replica1.log"])
     for r, verdict in enumerate(result.get("rounds", [])):
-        verdict["server_side"] = server_side(lines, f"/v1/users/{2_000_000 + r}")
+        verdict["server_side"] = server_side(lines, f"/v1/users/{2_000_000 + r}", args.requests)
     print(json.dumps([v["server_side"] for v in result.get("rounds", [])]), flush=True)
     result["server_side_pairs_other_after_leader_ms"] = pair_gaps(lines, args.pairs)
     print(json.dumps(result["server_side_pairs_other_after_leader_ms"]), flush=True)
@@ -275,17 +289,30 @@ def access_lines(paths: list[Path]) -> list[tuple[int, str, str, float]]:
     return out
 
 
-def server_side(lines: list[tuple[int, str, str, float]], path: str) -> dict[str, Any]:
+def server_side(lines: list[tuple[int, str, str, float]], path: str, n: int) -> dict[str, Any]:
     """When each replica's answers were done, in ms after the leader's (access-line
-    "time", ms resolution): the leader's own followers and the other replica's waiters."""
-    mine = [x for x in lines if x[1] == path]
-    leaders = [x for x in mine if x[2] == "MISS"]
+    "time", ms resolution): the leader's own followers and the other replica's waiters; and
+    for the control herd of hits that followed (the path's next ``n`` lines), each replica's
+    answers after its first one."""
+    mine = sorted((x for x in lines if x[1] == path), key=lambda x: x[3])
+    cold, warm = mine[:n], mine[n:]
+    leaders = [x for x in cold if x[2] == "MISS"]
+    if len(leaders) == 2 and leaders[0][0] != leaders[1][0]:  # --off: a leader per replica
+        return {
+            f"replica{lead[0]}_after_its_leader_ms": {
+                "p50": statistics.median(
+                    x[3] - lead[3] for x in cold if x is not lead and x[0] == lead[0]
+                ),
+                "last": max(x[3] - lead[3] for x in cold if x[0] == lead[0]),
+            }
+            for lead in leaders
+        }
     if len(leaders) != 1:
         return {"misses": len(leaders)}
     leader = leaders[0]
-    same = [x[3] - leader[3] for x in mine if x is not leader and x[0] == leader[0]]
-    other = [x[3] - leader[3] for x in mine if x[0] != leader[0]]
-    return {
+    same = [x[3] - leader[3] for x in cold if x is not leader and x[0] == leader[0]]
+    other = [x[3] - leader[3] for x in cold if x[0] != leader[0]]
+    out: dict[str, Any] = {
         "same_replica_ms": {"first": min(same), "p50": statistics.median(same), "last": max(same)},
         "other_replica_ms": {
             "first": min(other),
@@ -293,6 +320,12 @@ def server_side(lines: list[tuple[int, str, str, float]], path: str) -> dict[str
             "last": max(other),
         },
     }
+    for replica in (0, 1):
+        times = [x[3] for x in warm if x[0] == replica]
+        if len(times) > 1:
+            after = [t - times[0] for t in times[1:]]
+            out[f"hits_replica{replica}_ms"] = {"p50": statistics.median(after), "last": after[-1]}
+    return out
 
 
 def pair_gaps(lines: list[tuple[int, str, str, float]], pairs: int) -> dict[str, float]:
