@@ -1,7 +1,7 @@
 """The economy workload through two replicas on one Redis, against one replica alone.
 
     .venv/bin/python bench/replicas.py [--limit 40] [--requests 3000] [--clients 32]
-        [--fronts one,two,workers] [--out bench/out/replicas.json]
+        [--fronts one,two,workers] [--out bench/out/replicas.json] [--calls-out DIR]
 
 The workload, the fake and the scoring are ``bench/economy.py``'s (3,000 bot lookups over a
 Zipf population, a fake allowing ``--limit`` requests/s per client IP that nobody tells the
@@ -161,6 +161,10 @@ def one_run(front: str, opts: argparse.Namespace, reqs: Sequence[Any], tmp: Path
         r1 = redis_calls(redis.url)
         sampler.stop()
         stats = json.loads(http("GET", fport, "/_fake/stats")[1])
+        if opts.calls_out is not None:  # every upstream call of the first pass, to study
+            opts.calls_out.mkdir(parents=True, exist_ok=True)
+            log = http("GET", fport, "/_fake/requests?limit=20000")[1]
+            (opts.calls_out / f"{front}.json").write_bytes(log)
         hit = asyncio.run(drive_many(ports, reqs, opts.clients, opts.timeout))
         r2 = redis_calls(redis.url)
         calls = int(stats["total"])
@@ -223,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=10.0)
     p.add_argument("--fronts", default=",".join(FRONTS))
     p.add_argument("--out", type=Path, default=BENCH / "out" / "replicas.json")
+    p.add_argument("--calls-out", type=Path, default=None, help="dir: fake's calls per front")
     opts = p.parse_args(argv)
     reqs = economy.with_expected(economy.workload(opts.requests, opts.users, opts.seed), ROOT)
     results = []

@@ -696,6 +696,7 @@ async def test_control_api(client: Client, state: FakeRoblox) -> None:
     assert state.total == 2  # control requests are not counted
     status, recent = await get(client, "/_fake/requests?limit=1")
     assert status == 200 and isinstance(recent, list) and recent[0]["path"] == "/v1/users/1"
+    assert isinstance(recent[0]["at"], float)  # when it arrived: a bench orders calls by it
     script = {
         "service": "users",
         "path": "/v1/users/1",

@@ -12,7 +12,8 @@
 * ``GET|POST /_fake/latency`` ``{"seconds": 0.02}`` -> ``{"seconds": ...}``
 * ``POST /_fake/faults``   ``{"service","path","method"?,"faults":[{...Fault fields...}]}``
   (``{}`` or ``{"status": 200}`` = normal answer); ``GET`` -> ``{"pending": n}``
-* ``GET  /_fake/requests?limit=100`` -> the most recent recorded requests (bodies as text)
+* ``GET  /_fake/requests?limit=100`` -> the most recent recorded requests (bodies as text,
+  ``at``: when each arrived, on the fake's clock)
 * ``GET|POST /_fake/cloud`` ``{"keys"?: [{"key": "k", "owner": "groups/7", "scopes"?: [..]}],
   "owner_limit"?: "120/min" | null, "burst"?: 120, "polls"?: 2}`` -> ``{"owner_limit": ...,
   "polls": n, "limited": n}`` (Open Cloud: registered keys, the per-owner limit, how many
@@ -199,6 +200,7 @@ def _requests(request: web.Request, state: FakeRoblox) -> web.Response:
                 "query": [list(pair) for pair in r.query],
                 "headers": r.headers,
                 "body": r.body.decode("utf-8", "replace"),
+                "at": r.at,
             }
             for r in entries
         ]
