@@ -194,6 +194,24 @@ def test_import_limits_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFi
     assert cli.main(["import-limits", str(bad)]) == 1
     assert capsys.readouterr().err.startswith(f"{bad}: ")
     assert cli.main(["import-limits", str(tmp_path / "missing.json")]) == 1
+    assert capsys.readouterr().err.startswith(f"{tmp_path / 'missing.json'}: ")
+    clash = tmp_path / "clash.json"
+    clash.write_bytes(
+        orjson.dumps(
+            {
+                "paths": {
+                    "/cloud/v2/a/{x}": {"get": limits(1)},
+                    "/cloud/v2/a/{y}": {"get": limits(2)},
+                }
+            }
+        )
+    )
+    assert cli.main(["import-limits", str(clash), "-o", str(tmp_path / "clash.limits.json")]) == 1
+    assert capsys.readouterr().err == (
+        f"{clash}: GET /cloud/v2/a/{{x}} (1/min) and /cloud/v2/a/{{y}} (2/min) are one operation "
+        "once parameter names are ignored\n"
+    )
+    assert not (tmp_path / "clash.limits.json").exists()
 
 
 RULE = """\
