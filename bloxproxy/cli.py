@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
         "import-limits",
         help="import Open Cloud's published limits from its OpenAPI document",
         description="Read Roblox's OpenAPI document (creator-docs content/en-us/reference/"
-        "cloud/openapi.json) and write each operation's x-roblox-rate-limits per API key "
-        "owner as the limits table beside a rule file (rules/opencloud.limits.json), which "
-        "routes with limits.per_key_owner: openapi read.",
+        "cloud/cloud.docs.json, or the all-APIs openapi.json; the shipped table comes from "
+        "rules/sources/cloud.docs.subset.json) and write each operation's "
+        "x-roblox-rate-limits per API key owner as the limits table beside a rule file "
+        "(rules/opencloud.limits.json), which routes with limits.per_key_owner: openapi read.",
     )
     imp.add_argument("document", help="the OpenAPI document (JSON)")
     imp.add_argument("--output", "-o", metavar="FILE", help="write the table to FILE")

@@ -1,16 +1,18 @@
-"""Open Cloud's published limits: ``x-roblox-rate-limits`` of the official OpenAPI document,
+"""Open Cloud's published limits: ``x-roblox-rate-limits`` of Roblox's OpenAPI document,
 imported into a data file beside a rule file, and read back when the rules load.
 
-Roblox's OpenAPI document (creator-docs ``content/en-us/reference/cloud/openapi.json``,
-https://create.roblox.com/docs/cloud/reference/openapi) gives each operation its limits as
-``"x-roblox-rate-limits": {"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": 1000},
-"perOauth2Authorization": {...}}``: how many requests all API keys of one owner (a user or a
-group) may make to that operation per period. :func:`extract` takes them out of a document
-(``bloxproxy import-limits``), :func:`table_text` writes the data file
+Roblox's Open Cloud v2 document (creator-docs ``content/en-us/reference/cloud/cloud.docs.json``;
+the all-APIs ``openapi.json`` beside it has the same extension) gives each operation its
+limits as ``"x-roblox-rate-limits": {"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod":
+1000}, "perOauth2Authorization": {...}}``: how many requests all API keys of one owner (a user
+or a group) may make to that operation per period. :func:`extract` takes the per-owner ones
+out of a document (``bloxproxy import-limits``), :func:`table_text` writes the data file
 (``rules/<file>.limits.json`` beside ``rules/<file>.yaml``), :func:`read_table` reads it; a
 route with ``limits.per_key_owner: openapi`` gets the entry of its upstream operation
-(method and path, parameters' names ignored). Nothing here is copied by hand: the file is
-the command's output.
+(method and path, parameters' names ignored). Nothing here is copied by hand: the shipped
+file is the command's output for ``rules/sources/cloud.docs.subset.json``, the document with
+every key but each operation's ``operationId``, ``summary`` and ``x-roblox-rate-limits``
+dropped.
 """
 
 from __future__ import annotations
@@ -85,10 +87,14 @@ def _limit(method: str, path: str, op: dict[str, Any]) -> OperationLimit | None:
 def extract(document: object, prefixes: tuple[str, ...] = ()) -> list[OperationLimit]:
     """Every operation of an OpenAPI ``document`` with a per-key-owner limit (whose path
     starts with one of ``prefixes``, when given), sorted by path and method. Operations
-    without a usable limit are left out; a document without ``paths`` is an error."""
+    without a usable limit (none, only ``perOauth2Authorization``, an unknown period, a max
+    that is not a whole number >= 1) are left out; a document without ``paths`` is an error,
+    and so are two operations that are one once parameter names are ignored
+    (:func:`operation_key`) but publish different limits (with the same limit, the first
+    one's path is kept: a route matches either)."""
     if not isinstance(document, dict) or not isinstance(document.get("paths"), dict):
         raise TableError("not an OpenAPI document: no 'paths' mapping")
-    found: list[OperationLimit] = []
+    found: dict[tuple[str, str], OperationLimit] = {}
     for path, item in document["paths"].items():
         if not isinstance(path, str) or not isinstance(item, dict):
             continue
@@ -96,11 +102,17 @@ def extract(document: object, prefixes: tuple[str, ...] = ()) -> list[OperationL
             continue
         for method in _METHODS:
             op = item.get(method)
-            if isinstance(op, dict):
-                limit = _limit(method, path, op)
-                if limit is not None:
-                    found.append(limit)
-    return sorted(found, key=lambda o: (o.path, o.method))
+            limit = _limit(method, path, op) if isinstance(op, dict) else None
+            if limit is None:
+                continue
+            key = operation_key(limit.method, limit.path)
+            first = found.setdefault(key, limit)
+            if (first.max_in_period, first.period) != (limit.max_in_period, limit.period):
+                raise TableError(
+                    f"{limit.method} {first.path} ({first.text()}) and {limit.path} "
+                    f"({limit.text()}) are one operation once parameter names are ignored"
+                )
+    return sorted(found.values(), key=lambda o: (o.path, o.method))
 
 
 def table_text(limits: list[OperationLimit], source: str, version: str = "") -> str:
@@ -141,6 +153,7 @@ def read_table(raw: bytes) -> dict[tuple[str, str], OperationLimit]:
     if not isinstance(ops, list):
         raise TableError("expected an 'operations' list")
     out: dict[tuple[str, str], OperationLimit] = {}
+    seen: dict[tuple[str, str], int] = {}
     for i, op in enumerate(ops):
         try:
             limit = op["per_key_owner"]
@@ -159,5 +172,12 @@ def read_table(raw: bytes) -> dict[tuple[str, str], OperationLimit]:
             raise TableError(
                 f"operations[{i}]: expected a period of {', '.join(PERIODS)} and a max >= 1"
             )
-        out[operation_key(entry.method, entry.path)] = entry
+        key = operation_key(entry.method, entry.path)
+        if key in seen:
+            raise TableError(
+                f"operations[{i}]: {entry.method} {entry.path} is operations[{seen[key]}] "
+                "again (parameter names are ignored)"
+            )
+        seen[key] = i
+        out[key] = entry
     return out

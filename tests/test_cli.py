@@ -241,6 +241,13 @@ def test_routes_prints_every_route_with_its_id_upstream_and_ttls(
     assert table["users.batch"][0][3:] == ["10m", "1m", "1h"]
     assert table["users.batch"][1] == "POST users/v1/users [batch: userIds <= 200]"
     assert table["presence.batch"][0][-3:] == ["30s", "-", "5m"]
+    # an Open Cloud route: the limit Roblox publishes per key owner, from the imported table
+    assert table["opencloud.user"][1] == (
+        "GET apis/cloud/v2/users/{user_id} [per key owner: 1000/min, openapi: Cloud_GetUser]"
+    )
+    assert table["opencloud.user_thumbnail"][1].endswith(
+        " [per key owner: 1000/min, openapi: Cloud_GenerateUserThumbnail]"
+    )
     # a composite route: its parts' routes, each cached as its own route is
     cells, parts = table["users.profile"]
     assert cells == ["users.profile", "GET", "/v1/users/{user_id}/profile", "-", "-", "-"]

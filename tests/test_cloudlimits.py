@@ -20,6 +20,12 @@ from bloxproxy.errors import ConfigError
 from bloxproxy.rules import load_rules
 from bloxproxy.upstream.budget import Tuning
 
+ROOT = Path(__file__).resolve().parent.parent
+TABLE = ROOT / "rules" / "opencloud.limits.json"
+# Roblox's Open Cloud v2 document, every key but the operations' limits dropped (docs/ROBLOX.md)
+SUBSET = ROOT / "rules" / "sources" / "cloud.docs.subset.json"
+COMMIT = "019b031c5eab95ec296af6c31fea2926969edd09"  # of creator-docs, the subset's source
+
 
 def limits(owner: object, period: object = "MINUTE") -> dict[str, Any]:
     return {"x-roblox-rate-limits": {"perApiKeyOwner": {"period": period, "maxInPeriod": owner}}}
@@ -64,6 +70,76 @@ def test_extract_keeps_operations_with_a_usable_limit() -> None:
             extract(bad)
 
 
+@pytest.mark.parametrize(
+    ("rate_limits", "expected"),
+    [
+        ({"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": 150}}, "150/min"),
+        (  # both: only the per-owner one counts
+            {
+                "perApiKeyOwner": {"period": "SECOND", "maxInPeriod": 150},
+                "perOauth2Authorization": {"period": "SECOND", "maxInPeriod": 30},
+            },
+            "150/s",
+        ),
+        (  # an OAuth token's limit is not an API key owner's
+            {"perOauth2Authorization": {"period": "MINUTE", "maxInPeriod": 30}},
+            None,
+        ),
+        (  # a note beside the limits (later documents write one) changes nothing
+            {
+                "description": "Data stores are throttled too.",
+                "perApiKeyOwner": {"period": "DAY", "maxInPeriod": 2},
+            },
+            "2/d",
+        ),
+        ({"perApiKeyOwner": {"period": "HOUR", "maxInPeriod": 7}}, "7/h"),
+        ({"perApiKeyOwner": {"period": "minute", "maxInPeriod": 7}}, None),
+        ({"perApiKeyOwner": {"period": "MONTH", "maxInPeriod": 7}}, None),
+        ({"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": 1.5}}, None),
+        ({"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": "100"}}, None),
+        ({"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": -1}}, None),
+        ({"perApiKeyOwner": {"period": "MINUTE"}}, None),
+        ({"perApiKeyOwner": [150, "MINUTE"]}, None),
+        ([{"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": 1}}], None),
+        ("150/min", None),
+    ],
+)
+def test_extract_reads_one_operations_rate_limits(
+    rate_limits: object, expected: str | None
+) -> None:
+    doc = {
+        "paths": {"/cloud/v2/x": {"get": {"operationId": "X", "x-roblox-rate-limits": rate_limits}}}
+    }
+    assert [o.text() for o in extract(doc)] == ([expected] if expected else [])
+
+
+def test_operations_that_are_one_once_parameter_names_are_ignored() -> None:
+    def doc(first: int, second: int) -> dict[str, Any]:
+        return {
+            "paths": {
+                "/cloud/v2/things/{thing_id}": {"get": {"operationId": "A", **limits(first)}},
+                "/cloud/v2/things/{id}": {
+                    "get": {"operationId": "B", **limits(second)},
+                    "delete": {"operationId": "C", **limits(second)},
+                },
+            }
+        }
+
+    # the same limit: one entry (the first path's), which either spelling of a route matches
+    found = extract(doc(600, 600))
+    assert [(o.method, o.path, o.operation) for o in found] == [
+        ("DELETE", "/cloud/v2/things/{id}", "C"),
+        ("GET", "/cloud/v2/things/{thing_id}", "A"),
+    ]
+    # different limits: which one a route would get is a guess, so the document is refused
+    with pytest.raises(TableError) as info:
+        extract(doc(600, 5))
+    assert str(info.value) == (
+        "GET /cloud/v2/things/{thing_id} (600/min) and /cloud/v2/things/{id} (5/min) are one "
+        "operation once parameter names are ignored"
+    )
+
+
 def test_the_table_round_trips_and_refuses_what_it_is_not() -> None:
     found = extract(DOC, ("/cloud/",))
     text = table_text(found, "doc.json", "9.9")
@@ -83,6 +159,14 @@ def test_the_table_round_trips_and_refuses_what_it_is_not() -> None:
             b'{"format": 1, "operations": [{"method": "GET", "path": "/x", "operation": "X", '
             b'"per_key_owner": {"max_in_period": 1, "period": "WEEK"}}]}',
             "operations[0]: expected a period",
+        ),
+        (
+            b'{"format": 1, "operations": ['
+            b'{"method": "GET", "path": "/x/{a}", "operation": "X", '
+            b'"per_key_owner": {"max_in_period": 1, "period": "MINUTE"}}, '
+            b'{"method": "get", "path": "/x/{b}", "operation": "Y", '
+            b'"per_key_owner": {"max_in_period": 2, "period": "MINUTE"}}]}',
+            "operations[1]: GET /x/{b} is operations[0] again (parameter names are ignored)",
         ),
     ):
         with pytest.raises(TableError, match=re.escape(message)):
@@ -110,6 +194,24 @@ def test_import_limits_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFi
     assert cli.main(["import-limits", str(bad)]) == 1
     assert capsys.readouterr().err.startswith(f"{bad}: ")
     assert cli.main(["import-limits", str(tmp_path / "missing.json")]) == 1
+    assert capsys.readouterr().err.startswith(f"{tmp_path / 'missing.json'}: ")
+    clash = tmp_path / "clash.json"
+    clash.write_bytes(
+        orjson.dumps(
+            {
+                "paths": {
+                    "/cloud/v2/a/{x}": {"get": limits(1)},
+                    "/cloud/v2/a/{y}": {"get": limits(2)},
+                }
+            }
+        )
+    )
+    assert cli.main(["import-limits", str(clash), "-o", str(tmp_path / "clash.limits.json")]) == 1
+    assert capsys.readouterr().err == (
+        f"{clash}: GET /cloud/v2/a/{{x}} (1/min) and /cloud/v2/a/{{y}} (2/min) are one operation "
+        "once parameter names are ignored\n"
+    )
+    assert not (tmp_path / "clash.limits.json").exists()
 
 
 RULE = """\
@@ -191,6 +293,85 @@ def test_the_shipped_open_cloud_routes_have_the_published_limits() -> None:
     }
     table = read_table((shipped_rules_dir() / "opencloud.limits.json").read_bytes())
     assert all(o.operation.startswith("Cloud_") for o in table.values())
+
+
+def test_the_shipped_table_is_the_commands_output_for_the_committed_subset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = orjson.loads(TABLE.read_bytes())["source"]
+    assert source.startswith(
+        f"Roblox/creator-docs content/en-us/reference/cloud/cloud.docs.json @ {COMMIT[:12]} "
+    )
+    out = tmp_path / "opencloud.limits.json"
+    assert cli.main(["import-limits", str(SUBSET), "--source", source, "-o", str(out)]) == 0
+    assert capsys.readouterr().err == f"72 operation(s) written to {out}\n"
+    assert out.read_text(encoding="utf-8") == TABLE.read_text(encoding="utf-8")
+
+
+def test_the_committed_subset_is_the_documents_limits_and_nothing_else() -> None:
+    doc = orjson.loads(SUBSET.read_bytes())
+    assert list(doc) == ["openapi", "info", "x-bloxproxy-subset", "paths"]
+    assert (doc["openapi"], doc["info"]) == ("3.0.0", {"title": "Cloud API", "version": "2.0.0"})
+    assert f"cloud.docs.json at commit {COMMIT}" in doc["x-bloxproxy-subset"]
+    ops = [(m, path, op) for path, item in doc["paths"].items() for m, op in item.items()]
+    assert (len(doc["paths"]), len(ops)) == (54, 72)
+    for method, path, op in ops:
+        assert method in ("get", "post", "patch", "delete"), (method, path)
+        assert path.startswith("/cloud/v2/"), path
+        assert list(op) == ["summary", "operationId", "x-roblox-rate-limits"], (method, path)
+        for who, limit in op["x-roblox-rate-limits"].items():
+            assert who in ("perApiKeyOwner", "perOauth2Authorization"), (path, who)
+            assert list(limit) == ["period", "maxInPeriod"], (path, who)
+    # every operation publishes a limit per key owner: each one is in the table
+    table = read_table(TABLE.read_bytes())
+    assert sorted(o.operation for o in table.values()) == sorted(
+        op["operationId"] for *_, op in ops
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "operation", "text"),
+    [  # a few of the document's own numbers, as read from it (not routed by the proxy)
+        ("POST", "/cloud/v2/users/{}/notifications", "Cloud_CreateUserNotification", "4000/s"),
+        (
+            "POST",
+            "/cloud/v2/universes/{}/data-stores:snapshot",
+            "Cloud_SnapshotDataStores",
+            "60/min",
+        ),
+        ("GET", "/cloud/v2/universes/{}/user-restrictions", "Cloud_ListUserRestrictions", "150/s"),
+        ("POST", "/cloud/v2/universes/{}:generateSpeech", "Cloud_GenerateSpeech", "4/s"),
+        (
+            "GET",
+            "/cloud/v2/universes/{}/subscription-products/{}/subscriptions/{}",
+            "Cloud_GetSubscription",
+            "500/min",
+        ),
+        (
+            "POST",
+            "/cloud/v2/universes/{}/luau-execution-session-task-binary-inputs",
+            "Cloud_CreateLuauExecutionSessionTaskBinaryInput",
+            "5/min",
+        ),
+        (  # the same call under a scope: the document gives it 5 times as many
+            "GET",
+            "/cloud/v2/universes/{}/data-stores/{}/entries/{}:listRevisions",
+            "Cloud_ListDataStoreEntryRevisions__Using_Universes_DataStores",
+            "1000/min",
+        ),
+        (
+            "GET",
+            "/cloud/v2/universes/{}/data-stores/{}/scopes/{}/entries/{}:listRevisions",
+            "Cloud_ListDataStoreEntryRevisions__Using_Universes_DataStores_Scopes",
+            "5000/min",
+        ),
+    ],
+)
+def test_the_table_has_the_documents_numbers(
+    method: str, path: str, operation: str, text: str
+) -> None:
+    entry = read_table(TABLE.read_bytes())[(method, path)]
+    assert (entry.operation, entry.text()) == (operation, text)
 
 
 @pytest.mark.parametrize(
