@@ -231,14 +231,23 @@ class Pipeline:
         policy = self._policies[route.id]
         tags = tagging.render_tags(policy.tags, values) if policy.tags else ()
         fetched = await self._fetch(ureq, policy, caller, credential, tags=tags)
+        polled = False
         if route.hold is not None:
+            first = fetched
             fetched = await self._hold(route.hold, ureq, policy, caller, credential, fetched, tags)
+            polled = fetched is not first and route.hold.operation is not None
         try:
-            return await self._clean_answer(route, values, fetched, instance, caller.request_id)
+            answer = await self._clean_answer(route, values, fetched, instance, caller.request_id)
         except BaseException:
             if fetched.lease is not None:
                 fetched.lease.release()  # no answer will be written
             raise
+        if polled and answer.status < 400 and _kept_for_start(route, fetched):
+            # The finished operation, fetched by a poll, is the answer to the request that
+            # started it too: kept under that request's key (private to the same
+            # credential), the next request for it asks Roblox nothing.
+            self.fetcher.keep_as(ureq, policy, credential, fetched, tags)
+        return answer
 
     def _match(self, method: str, raw_path: str) -> tuple[Route | Composite, dict[str, str]]:
         router = self.rules.clean_router  # the routes and the composite routes
@@ -473,6 +482,16 @@ def _settled(hold: Hold, entry: Entry) -> bool:
         return not isinstance(data, dict) or data.get("done") is not False
     assert hold.path is not None
     return normalize.get_path(data, hold.path) in hold.until
+
+
+def _kept_for_start(route: Route, fetched: Fetched) -> bool:
+    """May a poll's answer stand for the request that started the operation: a stored
+    success that is done (a 2xx whose ``done`` is not false)."""
+    entry = fetched.entry
+    hold = route.hold
+    return (
+        hold is not None and fetched.cached and 200 <= entry.status < 300 and _settled(hold, entry)
+    )
 
 
 def _pending(route: Route, hold: Hold, fetched: Fetched) -> Answer:
