@@ -105,6 +105,50 @@ async def test_a_kept_operation_honours_its_ttl_on_the_clock(
     assert (await call(proxy, THUMB.replace("150", "420")))[0] == 200 and fake.total == 7
 
 
+STALE_THUMBNAIL = """\
+service: apis
+routes:
+  - id: opencloud.user_thumbnail
+    endpoint: /v2/cloud/users/{user_id}/thumbnail
+    params:
+      user_id: {type: int, min: 1}
+    query:
+      size: {type: int, default: 420}
+    backend:
+      path: /cloud/v2/users/{user_id}:generateThumbnail
+      query: {size: "{size}"}
+      credentials: api_key
+    response:
+      pick: response
+      shape: object
+      hold: {operation: path, within: 5s, every: 1s}
+    cache:
+      ttl: 1m
+      stale_if_error: 1h
+      credentials: per_credential
+      when: [{path: done, equals: false, ttl: 0s}]
+"""
+
+
+async def test_a_kept_operation_keeps_its_stale_window(
+    make_proxy: ProxyFactory, tmp_path: Path, fake: FakeRoblox, clock: FakeClock
+) -> None:
+    rules = tmp_path / "thumbnail.yaml"
+    rules.write_text(STALE_THUMBNAIL, encoding="utf-8")
+    proxy = await make_proxy(BLOXPROXY_RULES_PATHS=str(rules), BLOXPROXY_RETRIES_ATTEMPTS="1")
+    fake.cloud.polls = 2
+    status, body, _ = await call(proxy, THUMB)
+    assert status == 200 and fake.total == 3
+    clock.advance(61)  # past the rule's minute: Roblox fails, the kept answer stands in
+    fake.script("apis", "/cloud/v2/users/156:generateThumbnail", [Fault(status=500)])
+    status, again, headers = await call(proxy, THUMB)
+    assert (status, again, headers["X-Cache"]) == (200, body, "STALE")
+    assert fake.total == 4  # the starting request only: no poll
+    clock.advance(3600)  # past the stale window too: Roblox's failure is the answer
+    fake.script("apis", "/cloud/v2/users/156:generateThumbnail", [Fault(status=500)])
+    assert (await call(proxy, THUMB))[0] == 502
+
+
 async def test_a_kept_operation_is_only_for_its_own_key(held: Client, fake: FakeRoblox) -> None:
     fake.cloud.polls = 2
     status, body, _ = await call(held, THUMB, access("game"))
