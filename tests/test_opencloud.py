@@ -22,7 +22,7 @@ from bloxproxy.errors import ConfigError
 from bloxproxy.fake import FAKE_STATE, FakeRoblox, Fault, IpLimit
 from bloxproxy.fake.state import viewer_tag
 from tests.conftest import FakeClock, ProxyFactory, fetcher_of
-from tests.test_cache import settle
+from tests.test_cache import TOKEN, purge, settle
 from tests.test_gamekeys import ROOT, blocks, like
 
 Client = TestClient[web.Request, web.Application]
@@ -127,6 +127,7 @@ routes:
       stale_if_error: 1h
       credentials: per_credential
       when: [{path: done, equals: false, ttl: 0s}]
+      tags: ["user:{user_id}"]
 """
 
 
@@ -147,6 +148,21 @@ async def test_a_kept_operation_keeps_its_stale_window(
     clock.advance(3600)  # past the stale window too: Roblox's failure is the answer
     fake.script("apis", "/cloud/v2/users/156:generateThumbnail", [Fault(status=500)])
     assert (await call(proxy, THUMB))[0] == 502
+
+
+async def test_a_kept_operation_carries_the_routes_tags(
+    make_proxy: ProxyFactory, tmp_path: Path, fake: FakeRoblox
+) -> None:
+    rules = tmp_path / "thumbnail.yaml"
+    rules.write_text(STALE_THUMBNAIL, encoding="utf-8")
+    proxy = await make_proxy(BLOXPROXY_RULES_PATHS=str(rules), BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN)
+    fake.cloud.polls = 2
+    assert (await call(proxy, THUMB))[0] == 200
+    assert (await call(proxy, THUMB))[2]["X-Cache"] == "HIT" and fake.total == 3
+    # a purge of the user's tag drops the kept entry with the poll's
+    assert (await purge(proxy, {"tag": "user:156"})).status == 200
+    status, _, headers = await call(proxy, THUMB)
+    assert (status, headers["X-Cache"]) == (200, "MISS") and fake.total == 4
 
 
 async def test_a_kept_operation_is_only_for_its_own_key(held: Client, fake: FakeRoblox) -> None:
