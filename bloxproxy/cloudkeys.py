@@ -9,12 +9,19 @@ such a client to an Open Cloud route
 (``backend.credentials: api_key``) that carries no ``x-api-key`` of its own is sent with the
 held key: game servers and bots call Open Cloud through the proxy without holding the key.
 
+With ``opencloud_passthrough`` (opt-in, per client), the held key goes on passthrough
+too: :func:`passthrough_use` decides, for a request of such a client, whether it is sent as
+it is, with the held key, or refused — only the Open Cloud host (the ``apis`` service,
+``apis.roblox.com``) and only its ``/cloud/`` and ``/legacy-…/`` paths, never over a
+credential of the client's own, only for the methods the client's entry allows.
+
 A held key is a secret: never in a repr, a log line, a metric or a problem (problems name
 the key's *name*); the cache keys its answers by an HMAC of it, as for any credential.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -25,7 +32,15 @@ from .errors import Problem, Where
 from .keyconfig import _marked
 from .yamlsrc import MarkedDict
 
-__all__ = ["HELD_KEY", "HeldKey", "owner_label", "read_held_keys"]
+__all__ = [
+    "HELD_KEY",
+    "OPEN_CLOUD_SERVICE",
+    "HeldKey",
+    "PassUse",
+    "owner_label",
+    "passthrough_use",
+    "read_held_keys",
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _OWNER_RE = re.compile(r"^(user|group):([1-9][0-9]{0,18})$")
@@ -170,3 +185,30 @@ def check_clients(
                     f"auth.clients.{client}.opencloud_key: {key} is not in opencloud.keys",
                 )
             )
+
+
+# The passthrough service that is Open Cloud's host (apis.roblox.com), and its paths that
+# take an API key: /cloud/v1|v2/… and the legacy-* API-key routes (/legacy-badges/v1/…).
+OPEN_CLOUD_SERVICE = "apis"
+_OPEN_CLOUD_PATH = re.compile(r"^/(?:cloud|legacy-[A-Za-z0-9-]+)/")
+
+
+class PassUse(enum.Enum):
+    """What a passthrough request of a client with ``opencloud_passthrough`` becomes."""
+
+    AS_IS = "as_is"  # sent as the client sent it (not Open Cloud, or its own credential)
+    HELD = "held"  # sent with the held key, without the client's cookies
+    REFUSED = "refused"  # an Open Cloud call with a method the client may not send it with
+
+
+def passthrough_use(
+    methods: Collection[str], service: str, path: str, method: str, own_credential: bool
+) -> PassUse:
+    """The held key on passthrough: for ``methods`` (the client's allow-list; empty: not
+    opted in) and a request of ``method`` to ``service`` at the canonical ``path``, which
+    carries an ``x-api-key`` or ``Authorization`` of its own when ``own_credential``."""
+    if not methods or service != OPEN_CLOUD_SERVICE or not _OPEN_CLOUD_PATH.match(path):
+        return PassUse.AS_IS
+    if own_credential:
+        return PassUse.AS_IS  # the client's own key (or OAuth token) wins
+    return PassUse.HELD if method in methods else PassUse.REFUSED

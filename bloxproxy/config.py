@@ -783,8 +783,9 @@ class OpenCloudConfig:
             "default": {},
             "doc": "Open Cloud API keys the proxy holds, by name: `{main: {key: ${OC_KEY}, "
             "owner: group:7}}`. A named client (`auth.clients`) with `opencloud_key: main` "
-            "that sends an Open Cloud route no `x-api-key` of its own is served with it; the "
-            "key is never logged or shown (README, Open Cloud).",
+            "that sends an Open Cloud route no `x-api-key` of its own is served with it (with "
+            "`opencloud_passthrough`, its passthrough calls to Open Cloud too); the key is "
+            "never logged or shown (README, Open Cloud).",
         },
     )
 

@@ -21,7 +21,16 @@ from . import schema
 from .errors import Problem, Where
 from .yamlsrc import MarkedDict, MarkedList
 
-__all__ = ["CLIENT", "HTTPSERVICE_PER_SERVER", "NamedClient", "Rate", "rate", "read_clients"]
+__all__ = [
+    "CLIENT",
+    "HTTPSERVICE_PER_SERVER",
+    "PASS_METHODS",
+    "PASS_READS",
+    "NamedClient",
+    "Rate",
+    "rate",
+    "read_clients",
+]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
@@ -88,6 +97,30 @@ def _key_name(value: object) -> str:
     return value
 
 
+# The methods an ``opencloud_passthrough`` allow-list may name, and what ``true`` means.
+PASS_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+PASS_READS = ("GET", "HEAD")
+
+
+def _pass_methods(value: object) -> tuple[str, ...]:
+    """``true`` (the reads: GET, HEAD), ``false`` (off) or a list of methods."""
+    if isinstance(value, bool):
+        return PASS_READS if value else ()
+    if not isinstance(value, list) or not value:
+        raise ValueError(
+            f"expected true, false or a list of methods like [GET, HEAD], got {schema.show(value)}"
+        )
+    out: list[str] = []
+    for item in value:
+        method = item.upper() if isinstance(item, str) else None
+        if method not in PASS_METHODS:
+            raise ValueError(
+                f"unknown method {schema.show(item)} (allowed: {', '.join(PASS_METHODS)})"
+            )
+        out.append(method)
+    return tuple(dict.fromkeys(out))
+
+
 def _places(value: object) -> tuple[int, ...]:
     items = value if isinstance(value, list) else [value]
     for item in items:
@@ -112,6 +145,7 @@ class NamedClient:
     weight: float = 1.0
     answer_mode: str = "http"
     opencloud_key: str = ""  # the name of the held Open Cloud key it may use ("": none)
+    opencloud_passthrough: tuple[str, ...] = ()  # methods sent with it on passthrough (): off
 
     @property
     def bound(self) -> bool:
@@ -189,6 +223,21 @@ CLIENT = schema.Block(
             "`x-api-key` of their own (README, Open Cloud).",
             _key_name,
             shown="none",
+        ),
+        schema.Key(
+            "opencloud_passthrough",
+            "Send the held key (`opencloud_key`, required) on passthrough too: requests to "
+            "the Open Cloud host's `/cloud/…` and `/legacy-…/…` paths "
+            "(`/apis/cloud/v2/…`, or `Host: apis.<host_suffix>`) that carry no `x-api-key` "
+            "or `Authorization` of their own go out with it, without the client's `Cookie`, "
+            "so existing Open Cloud client libraries need not hold the key. `true`: for "
+            "`GET` and `HEAD`; a list names the methods (`[GET, HEAD, POST]`, of "
+            + ", ".join(f"`{m}`" for m in PASS_METHODS)
+            + "); another method on those paths is a 403 problem, not sent. Other hosts "
+            "and paths never get the key (README, Open Cloud).",
+            _pass_methods,
+            (),
+            shown="`false`",
         ),
     ),
 )
@@ -272,6 +321,14 @@ def read_clients(
                 Problem(entry.at("roblox_id"), f"{ctx}.roblox_id: applies to a key with places")
             )
             continue
+        if values["opencloud_passthrough"] and not values["opencloud_key"]:
+            problems.append(
+                Problem(
+                    entry.at("opencloud_passthrough"),
+                    f"{ctx}.opencloud_passthrough: needs opencloud_key (the held key it sends)",
+                )
+            )
+            continue
         per_server = values["per_server"]
         if "per_server" not in entry and places:
             per_server = HTTPSERVICE_PER_SERVER
@@ -287,6 +344,7 @@ def read_clients(
                 weight=values["weight"],
                 answer_mode=values["answer_mode"],
                 opencloud_key=values["opencloud_key"] or "",
+                opencloud_passthrough=values["opencloud_passthrough"],
             )
         )
     return tuple(clients)

@@ -21,7 +21,14 @@ from aiohttp import web
 from .errors import HTTPProblem, bad_request, not_found
 from .upstream.client import UpstreamRequest, forwardable_request_headers
 
-__all__ = ["CONDITIONAL", "as_read", "canonical_path", "unknown_service", "upstream_request"]
+__all__ = [
+    "CONDITIONAL",
+    "as_read",
+    "canonical_path",
+    "unknown_service",
+    "upstream_request",
+    "with_api_key",
+]
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SEGMENT_SAFE = "-._~!$&'()*+,;=:@"
@@ -96,6 +103,18 @@ def as_read(ureq: UpstreamRequest) -> UpstreamRequest:
         headers=(*headers, ("Content-Type", "application/json")),
         safe_read=True,
     )
+
+
+# Dropped when the proxy sends a held API key instead (with the key's own, lower-case).
+_NOT_WITH_HELD_KEY = frozenset({"cookie", "x-api-key", "authorization"})
+
+
+def with_api_key(ureq: UpstreamRequest, key: str) -> UpstreamRequest:
+    """``ureq`` sent with the Open Cloud key ``key`` the proxy holds: the client's
+    ``Cookie`` (a ``.ROBLOSECURITY``) and any blank ``x-api-key`` / ``Authorization``
+    dropped, so Roblox sees the held key and nothing else of the client's identity."""
+    kept = tuple((k, v) for k, v in ureq.headers if k.lower() not in _NOT_WITH_HELD_KEY)
+    return dataclasses.replace(ureq, headers=(*kept, ("x-api-key", key)))
 
 
 def canonical_path(raw_path: str) -> str:

@@ -28,13 +28,14 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from . import clean, compose, normalize, passthrough, tagging, walk
+from . import clean, cloudkeys, compose, normalize, passthrough, tagging, walk
 from .answer import Answer
 from .cache import decide
 from .cache.entry import Entry
 from .cache.fetcher import Fetcher
 from .cache.policy import Policy
 from .cache.result import Fetched
+from .cloudkeys import HeldKey, PassUse
 from .config import Config
 from .credentials import credential_of
 from .errors import (
@@ -116,6 +117,13 @@ class Pipeline:
         self._batches = batch_endpoints(rules.routes)
         held = {k.name: k for k in config.opencloud.keys}
         self._held = {c.name: held[c.opencloud_key] for c in config.auth.clients if c.opencloud_key}
+        # opencloud_passthrough: the held key and the methods it goes with on passthrough
+        self._pass_held = {
+            c.name: (held[c.opencloud_key], frozenset(c.opencloud_passthrough))
+            for c in config.auth.clients
+            if c.opencloud_key and c.opencloud_passthrough
+        }
+        self._owner_buckets = {r.id: r.owner_bucket for r in rules.routes}
 
     def swap(self, config: Config, rules: RuleSet) -> None:
         """Take a validated config and rule set (hot reload). Routing, parameter parsing and
@@ -231,14 +239,23 @@ class Pipeline:
         policy = self._policies[route.id]
         tags = tagging.render_tags(policy.tags, values) if policy.tags else ()
         fetched = await self._fetch(ureq, policy, caller, credential, tags=tags)
+        polled = False
         if route.hold is not None:
+            first = fetched
             fetched = await self._hold(route.hold, ureq, policy, caller, credential, fetched, tags)
+            polled = fetched is not first and route.hold.operation is not None
         try:
-            return await self._clean_answer(route, values, fetched, instance, caller.request_id)
+            answer = await self._clean_answer(route, values, fetched, instance, caller.request_id)
         except BaseException:
             if fetched.lease is not None:
                 fetched.lease.release()  # no answer will be written
             raise
+        if polled and answer.status < 400 and _kept_for_start(route, fetched):
+            # The finished operation, fetched by a poll, is the answer to the request that
+            # started it too: kept under that request's key (private to the same
+            # credential), the next request for it asks Roblox nothing.
+            self.fetcher.keep_as(ureq, policy, credential, fetched, tags)
+        return answer
 
     def _match(self, method: str, raw_path: str) -> tuple[Route | Composite, dict[str, str]]:
         router = self.rules.clean_router  # the routes and the composite routes
@@ -372,6 +389,7 @@ class Pipeline:
     ) -> Answer:
         if service not in self._allowed:
             raise passthrough.unknown_service(service, self._allowed)
+        held = self._passthrough_key(request, info, service, raw_path)
         ureq = await passthrough.upstream_request(
             request,
             service,
@@ -381,9 +399,16 @@ class Pipeline:
             drop_cacheable=self._drop_cacheable,
         )
         info.route = "passthrough:" + service
+        if held is not None:
+            ureq = passthrough.with_api_key(ureq, held.key)
+            # private to the held key (an HMAC of it keys its entries), never shared
+            credential = credential_of(CIMultiDict(ureq.headers))
         policy = self.policy_for(ureq)
         if policy.cacheable and ureq.method == "POST":
             ureq = passthrough.as_read(ureq)  # a documented read: cached like a GET
+        if held is not None:  # the key owner's budget: its rule's operation, else the host's
+            base = self._owner_buckets.get(policy.route_id) or service
+            ureq = dataclasses.replace(ureq, bucket=owner_scope(base, held.owner_label))
         caller = self._caller(request, info)
         tags: tuple[str, ...] = ()
         if policy.tags:  # a rule's: filled from the upstream path the rule describes
@@ -399,6 +424,35 @@ class Pipeline:
             fetched=fetched,
             route=info.route,
         )
+
+    def _passthrough_key(
+        self, request: web.Request, info: RequestInfo, service: str, raw_path: str
+    ) -> HeldKey | None:
+        """The held Open Cloud key a passthrough request goes out with (its client's
+        ``opencloud_passthrough``: :func:`cloudkeys.passthrough_use` decides), or None; a
+        method the client may not send it with is a 403 problem, before the body is read."""
+        found = self._pass_held.get(info.key_name) if info.key_name else None
+        if found is None:
+            return None
+        held, methods = found
+        headers = request.headers
+        own = any(v.strip() for name in _OWN for v in headers.getall(name, ()))
+        path = passthrough.canonical_path(raw_path)
+        use = cloudkeys.passthrough_use(methods, service, path, request.method, own)
+        if use is PassUse.AS_IS:
+            return None
+        if use is PassUse.REFUSED:
+            info.route = "passthrough:" + service
+            allowed = sorted(methods)
+            raise HTTPProblem(
+                403,
+                f"{request.method} is not sent to Open Cloud with the key the proxy holds for "
+                f"this access key (it sends: {', '.join(allowed)}); send an x-api-key of your "
+                "own for it",
+                code="held_key_method",
+                extra={"allowed_methods": allowed},
+            )
+        return held
 
     def policy_for(self, ureq: UpstreamRequest) -> Policy:
         """The policy of a passthrough request: its rule's when a rule describes the same
@@ -448,6 +502,10 @@ def _problem(
     )
 
 
+# A client's own Open Cloud credential: with either, a held key is never added.
+_OWN = ("x-api-key", "authorization")
+
+
 def owner_scope(base: str, owner: str) -> str:
     """The limiter scope of a route for one Open Cloud key owner: ``opencloud-user@group-7``
     (Roblox counts a key's requests against its owner, per operation); its seed is the
@@ -473,6 +531,16 @@ def _settled(hold: Hold, entry: Entry) -> bool:
         return not isinstance(data, dict) or data.get("done") is not False
     assert hold.path is not None
     return normalize.get_path(data, hold.path) in hold.until
+
+
+def _kept_for_start(route: Route, fetched: Fetched) -> bool:
+    """May a poll's answer stand for the request that started the operation: a stored
+    success that is done (a 2xx whose ``done`` is not false)."""
+    entry = fetched.entry
+    hold = route.hold
+    return (
+        hold is not None and fetched.cached and 200 <= entry.status < 300 and _settled(hold, entry)
+    )
 
 
 def _pending(route: Route, hold: Hold, fetched: Fetched) -> Answer:

@@ -86,6 +86,39 @@ def test_check_broken_config(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     ]
 
 
+def test_check_reports_held_key_passthrough_problems(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write(
+        tmp_path / "config.yaml",
+        """\
+        auth:
+          clients:
+            game:
+              key: GAME-SECRET
+              opencloud_key: main
+              opencloud_passthrough: [GET, TRACE]
+            bot:
+              key: BOT-SECRET
+              opencloud_passthrough: true
+        opencloud:
+          keys:
+            main: {key: HELD-SECRET, owner: group:7}
+        """,
+    )
+    assert cli.main(["check", "-c", str(config)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{config}:6: auth.clients.game.opencloud_passthrough: unknown method 'TRACE' "
+        "(allowed: GET, HEAD, POST, PUT, PATCH, DELETE)",
+        f"{config}:9: auth.clients.bot.opencloud_passthrough: needs opencloud_key (the held "
+        "key it sends)",
+        "2 problem(s) found",
+    ]
+    assert "SECRET" not in err
+
+
 def test_check_broken_rules(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

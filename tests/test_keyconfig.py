@@ -136,7 +136,8 @@ PROBLEMS = [
             "integers), got [1, 'x']",
             "c.yaml:6: auth.clients.game.weight: expected a number between 0.01 and 1000.0, got 0",
             "c.yaml:7: auth.clients.game.color: unknown key (allowed: answer_mode, key, "
-            "opencloud_key, per_server, places, rate, roblox_id, weight)",
+            "opencloud_key, opencloud_passthrough, per_server, places, rate, roblox_id, "
+            "weight)",
             "c.yaml:8: auth.clients.game.answer_mode: expected one of http, luau, got 'lua'",
         ],
     ),
@@ -194,6 +195,37 @@ PROBLEMS = [
     (
         """\
         auth:
+          clients:
+            a: {key: TOP-SECRET-1, opencloud_key: main, opencloud_passthrough: [GET, FETCH]}
+            b: {key: TOP-SECRET-2, opencloud_passthrough: true}
+            c: {key: TOP-SECRET-3, opencloud_key: main, opencloud_passthrough: []}
+            d: {key: TOP-SECRET-4, opencloud_key: main, opencloud_passthrough: GET}
+            e: {key: TOP-SECRET-5, opencloud_key: main, opencloud_passthrough: [7]}
+            f:
+              key: TOP-SECRET-6
+              opencloud_passthrough: [get, POST]
+        opencloud:
+          keys:
+            main: {key: HELD-SECRET, owner: group:7}
+        """,
+        [
+            "c.yaml:3: auth.clients.a.opencloud_passthrough: unknown method 'FETCH' (allowed: "
+            "GET, HEAD, POST, PUT, PATCH, DELETE)",
+            "c.yaml:4: auth.clients.b.opencloud_passthrough: needs opencloud_key (the held "
+            "key it sends)",
+            "c.yaml:5: auth.clients.c.opencloud_passthrough: expected true, false or a list of "
+            "methods like [GET, HEAD], got []",
+            "c.yaml:6: auth.clients.d.opencloud_passthrough: expected true, false or a list of "
+            "methods like [GET, HEAD], got 'GET'",
+            "c.yaml:7: auth.clients.e.opencloud_passthrough: unknown method 7 (allowed: GET, "
+            "HEAD, POST, PUT, PATCH, DELETE)",
+            "c.yaml:10: auth.clients.f.opencloud_passthrough: needs opencloud_key (the held "
+            "key it sends)",
+        ],
+    ),
+    (
+        """\
+        auth:
           clients: [TOP-SECRET-1]
         """,
         ["c.yaml:2: auth.clients: expected a mapping of client names, got ['TOP-SECRET-1']"],
@@ -226,3 +258,26 @@ def test_env_problems_name_the_variable() -> None:
         "$BLOXPROXY_AUTH_CLIENTS: auth.clients.g.places: expected a list of place ids "
         "(positive integers), got [0]"
     ]
+
+
+def test_opencloud_passthrough_methods(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """\
+        auth:
+          clients:
+            quiet: {key: k1, opencloud_key: main}
+            reads: {key: k2, opencloud_key: main, opencloud_passthrough: true}
+            named: {key: k3, opencloud_key: main, opencloud_passthrough: [post, GET, POST]}
+            none: {key: k4, opencloud_key: main, opencloud_passthrough: false}
+        opencloud:
+          keys:
+            main: {key: HELD-SECRET, owner: group:7}
+        """,
+    )
+    clients = {c.name: c for c in load(path, env={}).auth.clients}
+    assert clients["quiet"].opencloud_passthrough == ()
+    assert clients["reads"].opencloud_passthrough == ("GET", "HEAD")
+    assert clients["named"].opencloud_passthrough == ("POST", "GET")
+    assert clients["none"].opencloud_passthrough == ()
+    assert "HELD-SECRET" not in repr(clients) and "k2" not in repr(clients["reads"])

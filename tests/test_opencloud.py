@@ -21,7 +21,8 @@ from bloxproxy.appkeys import ACCESS_LOG, CONFIG, GUARD
 from bloxproxy.errors import ConfigError
 from bloxproxy.fake import FAKE_STATE, FakeRoblox, Fault, IpLimit
 from bloxproxy.fake.state import viewer_tag
-from tests.conftest import FakeClock, ProxyFactory
+from tests.conftest import FakeClock, ProxyFactory, fetcher_of
+from tests.test_cache import TOKEN, purge, settle
 from tests.test_gamekeys import ROOT, blocks, like
 
 Client = TestClient[web.Request, web.Application]
@@ -50,13 +51,12 @@ async def test_the_thumbnail_operation_is_polled_until_done(
     assert [p for p, _ in asked[1:]] == [asked[1][0]] * 2  # the same operation, twice
     assert asked[1][0].startswith("/cloud/v2/users/156/operations/")
     assert {k for _, k in asked} == {KEY["x-api-key"]}  # every poll with the caller's key
-    # a not-done operation is never stored; asked again, Roblox has the thumbnail made and
-    # answers done at once (one call), which is kept for the route's TTL (none after)
+    # the finished operation is kept under the request that started it too: asked again,
+    # a hit, Roblox not asked at all
     before = fake.total
-    assert (await call(proxy, THUMB))[1] == body
-    assert fake.total == before + 1
-    assert (await call(proxy, THUMB))[1] == body
-    assert fake.total == before + 1
+    again = await call(proxy, THUMB)
+    assert again[1] == body and again[2]["X-Cache"] == "HIT"
+    assert fake.total == before
 
 
 async def test_an_operation_still_running_is_a_clear_202(
@@ -69,11 +69,146 @@ async def test_an_operation_still_running_is_a_clear_202(
     assert body["done"] is False and body["operation"].startswith("users/156/operations/")
     assert clock.now - started <= 5.0  # hold.within
     assert 2 <= fake.total <= 6
-    # not stored: the next request asks Roblox again
-    before = fake.total
+    # not stored, under the poll's key nor the starting request's: the next request
+    # starts the operation again
+    assert not any(":generateThumbnail" in k for k in fetcher_of(proxy).l1._cache)
+    before = len(fake.requests)
     fake.cloud.polls = 0
     assert (await call(proxy, THUMB))[0] == 200
-    assert fake.total > before
+    assert [r.path for r in fake.requests[before:]] == ["/cloud/v2/users/156:generateThumbnail"]
+
+
+async def test_a_kept_operation_honours_its_ttl_on_the_clock(
+    proxy: Client, fake: FakeRoblox, clock: FakeClock
+) -> None:
+    fake.cloud.polls = 2
+    fake.cloud.owner_limit = IpLimit.parse("100/s")  # its answers carry x-ratelimit-*
+    assert (await call(proxy, THUMB))[0] == 200
+    assert fake.total == 3  # started, polled twice (one second apart, on the clock)
+    # kept as a stored entry is: without the headers about the moment of the call
+    fetcher = fetcher_of(proxy)
+    (key,) = [k for k in fetcher.l1._cache if ":generateThumbnail" in k and "|" not in k]
+    kept = fetcher.l1.get_nowait(key)
+    assert kept is not None and [n.lower() for n, _ in kept.headers] == ["content-type"]
+    # the starting request's entry is the poll's: as old as it, gone when it goes
+    clock.advance(3599)
+    status, _, headers = await call(proxy, THUMB)
+    assert (status, headers["X-Cache"], headers["Age"]) == (200, "HIT", "3599")
+    assert fake.total == 3
+    clock.advance(1)  # the route's 1 h is over
+    status, _, headers = await call(proxy, THUMB)
+    assert (status, headers["X-Cache"]) == (200, "MISS")
+    assert [r.path for r in fake.requests[3:]] == ["/cloud/v2/users/156:generateThumbnail"]
+    # (Roblox kept the thumbnail: done at once, stored as any answer)
+    assert (await call(proxy, THUMB))[2]["X-Cache"] == "HIT" and fake.total == 4
+    # another size is another request, an operation of its own
+    assert (await call(proxy, THUMB.replace("150", "420")))[0] == 200 and fake.total == 7
+
+
+STALE_THUMBNAIL = """\
+service: apis
+routes:
+  - id: opencloud.user_thumbnail
+    endpoint: /v2/cloud/users/{user_id}/thumbnail
+    params:
+      user_id: {type: int, min: 1}
+    query:
+      size: {type: int, default: 420}
+    backend:
+      path: /cloud/v2/users/{user_id}:generateThumbnail
+      query: {size: "{size}"}
+      credentials: api_key
+    response:
+      pick: response
+      shape: object
+      hold: {operation: path, within: 5s, every: 1s}
+    cache:
+      ttl: 1m
+      stale_if_error: 1h
+      credentials: per_credential
+      when: [{path: done, equals: false, ttl: 0s}]
+      tags: ["user:{user_id}"]
+"""
+
+
+async def test_a_kept_operation_keeps_its_stale_window(
+    make_proxy: ProxyFactory, tmp_path: Path, fake: FakeRoblox, clock: FakeClock
+) -> None:
+    rules = tmp_path / "thumbnail.yaml"
+    rules.write_text(STALE_THUMBNAIL, encoding="utf-8")
+    proxy = await make_proxy(BLOXPROXY_RULES_PATHS=str(rules), BLOXPROXY_RETRIES_ATTEMPTS="1")
+    fake.cloud.polls = 2
+    status, body, _ = await call(proxy, THUMB)
+    assert status == 200 and fake.total == 3
+    clock.advance(61)  # past the rule's minute: Roblox fails, the kept answer stands in
+    fake.script("apis", "/cloud/v2/users/156:generateThumbnail", [Fault(status=500)])
+    status, again, headers = await call(proxy, THUMB)
+    assert (status, again, headers["X-Cache"]) == (200, body, "STALE")
+    assert fake.total == 4  # the starting request only: no poll
+    clock.advance(3600)  # past the stale window too: Roblox's failure is the answer
+    fake.script("apis", "/cloud/v2/users/156:generateThumbnail", [Fault(status=500)])
+    assert (await call(proxy, THUMB))[0] == 502
+
+
+async def test_a_kept_operation_carries_the_routes_tags(
+    make_proxy: ProxyFactory, tmp_path: Path, fake: FakeRoblox
+) -> None:
+    rules = tmp_path / "thumbnail.yaml"
+    rules.write_text(STALE_THUMBNAIL, encoding="utf-8")
+    proxy = await make_proxy(BLOXPROXY_RULES_PATHS=str(rules), BLOXPROXY_SERVER_ADMIN_TOKEN=TOKEN)
+    fake.cloud.polls = 2
+    assert (await call(proxy, THUMB))[0] == 200
+    assert (await call(proxy, THUMB))[2]["X-Cache"] == "HIT" and fake.total == 3
+    # a purge of the user's tag drops the kept entry with the poll's
+    assert (await purge(proxy, {"tag": "user:156"})).status == 200
+    status, _, headers = await call(proxy, THUMB)
+    assert (status, headers["X-Cache"]) == (200, "MISS") and fake.total == 4
+
+
+async def test_a_kept_operation_is_only_for_its_own_key(held: Client, fake: FakeRoblox) -> None:
+    fake.cloud.polls = 2
+    status, body, _ = await call(held, THUMB, access("game"))
+    assert status == 200 and fake.total == 3
+    # the same held key (game's and bot's): the kept answer, nothing asked
+    for name in ("game", "bot"):
+        got = await call(held, THUMB, access(name))
+        assert (got[1], got[2]["X-Cache"]) == (body, "HIT"), name
+    assert fake.total == 3
+    # another key asks for itself, with its own key (Roblox made the thumbnail already)
+    for key, headers in (
+        (HELD["side"], access("other")),
+        ("own-key", access("game", **{"x-api-key": "own-key"})),
+        ("ad-hoc", access("plain", **{"x-api-key": "ad-hoc"})),
+    ):
+        before = len(fake.requests)
+        got = await call(held, THUMB, headers)
+        assert got[0] == 200 and got[2]["X-Cache"] != "HIT", key
+        sent = fake.requests[before:]
+        assert [r.path for r in sent] == ["/cloud/v2/users/156:generateThumbnail"], key
+        assert {r.headers["x-api-key"] for r in sent} == {key}
+    # and without a key, nothing: no answer is anybody's
+    assert (await call(held, THUMB, access("plain")))[0] == 401
+    # the kept entries are private: every one of them keyed by a credential's HMAC
+    keys = [k for k in fetcher_of(held).l1._cache if "generateThumbnail" in k]
+    assert keys and all(" cred=" in k for k in keys)
+    for secret in (*HELD.values(), "own-key", "ad-hoc"):
+        assert not any(secret in k for k in keys)
+
+
+async def test_a_kept_operation_is_a_hit_on_another_replica(
+    make_proxy: ProxyFactory, tmp_path: Path, redis_url: str, fake: FakeRoblox
+) -> None:
+    env = {"BLOXPROXY_CACHE_REDIS_URL": redis_url, "BLOXPROXY_CACHE_CREDENTIAL_SECRET": "s" * 32}
+    a = await holding(make_proxy, tmp_path, **env)
+    b = await holding(make_proxy, tmp_path, **env)
+    fake.cloud.polls = 2
+    status, body, _ = await call(a, THUMB, access("game"))
+    assert status == 200 and fake.total == 3
+    await settle(a)  # the L2 writes run beside the answer
+    got = await call(b, THUMB, access("bot"))
+    assert (got[1], got[2]["X-Cache"]) == (body, "HIT")
+    assert fake.total == 3
+    assert (await call(b, THUMB, access("other")))[2]["X-Cache"] != "HIT"
 
 
 async def test_an_operation_name_that_is_not_a_resource_path_is_never_polled(
@@ -405,7 +540,12 @@ async def test_the_readme_open_cloud_example(
     found = blocks(text[start : text.index("\n## ", start + 1)])
     yaml_body = next(body for lang, body in found if lang == "yaml")
     (tmp_path / "opencloud-config.yaml").write_text(yaml_body, encoding="utf-8")
-    secrets = {"GAME_KEY": "game-k3y", "BOT_KEY": "bot-k3y", "ROBLOX_OPEN_CLOUD_KEY": "oc-s3cret"}
+    secrets = {
+        "GAME_KEY": "game-k3y",
+        "BOT_KEY": "bot-k3y",
+        "TOOLS_KEY": "tools-k3y",
+        "ROBLOX_OPEN_CLOUD_KEY": "oc-s3cret",
+    }
     env = {
         **secrets,
         "BLOXPROXY_UPSTREAM_BASE_URL": f"http://127.0.0.1:{fake_server.port}/{{service}}",
@@ -423,7 +563,7 @@ async def test_the_readme_open_cloud_example(
         for (lang, body), (next_lang, shown) in itertools.pairwise(found)
         if lang == "http" and next_lang == "json"
     ]
-    assert len(exchanges) == 4
+    assert len(exchanges) == 5
     fake = fake_server.app[FAKE_STATE]
     for request, shown in exchanges:
         line, *header_lines = request.strip().splitlines()
@@ -433,12 +573,14 @@ async def test_the_readme_open_cloud_example(
         headers[config.auth.header] = secrets[placeholder]
         async with proxy.request(method, target, headers=headers) as resp:
             got = orjson.loads(await resp.read())
-        got.pop("_fake_viewer", None)  # the fake's own tag of whose answer it is
+        for tag in ("_fake_viewer", "_fakeViewer"):  # the fake's tag of whose answer it is
+            got.pop(tag, None)
         like(orjson.loads(shown), got)
         assert resp.status == got.get("status", 200)
-    # the game's calls went out with the held key, and nothing else did
+    # the game's and the tools' calls went out with the held key, and nothing else did
     sent = {r.headers.get("x-api-key") for r in fake.requests}
     assert sent == {secrets["ROBLOX_OPEN_CLOUD_KEY"]}
+    assert fake.requests[-1].path == "/cloud/v2/users/156"  # (the passthrough one)
 
 
 async def test_hostile_api_keys_get_problems_never_a_500(proxy: Client, fake: FakeRoblox) -> None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -134,17 +135,10 @@ class Fetcher:
         it is stored or read from Redis, and on the answer (``Fetched.tags``)."""
         if not (self.enabled and req.safe_read and policy.cacheable):
             return await self._direct(req, caller)
-        scope = ""
-        if credential:
-            if policy.credentials != "per_credential":
-                return await self._direct(req, caller, detail="credentialed")
-            scope = decide.credential_scope(self._secret, credential)
-        shared = not scope
-        if shared:
-            req = decide.shared_request(req, policy.send)
-            key = decide.cache_key(req, policy.send)
-        else:
-            key = decide.cache_key(req, policy.vary, scope)
+        if credential and policy.credentials != "per_credential":
+            return await self._direct(req, caller, detail="credentialed")
+        req, key = self._keyed(req, policy, credential)
+        shared = not credential
         looked = time.perf_counter()
         entry = self.l1.get_nowait(key)
         if entry is None and self.shared is not None:
@@ -203,6 +197,53 @@ class Fetcher:
         out = fetched if running is None else fetched.coalesced()
         out.fast_ok, out.cache_time, out.lease, out.tags = policy.fast_ok, looked, lease, tags
         return out
+
+    def _keyed(
+        self, req: UpstreamRequest, policy: Policy, credential: str
+    ) -> tuple[UpstreamRequest, str]:
+        """The request as it goes upstream and its cache key: shared (cut down to the
+        policy's allow-listed headers) when anonymous, else private to ``credential`` (an
+        HMAC of it in the key). Only for a request :meth:`fetch` would cache."""
+        if credential:
+            scope = decide.credential_scope(self._secret, credential)
+            return req, decide.cache_key(req, policy.vary, scope)
+        req = decide.shared_request(req, policy.send)
+        return req, decide.cache_key(req, policy.send)
+
+    def keep_as(
+        self,
+        req: UpstreamRequest,
+        policy: Policy,
+        credential: str,
+        fetched: Fetched,
+        tags: tuple[str, ...] = (),
+    ) -> str:
+        """Store the entry of ``fetched`` — an answer to another request, already stored
+        under its own key — under ``req``'s key too, as :meth:`fetch` would key ``req``
+        for ``credential`` (private to it when given): a long-running operation's finished
+        answer, fetched by a poll, kept for the request that started it, so that request
+        is a hit next time. The entry keeps its age, TTL and stale windows (it expires when
+        the poll's does) and only the headers a stored entry keeps; in L1 now, in L2 in
+        the background, with ``tags``. Returns the key ("": nothing stored, because ``req``
+        is not cached, or the answer was not)."""
+        if not (self.enabled and req.safe_read and policy.cacheable and fetched.cached):
+            return ""
+        if credential and policy.credentials != "per_credential":
+            return ""
+        _, key = self._keyed(req, policy, credential)
+        if key == fetched.key:
+            return key
+        got = fetched.entry
+        kept = tuple((k, v) for k, v in got.headers if k.lower() in KEPT_HEADERS)
+        entry = got if kept == got.headers else dataclasses.replace(got, headers=kept)
+        if not entry.etag:
+            entry = dataclasses.replace(entry, etag=make_etag(entry.body))
+        self.l1.set_nowait(key, entry)
+        if tags:
+            self._index(key, tags)
+        if self.shared is not None:
+            self._spawn(self.shared.set(key, entry, tags))
+        return key
 
     async def _wait(self, task: asyncio.Task[Fetched]) -> Fetched:
         """``await wait_for(shield(task), coalesce_timeout)`` at a fraction of the cost.

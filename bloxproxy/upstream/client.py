@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -90,7 +90,8 @@ class UpstreamRequest:
     method: str
     path: str
     query: str = ""
-    headers: Headers = ()
+    # (not in the repr: a client's cookie, an API key — the proxy's held one too)
+    headers: Headers = field(default=(), repr=False)
     body: bytes | None = None
     safe_read: bool = True
 
