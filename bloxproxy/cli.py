@@ -118,17 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser(
         "import-limits",
-        help="import Open Cloud's published limits from its OpenAPI document",
-        description="Read Roblox's OpenAPI document (creator-docs content/en-us/reference/"
-        "cloud/cloud.docs.json, or the all-APIs openapi.json; the shipped table comes from "
-        "rules/sources/cloud.docs.subset.json) and write each operation's "
-        "x-roblox-rate-limits per API key owner as the limits table beside a rule file "
-        "(rules/opencloud.limits.json), which routes with limits.per_key_owner: openapi read.",
+        help="import Open Cloud's published limits from Roblox's OpenAPI documents",
+        description="Read one or more of Roblox's OpenAPI documents (creator-docs "
+        "content/en-us/reference/cloud/cloud.docs.json, the all-APIs openapi.json; the shipped "
+        "table comes from rules/sources/cloud.docs.subset.json and "
+        "rules/sources/openapi.subset.json) and write each operation's x-roblox-rate-limits "
+        "per API key owner as the limits table beside a rule file "
+        "(rules/opencloud.limits.json), which routes with limits.per_key_owner: openapi read. "
+        "The table names each document; an operation two documents list with different "
+        "limits is refused.",
     )
-    imp.add_argument("document", help="the OpenAPI document (JSON)")
+    imp.add_argument("documents", nargs="+", metavar="document", help="an OpenAPI document (JSON)")
     imp.add_argument("--output", "-o", metavar="FILE", help="write the table to FILE")
     imp.add_argument(
-        "--source", metavar="TEXT", help="where the document came from (default: its file name)"
+        "--source",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="where a document came from, once per document in their order (default: each "
+        "one's file name)",
     )
     imp.add_argument(
         "--prefix",
@@ -346,21 +354,38 @@ def cmd_openapi(args: argparse.Namespace) -> int:
 
 
 def cmd_import_limits(args: argparse.Namespace) -> int:
-    try:
-        with open(args.document, "rb") as f:
-            document = orjson.loads(f.read())
-        limits = cloudlimits.extract(document, tuple(args.prefix) or ("/cloud/", "/legacy-"))
-    except (OSError, orjson.JSONDecodeError, cloudlimits.TableError) as exc:
-        print(f"{args.document}: {exc}", file=sys.stderr)
+    paths: list[str] = args.documents
+    if args.source and len(args.source) != len(paths):
+        print(
+            f"import-limits: {len(paths)} document(s) but {len(args.source)} --source: give "
+            "one --source per document, in the same order, or none",
+            file=sys.stderr,
+        )
         return 1
-    info = document.get("info") if isinstance(document, dict) else None
-    version = str(info.get("version", "")) if isinstance(info, dict) else ""
-    source = args.source or os.path.basename(args.document)
-    text = cloudlimits.table_text(limits, source, version)
+    prefixes = tuple(args.prefix) or ("/cloud/", "/legacy-")
+    documents: list[cloudlimits.Document] = []
+    for i, path in enumerate(paths):
+        try:
+            with open(path, "rb") as f:
+                document = orjson.loads(f.read())
+            limits = cloudlimits.extract(document, prefixes)
+        except (OSError, orjson.JSONDecodeError, cloudlimits.TableError) as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            return 1
+        info = document.get("info") if isinstance(document, dict) else None
+        version = str(info.get("version", "")) if isinstance(info, dict) else ""
+        source = args.source[i] if args.source else os.path.basename(path)
+        documents.append(cloudlimits.Document(path, source, version, tuple(limits)))
+    try:
+        count = len(cloudlimits.combine(documents))
+        text = cloudlimits.tables_text(documents)
+    except cloudlimits.TableError as exc:
+        print(f"import-limits: {exc}", file=sys.stderr)
+        return 1
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text)
-        print(f"{len(limits)} operation(s) written to {args.output}", file=sys.stderr)
+        print(f"{count} operation(s) written to {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     return 0

@@ -1,23 +1,26 @@
-"""Open Cloud's published limits: ``x-roblox-rate-limits`` of Roblox's OpenAPI document,
+"""Open Cloud's published limits: ``x-roblox-rate-limits`` of Roblox's OpenAPI documents,
 imported into a data file beside a rule file, and read back when the rules load.
 
-Roblox's Open Cloud v2 document (creator-docs ``content/en-us/reference/cloud/cloud.docs.json``;
-the all-APIs ``openapi.json`` beside it has the same extension) gives each operation its
-limits as ``"x-roblox-rate-limits": {"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod":
-1000}, "perOauth2Authorization": {...}}``: how many requests all API keys of one owner (a user
-or a group) may make to that operation per period. :func:`extract` takes the per-owner ones
-out of a document (``bloxproxy import-limits``), :func:`table_text` writes the data file
-(``rules/<file>.limits.json`` beside ``rules/<file>.yaml``), :func:`read_table` reads it; a
-route with ``limits.per_key_owner: openapi`` gets the entry of its upstream operation
-(method and path, parameters' names ignored). Nothing here is copied by hand: the shipped
-file is the command's output for ``rules/sources/cloud.docs.subset.json``, the document with
-every key but each operation's ``operationId``, ``summary`` and ``x-roblox-rate-limits``
-dropped.
+Roblox's Open Cloud v2 document (creator-docs ``content/en-us/reference/cloud/cloud.docs.json``)
+and the all-APIs ``openapi.json`` beside it give each operation its limits as
+``"x-roblox-rate-limits": {"perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": 1000},
+"perOauth2Authorization": {...}}``: how many requests all API keys of one owner (a user or a
+group) may make to that operation per period. :func:`extract` takes the per-owner ones out of
+one document, :func:`combine` puts several documents' together (``bloxproxy import-limits A
+B ...``; an operation in two of them with two different limits is refused),
+:func:`table_text` writes the data file (``rules/<file>.limits.json`` beside
+``rules/<file>.yaml``), naming each document it came from, and :func:`read_table` reads it; a
+route with ``limits.per_key_owner: openapi`` gets the entry of its upstream operation (method
+and path, parameters' names ignored). Nothing here is copied by hand: the shipped file is the
+command's output for ``rules/sources/cloud.docs.subset.json`` and
+``rules/sources/openapi.subset.json``, each a document with every key but each kept
+operation's ``operationId``, ``summary`` and ``x-roblox-rate-limits`` dropped.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +28,15 @@ import orjson
 
 __all__ = [
     "PERIODS",
+    "Document",
     "OperationLimit",
     "TableError",
+    "combine",
     "extract",
     "operation_key",
     "read_table",
     "table_text",
+    "tables_text",
 ]
 
 PERIODS = {"SECOND": 1.0, "MINUTE": 60.0, "HOUR": 3600.0, "DAY": 86400.0}
@@ -115,11 +121,54 @@ def extract(document: object, prefixes: tuple[str, ...] = ()) -> list[OperationL
     return sorted(found.values(), key=lambda o: (o.path, o.method))
 
 
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One document's part of a table: where it came from and what :func:`extract` found."""
+
+    name: str  # what error messages call it (the file given to the command)
+    source: str  # what the table records (the repository, path and commit)
+    version: str  # its info.version ("" when it has none)
+    limits: tuple[OperationLimit, ...]
+
+
+def combine(documents: Sequence[Document]) -> list[tuple[int, OperationLimit]]:
+    """The operations of several documents, each with the index of the document it is taken
+    from, sorted by path and method. An operation two documents list (the same once parameter
+    names are ignored, :func:`operation_key`) with the same limit is taken once, from the first
+    of them; with different limits which one a route would get is a guess, so that is a
+    :class:`TableError` naming both."""
+    found: dict[tuple[str, str], tuple[int, OperationLimit]] = {}
+    for index, document in enumerate(documents):
+        for limit in document.limits:
+            key = operation_key(limit.method, limit.path)
+            first_index, first = found.setdefault(key, (index, limit))
+            if (first.max_in_period, first.period) != (limit.max_in_period, limit.period):
+                raise TableError(
+                    f"{limit.method} {first.path} is {first.text()} in "
+                    f"{documents[first_index].name} but {limit.path} is {limit.text()} in "
+                    f"{document.name}: one operation with two published limits"
+                )
+    return sorted(found.values(), key=lambda entry: (entry[1].path, entry[1].method))
+
+
 def table_text(limits: list[OperationLimit], source: str, version: str = "") -> str:
-    """The data file: JSON, one operation a line (diffs stay readable)."""
-    head = {"format": FORMAT, "generated_by": "bloxproxy import-limits", "source": source}
-    if version:
-        head["document_version"] = version
+    """The data file of one document's operations (:func:`tables_text` of one)."""
+    return tables_text([Document(source, source, version, tuple(limits))])
+
+
+def tables_text(documents: Sequence[Document]) -> str:
+    """The data file: JSON, each document's source (and version) in ``sources``, then one
+    operation a line (diffs stay readable), each naming its document by index."""
+    head: dict[str, Any] = {
+        "format": FORMAT,
+        "generated_by": "bloxproxy import-limits",
+        "sources": [
+            {"source": d.source, "document_version": d.version}
+            if d.version
+            else {"source": d.source}
+            for d in documents
+        ],
+    }
     lines = [
         orjson.dumps(
             {
@@ -127,9 +176,10 @@ def table_text(limits: list[OperationLimit], source: str, version: str = "") -> 
                 "path": o.path,
                 "operation": o.operation,
                 "per_key_owner": {"max_in_period": o.max_in_period, "period": o.period},
+                "document": index,
             }
         ).decode()
-        for o in limits
+        for index, o in combine(documents)
     ]
     body = ",\n    ".join(lines)
     text = orjson.dumps(head).decode()[:-1]

@@ -1,5 +1,5 @@
-"""Open Cloud's published limits: extracting ``x-roblox-rate-limits`` from an OpenAPI
-document (``bloxproxy import-limits``), the data file beside a rule file, and
+"""Open Cloud's published limits: extracting ``x-roblox-rate-limits`` from OpenAPI
+documents (``bloxproxy import-limits``), the data file beside a rule file, and
 ``limits.per_key_owner`` in rules (bloxproxy/cloudlimits.py, rules.py, cli.py)."""
 
 from __future__ import annotations
@@ -14,7 +14,16 @@ import pytest
 
 from bloxproxy import cli
 from bloxproxy import config as config_mod
-from bloxproxy.cloudlimits import OperationLimit, TableError, extract, read_table, table_text
+from bloxproxy.cloudlimits import (
+    Document,
+    OperationLimit,
+    TableError,
+    combine,
+    extract,
+    read_table,
+    table_text,
+    tables_text,
+)
 from bloxproxy.config import shipped_rules_dir
 from bloxproxy.errors import ConfigError
 from bloxproxy.rules import load_rules
@@ -25,6 +34,9 @@ TABLE = ROOT / "rules" / "opencloud.limits.json"
 # Roblox's Open Cloud v2 document, every key but the operations' limits dropped (docs/ROBLOX.md)
 SUBSET = ROOT / "rules" / "sources" / "cloud.docs.subset.json"
 COMMIT = "019b031c5eab95ec296af6c31fea2926969edd09"  # of creator-docs, the subset's source
+# Roblox's all-APIs document: its /legacy-badges/ operations, their limits only
+LEGACY_SUBSET = ROOT / "rules" / "sources" / "openapi.subset.json"
+LEGACY_COMMIT = "02681b0e9ff28bf2dba701292d0cea1206fc8c71"
 
 
 def limits(owner: object, period: object = "MINUTE") -> dict[str, Any]:
@@ -144,7 +156,9 @@ def test_the_table_round_trips_and_refuses_what_it_is_not() -> None:
     found = extract(DOC, ("/cloud/",))
     text = table_text(found, "doc.json", "9.9")
     data = orjson.loads(text)
-    assert (data["format"], data["source"], data["document_version"]) == (1, "doc.json", "9.9")
+    assert data["format"] == 1
+    assert data["sources"] == [{"source": "doc.json", "document_version": "9.9"}]
+    assert {op["document"] for op in data["operations"]} == {0}
     table = read_table(text.encode())
     assert table[("GET", "/cloud/v2/things/{}")] == found[0]
     assert table[("POST", "/cloud/v2/things/{}:frob")].operation == "Frob"
@@ -186,7 +200,9 @@ def test_import_limits_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFi
         ("PATCH", "/cloud/v2/things/{}"),
         ("POST", "/cloud/v2/things/{}:frob"),
     ]
-    assert orjson.loads(out.read_bytes())["source"] == "the doc"
+    assert orjson.loads(out.read_bytes())["sources"] == [
+        {"source": "the doc", "document_version": "9.9"}
+    ]
     assert cli.main(["import-limits", str(doc), "--prefix", "/legacy-"]) == 0
     assert len(orjson.loads(capsys.readouterr().out)["operations"]) == 1
     bad = tmp_path / "bad.json"
@@ -212,6 +228,129 @@ def test_import_limits_writes_the_table(tmp_path: Path, capsys: pytest.CaptureFi
         "once parameter names are ignored\n"
     )
     assert not (tmp_path / "clash.limits.json").exists()
+
+
+def doc_of(name: str, limits_found: list[OperationLimit], version: str = "") -> Document:
+    return Document(name, f"source of {name}", version, tuple(limits_found))
+
+
+def op(method: str, path: str, name: str, most: int, period: str = "MINUTE") -> OperationLimit:
+    return OperationLimit(method, path, name, most, period)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        (  # apart: both, sorted by path and method, each from its document
+            [op("GET", "/cloud/v2/a", "A", 5)],
+            [op("POST", "/legacy-x/v1/b", "B", 100)],
+            [(0, "GET", "/cloud/v2/a", "A"), (1, "POST", "/legacy-x/v1/b", "B")],
+        ),
+        (  # in both with one limit: once, the first document's (its path and name)
+            [op("GET", "/x/{id}", "First", 100)],
+            [op("GET", "/x/{x_id}", "Second", 100), op("GET", "/a", "A", 1)],
+            [(1, "GET", "/a", "A"), (0, "GET", "/x/{id}", "First")],
+        ),
+        (  # the same operation written per second or per minute is not the same limit
+            [op("GET", "/x", "X", 1, "SECOND")],
+            [op("GET", "/x", "X", 60)],
+            "GET /x is 1/s in one.json but /x is 60/min in two.json: one operation with two "
+            "published limits",
+        ),
+        (
+            [op("PATCH", "/x/{a}", "X", 100)],
+            [op("PATCH", "/x/{b}", "Y", 150)],
+            "PATCH /x/{a} is 100/min in one.json but /x/{b} is 150/min in two.json: one "
+            "operation with two published limits",
+        ),
+        ([], [], []),
+    ],
+)
+def test_combine_takes_each_operation_once_and_refuses_two_limits(
+    first: list[OperationLimit], second: list[OperationLimit], expected: object
+) -> None:
+    documents = [doc_of("one.json", first), doc_of("two.json", second)]
+    if isinstance(expected, str):
+        with pytest.raises(TableError) as info:
+            combine(documents)
+        assert str(info.value) == expected
+        with pytest.raises(TableError):
+            tables_text(documents)
+        return
+    found = [(i, o.method, o.path, o.operation) for i, o in combine(documents)]
+    assert found == expected
+    data = orjson.loads(tables_text(documents))
+    assert data["sources"] == [{"source": "source of one.json"}, {"source": "source of two.json"}]
+    assert [(o["document"], o["method"], o["path"]) for o in data["operations"]] == [
+        entry[:3] for entry in found
+    ]
+
+
+def test_import_limits_reads_several_documents(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cloud = tmp_path / "cloud.json"
+    cloud.write_bytes(orjson.dumps(DOC))
+    legacy = tmp_path / "legacy.json"
+    legacy.write_bytes(
+        orjson.dumps(
+            {
+                "info": {"title": "All", "version": "1.0.0"},
+                "paths": {
+                    "/legacy-things/v1/things/{thing}": {  # DOC's too, with its limit: once
+                        "get": {"summary": "Get a thing.", **limits(100)},
+                        "patch": {"summary": "Update a thing.", **limits(50)},
+                    },
+                    "/v1/elsewhere": {"get": limits(1)},  # not under a prefix
+                },
+            }
+        )
+    )
+    out = tmp_path / "x.limits.json"
+    argv = ["import-limits", str(cloud), str(legacy), "-o", str(out)]
+    assert cli.main([*argv, "--source", "the cloud doc", "--source", "the big one"]) == 0
+    assert capsys.readouterr().err == f"5 operation(s) written to {out}\n"
+    data = orjson.loads(out.read_bytes())
+    assert data["sources"] == [
+        {"source": "the cloud doc", "document_version": "9.9"},
+        {"source": "the big one", "document_version": "1.0.0"},
+    ]
+    by_key = {(o["method"], o["path"]): (o["document"], o["operation"]) for o in data["operations"]}
+    assert by_key[("GET", "/legacy-things/v1/things/{id}")] == (0, "Legacy")
+    assert by_key[("PATCH", "/legacy-things/v1/things/{thing}")] == (1, "Update a thing.")
+    assert read_table(out.read_bytes())[("PATCH", "/legacy-things/v1/things/{}")].text() == "50/min"
+    # without --source each document is named by its file name
+    assert cli.main(["import-limits", str(cloud), str(legacy)]) == 0
+    assert [s["source"] for s in orjson.loads(capsys.readouterr().out)["sources"]] == [
+        "cloud.json",
+        "legacy.json",
+    ]
+    # a --source per document, or none
+    assert cli.main([*argv, "--source", "only one"]) == 1
+    assert capsys.readouterr().err == (
+        "import-limits: 2 document(s) but 1 --source: give one --source per document, in the "
+        "same order, or none\n"
+    )
+    # one operation, two limits: refused, nothing written
+    legacy.write_bytes(
+        orjson.dumps({"paths": {"/legacy-things/v1/things/{thing}": {"get": limits(99)}}})
+    )
+    out.unlink()
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err == (
+        f"import-limits: GET /legacy-things/v1/things/{{id}} is 100/min in {cloud} but "
+        f"/legacy-things/v1/things/{{thing}} is 99/min in {legacy}: one operation with two "
+        "published limits\n"
+    )
+    assert not out.exists()
+    # a bad second document is named, and nothing is written
+    legacy.write_text("[", encoding="utf-8")
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err.startswith(f"{legacy}: ")
+    assert not out.exists()
+    legacy.write_text("[]", encoding="utf-8")
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err == f"{legacy}: not an OpenAPI document: no 'paths' mapping\n"
 
 
 RULE = """\
@@ -292,19 +431,50 @@ def test_the_shipped_open_cloud_routes_have_the_published_limits() -> None:
         "opencloud.place": "100/min",
     }
     table = read_table((shipped_rules_dir() / "opencloud.limits.json").read_bytes())
-    assert all(o.operation.startswith("Cloud_") for o in table.values())
+    assert all(o.operation.startswith("Cloud_") for k, o in table.items() if "/cloud/" in k[1])
+    # opencloud.badge reads GET /legacy-badges/v1/badges/{badge_id}: openapi.json publishes
+    # limits only for changing a badge (PATCH) and creating one, so it has none to draw on
+    (badge,) = [r for r in rules.routes if r.id == "opencloud.badge"]
+    assert (badge.backend.method, badge.owner_limit) == ("GET", None)
+    assert ("GET", "/legacy-badges/v1/badges/{}") not in table
+    assert table[("PATCH", "/legacy-badges/v1/badges/{}")].text() == "100/min"
+
+
+def test_a_per_key_owner_openapi_on_the_badge_route_says_the_table_lacks_it(
+    tmp_path: Path,
+) -> None:
+    # the shipped rule file and table, the badge route given limits.per_key_owner: openapi
+    rule = (shipped_rules_dir() / "opencloud.yaml").read_text(encoding="utf-8")
+    head, tail = rule.split("  - id: opencloud.badge\n")
+    tail = tail.replace(
+        "      credentials: api_key\n",
+        "      credentials: api_key\n    limits: {per_key_owner: openapi}\n",
+        1,
+    )
+    (tmp_path / "opencloud.yaml").write_text(f"{head}  - id: opencloud.badge\n{tail}", "utf-8")
+    (tmp_path / "opencloud.limits.json").write_bytes(TABLE.read_bytes())
+    with pytest.raises(ConfigError) as info:
+        load_rules([tmp_path / "opencloud.yaml"])
+    assert [str(p).split(": ", 1)[1] for p in info.value.problems] == [
+        "limits.per_key_owner: opencloud.limits.json has no operation GET "
+        "/legacy-badges/v1/badges/{badge_id} (run bloxproxy import-limits again, or write a rate)"
+    ]
 
 
 def test_the_shipped_table_is_the_commands_output_for_the_committed_subset(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    source = orjson.loads(TABLE.read_bytes())["source"]
-    assert source.startswith(
+    cloud, legacy = (s["source"] for s in orjson.loads(TABLE.read_bytes())["sources"])
+    assert cloud.startswith(
         f"Roblox/creator-docs content/en-us/reference/cloud/cloud.docs.json @ {COMMIT[:12]} "
     )
+    assert legacy.startswith(
+        f"Roblox/creator-docs content/en-us/reference/cloud/openapi.json @ {LEGACY_COMMIT[:12]} "
+    )
     out = tmp_path / "opencloud.limits.json"
-    assert cli.main(["import-limits", str(SUBSET), "--source", source, "-o", str(out)]) == 0
-    assert capsys.readouterr().err == f"72 operation(s) written to {out}\n"
+    argv = ["import-limits", str(SUBSET), str(LEGACY_SUBSET), "-o", str(out)]
+    assert cli.main([*argv, "--source", cloud, "--source", legacy]) == 0
+    assert capsys.readouterr().err == f"74 operation(s) written to {out}\n"
     assert out.read_text(encoding="utf-8") == TABLE.read_text(encoding="utf-8")
 
 
@@ -324,8 +494,49 @@ def test_the_committed_subset_is_the_documents_limits_and_nothing_else() -> None
             assert list(limit) == ["period", "maxInPeriod"], (path, who)
     # every operation publishes a limit per key owner: each one is in the table
     table = read_table(TABLE.read_bytes())
-    assert sorted(o.operation for o in table.values()) == sorted(
+    assert sorted(o.operation for k, o in table.items() if k[1].startswith("/cloud/")) == sorted(
         op["operationId"] for *_, op in ops
+    )
+
+
+def test_the_committed_legacy_subset_is_the_documents_legacy_badges_and_nothing_else() -> None:
+    doc = orjson.loads(LEGACY_SUBSET.read_bytes())
+    assert list(doc) == ["openapi", "info", "x-bloxproxy-subset", "paths"]
+    assert (doc["openapi"], doc["info"]) == (
+        "3.0.4",
+        {
+            "title": "Roblox API",
+            "description": "The Roblox API. See https://create.roblox.com/docs/cloud/open-cloud "
+            "for more details.",
+            "version": "1.0.0",
+            "x-roblox-extensions-version": "1.1.0",
+        },
+    )
+    assert f"openapi.json at commit {LEGACY_COMMIT}" in doc["x-bloxproxy-subset"]
+    per_minute_100 = {
+        "perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": 100},
+        "perOauth2Authorization": {"period": "MINUTE", "maxInPeriod": 100},
+    }
+    # every /legacy-badges/ path and method of the document (there is no GET among them),
+    # no operationId in the document, the summary and the limits as written there
+    assert doc["paths"] == {
+        "/legacy-badges/v1/badges/{badgeId}": {
+            "patch": {
+                "summary": "Updates badge configuration.",
+                "x-roblox-rate-limits": per_minute_100,
+            }
+        },
+        "/legacy-badges/v1/universes/{universeId}/badges": {
+            "post": {"summary": "Creates a new badge.", "x-roblox-rate-limits": per_minute_100}
+        },
+    }
+    data = orjson.loads(TABLE.read_bytes())
+    assert [(o["method"], o["path"]) for o in data["operations"] if o["document"] == 1] == [
+        ("PATCH", "/legacy-badges/v1/badges/{badgeId}"),
+        ("POST", "/legacy-badges/v1/universes/{universeId}/badges"),
+    ]
+    assert all(
+        o["path"].startswith("/cloud/v2/") == (o["document"] == 0) for o in data["operations"]
     )
 
 
@@ -365,6 +576,9 @@ def test_the_committed_subset_is_the_documents_limits_and_nothing_else() -> None
             "Cloud_ListDataStoreEntryRevisions__Using_Universes_DataStores_Scopes",
             "5000/min",
         ),
+        # from openapi.json, named by their summary (they have no operationId)
+        ("PATCH", "/legacy-badges/v1/badges/{}", "Updates badge configuration.", "100/min"),
+        ("POST", "/legacy-badges/v1/universes/{}/badges", "Creates a new badge.", "100/min"),
     ],
 )
 def test_the_table_has_the_documents_numbers(
