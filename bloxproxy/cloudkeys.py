@@ -188,7 +188,7 @@ def check_clients(
 
 
 # The passthrough service that is Open Cloud's host (apis.roblox.com), and its paths that
-# take an API key: /cloud/v1|v2/… and the legacy-* API-key routes (/legacy-badges/v1/…).
+# take an API key: /cloud/v1|v2/… and the legacy-* API-key routes (/legacy-groups/v1/…, …).
 OPEN_CLOUD_SERVICE = "apis"
 _OPEN_CLOUD_PATH = re.compile(r"^/(?:cloud|legacy-[A-Za-z0-9-]+)/")
 

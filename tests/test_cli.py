@@ -281,6 +281,10 @@ def test_routes_prints_every_route_with_its_id_upstream_and_ttls(
     assert table["opencloud.user_thumbnail"][1].endswith(
         " [per key owner: 1000/min, openapi: Cloud_GenerateUserThumbnail]"
     )
+    # a legacy-* API-key route: its limit from openapi.json, named by the summary there
+    assert table["opencloud.group_audit_log"][1].endswith(
+        " [per key owner: 100/min, openapi: Gets the Group's audit log]"
+    )
     # a composite route: its parts' routes, each cached as its own route is
     cells, parts = table["users.profile"]
     assert cells == ["users.profile", "GET", "/v1/users/{user_id}/profile", "-", "-", "-"]

@@ -34,7 +34,8 @@ TABLE = ROOT / "rules" / "opencloud.limits.json"
 # Roblox's Open Cloud v2 document, every key but the operations' limits dropped (docs/ROBLOX.md)
 SUBSET = ROOT / "rules" / "sources" / "cloud.docs.subset.json"
 COMMIT = "019b031c5eab95ec296af6c31fea2926969edd09"  # of creator-docs, the subset's source
-# Roblox's all-APIs document: its /legacy-badges/ operations, their limits only
+# Roblox's all-APIs document: its /legacy-badges/ operations and the two /legacy-groups/ GETs
+# the proxy routes, their limits only
 LEGACY_SUBSET = ROOT / "rules" / "sources" / "openapi.subset.json"
 LEGACY_COMMIT = "02681b0e9ff28bf2dba701292d0cea1206fc8c71"
 
@@ -429,35 +430,40 @@ def test_the_shipped_open_cloud_routes_have_the_published_limits() -> None:
         "opencloud.group_role": "300/min",
         "opencloud.universe": "100/min",
         "opencloud.place": "100/min",
+        # the legacy-groups API-key reads, from openapi.json (named by their summary)
+        "opencloud.group_audit_log": "100/min",
+        "opencloud.group_settings": "100/min",
     }
     table = read_table((shipped_rules_dir() / "opencloud.limits.json").read_bytes())
     assert all(o.operation.startswith("Cloud_") for k, o in table.items() if "/cloud/" in k[1])
-    # opencloud.badge reads GET /legacy-badges/v1/badges/{badge_id}: openapi.json publishes
-    # limits only for changing a badge (PATCH) and creating one, so it has none to draw on
-    (badge,) = [r for r in rules.routes if r.id == "opencloud.badge"]
-    assert (badge.backend.method, badge.owner_limit) == ("GET", None)
-    assert ("GET", "/legacy-badges/v1/badges/{}") not in table
-    assert table[("PATCH", "/legacy-badges/v1/badges/{}")].text() == "100/min"
-
-
-def test_a_per_key_owner_openapi_on_the_badge_route_says_the_table_lacks_it(
-    tmp_path: Path,
-) -> None:
-    # the shipped rule file and table, the badge route given limits.per_key_owner: openapi
-    rule = (shipped_rules_dir() / "opencloud.yaml").read_text(encoding="utf-8")
-    head, tail = rule.split("  - id: opencloud.badge\n")
-    tail = tail.replace(
-        "      credentials: api_key\n",
-        "      credentials: api_key\n    limits: {per_key_owner: openapi}\n",
-        1,
+    by_id = {r.id: r for r in rules.routes}
+    audit, settings = by_id["opencloud.group_audit_log"], by_id["opencloud.group_settings"]
+    assert audit.owner_limit is not None and settings.owner_limit is not None
+    assert audit.owner_limit.source == "openapi: Gets the Group's audit log"
+    assert settings.owner_limit.source == "openapi: Gets the Group's settings"
+    # each its own per-owner budget, as Roblox counts per operation
+    assert (audit.owner_bucket, settings.owner_bucket) == (
+        "gets-the-group-s-audit-log",
+        "gets-the-group-s-settings",
     )
-    (tmp_path / "opencloud.yaml").write_text(f"{head}  - id: opencloud.badge\n{tail}", "utf-8")
-    (tmp_path / "opencloud.limits.json").write_bytes(TABLE.read_bytes())
+    # openapi.json publishes no GET of a badge under /legacy-badges/: no route reads one
+    assert ("GET", "/legacy-badges/v1/badges/{}") not in table
+    assert not [r for r in rules.routes if r.backend.path.text.startswith("/legacy-badges/")]
+
+
+def test_a_legacy_route_whose_operation_left_the_table_is_refused(tmp_path: Path) -> None:
+    # the shipped rule file beside the shipped table without the audit log's operation (as
+    # if a newer openapi.json dropped it): the route says so instead of going unlimited
+    (tmp_path / "opencloud.yaml").write_bytes((shipped_rules_dir() / "opencloud.yaml").read_bytes())
+    data = orjson.loads(TABLE.read_bytes())
+    data["operations"] = [o for o in data["operations"] if not o["path"].endswith("/audit-log")]
+    (tmp_path / "opencloud.limits.json").write_bytes(orjson.dumps(data))
     with pytest.raises(ConfigError) as info:
         load_rules([tmp_path / "opencloud.yaml"])
     assert [str(p).split(": ", 1)[1] for p in info.value.problems] == [
         "limits.per_key_owner: opencloud.limits.json has no operation GET "
-        "/legacy-badges/v1/badges/{badge_id} (run bloxproxy import-limits again, or write a rate)"
+        "/legacy-groups/v1/groups/{group_id}/audit-log (run bloxproxy import-limits again, or "
+        "write a rate)"
     ]
 
 
@@ -474,7 +480,7 @@ def test_the_shipped_table_is_the_commands_output_for_the_committed_subset(
     out = tmp_path / "opencloud.limits.json"
     argv = ["import-limits", str(SUBSET), str(LEGACY_SUBSET), "-o", str(out)]
     assert cli.main([*argv, "--source", cloud, "--source", legacy]) == 0
-    assert capsys.readouterr().err == f"74 operation(s) written to {out}\n"
+    assert capsys.readouterr().err == f"76 operation(s) written to {out}\n"
     assert out.read_text(encoding="utf-8") == TABLE.read_text(encoding="utf-8")
 
 
@@ -499,7 +505,7 @@ def test_the_committed_subset_is_the_documents_limits_and_nothing_else() -> None
     )
 
 
-def test_the_committed_legacy_subset_is_the_documents_legacy_badges_and_nothing_else() -> None:
+def test_the_committed_legacy_subset_is_the_documents_legacy_operations_and_nothing_else() -> None:
     doc = orjson.loads(LEGACY_SUBSET.read_bytes())
     assert list(doc) == ["openapi", "info", "x-bloxproxy-subset", "paths"]
     assert (doc["openapi"], doc["info"]) == (
@@ -517,8 +523,9 @@ def test_the_committed_legacy_subset_is_the_documents_legacy_badges_and_nothing_
         "perApiKeyOwner": {"period": "MINUTE", "maxInPeriod": 100},
         "perOauth2Authorization": {"period": "MINUTE", "maxInPeriod": 100},
     }
-    # every /legacy-badges/ path and method of the document (there is no GET among them),
-    # no operationId in the document, the summary and the limits as written there
+    # every /legacy-badges/ path and method of the document (there is no GET among them) and
+    # the two /legacy-groups/ GETs the proxy routes; no operationId in the document, the
+    # summary and the limits as written there
     assert doc["paths"] == {
         "/legacy-badges/v1/badges/{badgeId}": {
             "patch": {
@@ -529,11 +536,19 @@ def test_the_committed_legacy_subset_is_the_documents_legacy_badges_and_nothing_
         "/legacy-badges/v1/universes/{universeId}/badges": {
             "post": {"summary": "Creates a new badge.", "x-roblox-rate-limits": per_minute_100}
         },
+        "/legacy-groups/v1/groups/{groupId}/audit-log": {
+            "get": {"summary": "Gets the Group's audit log", "x-roblox-rate-limits": per_minute_100}
+        },
+        "/legacy-groups/v1/groups/{groupId}/settings": {
+            "get": {"summary": "Gets the Group's settings", "x-roblox-rate-limits": per_minute_100}
+        },
     }
     data = orjson.loads(TABLE.read_bytes())
     assert [(o["method"], o["path"]) for o in data["operations"] if o["document"] == 1] == [
         ("PATCH", "/legacy-badges/v1/badges/{badgeId}"),
         ("POST", "/legacy-badges/v1/universes/{universeId}/badges"),
+        ("GET", "/legacy-groups/v1/groups/{groupId}/audit-log"),
+        ("GET", "/legacy-groups/v1/groups/{groupId}/settings"),
     ]
     assert all(
         o["path"].startswith("/cloud/v2/") == (o["document"] == 0) for o in data["operations"]
@@ -579,6 +594,8 @@ def test_the_committed_legacy_subset_is_the_documents_legacy_badges_and_nothing_
         # from openapi.json, named by their summary (they have no operationId)
         ("PATCH", "/legacy-badges/v1/badges/{}", "Updates badge configuration.", "100/min"),
         ("POST", "/legacy-badges/v1/universes/{}/badges", "Creates a new badge.", "100/min"),
+        ("GET", "/legacy-groups/v1/groups/{}/audit-log", "Gets the Group's audit log", "100/min"),
+        ("GET", "/legacy-groups/v1/groups/{}/settings", "Gets the Group's settings", "100/min"),
     ],
 )
 def test_the_table_has_the_documents_numbers(

@@ -59,7 +59,8 @@ async def test_every_route_wants_a_key(client: Client) -> None:
         "/apis/cloud/v2/groups/7/roles/1008",
         "/apis/cloud/v2/universes/1685831367",
         "/apis/cloud/v2/universes/1685831367/places/4922741943",
-        "/apis/legacy-badges/v1/badges/2124533401",
+        "/apis/legacy-groups/v1/groups/7/audit-log",
+        "/apis/legacy-groups/v1/groups/7/settings",
     ):
         status, body, _ = await get(client, path, headers={})
         assert (status, body) == (401, {"errors": [{"code": 0, "message": "Invalid API Key"}]})
@@ -94,10 +95,128 @@ async def test_resources_have_the_documented_shapes(client: Client) -> None:
     assert (status, body["code"]) == (404, "NOT_FOUND")
     status, body, _ = await get(client, "/apis/cloud/v2/groups/7/roles/1")
     assert (status, body["code"]) == (404, "NOT_FOUND")
-    status, body, _ = await get(client, "/apis/legacy-badges/v1/badges/2124533401")
-    assert status == 200 and body["id"] == 2124533401
-    status, body, _ = await get(client, "/apis/legacy-badges/v1/badges/1")
-    assert status == 404 and isinstance(body["errors"], list)
+    status, body, _ = await get(client, "/apis/legacy-groups/v1/groups/7/settings")
+    assert status == 200 and set(body) == {
+        "isApprovalRequired",
+        "isBuildersClubRequired",
+        "areEnemiesAllowed",
+        "areGroupFundsVisible",
+        "areGroupGamesVisible",
+        "isGroupNameChangeEnabled",
+        "verificationLevel",
+        "accountTenureRequirement",
+        "slowmode",
+        "isMemberListVisibleToPublic",
+        "isAutoAssignRoleDisabled",
+    }
+    assert body["isApprovalRequired"] is False  # group 7 lets anyone join
+
+
+AUDIT = "/apis/legacy-groups/v1/groups/7/audit-log"
+
+
+async def test_the_audit_log_is_the_legacy_groups_page(client: Client) -> None:
+    status, body, _ = await get(client, AUDIT)
+    assert status == 200 and set(body) == {"previousPageCursor", "nextPageCursor", "data"}
+    items = body["data"]
+    assert isinstance(items, list) and len(items) == 10  # limit's default
+    assert body["previousPageCursor"] is None and isinstance(body["nextPageCursor"], str)
+    first = items[0]
+    assert first["actor"] == {
+        "user": {
+            "buildersClubMembershipType": 0,
+            "hasVerifiedBadge": True,
+            "userId": 1,
+            "username": "Roblox",
+            "displayName": "Roblox",
+        },
+        "role": {
+            "id": 1009,
+            "name": "Owner",
+            "description": "The group's owner.",
+            "rank": 255,
+            "memberCount": 1,
+        },
+    }
+    assert (first["actionType"], first["created"]) == (
+        "Accept Join Request",
+        "2024-01-01T12:00:00Z",
+    )
+    assert items[1]["description"] == {
+        "TargetId": 1000001,
+        "TargetName": "User1000001",
+        "OldRoleSetId": 1007,
+        "NewRoleSetId": 1008,
+        "OldRoleSetName": "Guest",
+        "NewRoleSetName": "Member",
+    }
+    # every page once, in order; Desc the other way round
+    seen, cursor = [], ""
+    while True:
+        status, body, _ = await get(client, f"{AUDIT}?limit=25&cursor={cursor}")
+        assert status == 200
+        seen += [i["created"] for i in body["data"]]  # type: ignore[union-attr]
+        if body["nextPageCursor"] is None:
+            break
+        cursor = str(body["nextPageCursor"])
+    assert len(seen) == 30 and seen == sorted(seen)
+    status, body, _ = await get(client, f"{AUDIT}?sortOrder=Desc&limit=10")
+    assert [i["created"] for i in body["data"]] == seen[::-1][:10]  # type: ignore[union-attr]
+
+
+async def test_the_audit_log_filters_by_action_and_user(client: Client) -> None:
+    status, body, _ = await get(client, f"{AUDIT}?actionType=ChangeRank&limit=100")
+    ranks = body["data"]
+    assert status == 200 and isinstance(ranks, list) and len(ranks) == 10
+    assert {i["actionType"] for i in ranks} == {"Change Rank"}
+    status, body, _ = await get(client, f"{AUDIT}?userId=1&limit=100")
+    assert len(body["data"]) == 30  # type: ignore[arg-type]
+    status, body, _ = await get(client, f"{AUDIT}?userId=156")
+    assert (status, body["data"]) == (200, [])
+    status, body, _ = await get(client, "/apis/legacy-groups/v1/groups/20000001/audit-log")
+    assert (status, body["data"]) == (200, [])  # a synthetic group: no history
+
+
+async def test_the_legacy_groups_routes_answer_their_documented_errors(
+    client: Client, state: FakeRoblox
+) -> None:
+    def code(body: dict[str, object]) -> object:
+        return body["errors"][0]["code"]  # type: ignore[index]
+
+    for bad in ("limit=7", "cursor=nonsense", "limit=x"):
+        status, body, _ = await get(client, f"{AUDIT}?{bad}")
+        assert (status, code(body)) == (400, 8), bad
+    # a cursor of another filter is not this page's
+    _, body, _ = await get(client, AUDIT)
+    status, body, _ = await get(
+        client, f"{AUDIT}?actionType=PostStatus&cursor={body['nextPageCursor']}"
+    )
+    assert (status, code(body)) == (400, 8)
+    status, body, _ = await get(client, f"{AUDIT}?userId=x")
+    assert status == 400
+    for path in (
+        "/apis/legacy-groups/v1/groups/4/audit-log",
+        "/apis/legacy-groups/v1/groups/4/settings",
+    ):
+        status, body, _ = await get(client, path)
+        assert (status, code(body)) == (400, 1), path
+        assert body["errors"][0]["message"] == "Group is invalid or does not exist."  # type: ignore[index]
+    # the document's scope; then the group's own key or its owner's may, another owner's not
+    state.cloud.add_key("reader", "groups/7", {"group:read"})
+    state.cloud.add_key("group-7", "groups/7", {"legacy-group:manage"})
+    state.cloud.add_key("roblox", "users/1", {"legacy-group:manage"})
+    state.cloud.add_key("stranger", "users/156", {"legacy-group:manage"})
+    for path in (AUDIT, "/apis/legacy-groups/v1/groups/7/settings"):
+        status, body, _ = await get(client, path, {"x-api-key": "reader"})
+        assert status == 403 and body["code"] == "PERMISSION_DENIED"
+        assert "legacy-group:manage" in str(body["message"])
+        for key in ("group-7", "roblox"):
+            assert (await get(client, path, {"x-api-key": key}))[0] == 200, key
+        status, body, _ = await get(client, path, {"x-api-key": "stranger"})
+        assert (status, code(body)) == (403, 23)
+        assert body["errors"][0]["message"] == (  # type: ignore[index]
+            "Insufficient permissions to complete the request."
+        )
 
 
 async def test_memberships_paginate_with_page_tokens(client: Client) -> None:

@@ -246,12 +246,46 @@ async def test_open_cloud_errors_become_problems_with_the_upstream_error(
     assert status == 401 and body["code"] == "upstream_error" and body["errors"]
     status, body, _ = await call(proxy, "/v2/cloud/groups/7/members/156")
     assert status == 404 and body["code"] == "not_found"  # not a member
-    status, body, _ = await call(proxy, "/v1/cloud/badges/1")
-    assert status == 404 and isinstance(body["errors"], list)
-    for bad in ("/v2/cloud/groups/7/memberships?limit=101", "/v2/cloud/users/1/thumbnail?size=7"):
+    # a legacy-* route: the legacy API's own errors list in the problem
+    status, body, _ = await call(proxy, "/v1/cloud/groups/4/settings")
+    assert (status, body["upstream_status"]) == (404, 400)  # status_map: unknown group
+    assert body["errors"][0]["message"] == "Group is invalid or does not exist."
+    fake.cloud.add_key("stranger", "users/156", {"legacy-group:manage"})
+    status, body, _ = await call(proxy, "/v1/cloud/groups/7/audit-log", {"x-api-key": "stranger"})
+    assert status == 403 and body["errors"][0]["code"] == 23
+    asked = fake.total
+    for bad in (
+        "/v2/cloud/groups/7/memberships?limit=101",
+        "/v2/cloud/users/1/thumbnail?size=7",
+        "/v1/cloud/groups/7/audit-log?limit=7",
+        "/v1/cloud/groups/7/audit-log?action_type=DropTables",
+        "/v1/cloud/groups/7/audit-log?user_id=x",
+        "/v1/cloud/groups/7/audit-log?user_id=0",
+        "/v1/cloud/groups/7/audit-log?sort_order=sideways",
+        "/v1/cloud/groups/7/audit-log?cursor=%3Cscript%3E",
+        "/v1/cloud/groups/0/settings",
+    ):
         status, body, _ = await call(proxy, bad)
         assert status == 400 and body["invalid_params"], bad
+    assert fake.total == asked  # bad input never reaches Roblox
     assert fake.requests[-1].path != "/cloud/v2/users/1:generateThumbnail"
+
+
+async def test_the_audit_log_walks_its_pages_with_the_callers_key(
+    proxy: Client, fake: FakeRoblox
+) -> None:
+    seen: list[str] = []
+    url = "/v1/cloud/groups/7/audit-log?limit=25&sort_order=Desc"
+    while True:
+        status, body, _ = await call(proxy, url)
+        assert status == 200 and set(body) == {"data", "next_cursor", "previous_cursor"}
+        seen += [item["created"] for item in body["data"]]
+        if body["next_cursor"] is None:
+            break
+        url = f"/v1/cloud/groups/7/audit-log?limit=25&sort_order=Desc&cursor={body['next_cursor']}"
+    assert len(seen) == 30 and seen == sorted(seen, reverse=True)
+    assert {r.headers.get("x-api-key") for r in fake.requests} == {KEY["x-api-key"]}
+    assert [dict(r.query).get("sortOrder") for r in fake.requests] == ["Desc", "Desc"]
 
 
 async def test_a_cookie_never_goes_to_open_cloud(proxy: Client, fake: FakeRoblox) -> None:

@@ -40,9 +40,9 @@ READS = frozenset({"GET", "HEAD"})
         (READS, "apis", "/cloud/v2/users/156", "GET", False, PassUse.HELD),
         (READS, "apis", "/cloud/v2/users/156", "HEAD", False, PassUse.HELD),
         (READS, "apis", "/cloud/v1/universes/1/places/2/versions", "GET", False, PassUse.HELD),
-        (READS, "apis", "/legacy-badges/v1/badges/1", "GET", False, PassUse.HELD),
+        (READS, "apis", "/legacy-groups/v1/groups/7/audit-log", "GET", False, PassUse.HELD),
         (READS, "apis", "/cloud/v2/users/156", "PATCH", False, PassUse.REFUSED),
-        (READS, "apis", "/legacy-badges/v1/badges/1", "DELETE", False, PassUse.REFUSED),
+        (READS, "apis", "/legacy-badges/v1/badges/1", "PATCH", False, PassUse.REFUSED),
         (frozenset({"GET", "POST"}), "apis", "/cloud/v2/x", "POST", False, PassUse.HELD),
         (frozenset({"GET", "POST"}), "apis", "/cloud/v2/x", "HEAD", False, PassUse.REFUSED),
         # the client's own credential wins, whatever the method
@@ -133,7 +133,7 @@ async def test_the_held_key_goes_out_for_an_opted_in_client(held: Client, fake: 
         "GET",
         HELD["main"],
     )
-    status, body, _ = await ask(held, "/apis/legacy-badges/v1/badges/2124533401", access("game"))
+    status, body, _ = await ask(held, "/apis/legacy-groups/v1/groups/7/settings", access("game"))
     assert status == 200 and body["_fakeViewer"] == viewer_tag(HELD["main"])
     # a path that is not Open Cloud's on the same host: as the client sent it
     await ask(held, "/apis/universes/v1/universes/1", access("game"))

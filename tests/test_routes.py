@@ -672,12 +672,34 @@ CASES = [
         expect={"path": "universes/1685831367/places/4922741943"},
     ),
     Case(
-        "opencloud.badge",
-        "/v1/cloud/badges/2124533401",
+        "opencloud.group_audit_log",
+        "/v1/cloud/groups/7/audit-log?action_type=ChangeRank&user_id=1&limit=25",
         "GET",
         "apis",
-        "/legacy-badges/v1/badges/2124533401",
-        expect={"id": 2124533401, "enabled": True},
+        "/legacy-groups/v1/groups/7/audit-log",
+        (("limit", "25"), ("sortOrder", "Asc"), ("actionType", "ChangeRank"), ("userId", "1")),
+        expect=page(
+            [
+                {
+                    "actor": {
+                        "user": {"user_id": 1, "username": "Roblox"},
+                        "role": {"id": 1009, "rank": 255},
+                    },
+                    "action_type": "Change Rank",
+                    "description": {"target_id": 1000001, "new_role_set_id": 1008},
+                    "created": "2024-01-02T12:00:00Z",
+                }
+            ],
+            n=10,
+        ),
+    ),
+    Case(
+        "opencloud.group_settings",
+        "/v1/cloud/groups/7/settings",
+        "GET",
+        "apis",
+        "/legacy-groups/v1/groups/7/settings",
+        expect={"is_approval_required": False, "slowmode": 0},
     ),
 ]
 

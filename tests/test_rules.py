@@ -139,12 +139,13 @@ def test_shipped_batch_routes_respect_roblox_limits(shipped: RuleSet) -> None:
 
 
 def test_shipped_page_sizes_are_roblox_page_sizes(shipped: RuleSet) -> None:
-    # Legacy lists take 10/25/50/100; Open Cloud's maxPageSize is any size up to its maximum
-    # (memberships 100, roles 20: docs/ROBLOX.md, "Open Cloud").
+    # Legacy lists take 10/25/50/100 (the legacy-* API-key routes too: they are the legacy
+    # APIs); Open Cloud v2's maxPageSize is any size up to its maximum (memberships 100,
+    # roles 20: docs/ROBLOX.md, "Open Cloud").
     cloud_max = {"opencloud.group_memberships": 100, "opencloud.group_roles": 20}
     for r in shipped.routes:
         for p in r.query_params:
-            if p.name == "limit" and r.id.startswith("opencloud."):
+            if p.name == "limit" and r.backend.path.text.startswith("/cloud/v2/"):
                 assert (p.enum, p.min, p.max) == ((), 1, cloud_max[r.id]), r.id
                 assert p.default == 10, r.id
             elif p.name == "limit":

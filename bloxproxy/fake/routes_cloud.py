@@ -29,7 +29,20 @@ scopes`` is empty for GetUser, GenerateUserThumbnail, GetGroup, ListGroupMembers
 ListGroupRoles, GetGroupRole, GetUniverse and GetPlace). The fake models a key's permissions
 as scope names, and which read needs which is a *guess*: groups, memberships and roles
 ``group:read``; universes ``universe:read``, places ``universe.place:read``;
-``legacy-badges`` ``legacy-universe.badge:read``; users and thumbnails none.
+users and thumbnails none.
+
+``legacy-groups`` (the legacy groups API for API keys): ``GET
+/legacy-groups/v1/groups/{groupId}/audit-log`` and ``.../settings``.  Their scope is the
+document's own (``x-roblox-scopes``: ``legacy-group:manage``), their answers and errors the
+legacy groups API's, as documented there: a group that does not exist is 400 code 1 "Group is
+invalid or does not exist.", a bad page 400 code 8 "Invalid or missing pagination
+parameters", a key whose owner may not manage the group 403 code 23 "Insufficient permissions
+to complete the request." (who may: a *guess* -- a key owned by the group itself or by its
+owner; ad-hoc keys may everything).  The audit log's items are ``{actor: {user, role},
+actionType, description, created}`` (``GroupAuditLogResponseItem``); the document types
+``actionType`` only as a string and ``description`` not at all, so the fake's values (the
+filter's name spaced out, "Change Rank"; ``{"TargetId", "TargetName", "OldRoleSetId", ...}``)
+and its entries (a made-up history of the named groups; none for synthetic ones) are guesses.
 
 Every answer on these paths carries the ``x-ratelimit-*`` headers when the fake's per-IP or
 per-owner limit is on (see :mod:`bloxproxy.fake.limits`, :mod:`bloxproxy.fake.cloud`).
@@ -41,10 +54,23 @@ import re
 
 import orjson
 
-from .common import Ctx, Handler, JsonObj, Reply, Route, decode_cursor, encode_cursor, is_digits, ok
-from .data import Group, Role, find_group, find_user
-from .data_content import BADGES, find_develop_universe, find_game, universe_of_place
-from .routes_content import BADGE_INVALID
+from .common import (
+    BAD_REQUEST,
+    Ctx,
+    Handler,
+    JsonObj,
+    Reply,
+    Route,
+    decode_cursor,
+    encode_cursor,
+    error,
+    is_digits,
+    ok,
+    paginate,
+)
+from .data import GROUPS, Group, Role, find_group, find_user
+from .data_content import find_develop_universe, find_game, universe_of_place
+from .routes_content import GROUP_INVALID
 from .routes_thumbnails import image_url
 
 CLOUD_UNAUTHORIZED = Reply(
@@ -347,14 +373,137 @@ def place(ctx: Ctx) -> Reply:
 
 
 # -- legacy API-key routes --------------------------------------------------------------------
-def legacy_badge(ctx: Ctx) -> Reply:
-    """GET apis /legacy-badges/v1/badges/{badgeId}: badges' ``GET /v1/badges/{id}`` with an
-    API key."""
-    refused = denied(ctx, "legacy-universe.badge:read")
+GROUP_SCOPE = "legacy-group:manage"  # openapi.json's x-roblox-scopes of both reads
+AUDIT_BAD_PAGE = error(400, 8, "Invalid or missing pagination parameters")
+GROUP_FORBIDDEN = error(403, 23, "Insufficient permissions to complete the request.")
+
+
+def _managed_group(ctx: Ctx) -> Group | Reply:
+    """The group of ``groupId`` if the key may manage it (401/403/400 otherwise)."""
+    refused = denied(ctx, GROUP_SCOPE)
     if refused is not None:
         return refused
-    badge = BADGES.get(ctx.params["badgeId"])
-    return BADGE_INVALID if badge is None else ok(badge)
+    found = find_group(ctx.params["groupId"])
+    if found is None:
+        return GROUP_INVALID
+    assert ctx.api_key is not None  # denied() refuses a request without one
+    key = ctx.state.cloud.key(ctx.api_key)
+    if key is not None and key.owner not in (f"groups/{found.id}", f"users/{found.owner_id}"):
+        return GROUP_FORBIDDEN
+    return found
+
+
+def _audit_user(uid: int) -> JsonObj:
+    user = find_user(uid)
+    assert user is not None
+    return {
+        "buildersClubMembershipType": 0,
+        "hasVerifiedBadge": user.verified,
+        "userId": user.id,
+        "username": user.name,
+        "displayName": user.display_name,
+    }
+
+
+def _audit_role(found: Group, role: Role) -> JsonObj:
+    return {
+        "id": role.id,
+        "name": role.name,
+        "description": role.description,
+        "rank": role.rank,
+        "memberCount": sum(1 for _, r in found.members if r == role),
+    }
+
+
+def _action(name: str) -> str:
+    """The filter's name as the item's ``actionType``: ``ChangeRank`` -> ``Change Rank``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", name)
+
+
+AUDIT_ENTRIES = 30  # per named group: three pages of the default 10
+
+
+def _history(found: Group) -> tuple[tuple[int, str, JsonObj], ...]:
+    """A made-up audit log of a named group, oldest first: its owner accepting members,
+    changing their rank and posting the group's status, one action a day from 2024-01-01.
+    Each entry is ``(actor's user id, actionType, item)``."""
+    if found.owner_id is None or found.id not in GROUPS:
+        return ()
+    owner_role = next(r for uid, r in found.members if uid == found.owner_id)
+    actor = {"user": _audit_user(found.owner_id), "role": _audit_role(found, owner_role)}
+    others = [(uid, r) for uid, r in found.members if uid != found.owner_id]
+    low = found.roles[0]
+    items: list[tuple[int, str, JsonObj]] = []
+    for n in range(AUDIT_ENTRIES):
+        uid, role = others[n % len(others)]
+        target = find_user(uid)
+        assert target is not None
+        kind = ("AcceptJoinRequest", "ChangeRank", "PostStatus")[n % 3]
+        if kind == "AcceptJoinRequest":
+            what: JsonObj = {"TargetId": uid, "TargetName": target.name}
+        elif kind == "ChangeRank":
+            what = {
+                "TargetId": uid,
+                "TargetName": target.name,
+                "OldRoleSetId": low.id,
+                "NewRoleSetId": role.id,
+                "OldRoleSetName": low.name,
+                "NewRoleSetName": role.name,
+            }
+        else:
+            what = {"Text": f"Welcome, {target.name}!"}
+        item: JsonObj = {
+            "actor": actor,
+            "actionType": _action(kind),
+            "description": what,
+            "created": f"2024-01-{n + 1:02d}T12:00:00Z",
+        }
+        items.append((found.owner_id, _action(kind), item))
+    return tuple(items)
+
+
+_HISTORIES = {gid: _history(g) for gid, g in GROUPS.items()}
+
+
+def group_audit_log(ctx: Ctx) -> Reply:
+    """GET apis /legacy-groups/v1/groups/{groupId}/audit-log?actionType&userId&limit&cursor&
+    sortOrder (paginated, oldest first for Asc)."""
+    found = _managed_group(ctx)
+    if isinstance(found, Reply):
+        return found
+    action = ctx.query.get("actiontype", "")
+    user = ctx.query.get("userid", "")
+    if (action and not action.isascii()) or (user and not is_digits(user)):
+        return BAD_REQUEST
+    items = [
+        item
+        for actor, kind, item in _HISTORIES.get(found.id, ())
+        if (not action or kind == _action(action)) and (not user or actor == int(user))
+    ]
+    disc = f"auditlog:{found.id}:{action}:{user}"
+    return paginate(ctx, items, disc, bad_limit=AUDIT_BAD_PAGE, bad_cursor=AUDIT_BAD_PAGE)
+
+
+def group_settings(ctx: Ctx) -> Reply:
+    """GET apis /legacy-groups/v1/groups/{groupId}/settings (``GroupSettingsResponse``)."""
+    found = _managed_group(ctx)
+    if isinstance(found, Reply):
+        return found
+    return ok(
+        {
+            "isApprovalRequired": not found.public_entry,
+            "isBuildersClubRequired": False,
+            "areEnemiesAllowed": False,
+            "areGroupFundsVisible": False,
+            "areGroupGamesVisible": True,
+            "isGroupNameChangeEnabled": True,
+            "verificationLevel": 0,
+            "accountTenureRequirement": 0,
+            "slowmode": 0,
+            "isMemberListVisibleToPublic": True,
+            "isAutoAssignRoleDisabled": False,
+        }
+    )
 
 
 def _cloud(pattern: str, handler: Handler) -> Route:
@@ -371,5 +520,6 @@ ROUTES = [
     _cloud("/cloud/v2/groups/{groupId}/roles/{roleId}", role),
     _cloud("/cloud/v2/universes/{universeId}", universe),
     _cloud("/cloud/v2/universes/{universeId}/places/{placeId}", place),
-    Route("apis", "GET", "/legacy-badges/v1/badges/{badgeId}", legacy_badge),
+    _cloud("/legacy-groups/v1/groups/{groupId}/audit-log", group_audit_log),
+    _cloud("/legacy-groups/v1/groups/{groupId}/settings", group_settings),
 ]
