@@ -319,3 +319,48 @@ async def test_the_readme_purge_by_tag_example(
             async with client.get(path) as resp:
                 assert resp.status == 200
                 assert shown == ""
+
+
+# --- the README's Open Cloud audit log example runs as written -------------------------------
+
+
+def _scalars(value: object, into: dict[str, list[object]]) -> dict[str, list[object]]:
+    """Every scalar member of a JSON value, by key, at any depth."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, (dict, list)):
+                _scalars(item, into)
+            else:
+                into.setdefault(key, []).append(item)
+    elif isinstance(value, list):
+        for item in value:
+            _scalars(item, into)
+    return into
+
+
+async def test_the_readme_audit_log_example(
+    fake_server: TestServer,
+    aiohttp_client: Callable[..., Awaitable[TestClient[web.Request, web.Application]]],
+) -> None:
+    section = _section(ROOT / "README.md", "## Open Cloud")
+    (_, body) = next(b for b in section if b[0] == "sh" and "audit-log" in b[1])
+    ((argv, _),) = _curls(body)
+    url = next(a for a in argv if a.startswith("http://127.0.0.1:8080/"))
+    headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+    assert set(headers) == {"X-Bloxproxy-Key", "x-api-key"}
+    fake = f"http://127.0.0.1:{fake_server.port}/{{service}}"
+    client = await aiohttp_client(
+        create_app(config_mod.load(None, env={"BLOXPROXY_UPSTREAM_BASE_URL": fake}))
+    )
+    async with client.get(
+        url.removeprefix("http://127.0.0.1:8080"), headers={"x-api-key": "group-7-key"}
+    ) as resp:
+        assert resp.status == 200, await resp.read()
+        answer = orjson.loads(await resp.read())
+    # every member the README shows, with the value it shows, is in the first item or the page
+    shown = "".join(line[1:] for line in body.splitlines() if line.startswith("#"))
+    pairs = re.findall(r'"(\w+)": ("[^"]*"|-?\d+|null)', shown)
+    assert len(pairs) >= 8
+    first = _scalars({**answer, "data": answer["data"][:1]}, {})
+    for key, value in pairs:
+        assert orjson.loads(value) in first.get(key, []), (key, value)
