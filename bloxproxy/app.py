@@ -193,7 +193,13 @@ async def _pipeline(app: web.Application) -> AsyncIterator[None]:
     metrics.bind_budgets(guard.limiter.rows)
     guard.limiter.seed(owner_seeds(app[RULES]))  # Open Cloud routes' limits per key owner
     session = create_session(config)
-    upstream = Upstream(config, session, guard.middleware, next_slot_in=guard.limiter.next_slot_in)
+    upstream = Upstream(
+        config,
+        session,
+        guard.middleware,
+        next_slot_in=guard.limiter.next_slot_in,
+        reserve=guard.reserve,
+    )
     bodies = ByteBudget(config.upstream.max_inflight_bytes, on_idle=release_free_memory)
     fetcher = Fetcher(
         upstream,

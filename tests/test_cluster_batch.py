@@ -4,18 +4,27 @@ box's scripts on a real Redis, and two replicas whose single lookups go out in o
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from bloxproxy.appkeys import GUARD
 from bloxproxy.cache.batcher import Batch, Batcher, flush_at
-from bloxproxy.cache.cluster_batch import Collectors, box_item, keys, merged, read_box_item
+from bloxproxy.cache.cluster_batch import (
+    Collectors,
+    box_item,
+    keys,
+    merged,
+    read_box_item,
+    slot_first,
+)
 from bloxproxy.fake import FakeRoblox, Fault
 from bloxproxy.rules import BatchSpec
 from bloxproxy.upstream.client import NOBODY, UpstreamRequest
-from tests.conftest import ProxyFactory, fetcher_of
+from tests.conftest import FakeClock, ProxyFactory, fetcher_of
 from tests.test_cache import Client, get
 from tests.test_cache_redis import eventually
 from tests.test_cluster_coalesce import batch_calls, ids_of, replicas
@@ -87,6 +96,24 @@ def test_a_follower_goes_after_its_window_whatever_the_limiter() -> None:
     assert flush_at(**common, slot_at=15.0, busy=True, deadline=99.0) == 99.0
     assert flush_at(**common, slot_at=15.0, busy=True, deadline=99.0, follower=True) == 10.005
     assert flush_at(**common, slot_at=10.0, busy=False, deadline=10.001, follower=True) == 10.001
+
+
+@pytest.mark.parametrize(
+    ("now", "slot_in", "expected"),
+    [
+        (10.0, 0.0, 0.95),  # free by the estimate: asked all the same (Redis may say wait)
+        (10.0, 0.4, 0.95),  # the slot comes within the lease: waited for, box still open
+        (10.0, 0.94, 0.95),  # just within
+        (10.0, 0.96, 0.0),  # after the lease: take the box now, the call waits as any
+        (10.95, 0.0, 0.0),  # no time left before the take
+        (11.2, 0.0, 0.0),  # the lease is over already
+    ],
+)
+def test_a_collector_waits_for_its_slot_only_within_its_lease(
+    now: float, slot_in: float, expected: float
+) -> None:
+    # a lease taken at 10.0 for 1 s, the take 50 ms before its end
+    assert slot_first(now, 11.0, slot_in) == pytest.approx(expected)
 
 
 # -- the scripts on Redis --------------------------------------------------------------------
@@ -163,6 +190,47 @@ async def test_single_lookups_on_two_replicas_go_out_in_one_batch(
     c = await make_proxy(BLOXPROXY_CACHE_ENABLED="false")
     for x, i in zip(followers, (U3, U4, U5), strict=True):
         assert x.body == (await get(c, f"/v1/users?ids={i}")).body
+
+
+class WallClock(FakeClock):
+    """Real time: a shared budget's slots are timed by Redis's own clock (``TIME``), which
+    a test cannot move, so a test that waits for one runs the proxy on real time."""
+
+    def __call__(self) -> float:
+        return time.time()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+@pytest.mark.parametrize("clock", [WallClock], indirect=True)
+async def test_a_collector_holds_its_box_open_while_it_waits_for_its_slot(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox
+) -> None:
+    """Slot first: b has just taken the shared budget's slot, which a does not know yet;
+    a's batch waits for the next slot (0.2 s on) before it takes its box, holding
+    its collector lease, so b's lookups asked meanwhile ride in a's call: one call, not
+    one per replica (before, a took its box at once and waited for the slot in the call,
+    and b's lookups found no lease and went in a call of b's own)."""
+    a, b = await replicas(
+        make_proxy,
+        redis_url,
+        BLOXPROXY_LIMITS_UPSTREAM_SHARED="true",
+        BLOXPROXY_LIMITS_UPSTREAM_RATE="5",  # a new budget starts paced: a slot per 0.2 s
+    )
+    assert (await get(b, "/v1/users/156")).status == 200  # b takes the slot
+    first = asyncio.ensure_future(get(a, "/v1/users?ids=2"))
+    limiter = a.server.app[GUARD].limiter
+    await eventually(lambda: any(row.waiting for row in limiter.rows()))  # a waits for a slot
+    followers = await asyncio.gather(*(get(b, f"/v1/users?ids={i}") for i in (U3, U4)))
+    assert [(x.status, ids_of(x)) for x in followers] == [(200, [U3]), (200, [U4])]
+    answer = await first
+    assert (answer.status, ids_of(answer)) == (200, [2])
+    assert batch_calls(fake) == [[2, U3, U4]]
+    assert collectors_of(a).carried == 2
+    # the wait was a's own: no request was refused, and the slot a waited for was its call's
+    assert sum(row.refusals for row in limiter.rows()) == 0
+    assert fake.total == 2
 
 
 async def test_a_collector_that_dies_with_the_box_is_taken_over(

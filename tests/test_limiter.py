@@ -381,6 +381,30 @@ async def test_the_cache_layer_asks_the_upstream(
     assert upstream.next_slot_in("games") == 0.0
 
 
+async def test_a_tentative_ask_refused_is_not_a_refusal() -> None:
+    """A slot asked ahead of a call (``tentative``: a batch gathering ids while it waits,
+    whose call waits for its slot anyway when none comes) is refused like any ask, but
+    the refusals that metrics and alerts count are requests refused, so it is not one."""
+    clock = SteppedClock()
+    limiter = limiter_for(clock, BLOXPROXY_LIMITS_UPSTREAM_RATE="1")
+    await limiter.acquire("users")
+    now = clock()
+    with pytest.raises(Unavailable):  # the next slot is 1 s away: refused at once
+        await limiter.acquire("users", deadline=now + 0.5, tentative=True)
+    in_line = asyncio.create_task(limiter.acquire("users", deadline=now + 5.0))
+    late = asyncio.create_task(limiter.acquire("users", deadline=now + 1.5, tentative=True))
+    await poll(lambda: limiter.rows()[0].waiting == 2, "two in line")
+    clock.step()  # one slot: the first in line's; the tentative one's deadline passes
+    assert (await in_line).scope == "users"
+    with pytest.raises(Unavailable):
+        await late
+    assert limiter.rows()[0].refusals == 0
+    with pytest.raises(Unavailable):  # the same refused as a request's: counted
+        await limiter.acquire("users", deadline=clock() + 0.1)
+    assert limiter.rows()[0].refusals == 1
+    await limiter.close()
+
+
 async def test_a_waiter_that_gives_up_leaves_the_line_and_costs_no_slot() -> None:
     clock = SteppedClock()
     limiter = limiter_for(clock, BLOXPROXY_LIMITS_UPSTREAM_RATE="1")

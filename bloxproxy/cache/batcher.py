@@ -111,6 +111,7 @@ class Batch:
     window: float = 0.0  # how long it waits for companions (window_for, at its opening)
     follower: bool = False  # another replica's batch collects its variant (Batcher.follow)
     cluster: Any = None  # what the runner keeps for it (the fetcher: its collector lease)
+    ticket: Any = None  # the budget's slot its call holds already (cluster_batch.slot_first)
 
 
 class Batcher:

@@ -9,7 +9,9 @@ beside the lease, in one script that checks the lease is still held) and waits; 
 collector, when it goes, takes the box (atomically with releasing its lease), asks its own
 ids and the box's in one call, claiming each id's lease and announcing each stored entity
 as cluster coalescing does (:mod:`.lease`); the follower's waiters wake on that word (not
-by polling) and read their entities from Redis. When the collector is gone by the time a
+by polling) and read their entities from Redis. A collector about to go waits for its
+call's slot of the budget before it takes the box, its lease still held (:func:`slot_first`),
+so the ids asked meanwhile still ride in that call. When the collector is gone by the time a
 follower would join, the follower collects itself (taking what is in the box with it); when
 a collector dies after taking ids, its followers claim those ids again once its lease and
 one lease TTL have passed without their word, as they would for any entity whose leader
@@ -34,7 +36,7 @@ import orjson
 
 from ..redisconn import REDIS_ERRORS, RedisClient, SlotScript
 
-__all__ = ["Collectors", "box_item", "keys", "merged", "read_box_item"]
+__all__ = ["TAKE_MARGIN", "Collectors", "box_item", "keys", "merged", "read_box_item", "slot_first"]
 
 log = logging.getLogger("bloxproxy.cache")
 _ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
@@ -71,6 +73,28 @@ def keys(prefix: str, variant_key: str) -> tuple[str, str]:
     """The collector lease and the box of one batch variant (one hash tag: one slot)."""
     tag = hashlib.sha1(variant_key.encode(), usedforsecurity=False).hexdigest()[:20]
     return f"{prefix}batch:{{{tag}}}:lease", f"{prefix}batch:{{{tag}}}:box"
+
+
+TAKE_MARGIN = 0.05  # s: a collector takes its box this long before its lease ends
+
+
+def slot_first(now: float, lease_end: float, slot_in: float, margin: float = TAKE_MARGIN) -> float:
+    """How long a collector about to go may wait for its call's slot *before* it takes its
+    box (seconds; 0.0: it takes the box now and the call waits for its slot, as any call).
+
+    While it waits it still holds its lease, so every id another replica asks meanwhile
+    joins its box and rides in its call: a batch that must wait for its budget anyway
+    gathers the cluster's ids for that long, as one replica's next batch fills while its
+    previous one is out. It may wait until its lease ends (``lease_end``, less ``margin``
+    for the take itself: a box taken after its lease would find its followers gone
+    collecting for themselves), unless the limiter already knows the next slot (``slot_in``
+    from ``now``) comes later than that. With a shared budget the limiter's estimate only
+    knows what Redis said last (another replica may have taken the slot since), so a free
+    slot by the estimate is asked all the same: it comes at once, or is waited for."""
+    within = lease_end - margin - now
+    if within <= 0.0 or slot_in > within:
+        return 0.0
+    return within
 
 
 def box_item(norm: str, spelled: str) -> bytes:

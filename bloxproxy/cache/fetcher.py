@@ -45,7 +45,7 @@ from ..upstream.client import NOBODY, Caller, Upstream, UpstreamRequest
 from ..upstream.inflight import ByteBudget, Lease
 from . import decide, entities
 from .batcher import Batch, Batcher
-from .cluster_batch import Collectors, merged
+from .cluster_batch import Collectors, merged, slot_first
 from .entry import KEPT_HEADERS, Entry, make_etag
 from .lease import (
     Act,
@@ -792,6 +792,15 @@ class Fetcher:
                 for n, fut in interests.items():
                     leases.forget(names[n], fut)
         else:
+            # slot first: the budget's slot before the take, the lease held meanwhile
+            loop = self._running_loop()
+            within = slot_first(
+                loop.time(),
+                batch.opened + collectors.lease_ms / 1000,
+                self.upstream.next_slot_in(batch.variant.scope),
+            )
+            if within > 0.0:
+                batch.ticket = await self.upstream.reserve(batch.variant, batch.caller, within)
             remote = await collectors.take(batch.variant_key, token)
         ids, carried, _ = merged(batch.ids, remote, batch.spec.max)
         # (ids past the cap: nobody claims them, their followers' bound passes, they ask)
@@ -951,7 +960,8 @@ class Fetcher:
         lease = self._lease()
         stored: list[tuple[str, Entry, tuple[str, ...]]] = []
         try:
-            resp = await self.upstream.send(req, batch.caller, lease)
+            ticket, batch.ticket = batch.ticket, None  # (one call goes with it)
+            resp = await self.upstream.send(req, batch.caller, lease, ticket)
         except BaseException as exc:
             if leases is not None:
                 wake = Wake.GONE if isinstance(exc, asyncio.CancelledError) else Wake.EMPTY

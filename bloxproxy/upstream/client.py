@@ -15,6 +15,7 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import aiohttp
 from multidict import CIMultiDictProxy
@@ -139,14 +140,25 @@ def max_wait_of(value: str) -> float:
     return float(found.group(1)) * _MAX_WAIT_UNITS[found.group(2)]
 
 
+class Ticket(NamedTuple):
+    """A slot given: for which scope, at which rate generation, from which budget (a 429
+    for it is fed back there)."""
+
+    scope: str
+    gen: int
+    shared: bool
+
+
 @dataclass(slots=True)
 class Call:
-    """One upstream call as the client middleware sees it: the request, who it is for, and
-    the lease its answer's body is read under (None: no byte budget)."""
+    """One upstream call as the client middleware sees it: the request, who it is for, the
+    lease its answer's body is read under (None: no byte budget), and the budget's slot its
+    first attempt already holds (None: it takes one; see :meth:`UpstreamClient.reserve`)."""
 
     req: UpstreamRequest
     caller: Caller = NOBODY
     lease: Lease | None = None
+    ticket: Ticket | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +184,10 @@ def _drop_set(extra_drop: tuple[str, ...]) -> frozenset[str]:
     return _REQUEST_DROP | {h.lower() for h in extra_drop}
 
 
+# The limiter's "a slot of this request's budget for this caller within so many seconds"
+# (:meth:`bloxproxy.upstream.guard.Guard.reserve`; raises Unavailable when none comes).
+Reserve = Callable[["UpstreamRequest", Caller, float], Awaitable[Ticket]]
+
 CallMiddleware = Callable[
     [Call, aiohttp.ClientRequest, aiohttp.ClientHandlerType], Awaitable[aiohttp.ClientResponse]
 ]
@@ -188,11 +204,13 @@ class Upstream:
         middleware: CallMiddleware | None = None,
         *,
         next_slot_in: Callable[[str], float] | None = None,
+        reserve: Reserve | None = None,
     ) -> None:
         self._config = config
         self._session = session
         self._middleware = middleware
         self._next_slot_in = next_slot_in
+        self._reserve = reserve
         self._max = config.upstream.max_response_size
         self._bases: dict[str, str] = {}
 
@@ -203,6 +221,19 @@ class Upstream:
         synchronous, no I/O), for the cache layer: a call that would wait anyway is a
         moment to gather more into it. 0.0 without a limiter."""
         return 0.0 if self._next_slot_in is None else self._next_slot_in(scope)
+
+    async def reserve(self, req: UpstreamRequest, caller: Caller, within: float) -> Ticket | None:
+        """A slot of ``req``'s budget for its first attempt, waited for in ``caller``'s
+        share for at most ``within`` seconds, before the call is made up: the cache layer
+        gathers more into a batch while it waits (:mod:`bloxproxy.cache.cluster_batch`),
+        then sends it with the slot (:meth:`send`'s ``ticket``). None without a limiter,
+        or when no slot comes in time (the call then waits for its slot as any other)."""
+        if self._reserve is None:
+            return None
+        try:
+            return await self._reserve(req, caller, within)
+        except Unavailable:
+            return None
 
     def reload(self, config: Config) -> None:
         """New base URLs and limits apply to the next call."""
@@ -220,17 +251,21 @@ class Upstream:
         return URL(text, encoded=True)
 
     async def send(
-        self, req: UpstreamRequest, caller: Caller = NOBODY, lease: Lease | None = None
+        self,
+        req: UpstreamRequest,
+        caller: Caller = NOBODY,
+        lease: Lease | None = None,
+        ticket: Ticket | None = None,
     ) -> UpstreamResponse:
         """One upstream call (all its attempts) for ``caller``; its body is read under
-        ``lease``."""
+        ``lease``; ``ticket``: the slot its first attempt holds (:meth:`reserve`)."""
         headers = list(req.headers)
         if caller.request_id:
             headers.append(("X-Request-ID", caller.request_id))
         middleware = self._middleware
         middlewares: tuple[aiohttp.ClientMiddlewareType, ...] = ()
         if middleware is not None:
-            middlewares = (functools.partial(middleware, Call(req, caller, lease)),)
+            middlewares = (functools.partial(middleware, Call(req, caller, lease, ticket)),)
         try:
             async with self._session.request(
                 req.method,

@@ -37,10 +37,10 @@ from ..errors import Unavailable
 from ..observe import observe_into
 from .breaker import BREAKER_CODES, Breaker
 from .budget import parse_rate_headers
-from .client import Call, read_body
+from .client import Call, Caller, Ticket, UpstreamRequest, read_body
 from .csrf import Csrf
 from .inflight import ByteBudget
-from .limiter import Limiter, Ticket
+from .limiter import Limiter
 from .retry import RETRY_STATUSES, RetryBudget, full_jitter, parse_retry_after, retry_delay
 
 if TYPE_CHECKING:
@@ -155,8 +155,7 @@ class Guard:
         # safe_read: GET/HEAD, and POSTs a rule marks as documented reads. Never mutations.
         attempts = r.attempts if ureq.safe_read else 1
         start = self._clock()
-        # How long this call may wait for budget, all its attempts together.
-        deadline = start + min(self.limiter.wait_bound(call.caller), r.deadline)
+        deadline = self._deadline(call.caller, start)
 
         async def attempt(req: ClientRequest) -> ClientResponse:
             return await self._attempt(call, st, req, handler, deadline)
@@ -187,6 +186,21 @@ class Guard:
             await self._sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
+    def _deadline(self, caller: Caller, start: float) -> float:
+        """Until when a call begun at ``start`` may wait for budget, all its attempts
+        together (and a slot reserved for it: :meth:`reserve`)."""
+        return start + min(self.limiter.wait_bound(caller), self._config.retries.deadline)
+
+    async def reserve(self, req: UpstreamRequest, caller: Caller, within: float) -> Ticket:
+        """A slot of ``req``'s scope for the first attempt of a call not made up yet (a
+        batch that gathers ids while it waits), waited for in ``caller``'s share for at
+        most ``within`` seconds (and the call's own bound); the call then goes with it
+        (:class:`~bloxproxy.upstream.client.Call`'s ``ticket``). Unavailable when none comes.
+        The breaker is asked when the attempt is made, as for any call."""
+        now = self._clock()
+        deadline = min(now + within, self._deadline(caller, now))
+        return await self.limiter.acquire(req.scope, caller, deadline, tentative=True)
+
     def _may_retry(self, st: ServiceState, start: float, delay: float) -> bool:
         left = self._config.retries.deadline - (self._clock() - start)
         return delay < left and st.budget.spend()
@@ -212,7 +226,9 @@ class Guard:
             self._breaker_gauge(st, service)
         started = time.perf_counter()
         try:
-            ticket = await self.limiter.acquire(ureq.scope, call.caller, deadline)
+            ticket, call.ticket = call.ticket, None  # a slot reserved for its first attempt
+            if ticket is None:
+                ticket = await self.limiter.acquire(ureq.scope, call.caller, deadline)
         except BaseException as exc:
             st.breaker.neutral()
             if isinstance(exc, Unavailable):

@@ -30,11 +30,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ..errors import StoreUnavailable, Unavailable
 from .budget import Learner, RateHeaders, Slot, Tuning, interval_us
-from .client import NOBODY, Caller
+from .client import NOBODY, Caller, Ticket
 from .fairshare import FairQueue
 
 if TYPE_CHECKING:
@@ -49,15 +49,6 @@ SHARED_PAUSE = 5.0  # after a Redis failure, the local budget stands in this lon
 # A slot this late still counts as within a deadline: clock values near 1.8e9 s carry a
 # few 1e-7 s of float rounding, and a slot due at the deadline itself must not be refused.
 DEADLINE_SLACK = 1e-5
-
-
-class Ticket(NamedTuple):
-    """A slot given: for which scope, at which rate generation, from which budget (a 429
-    for it is fed back there)."""
-
-    scope: str
-    gen: int
-    shared: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +67,13 @@ class BudgetRow:
 
 
 class _Waiter:
-    __slots__ = ("deadline", "fut", "settled")
+    __slots__ = ("counted", "deadline", "fut", "settled")
 
-    def __init__(self, fut: asyncio.Future[Ticket], deadline: float) -> None:
+    def __init__(self, fut: asyncio.Future[Ticket], deadline: float, counted: bool) -> None:
         self.fut = fut
         self.deadline = deadline
         self.settled = False
+        self.counted = counted  # a refusal of it is a refusal (not a tentative ask's)
 
 
 def _live(w: _Waiter) -> bool:
@@ -177,10 +169,18 @@ class Limiter:
     # -- slots ---------------------------------------------------------------------------
 
     async def acquire(
-        self, scope: str, caller: Caller = NOBODY, deadline: float | None = None
+        self,
+        scope: str,
+        caller: Caller = NOBODY,
+        deadline: float | None = None,
+        *,
+        tentative: bool = False,
     ) -> Ticket:
         """A slot of ``scope`` for one attempt, waiting in ``caller``'s share of the line
-        until ``deadline`` (on the limiter's clock; None: :meth:`wait_bound` from now)."""
+        until ``deadline`` (on the limiter's clock; None: :meth:`wait_bound` from now).
+        ``tentative``: a slot asked ahead of a call that waits for one anyway when this
+        gives none (:meth:`~bloxproxy.upstream.guard.Guard.reserve`): not counted as a
+        refusal then."""
         st = self._scope(scope)
         now = self._clock()
         if deadline is None:
@@ -196,9 +196,9 @@ class Limiter:
             wait, held = got.wait, got.held
             now = self._clock()
         if now + wait > deadline + DEADLINE_SLACK:
-            st.refusals += 1
+            st.refusals += not tentative
             raise _refusal(scope, wait, held)
-        return await self._wait_in_line(st, caller, deadline)
+        return await self._wait_in_line(st, caller, deadline, not tentative)
 
     async def _take(self, st: _Scope, now: float) -> Ticket | Slot:
         """A slot from the scope's budget now, or the Slot saying how long until one."""
@@ -226,9 +226,11 @@ class Limiter:
             return max(0.0, st.next_at - now)
         return st.learner.next_slot_in(now)
 
-    async def _wait_in_line(self, st: _Scope, caller: Caller, deadline: float) -> Ticket:
+    async def _wait_in_line(
+        self, st: _Scope, caller: Caller, deadline: float, counted: bool
+    ) -> Ticket:
         loop = asyncio.get_running_loop()
-        waiter = _Waiter(loop.create_future(), deadline)
+        waiter = _Waiter(loop.create_future(), deadline, counted)
         st.line.push(caller.client, waiter, caller.weight)
         heapq.heappush(st.deadlines, (deadline, next(self._seq), waiter))
         st.pending += 1
@@ -276,7 +278,7 @@ class Limiter:
             _, _, waiter = heapq.heappop(heap)
             if waiter.settled or waiter.fut.done():
                 continue
-            st.refusals += 1
+            st.refusals += waiter.counted
             _settle(st, waiter)
             waiter.fut.set_exception(_refusal(st.name, wait, held))
 
