@@ -488,10 +488,13 @@ class RedisConfig:
         "Redis round trips.",
     )
     collect_for: float = opt(
-        "1s",
+        "3s",
         _duration_from(0.01, "10ms"),
         "How long a batch may collect other replicas' ids (its collector lease): past it, "
-        "a replica's next batch collects for itself.",
+        "a replica's next batch collects for itself. A batch on a scope that runs at its "
+        "budget stays open until its slot comes, often longer than a second: shorter, and "
+        "another replica's batch collects beside it. Also how long followers may wait on a "
+        "collector that died, plus `lease_ttl`, before they ask for themselves.",
     )
 
 
