@@ -271,18 +271,24 @@ async def test_open_cloud_errors_become_problems_with_the_upstream_error(
     assert fake.requests[-1].path != "/cloud/v2/users/1:generateThumbnail"
 
 
-async def test_the_audit_log_walks_its_pages_with_the_callers_key(
-    proxy: Client, fake: FakeRoblox
-) -> None:
-    seen: list[str] = []
-    url = "/v1/cloud/groups/7/audit-log?limit=25&sort_order=Desc"
+async def all_pages(proxy: Client, first: str) -> list[Any]:
+    """Every item of a list route, its pages walked by ``next_cursor`` from ``first``."""
+    items: list[Any] = []
+    url = first
     while True:
         status, body, _ = await call(proxy, url)
         assert status == 200 and set(body) == {"data", "next_cursor", "previous_cursor"}
-        seen += [item["created"] for item in body["data"]]
+        items += body["data"]
         if body["next_cursor"] is None:
-            break
-        url = f"/v1/cloud/groups/7/audit-log?limit=25&sort_order=Desc&cursor={body['next_cursor']}"
+            return items
+        url = f"{first}&cursor={body['next_cursor']}"
+
+
+async def test_the_audit_log_walks_its_pages_with_the_callers_key(
+    proxy: Client, fake: FakeRoblox
+) -> None:
+    items = await all_pages(proxy, "/v1/cloud/groups/7/audit-log?limit=25&sort_order=Desc")
+    seen = [item["created"] for item in items]
     assert len(seen) == 30 and seen == sorted(seen, reverse=True)
     assert {r.headers.get("x-api-key") for r in fake.requests} == {KEY["x-api-key"]}
     assert [dict(r.query).get("sortOrder") for r in fake.requests] == ["Desc", "Desc"]
@@ -297,15 +303,7 @@ async def test_a_cookie_never_goes_to_open_cloud(proxy: Client, fake: FakeRoblox
 
 
 async def test_page_tokens_walk_the_memberships(proxy: Client, fake: FakeRoblox) -> None:
-    seen: list[str] = []
-    url = "/v2/cloud/groups/7/memberships?limit=100"
-    while True:
-        status, body, _ = await call(proxy, url)
-        assert status == 200 and set(body) == {"data", "next_cursor", "previous_cursor"}
-        seen += [m["user"] for m in body["data"]]
-        if body["next_cursor"] is None:
-            break
-        url = f"/v2/cloud/groups/7/memberships?limit=100&cursor={body['next_cursor']}"
+    seen = [m["user"] for m in await all_pages(proxy, "/v2/cloud/groups/7/memberships?limit=100")]
     assert len(seen) == 137 and len(set(seen)) == 137
     assert [r.query for r in fake.requests][1][1][0] == "pageToken"
     # and the proxy walks it whole
