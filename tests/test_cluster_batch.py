@@ -122,23 +122,27 @@ def test_a_collector_waits_for_its_slot_only_within_its_lease(
 async def test_lead_join_take_on_redis(redis_client: aioredis.Redis) -> None:
     a = Collectors(redis_client, "t:", lease_ms=1000, grace_ms=500)
     b = Collectors(redis_client, "t:", lease_ms=1000, grace_ms=500)
-    token = await a.lead("v")
-    assert token
-    assert await b.lead("v") == ""  # a collects: b follows
+    token, rate = await a.lead("v")
+    assert token and rate == 0.0  # nothing asked yet
+    assert await b.lead("v") == ("", 0.0)  # a collects: b follows
     left, leftovers = await b.join("v", {"2": "2", "3": "3"})
     assert 0.9 < left <= 1.0 and leftovers == []
     lease, box = keys("t:", "v")
     assert 1400 < await redis_client.pttl(box) <= 1500  # the lease's time plus the grace
-    assert await a.take("v", token) == [("2", "2"), ("3", "3")]
+    assert await a.take("v", token, 1) == [("2", "2"), ("3", "3")]
     assert await redis_client.exists(lease, box) == 0  # taken and released at once
     # no collector any more: a late follower collects itself, with what a dead one left
     await redis_client.rpush(box, box_item("9", "9"), b"junk")
     assert await b.join("v", {"4": "4"}) == (-1.0, [("9", "9")])
     assert await redis_client.exists(box) == 0
     # a take with a token that is not the lease's leaves the lease alone
-    other = await b.lead("v")
-    assert other and await a.take("v", "not-the-token") == []
+    other, rate = await b.lead("v")
+    assert other and await a.take("v", "not-the-token", 0) == []
     assert await redis_client.get(lease) == other.encode()
+    # every id the two asked counted once, in the cluster's rate (2 s of memory): b's 2 at
+    # its join, a's own 1 at its take, b's 1 more at its late join: 4 ids / 2 s, a moment ago
+    assert 1.9 < rate <= 2.0
+    assert (await a.lead("w"))[1] == 0.0  # per variant
 
 
 async def test_redis_away_means_alone() -> None:
@@ -147,11 +151,11 @@ async def test_redis_away_means_alone() -> None:
     )
     failures: list[BaseException] = []
     c = Collectors(dead, "t:", lease_ms=1000, grace_ms=500, failed=failures.append)
-    assert await c.lead("v") is None
-    assert await c.take("v", "x") == []
+    assert await c.lead("v") == (None, 0.0)
+    assert await c.take("v", "x", 1) == []
     assert await c.join("v", {"1": "1"}) == (-1.0, [])
     assert len(failures) == 3
-    assert await Collectors(dead, "t:", 1000, 500, usable=lambda: False).lead("v") is None
+    assert await Collectors(dead, "t:", 1000, 500, usable=lambda: False).lead("v") == (None, 0.0)
     assert len(failures) == 3  # not even tried while the back-off lasts
     await dead.aclose()
 
@@ -190,6 +194,23 @@ async def test_single_lookups_on_two_replicas_go_out_in_one_batch(
     c = await make_proxy(BLOXPROXY_CACHE_ENABLED="false")
     for x, i in zip(followers, (U3, U4, U5), strict=True):
         assert x.body == (await get(c, f"/v1/users?ids={i}")).body
+
+
+async def test_a_collector_waits_as_long_as_the_clusters_demand_says(
+    make_proxy: ProxyFactory, redis_url: str, fake: FakeRoblox
+) -> None:
+    """The window of a batch comes from the arrival rate of its ids: a has seen none, but
+    the cluster has just asked ten (b's batch, in the cluster's rate in Redis), so a's batch
+    waits the long window for companions and its next id rides along: one call, not two
+    (before, a went after its 5 ms window, as if it were alone)."""
+    a, b = await replicas(make_proxy, redis_url)
+    ten = ",".join(str(1_000_100 + i) for i in range(10))
+    assert (await get(b, f"/v1/users?ids={ten}")).status == 200  # the cluster asks 10 ids
+    first = asyncio.ensure_future(get(a, f"/v1/users?ids={U3}"))
+    await asyncio.sleep(0.05)  # well inside the long window (250 ms), far past the short
+    second = await get(a, f"/v1/users?ids={U4}")
+    assert [(x.status, ids_of(x)) for x in (await first, second)] == [(200, [U3]), (200, [U4])]
+    assert batch_calls(fake)[1:] == [[U3, U4]]
 
 
 class WallClock(FakeClock):

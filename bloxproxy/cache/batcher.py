@@ -219,6 +219,18 @@ class Batcher:
             del self._rates[min(self._rates, key=lambda k: self._rates[k][1])]
         return rate
 
+    def widen(self, batch: Batch, rate: float) -> None:
+        """``batch`` collects for the cluster, whose ids of its variant arrive at ``rate``
+        (:mod:`.cluster_batch`): its window is the one that rate calls for when that is
+        longer than the one this replica's own arrivals gave it (each replica sees only its
+        share of the cluster's asks)."""
+        if batch.follower or self._open.get(batch.variant_key) is not batch:
+            return
+        window = window_for(rate, batch.spec.window, batch.spec.max_window)
+        if window > batch.window:
+            batch.window = window
+            self._schedule(batch)
+
     def follow(self, batch: Batch) -> None:
         """``batch`` is a follower (another replica collects its variant): it goes at
         once (with the ids it has: those asked while its collector lease was being taken),

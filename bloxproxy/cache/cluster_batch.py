@@ -11,7 +11,10 @@ ids and the box's in one call, claiming each id's lease and announcing each stor
 as cluster coalescing does (:mod:`.lease`); the follower's waiters wake on that word (not
 by polling) and read their entities from Redis. A collector about to go waits for its
 call's slot of the budget before it takes the box, its lease still held (:func:`slot_first`),
-so the ids asked meanwhile still ride in that call. When the collector is gone by the time a
+so the ids asked meanwhile still ride in that call; and the cluster's arrival rate of the
+variant's ids is kept beside the lease (fed by every join and take, read by every lease
+claim), so a collector waits for companions as long as the whole cluster's demand says, not
+only what its replica saw. When the collector is gone by the time a
 follower would join, the follower collects itself (taking what is in the box with it); when
 a collector dies after taking ids, its followers claim those ids again once its lease and
 one lease TTL have passed without their word, as they would for any entity whose leader
@@ -35,29 +38,68 @@ from collections.abc import Callable, Mapping, Sequence
 import orjson
 
 from ..redisconn import REDIS_ERRORS, RedisClient, SlotScript
+from .batcher import RATE_TAU
 
 __all__ = ["TAKE_MARGIN", "Collectors", "box_item", "keys", "merged", "read_box_item", "slot_first"]
 
 log = logging.getLogger("bloxproxy.cache")
 _ERRORS: tuple[type[BaseException], ...] = (*REDIS_ERRORS, TimeoutError)
 
-# KEYS[1]: a variant's collector lease, KEYS[2]: its box (one hash tag). The collector
-# going: take the box and release the lease (if still its own) at once, so that an id is
-# either in the box it takes or finds no lease. ARGV[1]: the collector's token.
-_TAKE = """
+# The cluster's arrival rate of a variant's ids (a hash beside its lease, same hash tag):
+# the batcher's decaying count (batcher.arrival_rate) kept in Redis, on Redis's clock, fed
+# by every batch of every replica with its ids as it goes (a follower's at its join, a
+# collector's own at its take: each id once), so that a replica picks a batch's window from
+# what the whole cluster asks, not only what it sees. rate(key, n, tau_us, ttl_ms): the rate
+# now after n more ids (n = 0: only read).
+_RATE = """
+local function rate(key, n, tau_us, ttl_ms)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local v = redis.call('HMGET', key, 'r', 't')
+  local r, last = tonumber(v[1]) or 0, tonumber(v[2]) or now
+  r = r * math.exp(-math.max(0, now - last) / tau_us) + n * 1000000 / tau_us
+  if n > 0 then
+    redis.call('HSET', key, 'r', tostring(r), 't', tostring(now))
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+  return tostring(r)
+end
+"""
+# A batch opening: take the variant's collector lease if nobody holds it (KEYS[1], ARGV[1]
+# our token, ARGV[2] its ms), and read the cluster's rate (KEYS[2], ARGV[3] tau in µs).
+_LEAD = (
+    _RATE
+    + """
+local got = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2])
+return {got and 1 or 0, rate(KEYS[2], 0, tonumber(ARGV[3]), 0)}
+"""
+)
+# KEYS[1]: a variant's collector lease, KEYS[2]: its box, KEYS[3]: its rate (one hash tag).
+# The collector going: take the box and release the lease (if still its own) at once, so
+# that an id is either in the box it takes or finds no lease. ARGV[1]: the collector's
+# token; ARGV[2]: how many ids of its own it asks, ARGV[3] tau (µs), ARGV[4] the rate's ms.
+_TAKE = (
+    _RATE
+    + """
 local items = redis.call('LRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+rate(KEYS[3], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]))
 return items
 """
-# A follower joining: while the lease is held, its ids go into the box (which lives as long
-# as the lease, plus ARGV[1] ms) and the answer is the ms the lease has left; else it takes
-# what is in the box (a collector's that died before taking it) and the answer is -1 and
-# those items: the follower collects itself.
-_JOIN = """
+)
+# A follower joining: while the lease is held, its ids (ARGV[4]...) go into the box (which
+# lives as long as the lease, plus ARGV[1] ms) and the answer is the ms the lease has left;
+# else it takes what is in the box (a collector's that died before taking it) and the
+# answer is -1 and those items: the follower collects itself. Its ids count in the rate
+# either way (ARGV[2] tau in µs, ARGV[3] the rate's ms).
+_JOIN = (
+    _RATE
+    + """
+rate(KEYS[3], #ARGV - 3, tonumber(ARGV[2]), tonumber(ARGV[3]))
 local left = redis.call('PTTL', KEYS[1])
 if left > 0 then
-  for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+  for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
   redis.call('PEXPIRE', KEYS[2], left + tonumber(ARGV[1]))
   return {left, {}}
 end
@@ -65,14 +107,25 @@ local items = redis.call('LRANGE', KEYS[2], 0, -1)
 redis.call('DEL', KEYS[2])
 return {-1, items}
 """
+)
 
 _MAX_ITEM = 512  # bytes: an id (a number or a username) with its spelling is far shorter
 
 
 def keys(prefix: str, variant_key: str) -> tuple[str, str]:
     """The collector lease and the box of one batch variant (one hash tag: one slot)."""
+    lease = lease_key_of(prefix, variant_key)
+    return lease, lease.removesuffix(":lease") + ":box"
+
+
+def lease_key_of(prefix: str, variant_key: str) -> str:
     tag = hashlib.sha1(variant_key.encode(), usedforsecurity=False).hexdigest()[:20]
-    return f"{prefix}batch:{{{tag}}}:lease", f"{prefix}batch:{{{tag}}}:box"
+    return f"{prefix}batch:{{{tag}}}:lease"
+
+
+def rate_key(prefix: str, variant_key: str) -> str:
+    """The cluster's arrival rate of the variant's ids (beside its lease, same hash tag)."""
+    return lease_key_of(prefix, variant_key).removesuffix(":lease") + ":rate"
 
 
 TAKE_MARGIN = 0.05  # s: a collector takes its box this long before its lease ends
@@ -152,6 +205,7 @@ class Collectors:
         grace_ms: int,
         usable: Callable[[], bool] = lambda: True,
         failed: Callable[[BaseException], None] = lambda exc: None,
+        rate_tau: float = RATE_TAU,
     ) -> None:
         self._client = client
         self.prefix = prefix
@@ -159,31 +213,42 @@ class Collectors:
         self.grace_ms = grace_ms  # a box outlives its lease by this: the collector's take
         self._usable = usable
         self._failed = failed
+        self._tau_us = max(1, round(rate_tau * 1_000_000))
+        self._rate_ms = max(1, round(rate_tau * 5000))  # forgotten once long decayed
+        self._lead = SlotScript(client, _LEAD)
         self._take = SlotScript(client, _TAKE)
         self._join = SlotScript(client, _JOIN)
         self.joined = 0  # follower batches whose ids went into another's box (tests, bench)
         self.carried = 0  # remote ids a collector of ours took along
 
-    async def lead(self, variant_key: str) -> str | None:
+    async def lead(self, variant_key: str) -> tuple[str | None, float]:
         """Take the variant's collector lease: our token; "" when another replica's batch
-        holds it (we follow); None when Redis is not there (we batch alone)."""
+        holds it (we follow); None when Redis is not there (we batch alone). With it, the
+        cluster's arrival rate of the variant's ids (per second; 0.0 unknown)."""
         if not self._usable():
-            return None
-        lease, _ = keys(self.prefix, variant_key)
+            return None, 0.0
+        lease = lease_key_of(self.prefix, variant_key)
         token = os.urandom(12).hex()
         try:
-            got = await self._client.set(lease, token, nx=True, px=self.lease_ms)
+            got, rate = await self._lead(
+                keys=[lease, rate_key(self.prefix, variant_key)],
+                args=[token, self.lease_ms, self._tau_us],
+            )
         except _ERRORS as exc:
             log.debug("batch lease failed: %s", exc)
             self._failed(exc)
-            return None
-        return token if got else ""
+            return None, 0.0
+        return (token if int(got) else ""), _rate(rate)
 
-    async def take(self, variant_key: str, token: str) -> list[tuple[str, str]]:
-        """The collector going: what followers put in its box (its lease released)."""
+    async def take(self, variant_key: str, token: str, own: int) -> list[tuple[str, str]]:
+        """The collector going with ``own`` ids of its own: what followers put in its box
+        (its lease released)."""
         lease, box = keys(self.prefix, variant_key)
         try:
-            raw = await self._take(keys=[lease, box], args=[token])
+            raw = await self._take(
+                keys=[lease, box, rate_key(self.prefix, variant_key)],
+                args=[token, own, self._tau_us, self._rate_ms],
+            )
         except _ERRORS as exc:
             log.debug("batch take failed: %s", exc)
             self._failed(exc)
@@ -198,7 +263,10 @@ class Collectors:
         lease, box = keys(self.prefix, variant_key)
         items = [box_item(n, s) for n, s in ids.items()]
         try:
-            left, raw = await self._join(keys=[lease, box], args=[self.grace_ms, *items])
+            left, raw = await self._join(
+                keys=[lease, box, rate_key(self.prefix, variant_key)],
+                args=[self.grace_ms, self._tau_us, self._rate_ms, *items],
+            )
         except _ERRORS as exc:
             log.debug("batch join failed: %s", exc)
             self._failed(exc)
@@ -207,6 +275,15 @@ class Collectors:
             self.joined += 1
             return int(left) / 1000, []
         return -1.0, _items(raw)
+
+
+def _rate(raw: object) -> float:
+    """The rate a script answered (a number as text), read defensively."""
+    try:
+        rate = float(raw.decode() if isinstance(raw, bytes) else str(raw))
+    except ValueError:
+        return 0.0
+    return rate if 0.0 <= rate < 1e9 else 0.0
 
 
 def _items(raw: object) -> list[tuple[str, str]]:

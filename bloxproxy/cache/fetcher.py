@@ -754,9 +754,11 @@ class Fetcher:
             return
 
         async def lead() -> str | None:
-            token = await collectors.lead(batch.variant_key)
+            token, rate = await collectors.lead(batch.variant_key)
             if token == "":
                 self.batcher.follow(batch)
+            elif token:  # we collect: for as long as the cluster's demand says
+                self.batcher.widen(batch, rate)
             return token
 
         task = self._running_loop().create_task(lead())
@@ -801,7 +803,7 @@ class Fetcher:
             )
             if within > 0.0:
                 batch.ticket = await self.upstream.reserve(batch.variant, batch.caller, within)
-            remote = await collectors.take(batch.variant_key, token)
+            remote = await collectors.take(batch.variant_key, token, len(batch.ids))
         ids, carried, _ = merged(batch.ids, remote, batch.spec.max)
         # (ids past the cap: nobody claims them, their followers' bound passes, they ask)
         collectors.carried += len(carried)
