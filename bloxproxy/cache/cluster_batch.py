@@ -20,10 +20,11 @@ a collector dies after taking ids, its followers claim those ids again once its 
 one lease TTL have passed without their word, as they would for any entity whose leader
 died; when Redis is down, every replica batches on its own.
 
-Both keys of a variant share one hash tag, so the scripts run on Redis Cluster too. This
+The three keys of a variant (lease, box, rate) share one hash tag, so the scripts run on
+Redis Cluster too. This
 module holds the pure parts (keys, the box's item format, how remote ids join a batch),
 tested as tables, and :class:`Collectors`, the Redis side (three
-commands: the lease, the take, the join); the fetcher performs it (``Fetcher._run_batch``),
+scripts: the lease with the rate, the take, the join); the fetcher performs it (``Fetcher._run_batch``),
 and a follower waits for each id's word as for an entity another replica leads
 (:mod:`.lease`).
 """
