@@ -23,10 +23,9 @@ died; when Redis is down, every replica batches on its own.
 The three keys of a variant (lease, box, rate) share one hash tag, so the scripts run on
 Redis Cluster too. This
 module holds the pure parts (keys, the box's item format, how remote ids join a batch),
-tested as tables, and :class:`Collectors`, the Redis side (three
-scripts: the lease with the rate, the take, the join); the fetcher performs it (``Fetcher._run_batch``),
-and a follower waits for each id's word as for an entity another replica leads
-(:mod:`.lease`).
+tested as tables, and :class:`Collectors`, the Redis side (three scripts: the lease with the
+rate, the take, the join); the fetcher performs it (``Fetcher._run_batch``), and a follower
+waits for each id's word as for an entity another replica leads (:mod:`.lease`).
 """
 
 from __future__ import annotations
