@@ -29,7 +29,7 @@ from pathlib import Path
 
 from . import schema
 from .errors import Problem, Where
-from .keyconfig import _marked
+from .keyconfig import _marked, named_entries
 from .yamlsrc import MarkedDict
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "read_held_keys",
 ]
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _OWNER_RE = re.compile(r"^(user|group):([1-9][0-9]{0,18})$")
 _MAX_KEY = 4096  # far above any API key; a file bigger than this is not one
 
@@ -141,19 +140,7 @@ def read_held_keys(
         )
         return ()
     held: list[HeldKey] = []
-    for name, raw in data.items():
-        if name.startswith("_"):
-            continue  # a comment
-        ctx = f"{context}.{name}"
-        at = data.at(name)
-        if not _NAME_RE.match(name):
-            problems.append(
-                Problem(at, f"{ctx}: a key name is letters, digits, '_', '.' or '-' (at most 64)")
-            )
-            continue
-        entry = schema.mapping(raw, at, ctx, problems)
-        if entry is None:
-            continue
+    for name, ctx, entry in named_entries(data, context, "key", problems):
         before = len(problems)
         values = HELD_KEY.read(entry, problems, ctx)
         if len(problems) > before:

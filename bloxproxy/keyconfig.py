@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,30 @@ def _pass_methods(value: object) -> tuple[str, ...]:
             )
         out.append(method)
     return tuple(dict.fromkeys(out))
+
+
+def named_entries(
+    data: MarkedDict, context: str, noun: str, problems: list[Problem]
+) -> Iterator[tuple[str, str, MarkedDict]]:
+    """The entries of a mapping of named things (``auth.clients``, ``opencloud.keys``): each
+    one's name, its context (``<context>.<name>``) and its mapping; ``_comments`` skipped, a
+    bad name or an entry that is not a mapping reported as a problem at its line (a name is
+    letters, digits, ``_ . -``, at most 64) and left out."""
+    for name, raw in data.items():
+        if name.startswith("_"):
+            continue  # a comment
+        ctx = f"{context}.{name}"
+        at = data.at(name)
+        if not _NAME_RE.match(name):
+            problems.append(
+                Problem(
+                    at, f"{ctx}: a {noun} name is letters, digits, '_', '.' or '-' (at most 64)"
+                )
+            )
+            continue
+        entry = schema.mapping(raw, at, ctx, problems)
+        if entry is not None:
+            yield name, ctx, entry
 
 
 def _places(value: object) -> tuple[int, ...]:
@@ -274,21 +298,7 @@ def read_clients(
         return ()
     clients: list[NamedClient] = []
     owners: dict[str, str] = {key: "auth.keys" for key in plain_keys}
-    for name, raw in data.items():
-        if name.startswith("_"):
-            continue  # a comment
-        ctx = f"{context}.{name}"
-        at = data.at(name)
-        if not _NAME_RE.match(name):
-            problems.append(
-                Problem(
-                    at, f"{ctx}: a client name is letters, digits, '_', '.' or '-' (at most 64)"
-                )
-            )
-            continue
-        entry = schema.mapping(raw, at, ctx, problems)
-        if entry is None:
-            continue
+    for name, ctx, entry in named_entries(data, context, "client", problems):
         if "universes" in entry:
             problems.append(
                 Problem(
