@@ -449,6 +449,12 @@ def fake_server(port: int, latency: float, limit: float, logdir: Path, src: Path
     return Server(f"fake-{port}", argv, logdir, child_env(src), src)
 
 
+def proxy_argv(src: Path, port: int) -> list[str]:
+    """``bloxproxy serve`` with ``src``'s shipped config.yaml on ``port``."""
+    argv = [sys.executable, "-m", "bloxproxy", "serve", "--config", str(src / "config.yaml")]
+    return [*argv, "--host", HOST, "--port", str(port)]
+
+
 def one_run(
     opts: Options, front: str, limit: float, reqs: Sequence[Req], workdir: Path, nginx: str | None
 ) -> dict[str, Any]:
@@ -464,18 +470,7 @@ def one_run(
             front_server, port = start_nginx(nginx, workdir, fport, logdir)
         elif front == "bloxproxy":
             port = free_port()
-            argv = [
-                sys.executable,
-                "-m",
-                "bloxproxy",
-                "serve",
-                "--config",
-                str(opts.src / "config.yaml"),
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-            ]
+            argv = proxy_argv(opts.src, port)
             env = child_env(
                 opts.src, {"BLOXPROXY_UPSTREAM_BASE_URL": f"http://{HOST}:{fport}/{{service}}"}
             )

@@ -141,18 +141,7 @@ def one_run(front: str, opts: argparse.Namespace, reqs: Sequence[Any], tmp: Path
         count = 2 if front == "two" else 1
         ports = [free_port() for _ in range(count)]
         for port in ports:
-            argv = [
-                sys.executable,
-                "-m",
-                "bloxproxy",
-                "serve",
-                "--config",
-                str(ROOT / "config.yaml"),
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-            ]
+            argv = economy.proxy_argv(ROOT, port)
             if front == "workers":
                 argv += ["--workers", "2"]
             proxies.append(Server(f"bloxproxy-{port}", argv, tmp, env, ROOT).start())
