@@ -61,6 +61,19 @@ async def fill(a: Client, paths: Sequence[str]) -> None:
     await settle(a)
 
 
+async def loaded(
+    a: Client, b: Client, herd_paths: Sequence[str]
+) -> tuple[Load, asyncio.Task[list[Outcome]]]:
+    """Steady traffic on both replicas, then (0.3 s on) a 2 s herd on B for ``herd_paths``,
+    running 0.2 s by the time this returns: the moment a test kills part of Redis."""
+    load = Load([a, b])
+    load.start()
+    await asyncio.sleep(0.3)
+    herd_task = asyncio.create_task(herd(b, herd_paths, seconds=2.0))
+    await asyncio.sleep(0.2)
+    return load, herd_task
+
+
 async def herd(b: Client, paths: Sequence[str], seconds: float, copies: int = 3) -> list[Outcome]:
     """``copies`` concurrent requests for each path, the paths spread over ``seconds``."""
     tasks: list[asyncio.Task[Outcome]] = []
@@ -122,11 +135,7 @@ async def test_sentinel_failover_under_load(make_proxy: ProxyFactory) -> None:
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("B read none of the filled entries from L2")
-        load = Load([a, b])
-        load.start()
-        await asyncio.sleep(0.3)
-        herd_task = asyncio.create_task(herd(b, herd_paths, seconds=2.0))
-        await asyncio.sleep(0.2)
+        load, herd_task = await loaded(a, b, herd_paths)
         killed = time.monotonic()
         took = await asyncio.to_thread(setup.kill_primary_and_wait_for_promotion)
         promoted = time.monotonic()
@@ -171,11 +180,7 @@ async def test_cluster_node_lost_under_load(
         victim = setup.nodes[1]
         on_victim = [p for p in herd_paths if setup.node_of(key_of(store, p)) is victim]
         assert 0 < len(on_victim) < HERD
-        load = Load([a, b])
-        load.start()
-        await asyncio.sleep(0.3)
-        herd_task = asyncio.create_task(herd(b, herd_paths, seconds=2.0))
-        await asyncio.sleep(0.2)
+        load, herd_task = await loaded(a, b, herd_paths)
         killed = time.monotonic()
         victim.kill()
         herd_outcomes = await herd_task
