@@ -42,10 +42,11 @@ def collectors_of(client: Client) -> Collectors:
 
 
 def test_a_variants_lease_and_box_share_one_hash_tag() -> None:
-    lease, box = keys("bp:", "POST users /v1/users |excludeBannedUsers=false")
+    lease, box, rate = keys("bp:", "POST users /v1/users |excludeBannedUsers=false")
     assert lease.startswith("bp:batch:{") and lease.endswith("}:lease")
     assert box == lease.removesuffix(":lease") + ":box"
-    other, _ = keys("bp:", "POST users /v1/users |excludeBannedUsers=true")
+    assert rate == lease.removesuffix(":lease") + ":rate"
+    other, _, _ = keys("bp:", "POST users /v1/users |excludeBannedUsers=true")
     assert other != lease and len(other) == len(lease)  # bounded, whatever the variant
 
 
@@ -127,7 +128,7 @@ async def test_lead_join_take_on_redis(redis_client: aioredis.Redis) -> None:
     assert await b.lead("v") == ("", 0.0)  # a collects: b follows
     left, leftovers = await b.join("v", {"2": "2", "3": "3"})
     assert 0.9 < left <= 1.0 and leftovers == []
-    lease, box = keys("t:", "v")
+    lease, box, _ = keys("t:", "v")
     assert 1400 < await redis_client.pttl(box) <= 1500  # the lease's time plus the grace
     assert await a.take("v", token, 1) == [("2", "2"), ("3", "3")]
     assert await redis_client.exists(lease, box) == 0  # taken and released at once

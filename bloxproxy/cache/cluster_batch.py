@@ -112,20 +112,12 @@ return {-1, items}
 _MAX_ITEM = 512  # bytes: an id (a number or a username) with its spelling is far shorter
 
 
-def keys(prefix: str, variant_key: str) -> tuple[str, str]:
-    """The collector lease and the box of one batch variant (one hash tag: one slot)."""
-    lease = lease_key_of(prefix, variant_key)
-    return lease, lease.removesuffix(":lease") + ":box"
-
-
-def lease_key_of(prefix: str, variant_key: str) -> str:
+def keys(prefix: str, variant_key: str) -> tuple[str, str, str]:
+    """The collector lease, the box and the cluster's arrival rate of one batch variant (one
+    hash tag: one slot)."""
     tag = hashlib.sha1(variant_key.encode(), usedforsecurity=False).hexdigest()[:20]
-    return f"{prefix}batch:{{{tag}}}:lease"
-
-
-def rate_key(prefix: str, variant_key: str) -> str:
-    """The cluster's arrival rate of the variant's ids (beside its lease, same hash tag)."""
-    return lease_key_of(prefix, variant_key).removesuffix(":lease") + ":rate"
+    base = f"{prefix}batch:{{{tag}}}:"
+    return base + "lease", base + "box", base + "rate"
 
 
 TAKE_MARGIN = 0.05  # s: a collector takes its box this long before its lease ends
@@ -227,11 +219,11 @@ class Collectors:
         cluster's arrival rate of the variant's ids (per second; 0.0 unknown)."""
         if not self._usable():
             return None, 0.0
-        lease = lease_key_of(self.prefix, variant_key)
+        lease, _, rates = keys(self.prefix, variant_key)
         token = os.urandom(12).hex()
         try:
             got, rate = await self._lead(
-                keys=[lease, rate_key(self.prefix, variant_key)],
+                keys=[lease, rates],
                 args=[token, self.lease_ms, self._tau_us],
             )
         except _ERRORS as exc:
@@ -243,10 +235,10 @@ class Collectors:
     async def take(self, variant_key: str, token: str, own: int) -> list[tuple[str, str]]:
         """The collector going with ``own`` ids of its own: what followers put in its box
         (its lease released)."""
-        lease, box = keys(self.prefix, variant_key)
+        names = keys(self.prefix, variant_key)  # the lease, the box, the rate
         try:
             raw = await self._take(
-                keys=[lease, box, rate_key(self.prefix, variant_key)],
+                keys=names,
                 args=[token, own, self._tau_us, self._rate_ms],
             )
         except _ERRORS as exc:
@@ -260,11 +252,11 @@ class Collectors:
     ) -> tuple[float, list[tuple[str, str]]]:
         """A follower's ids into the collector's box: (seconds its lease has left, []) once
         joined; (-1, leftovers taken from the box) when it must collect itself."""
-        lease, box = keys(self.prefix, variant_key)
+        names = keys(self.prefix, variant_key)  # the lease, the box, the rate
         items = [box_item(n, s) for n, s in ids.items()]
         try:
             left, raw = await self._join(
-                keys=[lease, box, rate_key(self.prefix, variant_key)],
+                keys=names,
                 args=[self.grace_ms, self._tau_us, self._rate_ms, *items],
             )
         except _ERRORS as exc:
