@@ -534,13 +534,12 @@ def _settled(hold: Hold, entry: Entry) -> bool:
 
 
 def _kept_for_start(route: Route, fetched: Fetched) -> bool:
-    """May a poll's answer stand for the request that started the operation: a stored
-    success that is done (a 2xx whose ``done`` is not false)."""
+    """May a poll's answer stand for the request that started the operation: a success
+    that is done (a 2xx whose ``done`` is not false; whether it was stored, and may be
+    kept, is the fetcher's to say: ``Fetcher.keep_as``)."""
     entry = fetched.entry
     hold = route.hold
-    return (
-        hold is not None and fetched.cached and 200 <= entry.status < 300 and _settled(hold, entry)
-    )
+    return hold is not None and 200 <= entry.status < 300 and _settled(hold, entry)
 
 
 def _pending(route: Route, hold: Hold, fetched: Fetched) -> Answer:
