@@ -8,7 +8,7 @@ and the all-APIs ``openapi.json`` beside it give each operation its limits as
 group) may make to that operation per period. :func:`extract` takes the per-owner ones out of
 one document, :func:`combine` puts several documents' together (``bloxproxy import-limits A
 B ...``; an operation in two of them with two different limits is refused),
-:func:`table_text` writes the data file (``rules/<file>.limits.json`` beside
+:func:`tables_text` writes the data file (``rules/<file>.limits.json`` beside
 ``rules/<file>.yaml``), naming each document it came from, and :func:`read_table` reads it; a
 route with ``limits.per_key_owner: openapi`` gets the entry of its upstream operation (method
 and path, parameters' names ignored). Nothing here is copied by hand: the shipped file is the
@@ -35,7 +35,6 @@ __all__ = [
     "extract",
     "operation_key",
     "read_table",
-    "table_text",
     "tables_text",
 ]
 
@@ -149,11 +148,6 @@ def combine(documents: Sequence[Document]) -> list[tuple[int, OperationLimit]]:
                     f"{document.name}: one operation with two published limits"
                 )
     return sorted(found.values(), key=lambda entry: (entry[1].path, entry[1].method))
-
-
-def table_text(limits: list[OperationLimit], source: str, version: str = "") -> str:
-    """The data file of one document's operations (:func:`tables_text` of one)."""
-    return tables_text([Document(source, source, version, tuple(limits))])
 
 
 def tables_text(documents: Sequence[Document]) -> str:

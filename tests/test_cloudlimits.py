@@ -21,7 +21,6 @@ from bloxproxy.cloudlimits import (
     combine,
     extract,
     read_table,
-    table_text,
     tables_text,
 )
 from bloxproxy.config import shipped_rules_dir
@@ -155,7 +154,7 @@ def test_operations_that_are_one_once_parameter_names_are_ignored() -> None:
 
 def test_the_table_round_trips_and_refuses_what_it_is_not() -> None:
     found = extract(DOC, ("/cloud/",))
-    text = table_text(found, "doc.json", "9.9")
+    text = tables_text([Document("doc.json", "doc.json", "9.9", tuple(found))])
     data = orjson.loads(text)
     assert data["format"] == 1
     assert data["sources"] == [{"source": "doc.json", "document_version": "9.9"}]
@@ -163,7 +162,7 @@ def test_the_table_round_trips_and_refuses_what_it_is_not() -> None:
     table = read_table(text.encode())
     assert table[("GET", "/cloud/v2/things/{}")] == found[0]
     assert table[("POST", "/cloud/v2/things/{}:frob")].operation == "Frob"
-    assert read_table(table_text([], "empty").encode()) == {}
+    assert read_table(tables_text([Document("empty", "empty", "", ())]).encode()) == {}
     for raw, message in (
         (b"{", "not JSON"),
         (b"[]", "format 1"),
@@ -369,7 +368,8 @@ def write_rule(directory: Path, value: str, table: list[OperationLimit] | None) 
     path = directory / "things.yaml"
     path.write_text(textwrap.dedent(RULE % value), encoding="utf-8")
     if table is not None:
-        (directory / "things.limits.json").write_text(table_text(table, "t"), encoding="utf-8")
+        text = tables_text([Document("t", "t", "", tuple(table))])
+        (directory / "things.limits.json").write_text(text, encoding="utf-8")
     return path
 
 
